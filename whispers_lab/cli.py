@@ -1,0 +1,49 @@
+"""The ``whispers-lab`` console script: one entry point for every job."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import WhispersLabError
+
+#: Sub-command modules under ``whispers_lab.commands``, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = (
+    "validate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="whispers-lab",
+        description="Workbench for the whispers staged rollout: validate exports, assign cohorts, "
+                    "simulate rollouts, and produce the daily go/no-go report.",
+    )
+    parser.add_argument("--version", action="version", version=f"whispers-lab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"whispers_lab.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except WhispersLabError as exc:
+        print(f"whispers-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"whispers-lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

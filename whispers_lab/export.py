@@ -1,0 +1,291 @@
+"""Opening and writing exports: the one place that creates DuckDB connections.
+
+An export is a DuckDB database file or a folder of Parquet files (``<table>.parquet`` or
+``<table>/**/*.parquet``). :func:`open_export` attaches it read-only under the schema ``src``,
+validates it against the contract, and exposes each contract table as a view in ``main`` with
+canonical types: timestamps as naive UTC ``TIMESTAMP``, contract columns only. Optional tables
+that are absent become empty views, and :meth:`Export.has` tells whether the export had them.
+
+Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:`Export.sql`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from .contract import CONTRACT, TABLES, Table
+from .errors import ExportError
+
+DUCKDB_MAGIC = b"DUCK"
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: the only way a path or user text enters SQL text."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A fresh in-memory DuckDB connection, in UTC."""
+    config: dict[str, Any] = {}
+    if threads:
+        config["threads"] = threads
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+class Export:
+    """An opened export. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: Path, kind: str, con: duckdb.DuckDBPyConnection,
+                 present: Sequence[str]) -> None:
+        self.path = path
+        self.kind = kind
+        self.con = con
+        self.present = tuple(present)
+
+    # -- queries -----------------------------------------------------------------------
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:
+        """Run a query and return a (small, aggregated) DataFrame."""
+        return self.con.execute(query, params).df() if params is not None else self.con.execute(query).df()
+
+    def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        row = self.con.execute(query, params).fetchone() if params is not None else self.con.execute(query).fetchone()
+        return None if row is None else row[0]
+
+    def arrow(self, query: str, params: Sequence[Any] | None = None):
+        cur = self.con.execute(query, params) if params is not None else self.con.execute(query)
+        return cur.arrow()
+
+    def register(self, name: str, frame: Any) -> None:
+        """Make a DataFrame / Arrow table queryable as ``name`` (e.g. cohort assignments)."""
+        self.con.register(name, frame)
+
+    def has(self, table: str) -> bool:
+        """Whether the export itself holds ``table`` (absent optional tables are empty views)."""
+        return table in self.present
+
+    def row_count(self, table: str) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {sql_ident(table)}"))
+
+    def time_range(self, table: str) -> tuple[Any, Any]:
+        col = CONTRACT[table].time_column
+        if col is None:
+            return (None, None)
+        row = self.con.execute(f"SELECT min({sql_ident(col)}), max({sql_ident(col)}) "
+                               f"FROM {sql_ident(table)}").fetchone()
+        return (row[0], row[1])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Export:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Export({str(self.path)!r}, kind={self.kind!r}, tables={self.present})"
+
+
+# ---------------------------------------------------------------------------------------
+# opening
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return len(head) >= 12 and head[8:12] == DUCKDB_MAGIC
+
+
+def _parquet_source(folder: Path, table: str) -> str | None:
+    file = folder / f"{table}.parquet"
+    if file.is_file():
+        return sql_string(str(file))
+    sub = folder / table
+    if sub.is_dir() and any(sub.rglob("*.parquet")):
+        return sql_string(str(sub / "**" / "*.parquet"))
+    return None
+
+
+def attach(path: str | Path, threads: int | None = None) -> tuple[duckdb.DuckDBPyConnection, str, list[str]]:
+    """Attach an export read-only as schema ``src``; return (connection, kind, tables found).
+
+    Raises :class:`ExportError` for a missing path, a file that is not DuckDB, or unreadable data.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ExportError(f"export {str(p)!r} does not exist")
+    con = connect(threads=threads)
+    try:
+        if p.is_dir():
+            kind = "parquet"
+            con.execute("CREATE SCHEMA src")
+            found = []
+            for t in TABLES:
+                source = _parquet_source(p, t.name)
+                if source is None:
+                    continue
+                try:
+                    con.execute(f"CREATE VIEW src.{sql_ident(t.name)} AS SELECT * FROM "
+                                f"read_parquet({source}, hive_partitioning = true, union_by_name = true)")
+                except duckdb.Error as exc:
+                    raise ExportError(f"export {str(p)!r}: table {t.name!r} cannot be read as "
+                                      f"Parquet: {_first_line(exc)}") from None
+                found.append(t.name)
+        else:
+            kind = "duckdb"
+            if not _is_duckdb_file(p):
+                raise ExportError(f"export {str(p)!r} is not a DuckDB database file (nor a folder "
+                                  f"of Parquet files): its header lacks the DuckDB magic bytes")
+            try:
+                con.execute(f"ATTACH {sql_string(str(p))} AS src (READ_ONLY)")
+            except duckdb.Error as exc:
+                raise ExportError(f"export {str(p)!r} cannot be opened as DuckDB "
+                                  f"(truncated or corrupt?): {_first_line(exc)}") from None
+            rows = con.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_catalog = 'src' AND table_schema = 'main'").fetchall()
+            names = {r[0] for r in rows}
+            found = [t.name for t in TABLES if t.name in names]
+    except BaseException:
+        con.close()
+        raise
+    return con, kind, found
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """Column name -> DuckDB type of ``src.<table>``."""
+    try:
+        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
+    except duckdb.Error as exc:
+        raise ExportError(f"table {table!r} cannot be read: {_first_line(exc)}") from None
+    return {r[0]: r[1] for r in rows}
+
+
+def _canonical_expr(name: str, logical: str, physical: str) -> str:
+    col = sql_ident(name)
+    if logical == "TIMESTAMP":
+        if physical.startswith("TIMESTAMP WITH TIME ZONE"):
+            return f"({col} AT TIME ZONE 'UTC') AS {col}"
+        return f"CAST({col} AS TIMESTAMP) AS {col}"
+    if logical == "INTEGER":
+        return f"CAST({col} AS BIGINT) AS {col}"
+    if logical == "DOUBLE":
+        return f"CAST({col} AS DOUBLE) AS {col}"
+    return f"{col}"
+
+
+def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
+    """One view per contract table in ``main``: contract columns only, canonical types, UTC."""
+    for t in TABLES:
+        if t.name in present:
+            types = describe_source(con, t.name)
+            cols = ", ".join(_canonical_expr(c.name, c.type, types.get(c.name, "")) for c in t.columns)
+            con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS "
+                        f"SELECT {cols} FROM src.{sql_ident(t.name)}")
+        else:
+            con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS {empty_select(t)}")
+
+
+def empty_select(table: Table) -> str:
+    duck = {"VARCHAR": "VARCHAR", "TIMESTAMP": "TIMESTAMP", "BOOLEAN": "BOOLEAN",
+            "INTEGER": "BIGINT", "DOUBLE": "DOUBLE"}
+    cols = ", ".join(f"CAST(NULL AS {duck[c.type]}) AS {sql_ident(c.name)}" for c in table.columns)
+    return f"SELECT {cols} WHERE false"
+
+
+def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None) -> Export:
+    """Open an export read-only; validate it (raising ``ExportValidationError``) unless told not to."""
+    from .validation import validate_attached  # validation holds the rules; this module the I/O
+
+    con, kind, found = attach(path, threads=threads)
+    try:
+        if validate:
+            validate_attached(con, found, source=str(path))
+        create_canonical_views(con, found)
+    except BaseException:
+        con.close()
+        raise
+    return Export(Path(path), kind, con, found)
+
+
+# ---------------------------------------------------------------------------------------
+# writing (simulator, tests): always to a temporary path first, then renamed into place
+
+
+def write_export(tables: Mapping[str, Any], path: str | Path, *, parquet: bool | None = None) -> Path:
+    """Write tables (DataFrames or Arrow tables) as one export, atomically.
+
+    A path ending in ``/`` (or ``parquet=True``) gives a folder of ``<table>.parquet`` files;
+    anything else one DuckDB file. The export appears complete or not at all.
+    """
+    p = Path(path)
+    as_parquet = parquet if parquet is not None else str(path).endswith(("/", os.sep))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    con = connect()
+    try:
+        if as_parquet:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
+            try:
+                for name, frame in tables.items():
+                    con.register("__frame", frame)
+                    target = sql_string(str(tmp / f"{name}.parquet"))
+                    con.execute(f"COPY (SELECT * FROM __frame) TO {target} (FORMAT parquet)")
+                    con.unregister("__frame")
+                _replace_dir(tmp, p)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        else:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
+            os.close(fd)
+            os.unlink(tmp_name)  # DuckDB creates the file itself
+            try:
+                con.execute(f"ATTACH {sql_string(tmp_name)} AS out")
+                for name, frame in tables.items():
+                    con.register("__frame", frame)
+                    con.execute(f"CREATE TABLE out.{sql_ident(name)} AS SELECT * FROM __frame")
+                    con.unregister("__frame")
+                con.execute("DETACH out")
+                os.replace(tmp_name, p)
+            except BaseException:
+                for leftover in (tmp_name, tmp_name + ".wal"):
+                    if os.path.exists(leftover):
+                        os.unlink(leftover)
+                raise
+    finally:
+        con.close()
+    return p
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

@@ -1,0 +1,473 @@
+"""The rollout plan as data: load and validate the plan TOML into small frozen objects.
+
+Every part of the lab (cohorts, simulator, statistics, rules, report) reads the plan through
+:func:`load_plan`. A bad file raises :class:`~whispers_lab.errors.PlanError` naming the key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import PlanError
+from .paths import DEFAULT_PLAN
+
+Audience = Literal["internal", "beta", "percentage"]
+AUDIENCES: tuple[str, ...] = ("internal", "beta", "percentage")
+
+#: Every criterion id the rules know. A phase may only require or watch these.
+CRITERION_IDS: tuple[str, ...] = (
+    "telemetry_flowing",
+    "ranking_timeouts",
+    "weight_persistence",
+    "cue_cooldown",
+    "error_rate",
+    "avg_response_ms",
+    "p95_response_ms",
+    "weight_fallback_rate",
+    "uptime",
+    "critical_bugs",
+    "relevance",
+    "feedback_score",
+    "ctr",
+    "retention",
+    "support_tickets",
+    "srm",
+)
+TRIGGER_IDS: tuple[str, ...] = (
+    "trigger_error_rate",
+    "trigger_latency",
+    "trigger_privacy",
+    "trigger_db",
+    "trigger_critical_bug",
+)
+FLAG_NAMES: tuple[str, ...] = (
+    "NEXT_PUBLIC_WHISPERS_ENABLED",
+    "NEXT_PUBLIC_WHISPERS_CONTEXT_RANKING",
+    "NEXT_PUBLIC_WHISPERS_MAX",
+    "NEXT_PUBLIC_WHISPERS_RANKING_TIMEOUT_MS",
+)
+FlagValue = bool | int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    salt: str
+    buckets: int
+    holdout_share: float
+
+    @property
+    def holdout_buckets(self) -> int:
+        """Buckets ``[buckets - holdout_buckets, buckets)`` form the holdout."""
+        return round(self.buckets * self.holdout_share)
+
+
+@dataclass(frozen=True)
+class Beta:
+    min_users: int
+    max_users: int
+    min_micro_memories: int
+    order_by: Literal["engagement_desc"]
+
+
+@dataclass(frozen=True)
+class Phase:
+    id: str
+    name: str
+    first_day: int
+    last_day: int
+    audience: Audience
+    percentage: float
+    environment: str
+    required: tuple[str, ...]
+    watched: tuple[str, ...]
+    thresholds: Mapping[str, float]
+    flags: Mapping[str, FlagValue]
+
+    def covers(self, day: int) -> bool:
+        return self.first_day <= day <= self.last_day
+
+
+@dataclass(frozen=True)
+class Criteria:
+    ranking_timeout_ms: float
+    max_ranking_timeouts: int
+    error_rate: float
+    avg_response_ms: float
+    weight_fallback_rate: float
+    uptime: float
+    p95_response_ms: float
+    ctr: float
+    feedback_score: float
+    relevance: float
+    critical_bugs: int
+    privacy_incidents: int
+    support_ticket_rate_ratio: float
+    srm_p_value: float
+    min_minute_requests: int
+    min_group_users: int
+    telemetry_min_hourly_events: int
+
+
+@dataclass(frozen=True)
+class Retention:
+    k_days: tuple[int, ...]
+    primary_k: int
+    margin: float
+    relative_margin: float
+    alpha: float
+    sequential: Literal["obrien_fleming", "pocock"]
+    planned_looks: int
+
+
+@dataclass(frozen=True)
+class Triggers:
+    error_rate: float
+    error_rate_minutes: int
+    avg_response_ms: float
+    avg_response_minutes: int
+    privacy_tickets: int
+    critical_bugs: int
+    db_p95_ratio: float
+    db_minutes: int
+    db_min_baseline_minutes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    version: int
+    name: str
+    start_date: dt.date
+    last_day: int
+    assignment: Assignment
+    beta: Beta
+    flags: Mapping[str, FlagValue]
+    phases: tuple[Phase, ...]
+    criteria: Criteria
+    retention: Retention
+    triggers: Triggers
+    cue_cooldown_minutes: float
+    rollback_monitor_minutes: int
+    rollback_flags: Mapping[str, FlagValue]
+    source: str = field(default="<memory>", compare=False)
+
+    # -- calendar -------------------------------------------------------------------------
+    def day_start(self, day: int) -> dt.datetime:
+        """Start of rollout day ``day`` as a naive UTC datetime."""
+        return dt.datetime.combine(self.start_date, dt.time()) + dt.timedelta(days=day)
+
+    def day_of(self, when: dt.date | dt.datetime) -> int:
+        """Rollout day of a UTC date or datetime (negative before the start)."""
+        d = when.date() if isinstance(when, dt.datetime) else when
+        return (d - self.start_date).days
+
+    def phase_for_day(self, day: int) -> Phase:
+        """The phase active on ``day``; after the last day, the last phase stays in force."""
+        if day < 0:
+            raise PlanError(f"day {day} is before the rollout start ({self.start_date}, day 0)")
+        for phase in self.phases:
+            if phase.covers(day):
+                return phase
+        return self.phases[-1]
+
+    def next_phase(self, day: int) -> Phase | None:
+        current = self.phase_for_day(day)
+        later = [p for p in self.phases if p.first_day > current.last_day]
+        return later[0] if later else None
+
+    def percentage_on(self, day: int) -> float:
+        """Share (0..100) of external, non-holdout users enabled by bucket on ``day``."""
+        return self.phase_for_day(day).percentage if day >= 0 else 0.0
+
+    def percentage_stages(self) -> tuple[tuple[int, float], ...]:
+        """(first_day, percentage) of every percentage phase, in order."""
+        return tuple((p.first_day, p.percentage) for p in self.phases if p.audience == "percentage")
+
+    def beta_first_day(self) -> int | None:
+        days = [p.first_day for p in self.phases if p.audience == "beta"]
+        return min(days) if days else None
+
+    def threshold(self, criterion: str, day: int) -> float:
+        """The threshold of ``criterion`` in force on ``day`` (phase override, else default)."""
+        phase = self.phase_for_day(day)
+        if criterion in phase.thresholds:
+            return float(phase.thresholds[criterion])
+        return float(getattr(self.criteria, criterion))
+
+
+# ---------------------------------------------------------------------------------------
+# loading and validation
+
+
+class _Reader:
+    """Reads one TOML table, recording the dotted key path for error messages."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise PlanError(f"{source}: key '{prefix}' must be a table, got {type(data).__name__}")
+        self.data = data
+        self.prefix = prefix
+        self.source = source
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> PlanError:
+        return PlanError(f"{self.source}: key '{self.key(name)}' {message}")
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if default is ...:
+                raise self.fail(name, "is missing")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a plan that says `true` where a number is due is wrong.
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(name, f"must be {_kind_name(kinds)}, got a boolean ({value!r})")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise self.fail(name, f"must be {_kind_name(kinds)}, got {type(value).__name__} ({value!r})")
+        return value
+
+    def number(self, name: str, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False, integer: bool = False, default: Any = ...) -> Any:
+        value = self.get(name, int if integer else float, default)
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            raise self.fail(name, f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+        if hi is not None and value > hi:
+            raise self.fail(name, f"must be <= {hi}, got {value}")
+        return value
+
+    def table(self, name: str) -> _Reader:
+        return _Reader(self.get(name, dict), self.key(name), self.source)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.fail(unknown[0], "is not a known plan key (typo?)")
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table", dt.date: "a date (YYYY-MM-DD)"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _flags(reader: _Reader) -> dict[str, FlagValue]:
+    out: dict[str, FlagValue] = {}
+    for name in list(reader.data):
+        if name not in FLAG_NAMES:
+            raise reader.fail(name, f"is not a known flag (known: {', '.join(FLAG_NAMES)})")
+        kind = bool if name in FLAG_NAMES[:2] else int
+        value = reader.get(name, kind)
+        if kind is int and value <= 0:
+            raise reader.fail(name, f"must be > 0, got {value}")
+        out[name] = value
+    return out
+
+
+def _id_list(reader: _Reader, name: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    values = reader.get(name, list, [])
+    for v in values:
+        if not isinstance(v, str) or v not in known:
+            raise reader.fail(name, f"lists unknown criterion {v!r} (known: {', '.join(known)})")
+    return tuple(values)
+
+
+def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
+    """Validate a parsed TOML mapping into a :class:`Plan`."""
+    top = _Reader(data, "", source)
+    version = top.number("version", integer=True)
+    if version != 1:
+        raise top.fail("version", f"must be 1 (the only plan format this lab reads), got {version}")
+    name = top.get("name", str)
+    start = top.get("start_date", dt.date)
+    if isinstance(start, dt.datetime):
+        raise top.fail("start_date", "must be a date without a time (YYYY-MM-DD)")
+    last_day = top.number("last_day", lo=0, integer=True)
+
+    a = top.table("assignment")
+    assignment = Assignment(
+        salt=a.get("salt", str),
+        buckets=a.number("buckets", lo=100, integer=True),
+        holdout_share=a.number("holdout_share", lo=0.0, hi=0.5),
+    )
+    if not assignment.salt.strip():
+        raise a.fail("salt", "must not be empty")
+    a.done()
+
+    b = top.table("beta")
+    beta = Beta(
+        min_users=b.number("min_users", lo=1, integer=True),
+        max_users=b.number("max_users", lo=1, integer=True),
+        min_micro_memories=b.number("min_micro_memories", lo=0, integer=True),
+        order_by=b.get("order_by", str),
+    )
+    if beta.order_by != "engagement_desc":
+        raise b.fail("order_by", f"must be 'engagement_desc', got {beta.order_by!r}")
+    if beta.min_users > beta.max_users:
+        raise b.fail("min_users", f"({beta.min_users}) contradicts max_users ({beta.max_users})")
+    b.done()
+
+    f = top.table("flags")
+    flags = _flags(f)
+    missing = [n for n in FLAG_NAMES if n not in flags]
+    if missing:
+        raise f.fail(missing[0], "is missing")
+
+    known = CRITERION_IDS
+    raw_phases = top.get("phases", list)
+    if not raw_phases:
+        raise top.fail("phases", "must list at least one phase")
+    phases: list[Phase] = []
+    for i, raw in enumerate(raw_phases):
+        p = _Reader(raw, f"phases[{i}]", source)
+        audience = p.get("audience", str)
+        if audience not in AUDIENCES:
+            raise p.fail("audience", f"must be one of {', '.join(AUDIENCES)}, got {audience!r}")
+        thresholds_reader = _Reader(p.get("thresholds", dict, {}), p.key("thresholds"), source)
+        thresholds = {}
+        for key in list(thresholds_reader.data):
+            if key not in Criteria.__dataclass_fields__:
+                raise thresholds_reader.fail(key, "is not a criterion threshold in [criteria]")
+            thresholds[key] = thresholds_reader.number(key, lo=0.0)
+        phase_flags = dict(flags)
+        phase_flags.update(_flags(_Reader(p.get("flags", dict, {}), p.key("flags"), source)))
+        phase = Phase(
+            id=p.get("id", str),
+            name=p.get("name", str),
+            first_day=p.number("first_day", lo=0, integer=True),
+            last_day=p.number("last_day", lo=0, integer=True),
+            audience=audience,
+            percentage=p.number("percentage", lo=0.0, hi=100.0),
+            environment=p.get("environment", str),
+            required=_id_list(p, "required", known),
+            watched=_id_list(p, "watched", known),
+            thresholds=thresholds,
+            flags=phase_flags,
+        )
+        p.done()
+        if phase.first_day > phase.last_day:
+            raise p.fail("first_day", f"({phase.first_day}) is after last_day ({phase.last_day})")
+        if phase.audience == "percentage" and phase.percentage <= 0:
+            raise p.fail("percentage", "must be > 0 for a percentage phase")
+        if phase.audience != "percentage" and phase.percentage != 0:
+            raise p.fail("percentage", f"must be 0 for a {phase.audience} phase")
+        both = set(phase.required) & set(phase.watched)
+        if both:
+            raise p.fail("watched", f"repeats required criterion {sorted(both)[0]!r}")
+        if phases:
+            prev = phases[-1]
+            if phase.first_day != prev.last_day + 1:
+                raise p.fail("first_day", f"({phase.first_day}) must follow the previous phase's "
+                                          f"last_day ({prev.last_day}) without gap or overlap")
+            if phase.percentage < prev.percentage:
+                raise p.fail("percentage", f"({phase.percentage}) is below the previous phase's "
+                                           f"({prev.percentage}); the rollout must be monotone")
+        elif phase.first_day != 0:
+            raise p.fail("first_day", f"of the first phase must be 0, got {phase.first_day}")
+        phases.append(phase)
+    ids = [ph.id for ph in phases]
+    dup = next((x for x in ids if ids.count(x) > 1), None)
+    if dup:
+        raise top.fail("phases", f"repeats phase id {dup!r}")
+    if phases[-1].last_day != last_day:
+        raise top.fail("last_day", f"({last_day}) contradicts the last phase's last_day "
+                                   f"({phases[-1].last_day})")
+    order = [AUDIENCES.index(ph.audience) for ph in phases]
+    if order != sorted(order):
+        raise top.fail("phases", "must go internal -> beta -> percentage")
+
+    c = top.table("criteria")
+    prob = {"error_rate", "weight_fallback_rate", "uptime", "ctr", "relevance", "srm_p_value"}
+    values: dict[str, Any] = {}
+    for fname, fdef in Criteria.__dataclass_fields__.items():
+        integer = fdef.type in ("int", int)
+        values[fname] = c.number(fname, lo=0.0 if not integer else 0,
+                                 hi=1.0 if fname in prob else None, integer=integer)
+    criteria = Criteria(**values)
+    if not 1.0 <= criteria.feedback_score <= 5.0:
+        raise c.fail("feedback_score", f"must be within the 1..5 rating scale, got {criteria.feedback_score}")
+    c.done()
+
+    r = top.table("retention")
+    k_days = r.get("k_days", list)
+    if not k_days or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in k_days):
+        raise r.fail("k_days", f"must be a non-empty list of integers >= 1, got {k_days!r}")
+    retention = Retention(
+        k_days=tuple(k_days),
+        primary_k=r.number("primary_k", lo=1, integer=True),
+        margin=r.number("margin", lo=0.0, hi=1.0, lo_open=True),
+        relative_margin=r.number("relative_margin", lo=0.0, hi=1.0, lo_open=True),
+        alpha=r.number("alpha", lo=0.0, hi=0.5, lo_open=True),
+        sequential=r.get("sequential", str),
+        planned_looks=r.number("planned_looks", lo=1, integer=True),
+    )
+    if retention.primary_k not in retention.k_days:
+        raise r.fail("primary_k", f"({retention.primary_k}) is not one of k_days {list(retention.k_days)}")
+    if retention.sequential not in ("obrien_fleming", "pocock"):
+        raise r.fail("sequential", f"must be 'obrien_fleming' or 'pocock', got {retention.sequential!r}")
+    r.done()
+
+    t = top.table("triggers")
+    triggers = Triggers(
+        error_rate=t.number("error_rate", lo=0.0, hi=1.0),
+        error_rate_minutes=t.number("error_rate_minutes", lo=1, integer=True),
+        avg_response_ms=t.number("avg_response_ms", lo=0.0, lo_open=True),
+        avg_response_minutes=t.number("avg_response_minutes", lo=1, integer=True),
+        privacy_tickets=t.number("privacy_tickets", lo=0, integer=True),
+        critical_bugs=t.number("critical_bugs", lo=0, integer=True),
+        db_p95_ratio=t.number("db_p95_ratio", lo=1.0, lo_open=True),
+        db_minutes=t.number("db_minutes", lo=1, integer=True),
+        db_min_baseline_minutes=t.number("db_min_baseline_minutes", lo=1, integer=True),
+    )
+    t.done()
+    if triggers.error_rate < criteria.error_rate:
+        raise t.fail("error_rate", f"({triggers.error_rate}) is below the monitoring budget "
+                                   f"criteria.error_rate ({criteria.error_rate}): contradictory")
+    if triggers.avg_response_ms < criteria.avg_response_ms:
+        raise t.fail("avg_response_ms", f"({triggers.avg_response_ms}) is below the budget "
+                                        f"criteria.avg_response_ms ({criteria.avg_response_ms}): contradictory")
+
+    m = top.table("maya")
+    cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
+    m.done()
+
+    rb = top.table("rollback")
+    monitor = rb.number("monitor_minutes", lo=1, integer=True)
+    rollback_flags = _flags(_Reader(rb.get("flags", dict), rb.key("flags"), source))
+    if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
+        raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
+    rb.done()
+    top.done()
+
+    return Plan(
+        version=version, name=name, start_date=start, last_day=last_day, assignment=assignment,
+        beta=beta, flags=flags, phases=tuple(phases), criteria=criteria, retention=retention,
+        triggers=triggers, cue_cooldown_minutes=cooldown, rollback_monitor_minutes=monitor,
+        rollback_flags=rollback_flags, source=source,
+    )
+
+
+def load_plan(path: str | Path | None = None) -> Plan:
+    """Read and validate a plan file (the packaged default when ``path`` is None)."""
+    p = Path(path) if path is not None else DEFAULT_PLAN
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(f"plan file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(f"plan file {str(p)!r} cannot be read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"plan file {str(p)!r} is not valid TOML: {exc}") from None
+    return parse_plan(data, source=str(p))

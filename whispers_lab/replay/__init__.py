@@ -1,0 +1,1 @@
+"""Offline replay of logged whispers requests: metrics, off-policy estimates, tuning."""

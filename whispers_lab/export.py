@@ -195,7 +195,7 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
         return f"CAST({col} AS BIGINT) AS {col}"
     if logical == "DOUBLE":
         return f"CAST({col} AS DOUBLE) AS {col}"
-    return f"{col}"
+    return f"CAST({col} AS {logical}) AS {col}"
 
 
 def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:

@@ -1,0 +1,76 @@
+"""Tiny hand-made exports for contract tests: one valid row set per table, easy to break."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+T0 = dt.datetime(2026, 12, 1, 10, 0, 0)
+
+
+def valid_tables() -> dict[str, pd.DataFrame]:
+    """A small export that satisfies every contract rule."""
+    users = pd.DataFrame({
+        "user_id": ["u1", "u2", "u3"],
+        "signup_at": [T0 - dt.timedelta(days=100)] * 3,
+        "is_internal": [True, False, False],
+        "micro_memory_count": pd.array([12, 3, 0], dtype="int32"),
+        "engagement_score": [0.9, 0.5, 0.1],
+        "country": ["NL", "DE", "FR"],  # extra columns are allowed and ignored
+    })
+    exposures = pd.DataFrame({
+        "user_id": ["u1", "u2", "u2"],
+        "exposed_at": [T0, T0, T0 + dt.timedelta(days=8)],
+        "variant": ["treatment", "control", "treatment"],
+    })
+    telemetry = pd.DataFrame({
+        "event_id": ["e1", "e2", "e3", "e4"],
+        "created_at": [T0, T0 + dt.timedelta(seconds=5), T0 + dt.timedelta(seconds=9), T0],
+        "user_id": ["u1", "u1", "u1", "u2"],
+        "device_id": ["d1", "d1", "d1", "d2"],
+        "event_type": ["app_open", "whispers_shown", "whispers_used", "app_open"],
+        "request_id": [None, "r1", "r1", None],
+        "whisper_id": [None, "m1", "m1", None],
+        "position": pd.array([None, 1, 1, None], dtype="Int32"),
+    })
+    api_logs = pd.DataFrame({
+        "request_id": ["r1", "r2"],
+        "timestamp": [T0, T0 + dt.timedelta(minutes=1)],
+        "endpoint": ["/api/whispers/context", "/api/recap"],
+        "user_id": ["u1", None],
+        "device_id": ["d1", None],
+        "status": pd.array([200, 500], dtype="int32"),
+        "duration_ms": [42.0, 120.5],
+        "ranking_ms": [12.0, None],
+        "weight_source": ["user", None],
+        "weights_version": ["default-2026-11", None],
+    })
+    candidates = pd.DataFrame({
+        "request_id": ["r1", "r1"],
+        "memory_id": ["m1", "m2"],
+        "context_similarity": [0.8, 0.2],
+        "recency_hours": [5.0, 100.0],
+        "use_count": pd.array([3, 0], dtype="int32"),
+        "last_shown_hours": [None, 48.0],
+        "pinned": [False, True],
+        "logged_score": [0.7, 0.4],
+        "shown_position": pd.array([1, None], dtype="Int32"),
+        "propensity": [0.9, None],
+    })
+    feedback = pd.DataFrame({
+        "user_id": ["u1"], "submitted_at": [T0], "rating": pd.array([5], dtype="int32"),
+        "relevant": [True],
+    })
+    tickets = pd.DataFrame({
+        "ticket_id": ["t1"], "created_at": [T0], "user_id": [None], "category": ["bug"],
+        "priority": ["low"], "about_whispers": [False],
+    })
+    db_metrics = pd.DataFrame({
+        "timestamp": [T0, T0 + dt.timedelta(minutes=1)], "p95_query_ms": [20.0, 21.5],
+    })
+    return {
+        "users": users, "exposures": exposures, "telemetry": telemetry, "api_logs": api_logs,
+        "ranking_candidates": candidates, "feedback": feedback, "support_tickets": tickets,
+        "db_metrics": db_metrics,
+    }

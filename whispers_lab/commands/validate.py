@@ -1,0 +1,32 @@
+"""``whispers-lab validate PATH``: check an export against the contract."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..export import open_export
+from ..validation import summary
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check an export against the contract",
+                       description="Open an export (DuckDB file or Parquet folder) read-only and check "
+                                   "it against the export contract. Prints the tables, row counts and "
+                                   "date ranges, or every problem found. Exit 0 when valid.")
+    p.add_argument("path", help="DuckDB file or folder of <table>.parquet files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_export(args.path) as export:
+        rows = summary(export)
+    print(f"export {args.path!r} ({export.kind}) is valid")
+    print(f"  {'table':<20} {'rows':>12}  {'from (UTC)':<19}  {'to (UTC)':<19}")
+    for r in rows:
+        if not r["present"]:
+            print(f"  {r['table']:<20} {'absent':>12}  (optional)")
+            continue
+        lo = r["from"].strftime("%Y-%m-%d %H:%M:%S") if r["from"] is not None else "-"
+        hi = r["to"].strftime("%Y-%m-%d %H:%M:%S") if r["to"] is not None else "-"
+        print(f"  {r['table']:<20} {r['rows']:>12,}  {lo:<19}  {hi:<19}")
+    return 0

@@ -111,6 +111,8 @@ class Criteria:
     min_minute_requests: int
     min_group_users: int
     telemetry_min_hourly_events: int
+    max_weight_version_conflicts: int
+    max_cue_cooldown_violations: int
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,440 @@
+"""Monitoring SQL: the aggregates behind the go/no-go criteria and the rollback triggers.
+
+Every function takes an opened :class:`~whispers_lab.export.Export` and a half-open UTC window
+``[start, end)`` (a rollout day is ``[plan.day_start(N), plan.day_start(N + 1))``) and returns a
+small aggregated DataFrame or a dict of numbers. All the heavy lifting (per-minute grouping, the
+consecutive-minute run detection, LAG over cue events, percentiles) happens in DuckDB, so a day
+of 10M ``api_logs`` rows stays a matter of seconds. The rules in :mod:`whispers_lab.rules` are
+pure functions over what these return.
+
+Definitions (also in ``docs/rules.md``):
+
+* an *error* is a request with ``status >= 400``, as the plan's dashboard SQL counts it;
+  a *server error* (``status >= 500``) is what makes a minute *down* for uptime;
+* a *counted* minute has at least ``min_requests`` requests to the endpoint; a minute with fewer
+  requests is *skipped*: it neither extends nor breaks a run of bad minutes;
+* a *run* is a maximal sequence of counted minutes that are all above the threshold, with only
+  skipped minutes between them (gaps-and-islands over the counted minutes). Runs are detected
+  over ``[start - lookback, end)`` so that a run straddling midnight keeps its full length; only
+  runs that reach into ``[start, end)`` are returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from ..contract import WHISPERS_ENDPOINT
+from ..export import Export
+
+ERROR_STATUS = 400
+SERVER_ERROR_STATUS = 500
+DOWN_ERROR_SHARE = 0.5
+
+MinuteMetric = Literal["error_rate", "avg_duration_ms"]
+_MINUTE_METRICS: tuple[str, ...] = ("error_rate", "avg_duration_ms")
+
+
+def _row(frame: pd.DataFrame) -> dict[str, Any]:
+    """The first row of a one-row aggregate as plain Python values (NaN/NA/NULL -> None)."""
+    if frame.empty:
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in frame.to_dict(orient="records")[0].items():
+        if isinstance(value, (list, tuple, np.ndarray)):
+            out[str(key)] = list(value)
+        elif value is None or value is pd.NaT or pd.isna(value):
+            out[str(key)] = None
+        elif hasattr(value, "item"):
+            out[str(key)] = value.item()
+        else:
+            out[str(key)] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# coverage
+
+
+def data_end(export: Export) -> dt.datetime | None:
+    """The latest timestamp in ``api_logs``, ``telemetry`` or ``exposures``: where the export ends."""
+    value = export.scalar(
+        "SELECT max(t) FROM ("
+        " SELECT max(\"timestamp\") AS t FROM api_logs"
+        " UNION ALL SELECT max(created_at) FROM telemetry"
+        " UNION ALL SELECT max(exposed_at) FROM exposures)"
+    )
+    if value is None:
+        return None
+    return pd.Timestamp(value).to_pydatetime()
+
+
+# ---------------------------------------------------------------------------------------
+# per-minute API series and runs
+
+
+_MINUTES_CTE = f"""
+minutes AS (
+    SELECT date_trunc('minute', "timestamp") AS minute,
+           count(*) AS requests,
+           avg(duration_ms) AS avg_duration_ms,
+           count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
+           count(*) FILTER (WHERE status >= {SERVER_ERROR_STATUS}) AS server_errors
+    FROM api_logs
+    WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+    GROUP BY 1
+)"""
+
+
+def minute_series(export: Export, start: dt.datetime, end: dt.datetime, *,
+                  min_requests: int) -> pd.DataFrame:
+    """Per-minute series of ``/api/whispers/context`` over ``[start, end)`` (the plan's dashboard
+    query): minute, requests, avg_duration_ms, errors, server_errors, error_rate, counted.
+
+    Only minutes with at least one request appear; ``counted`` marks minutes with at least
+    ``min_requests`` requests (the others are skipped by the run detection)."""
+    query = f"""
+    WITH {_MINUTES_CTE}
+    SELECT minute, requests, avg_duration_ms, errors, server_errors,
+           errors / requests AS error_rate,
+           requests >= $min_requests AS counted
+    FROM minutes ORDER BY minute
+    """
+    return export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end,
+                              "min_requests": min_requests})
+
+
+def minute_runs(export: Export, start: dt.datetime, end: dt.datetime, *, metric: MinuteMetric,
+                threshold: float, min_requests: int, lookback_minutes: int = 60) -> pd.DataFrame:
+    """Runs of consecutive counted minutes whose ``metric`` is strictly above ``threshold``.
+
+    Gaps-and-islands: over the counted minutes in time order, ``row_number() - row_number()
+    PARTITION BY above`` is constant within a run. Returns start (first minute), end (exclusive:
+    last minute + 1 minute), minutes (counted minutes in the run, including any before
+    ``start`` within the lookback), minutes_in_window (those within ``[start, end)``) and
+    peak (largest metric value in the run), for runs that reach into ``[start, end)``.
+    """
+    if metric not in _MINUTE_METRICS:
+        raise ValueError(f"unknown minute metric {metric!r} (known: {_MINUTE_METRICS})")
+    value = "errors / requests" if metric == "error_rate" else "avg_duration_ms"
+    query = f"""
+    WITH {_MINUTES_CTE},
+    counted AS (
+        SELECT minute, {value} AS value, ({value}) > $threshold AS above
+        FROM minutes WHERE requests >= $min_requests
+    ),
+    islands AS (
+        SELECT *, row_number() OVER (ORDER BY minute)
+                  - row_number() OVER (PARTITION BY above ORDER BY minute) AS island
+        FROM counted
+    )
+    SELECT min(minute) AS start,
+           max(minute) + INTERVAL 1 MINUTE AS "end",
+           count(*) AS minutes,
+           count(*) FILTER (WHERE minute >= $day_lo) AS minutes_in_window,
+           max(value) AS peak
+    FROM islands WHERE above
+    GROUP BY island
+    HAVING max(minute) >= $day_lo
+    ORDER BY start
+    """
+    return export.sql(query, {
+        "endpoint": WHISPERS_ENDPOINT, "lo": start - dt.timedelta(minutes=lookback_minutes),
+        "hi": end, "day_lo": start, "threshold": float(threshold), "min_requests": min_requests,
+    })
+
+
+def availability(export: Export, start: dt.datetime, end: dt.datetime, *,
+                 min_requests: int) -> dict[str, Any]:
+    """Minutes for uptime: observed (>= 1 request), counted (>= ``min_requests``), and down
+    (counted minutes in which at least half of the requests got a server error, status >= 500)."""
+    query = f"""
+    WITH {_MINUTES_CTE}
+    SELECT count(*) AS observed_minutes,
+           count(*) FILTER (WHERE requests >= $min_requests) AS counted_minutes,
+           count(*) FILTER (WHERE requests >= $min_requests
+                            AND server_errors >= $down_share * requests) AS down_minutes,
+           count(*) FILTER (WHERE requests < $min_requests) AS skipped_minutes
+    FROM minutes
+    """
+    return _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end,
+                                   "min_requests": min_requests,
+                                   "down_share": DOWN_ERROR_SHARE}))
+
+
+# ---------------------------------------------------------------------------------------
+# daily API aggregates
+
+
+def daily_api(export: Export, start: dt.datetime, end: dt.datetime, *,
+              ranking_timeout_ms: float) -> dict[str, Any]:
+    """One row of daily ``/api/whispers/context`` aggregates over ``[start, end)``.
+
+    requests, errors, error_rate, avg_duration_ms, p95_duration_ms, ranked_requests (ranking_ms
+    set), ranking_timeouts (ranking_ms strictly above ``ranking_timeout_ms``), max_ranking_ms,
+    weight_requests (weight_source set), fallbacks (weight_source = 'fallback'),
+    fallback_rate."""
+    query = f"""
+    SELECT count(*) AS requests,
+           count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
+           count(*) FILTER (WHERE status >= {ERROR_STATUS}) / nullif(count(*), 0) AS error_rate,
+           avg(duration_ms) AS avg_duration_ms,
+           quantile_cont(duration_ms, 0.95) AS p95_duration_ms,
+           count(ranking_ms) AS ranked_requests,
+           count(*) FILTER (WHERE ranking_ms > $timeout) AS ranking_timeouts,
+           max(ranking_ms) AS max_ranking_ms,
+           count(weight_source) AS weight_requests,
+           count(*) FILTER (WHERE weight_source = 'fallback') AS fallbacks,
+           count(*) FILTER (WHERE weight_source = 'fallback')
+               / nullif(count(weight_source), 0) AS fallback_rate
+    FROM api_logs
+    WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+    """
+    return _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end,
+                                   "timeout": float(ranking_timeout_ms)}))
+
+
+def weight_persistence(export: Export, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """Weights seen per user across devices over ``[start, end)``.
+
+    users (with a weights_version on the endpoint), multi_device_users (seen on two or more
+    devices), conflict_users (multi-device users served more than one distinct weights_version
+    that day) and up to five example user ids."""
+    query = """
+    WITH per_user AS (
+        SELECT user_id,
+               count(DISTINCT device_id) AS devices,
+               count(DISTINCT weights_version) AS versions
+        FROM api_logs
+        WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+          AND user_id IS NOT NULL AND device_id IS NOT NULL AND weights_version IS NOT NULL
+        GROUP BY user_id
+    )
+    SELECT count(*) AS users,
+           count(*) FILTER (WHERE devices >= 2) AS multi_device_users,
+           count(*) FILTER (WHERE devices >= 2 AND versions > 1) AS conflict_users,
+           list(user_id ORDER BY user_id) FILTER (WHERE devices >= 2 AND versions > 1)
+               AS conflict_examples
+    FROM per_user
+    """
+    row = _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end}))
+    examples = row.get("conflict_examples")
+    row["conflict_examples"] = [] if examples is None else [str(u) for u in list(examples)[:5]]
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# telemetry and the Maya cue
+
+
+def hourly_telemetry(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """Events per UTC hour over ``[start, end)`` with zero-filled hours: hour, events, shown."""
+    query = """
+    WITH hours AS (
+        SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 HOUR,
+                                      INTERVAL 1 HOUR)) AS hour
+    ),
+    counts AS (
+        SELECT date_trunc('hour', created_at) AS hour, count(*) AS events,
+               count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown
+        FROM telemetry WHERE created_at >= $lo AND created_at < $hi
+        GROUP BY 1
+    )
+    SELECT h.hour, coalesce(c.events, 0) AS events, coalesce(c.shown, 0) AS shown
+    FROM hours h LEFT JOIN counts c USING (hour)
+    ORDER BY h.hour
+    """
+    return export.sql(query, {"lo": start, "hi": end})
+
+
+def treated_active_users(export: Export, start: dt.datetime, end: dt.datetime) -> int:
+    """Users served the treatment at some time in ``[start, end)`` (an exposure row in the
+    window, or the latest row before it) who also sent any telemetry event in the window."""
+    query = """
+    WITH before AS (
+        SELECT user_id, arg_max(variant, exposed_at) AS variant
+        FROM exposures WHERE exposed_at < $lo GROUP BY user_id
+    ),
+    treated AS (
+        SELECT user_id FROM before WHERE variant = 'treatment'
+        UNION
+        SELECT user_id FROM exposures
+        WHERE exposed_at >= $lo AND exposed_at < $hi AND variant = 'treatment'
+    ),
+    active AS (
+        SELECT DISTINCT user_id FROM telemetry WHERE created_at >= $lo AND created_at < $hi
+    )
+    SELECT count(*) FROM treated JOIN active USING (user_id)
+    """
+    return int(export.sql(query, {"lo": start, "hi": end}).iloc[0, 0])
+
+
+def cue_cooldown(export: Export, start: dt.datetime, end: dt.datetime, *,
+                 cooldown_minutes: float) -> dict[str, Any]:
+    """Maya cue spacing over ``[start, end)``: cues, users, violations, min_gap_minutes.
+
+    A violation is a ``maya_cue_fired`` event of a user that follows that user's previous cue
+    by strictly less than ``cooldown_minutes`` (LAG per user; the previous cue may lie up to one
+    cooldown before ``start``)."""
+    query = """
+    WITH cues AS (
+        SELECT user_id, created_at,
+               lag(created_at) OVER (PARTITION BY user_id ORDER BY created_at) AS prev
+        FROM telemetry
+        WHERE event_type = 'maya_cue_fired'
+          AND created_at >= $lookback AND created_at < $hi
+    ),
+    today AS (
+        SELECT *, epoch_us(created_at) - epoch_us(prev) AS gap_us
+        FROM cues WHERE created_at >= $lo
+    )
+    SELECT count(*) AS cues,
+           count(DISTINCT user_id) AS users,
+           count(*) FILTER (WHERE gap_us < $cooldown_us) AS violations,
+           min(gap_us) / 60e6 AS min_gap_minutes
+    FROM today
+    """
+    cooldown = dt.timedelta(minutes=float(cooldown_minutes))
+    return _row(export.sql(query, {"lo": start, "hi": end, "lookback": start - cooldown,
+                                   "cooldown_us": cooldown / dt.timedelta(microseconds=1)}))
+
+
+# ---------------------------------------------------------------------------------------
+# support tickets
+
+
+def ticket_counts(export: Export, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
+    """Tickets about whispers over ``[start, end)``: about_whispers, privacy (category
+    'privacy'), critical_bugs (category 'bug' and priority 'critical'), with example ids."""
+    query = """
+    SELECT count(*) AS about_whispers,
+           count(*) FILTER (WHERE category = 'privacy') AS privacy,
+           count(*) FILTER (WHERE category = 'bug' AND priority = 'critical') AS critical_bugs,
+           list(ticket_id ORDER BY created_at) FILTER (WHERE category = 'privacy')
+               AS privacy_ids,
+           list(ticket_id ORDER BY created_at)
+               FILTER (WHERE category = 'bug' AND priority = 'critical') AS critical_bug_ids
+    FROM support_tickets
+    WHERE about_whispers AND created_at >= $lo AND created_at < $hi
+    """
+    row = _row(export.sql(query, {"lo": start, "hi": end}))
+    for key in ("privacy_ids", "critical_bug_ids"):
+        ids = row.get(key)
+        row[key] = [] if ids is None else [str(i) for i in list(ids)[:10]]
+    return row
+
+
+# ---------------------------------------------------------------------------------------
+# database health
+
+
+def db_baseline(export: Export, before: dt.datetime) -> dict[str, Any]:
+    """Pre-rollout database baseline: minutes and median of ``p95_query_ms`` before ``before``."""
+    query = """
+    SELECT count(*) AS minutes, median(p95_query_ms) AS median_p95_ms
+    FROM db_metrics WHERE "timestamp" < $before
+    """
+    return _row(export.sql(query, {"before": before}))
+
+
+_DB_MINUTES_CTE = """
+db AS (
+    SELECT date_trunc('minute', "timestamp") AS minute, max(p95_query_ms) AS p95_query_ms
+    FROM db_metrics WHERE "timestamp" >= $lo AND "timestamp" < $hi
+    GROUP BY 1
+)"""
+
+
+def db_minute_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """Per-minute ``p95_query_ms`` over ``[start, end)`` (the max if a minute has several rows)."""
+    query = f"WITH {_DB_MINUTES_CTE} SELECT minute, p95_query_ms FROM db ORDER BY minute"
+    return export.sql(query, {"lo": start, "hi": end})
+
+
+def db_runs(export: Export, start: dt.datetime, end: dt.datetime, *, limit_ms: float,
+            lookback_minutes: int = 60) -> pd.DataFrame:
+    """Runs of consecutive observed minutes with ``p95_query_ms`` strictly above ``limit_ms``
+    (minutes without a row neither extend nor break a run), reaching into ``[start, end)``;
+    same columns as :func:`minute_runs`."""
+    query = f"""
+    WITH {_DB_MINUTES_CTE},
+    flagged AS (SELECT minute, p95_query_ms AS value, p95_query_ms > $limit AS above FROM db),
+    islands AS (
+        SELECT *, row_number() OVER (ORDER BY minute)
+                  - row_number() OVER (PARTITION BY above ORDER BY minute) AS island
+        FROM flagged
+    )
+    SELECT min(minute) AS start,
+           max(minute) + INTERVAL 1 MINUTE AS "end",
+           count(*) AS minutes,
+           count(*) FILTER (WHERE minute >= $day_lo) AS minutes_in_window,
+           max(value) AS peak
+    FROM islands WHERE above
+    GROUP BY island
+    HAVING max(minute) >= $day_lo
+    ORDER BY start
+    """
+    return export.sql(query, {"lo": start - dt.timedelta(minutes=lookback_minutes), "hi": end,
+                              "day_lo": start, "limit": float(limit_ms)})
+
+
+# ---------------------------------------------------------------------------------------
+# daily series for charts
+
+
+def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
+    """One row per UTC day from ``start`` (day 0) to ``end`` (exclusive), zero-filled:
+    day, date, treatment_exposures, control_exposures, treatment_users, control_users,
+    impressions (whispers_shown), clicks (whispers_used), ctr (clicks / impressions, the plan's
+    dashboard definition), requests, error_rate, weight_requests, fallbacks, fallback_rate."""
+    query = f"""
+    WITH days AS (
+        SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 DAY,
+                                      INTERVAL 1 DAY)) AS d
+    ),
+    ex AS (
+        SELECT date_trunc('day', exposed_at) AS d,
+               count(*) FILTER (WHERE variant = 'treatment') AS treatment_exposures,
+               count(*) FILTER (WHERE variant = 'control') AS control_exposures,
+               count(DISTINCT user_id) FILTER (WHERE variant = 'treatment') AS treatment_users,
+               count(DISTINCT user_id) FILTER (WHERE variant = 'control') AS control_users
+        FROM exposures WHERE exposed_at >= $lo AND exposed_at < $hi GROUP BY 1
+    ),
+    tel AS (
+        SELECT date_trunc('day', created_at) AS d,
+               count(*) FILTER (WHERE event_type = 'whispers_shown') AS impressions,
+               count(*) FILTER (WHERE event_type = 'whispers_used') AS clicks
+        FROM telemetry WHERE created_at >= $lo AND created_at < $hi GROUP BY 1
+    ),
+    api AS (
+        SELECT date_trunc('day', "timestamp") AS d, count(*) AS requests,
+               count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
+               count(weight_source) AS weight_requests,
+               count(*) FILTER (WHERE weight_source = 'fallback') AS fallbacks
+        FROM api_logs
+        WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi GROUP BY 1
+    )
+    SELECT date_diff('day', $lo::TIMESTAMP, days.d) AS day,
+           CAST(days.d AS DATE) AS date,
+           coalesce(treatment_exposures, 0) AS treatment_exposures,
+           coalesce(control_exposures, 0) AS control_exposures,
+           coalesce(treatment_users, 0) AS treatment_users,
+           coalesce(control_users, 0) AS control_users,
+           coalesce(impressions, 0) AS impressions,
+           coalesce(clicks, 0) AS clicks,
+           clicks / nullif(impressions, 0) AS ctr,
+           coalesce(requests, 0) AS requests,
+           errors / nullif(requests, 0) AS error_rate,
+           coalesce(weight_requests, 0) AS weight_requests,
+           coalesce(fallbacks, 0) AS fallbacks,
+           fallbacks / nullif(weight_requests, 0) AS fallback_rate
+    FROM days
+    LEFT JOIN ex ON ex.d = days.d
+    LEFT JOIN tel ON tel.d = days.d
+    LEFT JOIN api ON api.d = days.d
+    ORDER BY days.d
+    """
+    return export.sql(query, {"lo": start, "hi": end, "endpoint": WHISPERS_ENDPOINT})

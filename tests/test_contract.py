@@ -5,14 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from factories import valid_tables
 from whispers_lab.contract import CONTRACT, REQUIRED_TABLES, contract_markdown
 from whispers_lab.errors import ExportError, ExportValidationError
 from whispers_lab.export import open_export, write_export
+
+from factories import valid_tables
 
 FORMATS = ["duckdb", "parquet"]
 
@@ -199,7 +201,7 @@ def test_export_is_never_modified(tmp_path):
     path = _write(valid_tables(), tmp_path, "duckdb")
     before = (path.stat().st_mtime_ns, path.read_bytes())
     with open_export(path) as export:
-        with pytest.raises(Exception):
+        with pytest.raises(duckdb.Error, match="read-only"):
             export.con.execute("DELETE FROM src.users")
     assert (path.stat().st_mtime_ns, path.read_bytes()) == before
 

@@ -7,7 +7,7 @@ This module declares; it checks nothing. Column names used elsewhere come from h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 LogicalType = Literal["VARCHAR", "TIMESTAMP", "BOOLEAN", "INTEGER", "DOUBLE"]

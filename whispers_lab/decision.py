@@ -1,0 +1,285 @@
+"""The daily decision: GO / NO_GO / ROLLBACK, the plan's next step, and ``decision.json``.
+
+:func:`decide` is a pure function of the day's criterion and trigger results and the plan:
+
+1. ``ROLLBACK`` if any trigger fired (status ``fail``), in every phase.
+2. ``NO_GO`` if anything blocks the day:
+
+   * a criterion the phase *requires* that does not pass (fail, inconclusive, no_data, or
+     missing from the results altogether);
+   * a criterion the phase *watches* that fails (inconclusive / no_data watched criteria are
+     reported, not blocking);
+   * a trigger with status ``no_data`` (what it watches could not be seen at all), in every
+     phase;
+   * a trigger that is ``inconclusive`` (data present but too thin for its minute rule) where
+     the trigger is *required*: every trigger in percentage phases; in the internal and beta
+     phases the two per-minute triggers (error rate, latency) are *watched*, because a handful
+     of users rarely produce a minute with enough requests, and the daily error rate and average
+     response criteria judge those days instead.
+
+3. ``GO`` otherwise.
+
+The next step follows the plan: on GO the audience of day + 1 (continue the phase, or advance to
+the next phase on its first day; after the last day, stay at 100%); on NO_GO hold the current
+phase's audience and flags; on ROLLBACK set the plan's rollback flags, monitor, investigate.
+The JSON layout is documented in ``docs/decision-schema.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .plan import TRIGGER_IDS, FlagValue, Phase, Plan
+from .results import CriterionResult
+
+Verdict = Literal["GO", "NO_GO", "ROLLBACK"]
+Action = Literal["continue", "advance", "complete", "hold", "rollback"]
+Role = Literal["required", "watched", "info"]
+
+SCHEMA_VERSION = 1
+#: Worst first: a decision with a lower rank is more conservative.
+VERDICT_RANK: dict[str, int] = {"ROLLBACK": 0, "NO_GO": 1, "GO": 2}
+#: Triggers that are only watched (not required) in phases without a percentage audience.
+MINUTE_TRIGGERS: tuple[str, ...] = ("trigger_error_rate", "trigger_latency")
+
+ROLLBACK_INSTRUCTIONS: tuple[str, ...] = (
+    "Set the rollback flags (NEXT_PUBLIC_WHISPERS_ENABLED=false).",
+    "Clear the CDN cache for API routes.",
+    "Monitor for {minutes} minutes to confirm the rollback took effect.",
+    "Investigate the root cause before re-enabling.",
+)
+
+
+def role_of(result: CriterionResult | str, phase: Phase, kind: str | None = None) -> Role:
+    """Role of a criterion or trigger in ``phase``: required, watched or info."""
+    rid = result if isinstance(result, str) else result.id
+    kind = kind or (result.kind if isinstance(result, CriterionResult) else
+                    ("trigger" if rid in TRIGGER_IDS else "criterion"))
+    if kind == "trigger":
+        if rid in MINUTE_TRIGGERS and phase.audience != "percentage":
+            return "watched"
+        return "required"
+    if rid in phase.required:
+        return "required"
+    if rid in phase.watched:
+        return "watched"
+    return "info"
+
+
+@dataclass(frozen=True)
+class NextStep:
+    """What to do next, with the flag values to set."""
+
+    action: Action
+    day: int
+    phase: str
+    audience: str
+    percentage: float
+    environment: str
+    flags: Mapping[str, FlagValue]
+    instructions: tuple[str, ...] = ()
+    monitor_minutes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "day": self.day, "phase": self.phase,
+                "audience": self.audience, "percentage": self.percentage,
+                "environment": self.environment, "flags": dict(self.flags),
+                "monitor_minutes": self.monitor_minutes,
+                "instructions": list(self.instructions)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The decision for one rollout day and everything it rests on."""
+
+    day: int
+    date: dt.date
+    phase: Phase
+    decision: Verdict
+    next_step: NextStep
+    reasons: tuple[str, ...]
+    results: tuple[CriterionResult, ...]
+    roles: Mapping[str, Role]
+    blocking: tuple[str, ...] = ()
+    fired: tuple[str, ...] = ()
+    plan_name: str = ""
+    plan_source: str = ""
+    plan_version: int = 1
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def criteria(self) -> tuple[CriterionResult, ...]:
+        return tuple(r for r in self.results if r.kind == "criterion")
+
+    @property
+    def triggers(self) -> tuple[CriterionResult, ...]:
+        return tuple(r for r in self.results if r.kind == "trigger")
+
+    def _entry(self, r: CriterionResult) -> dict[str, Any]:
+        d = r.to_dict()
+        return {"id": d["id"], "kind": d["kind"], "role": self.roles.get(r.id, "info"),
+                "value": d["value"], "threshold": d["threshold"], "status": d["status"],
+                "fired": r.fired if r.kind == "trigger" else None,
+                "blocking": r.id in self.blocking or r.id in self.fired,
+                "reason": d["reason"], "unit": d["unit"], "details": d["details"]}
+
+    def to_dict(self, generated_at: dt.datetime | None = None) -> dict[str, Any]:
+        """The ``decision.json`` document (see docs/decision-schema.md)."""
+        when = generated_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "generated_at": when.replace(microsecond=0).isoformat() + "Z",
+            "plan": {"name": self.plan_name, "source": self.plan_source,
+                     "version": self.plan_version},
+            "day": self.day,
+            "date": self.date.isoformat(),
+            "phase": {"id": self.phase.id, "name": self.phase.name,
+                      "audience": self.phase.audience, "percentage": self.phase.percentage,
+                      "environment": self.phase.environment,
+                      "first_day": self.phase.first_day, "last_day": self.phase.last_day},
+            "decision": self.decision,
+            "next_step": self.next_step.to_dict(),
+            "reasons": list(self.reasons),
+            "blocking": list(self.blocking),
+            "fired": list(self.fired),
+            "notes": list(self.notes),
+            "criteria": [self._entry(r) for r in self.criteria],
+            "triggers": [self._entry(r) for r in self.triggers],
+        }
+
+    def to_json(self, path: str | Path | None = None, *,
+                generated_at: dt.datetime | None = None) -> str:
+        """The decision as JSON text; also written to ``path`` (atomically) when given."""
+        text = json.dumps(self.to_dict(generated_at), indent=2, ensure_ascii=False,
+                          allow_nan=False) + "\n"
+        if path is not None:
+            p = Path(path)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(p)
+        return text
+
+
+# ---------------------------------------------------------------------------------------
+# next step
+
+
+def _phase_step(action: Action, day: int, phase: Phase,
+                instructions: tuple[str, ...] = ()) -> NextStep:
+    return NextStep(action=action, day=day, phase=phase.id, audience=phase.audience,
+                    percentage=phase.percentage, environment=phase.environment,
+                    flags=dict(phase.flags), instructions=instructions)
+
+
+def next_step(verdict: Verdict, day: int, plan: Plan,
+              blocking: Sequence[str] = ()) -> NextStep:
+    """The plan's next step after ``verdict`` on ``day``."""
+    current = plan.phase_for_day(day)
+    tomorrow = day + 1
+    if verdict == "ROLLBACK":
+        flags = dict(current.flags)
+        flags.update(plan.rollback_flags)
+        steps = tuple(s.format(minutes=plan.rollback_monitor_minutes)
+                      for s in ROLLBACK_INSTRUCTIONS)
+        return NextStep(action="rollback", day=tomorrow, phase=current.id, audience="none",
+                        percentage=0.0, environment=current.environment, flags=flags,
+                        instructions=steps, monitor_minutes=plan.rollback_monitor_minutes)
+    if verdict == "NO_GO":
+        what = ", ".join(blocking) if blocking else "the blocking criteria"
+        return _phase_step("hold", tomorrow, current, (
+            f"Hold at the current audience ({_audience_text(current)}); do not advance.",
+            f"Resolve {what} and evaluate again.",
+        ))
+    if day >= plan.last_day:
+        return _phase_step("complete", tomorrow, plan.phases[-1], (
+            "The plan's last day passed with GO: keep the full rollout.",
+            "Post-rollout tasks: remove the feature flags, optimise performance, document "
+            "lessons learned.",
+        ))
+    nxt = plan.phase_for_day(tomorrow)
+    if nxt.id != current.id:
+        return _phase_step("advance", tomorrow, nxt, (
+            f"Advance to {nxt.name}: {_audience_text(nxt)} from day {tomorrow}.",
+        ))
+    return _phase_step("continue", tomorrow, current, (
+        f"Continue {current.name} ({_audience_text(current)}) on day {tomorrow}.",
+    ))
+
+
+def _audience_text(phase: Phase) -> str:
+    if phase.audience == "percentage":
+        return f"{phase.percentage:g}% of active users"
+    if phase.audience == "beta":
+        return "the beta users"
+    return f"the internal team ({phase.environment})"
+
+
+# ---------------------------------------------------------------------------------------
+# decide
+
+
+def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision:
+    """GO / NO_GO / ROLLBACK for ``day`` from the day's results (see the module docstring)."""
+    phase = plan.phase_for_day(day)
+    results = tuple(results)
+    roles: dict[str, Role] = {r.id: role_of(r, phase) for r in results}
+    present = {r.id for r in results if r.kind == "criterion"}
+    missing = [cid for cid in phase.required if cid not in present]
+    for cid in missing:
+        roles[cid] = "required"
+
+    fired = tuple(dict.fromkeys(r.id for r in results if r.kind == "trigger" and r.status == "fail"))
+    blocking: list[str] = []
+    reasons: list[str] = []
+    notes: list[str] = []
+    for r in results:
+        role = roles[r.id]
+        if r.kind == "trigger":
+            if r.status == "fail":
+                reasons.append(r.reason)
+            elif r.status == "no_data":
+                blocking.append(r.id)
+                reasons.append(f"Trigger {r.id} could not be evaluated: {r.reason}")
+            elif r.status == "inconclusive":
+                if role == "required":
+                    blocking.append(r.id)
+                    reasons.append(f"Trigger {r.id} could not be evaluated: {r.reason}")
+                else:
+                    notes.append(f"Trigger {r.id} (watched in this phase): {r.reason}")
+            continue
+        if role == "required" and r.status != "pass":
+            blocking.append(r.id)
+            reasons.append(f"Required {r.id} is {r.status}: {r.reason}")
+        elif role == "watched" and r.status == "fail":
+            blocking.append(r.id)
+            reasons.append(f"Watched {r.id} fails: {r.reason}")
+        elif role == "watched" and r.status != "pass":
+            notes.append(f"Watched {r.id} is {r.status}: {r.reason}")
+    for cid in missing:
+        blocking.append(cid)
+        reasons.append(f"Required {cid} was not evaluated (no result).")
+    blocking_ids = tuple(dict.fromkeys(blocking))
+
+    verdict: Verdict
+    if fired:
+        verdict = "ROLLBACK"
+        reasons.insert(0, f"{len(fired)} rollback trigger(s) fired: {', '.join(fired)}.")
+    elif blocking_ids:
+        verdict = "NO_GO"
+        reasons.insert(0, f"{len(blocking_ids)} item(s) block the day: {', '.join(blocking_ids)}.")
+    else:
+        verdict = "GO"
+        n_req = len(phase.required)
+        reasons.insert(0, f"All {n_req} required criteria of {phase.name} pass, no watched "
+                          f"criterion fails and no rollback trigger fired.")
+    step = next_step(verdict, day, plan, blocking_ids)
+    return Decision(day=day, date=plan.day_start(day).date(), phase=phase, decision=verdict,
+                    next_step=step, reasons=tuple(reasons), results=results, roles=roles,
+                    blocking=blocking_ids, fired=fired, plan_name=plan.name,
+                    plan_source=plan.source, plan_version=plan.version, notes=tuple(notes))

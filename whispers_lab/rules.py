@@ -1,0 +1,573 @@
+"""The rollout plan's criteria and rollback triggers as pure functions.
+
+Each function takes aggregates (plain numbers, dicts or small DataFrames as returned by
+:mod:`whispers_lab.queries.monitoring`, or a :class:`~whispers_lab.results.StatResult` from the
+statistics package), the plan and the rollout day, and returns one
+:class:`~whispers_lab.results.CriterionResult` with a stable id, the observed value, the
+threshold in force that day (phase overrides included), a status and one plain sentence.
+Nothing here opens an export; :mod:`whispers_lab.evaluate` feeds these functions.
+
+Conventions (see ``docs/rules.md``):
+
+* "max" criteria pass when the value is at or below the threshold, "min" criteria when at or
+  above (the plan file's convention). Triggers fire (status ``fail``) when the value is
+  strictly above the trigger level for at least the trigger's number of counted minutes.
+* Missing data is ``no_data``; data too thin to judge is ``inconclusive``. Neither is a pass.
+* A rate or a mean is judged only on at least ``min_day_requests`` requests (see
+  :func:`min_day_requests`); uptime only on at least ``ceil(1 / (1 - uptime))`` counted minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+from statsmodels.stats.proportion import proportion_confint
+
+from .plan import Plan
+from .results import CriterionResult, StatResult, Status
+
+Direction = Literal["max", "min"]
+
+
+@dataclass(frozen=True)
+class CriterionSpec:
+    """How a criterion id maps onto the plan: its threshold key in ``[criteria]``, direction
+    and unit. ``threshold_key`` None means the threshold comes from elsewhere (retention)."""
+
+    id: str
+    threshold_key: str | None
+    direction: Direction
+    unit: str
+
+
+SPECS: dict[str, CriterionSpec] = {s.id: s for s in (
+    CriterionSpec("telemetry_flowing", "telemetry_min_hourly_events", "min", "events/hour"),
+    CriterionSpec("ranking_timeouts", "max_ranking_timeouts", "max", "requests"),
+    CriterionSpec("weight_persistence", "max_weight_version_conflicts", "max", "users"),
+    CriterionSpec("cue_cooldown", "max_cue_cooldown_violations", "max", "cues"),
+    CriterionSpec("error_rate", "error_rate", "max", "share"),
+    CriterionSpec("avg_response_ms", "avg_response_ms", "max", "ms"),
+    CriterionSpec("p95_response_ms", "p95_response_ms", "max", "ms"),
+    CriterionSpec("weight_fallback_rate", "weight_fallback_rate", "max", "share"),
+    CriterionSpec("uptime", "uptime", "min", "share"),
+    CriterionSpec("critical_bugs", "critical_bugs", "max", "tickets"),
+    CriterionSpec("relevance", "relevance", "min", "share"),
+    CriterionSpec("feedback_score", "feedback_score", "min", "rating"),
+    CriterionSpec("ctr", "ctr", "min", "share"),
+    CriterionSpec("retention", None, "min", "difference"),
+    CriterionSpec("support_tickets", "support_ticket_rate_ratio", "max", "ratio"),
+    CriterionSpec("srm", "srm_p_value", "min", "p-value"),
+)}
+
+#: Criteria whose numbers come from the statistics package (``experiment_results``).
+STAT_CRITERIA: tuple[str, ...] = (
+    "relevance", "feedback_score", "ctr", "retention", "support_tickets", "srm", "p95_response_ms",
+)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run of consecutive bad minutes, for charts: ``[start, end)``, counted minutes in the
+    run (including any just before midnight), peak value, and whether it fired the trigger."""
+
+    trigger: str
+    start: dt.datetime
+    end: dt.datetime
+    minutes: int
+    peak: float
+    fired: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trigger": self.trigger, "start": self.start.isoformat(),
+                "end": self.end.isoformat(), "minutes": self.minutes, "peak": self.peak,
+                "fired": self.fired}
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def threshold(plan: Plan, criterion: str, day: int) -> float | None:
+    """The threshold of ``criterion`` in force on ``day`` (phase override, else [criteria])."""
+    key = SPECS[criterion].threshold_key
+    if key is None:
+        if criterion == "retention":
+            return -plan.retention.margin
+        return None
+    return plan.threshold(key, day)
+
+
+def min_day_requests(plan: Plan, rate_threshold: float | None = None) -> int:
+    """Fewest requests on which a daily rate or mean is judged.
+
+    At least ``criteria.min_minute_requests``; for a rate budget ``b`` also at least ``1 / b``,
+    so that the observed rate can resolve the budget (with fewer requests a single event moves
+    the rate from 0 to above the budget)."""
+    n = plan.criteria.min_minute_requests
+    if rate_threshold is not None and rate_threshold > 0:
+        n = max(n, math.ceil(round(1.0 / rate_threshold, 9)))
+    return int(n)
+
+
+def min_uptime_minutes(uptime_threshold: float) -> int:
+    """Fewest counted minutes on which uptime is judged: one down minute must be able to move
+    the share by no more than the allowed downtime, i.e. ``ceil(1 / (1 - uptime))``."""
+    allowed = 1.0 - uptime_threshold
+    return 1 if allowed <= 0 else math.ceil(round(1.0 / allowed, 9))
+
+
+def _compare(value: float, limit: float, direction: Direction) -> Status:
+    return "pass" if (value <= limit if direction == "max" else value >= limit) else "fail"
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.{digits}f}"
+
+
+def _day(plan: Plan, day: int) -> str:
+    return f"day {day} ({plan.day_start(day).date().isoformat()})"
+
+
+def _criterion(cid: str, value: float | None, limit: float | None, status: Status, reason: str,
+               **details: Any) -> CriterionResult:
+    return CriterionResult(id=cid, kind="criterion", value=value, threshold=limit, status=status,
+                           reason=reason, unit=SPECS[cid].unit, details=dict(details))
+
+
+def _wilson(events: int, n: int) -> tuple[float | None, float | None]:
+    if n <= 0:
+        return (None, None)
+    lo, hi = proportion_confint(events, n, alpha=0.05, method="wilson")
+    return (float(lo), float(hi))
+
+
+def no_data(cid: str, kind: Literal["criterion", "trigger"], reason: str,
+            limit: float | None = None, unit: str = "") -> CriterionResult:
+    """A result that could not be computed at all (missing table, export ends earlier...)."""
+    if kind == "criterion" and not unit:
+        unit = SPECS[cid].unit
+    return CriterionResult(id=cid, kind=kind, value=None, threshold=limit, status="no_data",
+                           reason=reason, unit=unit)
+
+
+# ---------------------------------------------------------------------------------------
+# criteria from monitoring aggregates
+
+
+def telemetry_flowing(hourly: pd.DataFrame, treated_active_users: int, plan: Plan, day: int,
+                      data_end: dt.datetime | None = None) -> CriterionResult:
+    """Every hour of the day carries at least ``telemetry_min_hourly_events`` events, and
+    whispers_shown events exist whenever a treated user was active.
+
+    ``hourly`` has one row per UTC hour of the day (hour, events, shown), zero-filled. Hours
+    starting at or after ``data_end`` (the export's end) cannot be checked: if everything
+    before passes, the result is inconclusive."""
+    cid = "telemetry_flowing"
+    limit = threshold(plan, cid, day)
+    if hourly.empty or int(hourly["events"].sum()) == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No telemetry events at all on {_day(plan, day)}.")
+    hours = pd.to_datetime(hourly["hour"])
+    covered = hourly[hours <= pd.Timestamp(data_end)] if data_end is not None else hourly
+    uncovered = len(hourly) - len(covered)
+    low = covered[covered["events"] < limit]
+    value = float(covered["events"].min()) if len(covered) else None
+    shown = int(hourly["shown"].sum())
+    details = {"hours_checked": len(covered), "hours_below": len(low),
+               "low_hours": [pd.Timestamp(h).strftime("%H:00") for h in low["hour"]][:24],
+               "whispers_shown": shown, "treated_active_users": int(treated_active_users)}
+    if len(low):
+        first = pd.Timestamp(low["hour"].iloc[0]).strftime("%H:00")
+        return _criterion(cid, value, limit, "fail",
+                          f"Telemetry gap: {len(low)} of {len(covered)} hours on {_day(plan, day)} "
+                          f"had fewer than {_num(limit)} event(s), the first at {first} UTC.",
+                          **details)
+    if treated_active_users > 0 and shown == 0:
+        return _criterion(cid, value, limit, "fail",
+                          f"{treated_active_users} treated user(s) were active on "
+                          f"{_day(plan, day)} but no whispers_shown event was logged.", **details)
+    if uncovered:
+        return _criterion(cid, value, limit, "inconclusive",
+                          f"The export ends at {data_end}; {uncovered} hour(s) of "
+                          f"{_day(plan, day)} after it cannot be checked.", **details)
+    return _criterion(cid, value, limit, "pass",
+                      f"Telemetry flowed in all 24 hours (at least {_num(value)} events an hour)"
+                      f" and {shown:,} whispers_shown events were logged.", **details)
+
+
+def ranking_timeouts(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """No request's ranking_ms above ``criteria.ranking_timeout_ms`` (at most
+    ``max_ranking_timeouts``), judged on at least ``min_day_requests`` ranked requests."""
+    cid = "ranking_timeouts"
+    limit = threshold(plan, cid, day)
+    n = int(api.get("ranked_requests") or 0)
+    count = int(api.get("ranking_timeouts") or 0)
+    timeout = plan.criteria.ranking_timeout_ms
+    details = {"ranked_requests": n, "timeout_ms": timeout, "max_ranking_ms": api.get("max_ranking_ms")}
+    if n == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No whispers request with a ranking time on {_day(plan, day)}.", **details)
+    if count > limit:
+        return _criterion(cid, count, limit, "fail",
+                          f"{count:,} of {n:,} requests ranked for longer than {_num(timeout)} ms "
+                          f"(allowed: {_num(limit)}).", **details)
+    need = min_day_requests(plan)
+    if n < need:
+        return _criterion(cid, count, limit, "inconclusive",
+                          f"Only {n} ranked request(s) on {_day(plan, day)} (need {need}) to show "
+                          f"ranking stays within {_num(timeout)} ms.", **details)
+    return _criterion(cid, count, limit, "pass",
+                      f"None of {n:,} requests ranked for longer than {_num(timeout)} ms "
+                      f"(slowest {_num(api.get('max_ranking_ms'))} ms).", **details)
+
+
+def weight_persistence(weights: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """No user seen on two or more devices is served two or more weights_version values in a
+    day. Users on a single device cannot show a cross-device problem and are not evidence."""
+    cid = "weight_persistence"
+    limit = threshold(plan, cid, day)
+    users = int(weights.get("users") or 0)
+    multi = int(weights.get("multi_device_users") or 0)
+    conflicts = int(weights.get("conflict_users") or 0)
+    details = {"users": users, "multi_device_users": multi,
+               "examples": list(weights.get("conflict_examples") or [])}
+    if users == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No whispers request carried a weights_version on {_day(plan, day)}.",
+                          **details)
+    if conflicts > limit:
+        return _criterion(cid, conflicts, limit, "fail",
+                          f"{conflicts:,} of {multi:,} multi-device user(s) were served different "
+                          f"weights versions on different devices.", **details)
+    if multi == 0:
+        return _criterion(cid, conflicts, limit, "inconclusive",
+                          f"No user used whispers from two devices on {_day(plan, day)}; "
+                          f"persistence across devices could not be checked.", **details)
+    return _criterion(cid, conflicts, limit, "pass",
+                      f"All {multi:,} multi-device user(s) saw one weights version across devices.",
+                      **details)
+
+
+def cue_cooldown(cues: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """No Maya cue fires within ``maya.cue_cooldown_minutes`` of the same user's previous cue."""
+    cid = "cue_cooldown"
+    limit = threshold(plan, cid, day)
+    n = int(cues.get("cues") or 0)
+    violations = int(cues.get("violations") or 0)
+    cooldown = plan.cue_cooldown_minutes
+    details = {"cues": n, "users": int(cues.get("users") or 0), "cooldown_minutes": cooldown,
+               "min_gap_minutes": cues.get("min_gap_minutes")}
+    if n == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No Maya cue fired on {_day(plan, day)}; the cooldown could not be "
+                          f"checked.", **details)
+    if violations > limit:
+        return _criterion(cid, violations, limit, "fail",
+                          f"{violations:,} of {n:,} Maya cues fired less than {_num(cooldown)} "
+                          f"minutes after the same user's previous cue (shortest gap "
+                          f"{_num(cues.get('min_gap_minutes'))} min).", **details)
+    return _criterion(cid, violations, limit, "pass",
+                      f"All {n:,} Maya cues respected the {_num(cooldown)}-minute cooldown.",
+                      **details)
+
+
+def _rate(cid: str, events: int, n: int, what: str, denominator: str, plan: Plan,
+          day: int, **extra: Any) -> CriterionResult:
+    limit = threshold(plan, cid, day)
+    lo, hi = _wilson(events, n)
+    details = {"events": events, "n": n, "ci_low": lo, "ci_high": hi, "ci_method": "wilson",
+               **extra}
+    if n == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No {denominator} on {_day(plan, day)}.", **details)
+    value = events / n
+    need = min_day_requests(plan, limit)
+    if n < need:
+        return _criterion(cid, value, limit, "inconclusive",
+                          f"Only {n} {denominator} on {_day(plan, day)} (need {need}); {what} "
+                          f"{_pct(value)} cannot be judged against {_pct(limit)}.", **details)
+    status = _compare(value, limit, "max")
+    verdict = "within" if status == "pass" else "above"
+    return _criterion(cid, value, limit, status,
+                      f"{what.capitalize()} {_pct(value, 2)} ({events:,} of {n:,} {denominator}) "
+                      f"is {verdict} the {_pct(limit)} budget.", **details)
+
+
+def error_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """Daily share of ``/api/whispers/context`` requests with status >= 400 (the plan's SQL)."""
+    return _rate("error_rate", int(api.get("errors") or 0), int(api.get("requests") or 0),
+                 "the error rate", "whispers requests", plan, day)
+
+
+def weight_fallback_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """Share of whispers requests with a weight_source that used the fallback weights."""
+    return _rate("weight_fallback_rate", int(api.get("fallbacks") or 0),
+                 int(api.get("weight_requests") or 0), "the weight fallback rate",
+                 "whispers requests with a weight source", plan, day)
+
+
+def _latency(cid: str, value: float | None, n: int, what: str, plan: Plan, day: int,
+             **extra: Any) -> CriterionResult:
+    limit = threshold(plan, cid, day)
+    details = {"n": n, **extra}
+    if n == 0 or value is None:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No whispers requests on {_day(plan, day)}.", **details)
+    need = min_day_requests(plan)
+    if n < need:
+        return _criterion(cid, value, limit, "inconclusive",
+                          f"Only {n} whispers request(s) on {_day(plan, day)} (need {need}); "
+                          f"{what} {_num(value)} ms cannot be judged.", **details)
+    status = _compare(value, limit, "max")
+    verdict = "within" if status == "pass" else "above"
+    return _criterion(cid, value, limit, status,
+                      f"{what.capitalize()} {_num(value)} ms over {n:,} requests is {verdict} the "
+                      f"{_num(limit)} ms budget.", **details)
+
+
+def avg_response_ms(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """Daily mean duration of whispers requests."""
+    return _latency("avg_response_ms", api.get("avg_duration_ms"), int(api.get("requests") or 0),
+                    "the average response time", plan, day)
+
+
+def p95_response_ms_observed(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """Daily 95th percentile of whispers request durations (used when the statistics package
+    gives no p95 result)."""
+    return _latency("p95_response_ms", api.get("p95_duration_ms"), int(api.get("requests") or 0),
+                    "the p95 response time", plan, day, source="observed")
+
+
+def uptime(avail: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+    """Share of counted minutes (>= ``min_minute_requests`` requests) in which the endpoint was
+    up, i.e. fewer than half of the minute's requests got a server error (status >= 500).
+    Minutes without traffic, or with too little to tell, are neither up nor down."""
+    cid = "uptime"
+    limit = threshold(plan, cid, day)
+    observed = int(avail.get("observed_minutes") or 0)
+    counted = int(avail.get("counted_minutes") or 0)
+    down = int(avail.get("down_minutes") or 0)
+    details = {"observed_minutes": observed, "counted_minutes": counted, "down_minutes": down,
+               "min_minute_requests": plan.criteria.min_minute_requests}
+    if observed == 0:
+        return _criterion(cid, None, limit, "no_data",
+                          f"No whispers requests on {_day(plan, day)}.", **details)
+    if counted == 0:
+        return _criterion(cid, None, limit, "inconclusive",
+                          f"No minute of {_day(plan, day)} had {plan.criteria.min_minute_requests}"
+                          f" or more requests; uptime cannot be measured.", **details)
+    value = 1.0 - down / counted
+    need = min_uptime_minutes(limit)
+    if counted < need and _compare(value, limit, "min") == "pass":
+        return _criterion(cid, value, limit, "inconclusive",
+                          f"Only {counted} minute(s) had enough traffic (need {need}) to show "
+                          f"uptime of {_pct(limit)}; observed {_pct(value, 2)}.", **details)
+    status = _compare(value, limit, "min")
+    verdict = "meets" if status == "pass" else "is below"
+    return _criterion(cid, value, limit, status,
+                      f"Uptime {_pct(value, 2)} ({down} down of {counted:,} counted minutes) "
+                      f"{verdict} the {_pct(limit)} target.", **details)
+
+
+def critical_bugs(tickets: Mapping[str, Any] | None, plan: Plan, day: int) -> CriterionResult:
+    """Critical-priority bug tickets about whispers created on the day (at most
+    ``criteria.critical_bugs``). ``tickets`` None: the export has no support_tickets table."""
+    cid = "critical_bugs"
+    limit = threshold(plan, cid, day)
+    if tickets is None:
+        return _criterion(cid, None, limit, "no_data",
+                          "The export has no support_tickets table; critical bugs cannot be "
+                          "counted.")
+    count = int(tickets.get("critical_bugs") or 0)
+    ids = list(tickets.get("critical_bug_ids") or [])
+    status = _compare(count, limit, "max")
+    if status == "fail":
+        return _criterion(cid, count, limit, "fail",
+                          f"{count} critical bug ticket(s) about whispers on {_day(plan, day)} "
+                          f"({', '.join(ids[:3])}).", ticket_ids=ids)
+    return _criterion(cid, count, limit, "pass",
+                      f"No critical bug ticket about whispers on {_day(plan, day)}.", ticket_ids=ids)
+
+
+# ---------------------------------------------------------------------------------------
+# criteria from the statistics package
+
+
+def from_stat(cid: str, stat: StatResult | None, plan: Plan, day: int,
+              missing_reason: str | None = None) -> CriterionResult:
+    """Map a :class:`StatResult` onto the criterion ``cid``: its status (which already applies
+    the plan threshold) is kept, value = estimate, CI / p-value / n / method in details."""
+    limit = threshold(plan, cid, day)
+    if stat is None:
+        return _criterion(cid, None, limit, "no_data",
+                          missing_reason or f"The statistics package gave no {cid} result.")
+    details: dict[str, Any] = {"ci_low": stat.ci_low, "ci_high": stat.ci_high,
+                               "p_value": stat.p_value, "n": stat.n, "method": stat.method,
+                               "metric": stat.metric}
+    if stat.details:
+        details["stat"] = dict(stat.details)
+    return _criterion(cid, stat.estimate, stat.threshold if stat.threshold is not None else limit,
+                      stat.status, stat.sentence, **details)
+
+
+# ---------------------------------------------------------------------------------------
+# triggers
+
+
+def _trigger(tid: str, value: float | None, limit: float | None, status: Status, reason: str,
+             unit: str, **details: Any) -> CriterionResult:
+    return CriterionResult(id=tid, kind="trigger", value=value, threshold=limit, status=status,
+                           reason=reason, unit=unit, details=dict(details))
+
+
+def windows_from_runs(trigger: str, runs: pd.DataFrame, required_minutes: int) -> tuple[Window, ...]:
+    """Runs (start, end, minutes, peak) from the SQL as :class:`Window` objects."""
+    if runs is None or runs.empty:
+        return ()
+    return tuple(
+        Window(trigger, pd.Timestamp(r.start).to_pydatetime(), pd.Timestamp(r.end).to_pydatetime(),
+               int(r.minutes), float(r.peak), int(r.minutes) >= required_minutes)
+        for r in runs.itertuples(index=False)
+    )
+
+
+def _minute_trigger(tid: str, runs: pd.DataFrame, avail: Mapping[str, Any], level: float,
+                    required: int, what: str, fmt: Any, plan: Plan, day: int) -> CriterionResult:
+    observed = int(avail.get("observed_minutes") or 0)
+    counted = int(avail.get("counted_minutes") or 0)
+    windows = windows_from_runs(tid, runs, required)
+    longest = max((w.minutes for w in windows), default=0)
+    min_req = plan.criteria.min_minute_requests
+    details = {"level": level, "required_minutes": required, "observed_minutes": observed,
+               "counted_minutes": counted, "min_minute_requests": min_req,
+               "windows": [w.to_dict() for w in windows]}
+    if observed == 0:
+        return _trigger(tid, None, required, "no_data",
+                        f"No whispers requests on {_day(plan, day)}: {what} could not be watched.",
+                        "minutes", **details)
+    fired = [w for w in windows if w.fired]
+    if fired:
+        w = max(fired, key=lambda x: x.minutes)
+        return _trigger(tid, longest, required, "fail",
+                        f"Rollback trigger: {what} above {fmt(level)} for {w.minutes} consecutive "
+                        f"minutes from {w.start:%H:%M} to {w.end:%H:%M} UTC (peak {fmt(w.peak)}; "
+                        f"trigger at {required} minutes).", "minutes", **details)
+    if counted < required:
+        return _trigger(tid, longest, required, "inconclusive",
+                        f"Only {counted} minute(s) of {_day(plan, day)} had {min_req} or more "
+                        f"requests; a {required}-minute run of {what} above {fmt(level)} could "
+                        f"not be observed.", "minutes", **details)
+    return _trigger(tid, longest, required, "pass",
+                    f"No run of {required}+ minutes with {what} above {fmt(level)} "
+                    f"(longest {longest} minute(s) over {counted:,} counted minutes).",
+                    "minutes", **details)
+
+
+def trigger_error_rate(runs: pd.DataFrame, avail: Mapping[str, Any], plan: Plan,
+                       day: int) -> CriterionResult:
+    """Fires when the per-minute error rate stays strictly above ``triggers.error_rate`` for at
+    least ``triggers.error_rate_minutes`` consecutive counted minutes. ``runs`` come from
+    :func:`whispers_lab.queries.monitoring.minute_runs` with that level."""
+    t = plan.triggers
+    return _minute_trigger("trigger_error_rate", runs, avail, t.error_rate, t.error_rate_minutes,
+                           "the error rate", lambda x: _pct(x), plan, day)
+
+
+def trigger_latency(runs: pd.DataFrame, avail: Mapping[str, Any], plan: Plan,
+                    day: int) -> CriterionResult:
+    """Fires when the per-minute average duration stays strictly above
+    ``triggers.avg_response_ms`` for at least ``triggers.avg_response_minutes`` counted minutes."""
+    t = plan.triggers
+    return _minute_trigger("trigger_latency", runs, avail, t.avg_response_ms,
+                           t.avg_response_minutes, "the average response time",
+                           lambda x: f"{_num(x)} ms", plan, day)
+
+
+def _ticket_trigger(tid: str, tickets: Mapping[str, Any] | None, key: str, limit: int,
+                    what: str, plan: Plan, day: int) -> CriterionResult:
+    if tickets is None:
+        return _trigger(tid, None, limit, "no_data",
+                        f"The export has no support_tickets table; {what} cannot be seen.",
+                        "tickets")
+    count = int(tickets.get(key) or 0)
+    ids = list(tickets.get(f"{key}_ids") or [])
+    if count > limit:
+        return _trigger(tid, count, limit, "fail",
+                        f"Rollback trigger: {count} {what} on {_day(plan, day)} "
+                        f"({', '.join(ids[:3])}).", "tickets", ticket_ids=ids)
+    return _trigger(tid, count, limit, "pass", f"No {what} on {_day(plan, day)}.", "tickets",
+                    ticket_ids=ids)
+
+
+def trigger_privacy(tickets: Mapping[str, Any] | None, plan: Plan, day: int) -> CriterionResult:
+    """Fires on more than ``triggers.privacy_tickets`` privacy tickets about whispers."""
+    return _ticket_trigger("trigger_privacy", tickets, "privacy", plan.triggers.privacy_tickets,
+                           "privacy ticket(s) about whispers", plan, day)
+
+
+def trigger_critical_bug(tickets: Mapping[str, Any] | None, plan: Plan,
+                         day: int) -> CriterionResult:
+    """Fires on more than ``triggers.critical_bugs`` critical bug tickets about whispers."""
+    return _ticket_trigger("trigger_critical_bug", tickets, "critical_bugs",
+                           plan.triggers.critical_bugs, "critical bug ticket(s) about whispers",
+                           plan, day)
+
+
+def trigger_db(baseline: Mapping[str, Any], day_minutes: int, runs: pd.DataFrame, plan: Plan,
+               day: int) -> CriterionResult:
+    """Fires when db ``p95_query_ms`` stays strictly above ``triggers.db_p95_ratio`` x the
+    pre-rollout median for at least ``triggers.db_minutes`` consecutive observed minutes.
+
+    ``baseline``: minutes and median_p95_ms before day 0; ``day_minutes``: db_metrics minutes on
+    the day; ``runs`` from :func:`whispers_lab.queries.monitoring.db_runs` at that limit."""
+    tid = "trigger_db"
+    t = plan.triggers
+    base_minutes = int(baseline.get("minutes") or 0)
+    median = baseline.get("median_p95_ms")
+    windows = windows_from_runs(tid, runs, t.db_minutes)
+    longest = max((w.minutes for w in windows), default=0)
+    limit_ms = None if median is None else t.db_p95_ratio * float(median)
+    details = {"baseline_minutes": base_minutes, "baseline_median_ms": median,
+               "limit_ms": limit_ms, "ratio": t.db_p95_ratio, "required_minutes": t.db_minutes,
+               "day_minutes": int(day_minutes), "windows": [w.to_dict() for w in windows]}
+    if base_minutes < t.db_min_baseline_minutes or median is None:
+        return _trigger(tid, None, t.db_minutes, "no_data",
+                        f"Only {base_minutes} pre-rollout minute(s) of db_metrics (need "
+                        f"{t.db_min_baseline_minutes}); no baseline to judge database health.",
+                        "minutes", **details)
+    if day_minutes == 0:
+        return _trigger(tid, None, t.db_minutes, "no_data",
+                        f"No db_metrics on {_day(plan, day)}.", "minutes", **details)
+    fired = [w for w in windows if w.fired]
+    if fired:
+        w = max(fired, key=lambda x: x.minutes)
+        return _trigger(tid, longest, t.db_minutes, "fail",
+                        f"Rollback trigger: database p95 above {_num(limit_ms)} ms "
+                        f"({_num(t.db_p95_ratio)}x the pre-rollout median {_num(median)} ms) for "
+                        f"{w.minutes} consecutive minutes from {w.start:%H:%M} to {w.end:%H:%M} "
+                        f"UTC (peak {_num(w.peak)} ms).", "minutes", **details)
+    if day_minutes < t.db_minutes:
+        return _trigger(tid, longest, t.db_minutes, "inconclusive",
+                        f"Only {day_minutes} minute(s) of db_metrics on {_day(plan, day)}; a "
+                        f"{t.db_minutes}-minute degradation could not be observed.", "minutes",
+                        **details)
+    return _trigger(tid, longest, t.db_minutes, "pass",
+                    f"Database p95 never stayed above {_num(limit_ms)} ms "
+                    f"({_num(t.db_p95_ratio)}x baseline) for {t.db_minutes}+ minutes "
+                    f"(longest {longest} minute(s)).", "minutes", **details)
+
+
+def results_by_id(results: Sequence[CriterionResult]) -> dict[str, CriterionResult]:
+    """Index results by id (the last one wins on a repeated id)."""
+    return {r.id: r for r in results}

@@ -13,6 +13,7 @@ from .errors import WhispersLabError
 #: Sub-command modules under ``whispers_lab.commands``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
     "validate",
+    "cohort",
 )
 
 

@@ -204,6 +204,8 @@ def hash_of(user_ids: Any, salt: str) -> np.ndarray:
     seed = fnv1a32((salt + SEPARATOR).encode("utf-8"))
     parts = []
     for chunk in _as_arrow_strings(user_ids):
+        if len(chunk) == 0:
+            continue
         buffers = chunk.buffers()
         off_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
         offsets = np.frombuffer(buffers[1], dtype=off_type)[chunk.offset: chunk.offset + len(chunk) + 1]
@@ -347,7 +349,7 @@ def _beta_selection(users: pd.DataFrame, positions: np.ndarray, qualified: int, 
     elif shortfall:
         sentence = (f"Beta shortfall: only {len(ids)} external, non-holdout user(s) have more than "
                     f"{b.min_micro_memories} micro-memories; the plan asks for {b.min_users}-"
-                    f"{b.max_users}. All {len(ids)} are enabled from day {first}.")
+                    f"{b.max_users}; {'all of them are' if ids else 'nobody is'} enabled from day {first}.")
     else:
         sentence = (f"{len(ids)} beta user(s) enabled from day {first}: the most engaged of "
                     f"{qualified} external, non-holdout user(s) with more than "
@@ -361,7 +363,8 @@ def select_beta(users: pd.DataFrame, plan: Plan) -> BetaSelection:
     """The beta cohort of the plan's rule, chosen from the whole ``users`` table.
 
     External, non-holdout users with ``micro_memory_count > plan.beta.min_micro_memories``, most
-    engaged first (``engagement_score`` descending, ties by bucket then ``user_id``), at most
+    engaged first (``engagement_score`` descending, ties by bucket then ``user_id`` in Unicode
+    code-point order, which is also UTF-8 byte order), at most
     ``plan.beta.max_users``. Fewer than ``plan.beta.min_users`` is reported as a shortfall.
     The choice depends on the whole table: compute it once on the full ``users`` and pass it to
     :func:`assign` when assigning a subset.

@@ -240,7 +240,7 @@ def resolve_weights(
             if not stored.strip():
                 return default, "fallback"
             return Weights.from_json(stored), "user"
-    except Exception:  # noqa: BLE001 - the contract: bad stored weights never break a request
+    except Exception:  # the contract: bad stored weights never break a request
         return default, "fallback"
     return default, "fallback"
 

@@ -52,9 +52,12 @@ Population = Literal["all", "with_relevant"]
 POPULATIONS: tuple[str, ...] = ("all", "with_relevant")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Groups:
-    """Contiguous groups of rows: ``offsets`` (start of each group) and ``sizes`` (all > 0)."""
+    """Contiguous groups of rows: ``offsets`` (start of each group) and ``sizes`` (all > 0).
+
+    The row -> group index is computed once and cached (it is reused by every metric).
+    """
 
     offsets: np.ndarray
     sizes: np.ndarray
@@ -68,8 +71,16 @@ class Groups:
         return int(self.sizes.sum())
 
     def row_group(self) -> np.ndarray:
-        """Group index of every row (int64, length n_rows)."""
-        return np.repeat(np.arange(self.n_groups, dtype=np.int64), self.sizes)
+        """Group index of every row (int64, length n_rows; cached)."""
+        cached = self.__dict__.get("_row_group")
+        if cached is None:
+            cached = np.repeat(np.arange(self.n_groups, dtype=np.int64), self.sizes)
+            object.__setattr__(self, "_row_group", cached)
+        return cached
+
+    def row_offset(self) -> np.ndarray:
+        """Start offset of each row's group (int64, length n_rows)."""
+        return self.offsets[self.row_group()]
 
     @classmethod
     def from_sizes(cls, sizes: np.ndarray) -> Groups:
@@ -114,7 +125,7 @@ def ideal_dcg(gains: np.ndarray, groups: Groups, k: int) -> np.ndarray:
         n_rel = np.bincount(g, weights=rel, minlength=groups.n_groups).astype(np.int64)
         return np.cumsum(disc)[np.minimum(n_rel, k)]
     order = np.lexsort((-gains, g))  # by group, gain descending
-    pos = np.arange(len(gains), dtype=np.int64) - np.repeat(groups.offsets, groups.sizes) + 1
+    pos = np.arange(len(gains), dtype=np.int64) - groups.row_offset() + 1
     in_k = pos <= k
     contrib = np.where(in_k, gains[order] * disc[np.minimum(pos, k)], 0.0)
     return np.bincount(g, weights=contrib, minlength=groups.n_groups)
@@ -218,7 +229,7 @@ def ranks_from_scores(scores: np.ndarray, groups: Groups, *,
             raise ValueError(f"unknown tie policy {ties!r}")
     order = np.lexsort(keys)
     ranks = np.empty(len(scores), dtype=np.int64)
-    ranks[order] = np.arange(len(scores), dtype=np.int64) - np.repeat(groups.offsets, groups.sizes) + 1
+    ranks[order] = np.arange(len(scores), dtype=np.int64) - groups.row_offset() + 1
     return ranks
 
 

@@ -14,6 +14,7 @@ from .errors import WhispersLabError
 COMMANDS: tuple[str, ...] = (
     "validate",
     "cohort",
+    "simulate",
 )
 
 

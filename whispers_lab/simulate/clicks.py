@@ -29,7 +29,7 @@ EXAMINATION: tuple[float, ...] = (1.0, 0.75, 0.55, 0.42, 0.33, 0.27)
 
 #: Coefficients of the true relevance logit (features defined in :func:`relevance_features`).
 RELEVANCE_COEF: dict[str, float] = {
-    "intercept": -3.05,
+    "intercept": -4.0,
     "context": 2.4,
     "recency": 0.3,
     "frequency": 1.6,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import cohort
 from ..contract import PRIORITIES, TABLES, WHISPERS_ENDPOINT
@@ -100,18 +103,53 @@ def _resolve_plan(plan: Plan | str | os.PathLike[str] | None, start_date: Any) -
 
 
 class _Collector:
+    """Keeps each day's tables in memory (for :func:`simulate`)."""
+
     def __init__(self) -> None:
         self.parts: dict[str, list[pa.Table]] = {t.name: [] for t in TABLES}
+        self.rows: dict[str, int] = {t.name: 0 for t in TABLES}
+        self.schemas = _empty_schema_tables()
 
     def add(self, name: str, table: pa.Table) -> None:
         if table.num_rows:
-            self.parts[name].append(table)
+            table = table.cast(self.schemas[name])
+            self.rows[name] += table.num_rows
+            self._store(name, table)
 
-    def table(self, name: str, empty: pa.Table) -> pa.Table:
+    def _store(self, name: str, table: pa.Table) -> None:
+        self.parts[name].append(table)
+
+    def table(self, name: str) -> Any:
         parts = self.parts[name]
         if not parts:
-            return empty
-        return pa.concat_tables(parts).combine_chunks() if len(parts) > 1 else parts[0]
+            return self.schemas[name].empty_table()
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+class _SpillCollector(_Collector):
+    """Writes each day's tables to Parquet files in ``folder`` and hands them back as
+    streaming readers (for :func:`simulate_to`: memory stays at about one day of data)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.files: dict[str, list[Path]] = {t.name: [] for t in TABLES}
+
+    def _store(self, name: str, table: pa.Table) -> None:
+        path = self.folder / f"{name}-{len(self.files[name]):05d}.parquet"
+        pq.write_table(table, path, compression="lz4")
+        self.files[name].append(path)
+
+    def table(self, name: str) -> Any:
+        files = self.files[name]
+        if not files:
+            return self.schemas[name].empty_table()
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for f in files:
+                yield from pq.ParquetFile(f).iter_batches(batch_size=1 << 17)
+
+        return pa.RecordBatchReader.from_batches(self.schemas[name], batches())
 
 
 def _empty_schema_tables() -> dict[str, pa.Schema]:
@@ -186,8 +224,41 @@ def simulate(users: int, seed: int, start_date: dt.date | str | None = None,
     ``"NAME[:key=value,...]"`` strings (see :mod:`whispers_lab.simulate.scenarios`). The same
     arguments always give the same data.
     """
+    tables, truth, p = _run(users, seed, start_date, through_day, scenarios, plan, params, _Collector())
+    return SimulatedExport(tables, truth, p)
+
+
+def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
+                start_date: dt.date | str | None = None, through_day: int | None = None,
+                scenarios: Iterable[str | ScenarioRequest | Mapping[str, Any]] = (),
+                plan: Plan | str | os.PathLike[str] | None = None,
+                params: ModelParams | None = None) -> tuple[Path, Path]:
+    """:func:`simulate` straight to disk: the export (a DuckDB file, or a Parquet folder when
+    ``path`` ends in ``/``) and ``<export>.truth.json``, both atomically.
+
+    Each simulated day is spilled to a scratch folder next to the output and streamed into
+    :func:`whispers_lab.export.write_export`, so memory stays near one day's data (1M users fit
+    in a few GB). The data are identical to :func:`simulate`'s. Returns (export, truth) paths.
+    """
+    target = Path(os.fspath(path).rstrip("/" + os.sep) or ".")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.sim-", dir=target.parent))
+    try:
+        tables, truth, _ = _run(users, seed, start_date, through_day, scenarios, plan, params,
+                                _SpillCollector(scratch))
+        out = write_export(tables, path)
+        return out, write_truth(truth, truth_path(path))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenarios: Iterable[Any],
+         plan: Any, params: ModelParams | None, out: _Collector
+         ) -> tuple[dict[str, Any], dict[str, Any], Plan]:
     if isinstance(users, bool) or not isinstance(users, (int, np.integer)) or users < 1:
         raise SimulationError(f"users must be an integer >= 1, got {users!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise SimulationError(f"seed must be an integer, got {seed!r}")
     params = params or ModelParams()
     plan = _resolve_plan(plan, start_date)
     through = plan.last_day if through_day is None else int(through_day)
@@ -201,33 +272,20 @@ def simulate(users: int, seed: int, start_date: dt.date | str | None = None,
     _, served = _served_first(pop, plan, scen, seed, planted)
     mismatched = _mismatched_users(pop, served, scen, seed, planted)
     state = State.initial(pop.n)
-    out = _Collector()
-    cooldown = plan.cue_cooldown_minutes
     for day in cal.days:
-        _simulate_day(day, pop, plan, cal, scen, served, mismatched, state, params, seed, cooldown,
-                      out, planted)
+        _simulate_day(day, pop, plan, cal, scen, served, mismatched, state, params, seed,
+                      plan.cue_cooldown_minutes, out, planted)
 
-    schemas = _empty_schema_tables()
-    tables = {"users": pop.users_table()}
+    tables: dict[str, Any] = {"users": pop.users_table(), "db_metrics": db_metrics(cal, params, scen, seed)}
+    rows = {"users": pop.n, "db_metrics": tables["db_metrics"].num_rows}
     for name in ("exposures", "telemetry", "api_logs", "ranking_candidates", "feedback",
                  "support_tickets"):
-        tables[name] = out.table(name, schemas[name].empty_table())
-    tables["db_metrics"] = db_metrics(cal, params, scen, seed)
+        tables[name] = out.table(name)
+        rows[name] = out.rows[name]
     tables = {t.name: tables[t.name] for t in TABLES}
     truth = build_truth(seed=seed, users=pop.n, plan=plan, through_day=through, params=params,
-                        scenarios=scen, planted=planted,
-                        rows={k: v.num_rows for k, v in tables.items()})
-    return SimulatedExport(tables, truth, plan)
-
-
-def simulate_to(path: str | os.PathLike[str], users: int, seed: int, **kwargs: Any
-                ) -> tuple[Path, Path]:
-    """:func:`simulate` and write the export plus ``<export>.truth.json`` (both atomically).
-
-    ``path`` ending in ``/`` gives a Parquet folder, anything else one DuckDB file.
-    Returns (export path, truth path).
-    """
-    return simulate(users, seed, **kwargs).write(path)
+                        scenarios=scen, planted=planted, rows={t.name: rows[t.name] for t in TABLES})
+    return tables, truth, plan
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +314,8 @@ def _simulate_day(day: int, pop: Population, plan: Plan, cal: Calendar, scen: Se
     nat_ts = np.minimum(opens.ts[treated] + (rng.uniform(0.2, 1.5, int(treated.sum()))
                                              * US_PER_SECOND).astype(np.int64), end_us - 1)
     enabled = np.flatnonzero(served <= day)
-    pre, added = prefetch_requests(day, scen, nat_ts, enabled, pop, stream(seed, "prefetch", day))
+    pre, added = prefetch_requests(day, scen, nat_ts, enabled, pop, mismatched,
+                                   stream(seed, "prefetch", day))
     for key, count in added.items():
         i = int(key.split(":")[0])
         planted[i]["prefetch_requests"] = planted[i].get("prefetch_requests", 0) + count
@@ -293,7 +352,9 @@ def _simulate_day(day: int, pop: Population, plan: Plan, cal: Calendar, scen: Se
         "ranking_ms": pa.array(np.round(np.concatenate([req.ranking_ms, np.zeros(other.ts.size)])[o], 3),
                                mask=~is_w[o]),
         "weight_source": _dict_strings(WEIGHT_SOURCE_OF[widx[o]], WEIGHT_SOURCES, null=~is_w[o]),
-        "weights_version": _dict_strings(widx[o], VERSIONS, null=~is_w[o]),
+        # fallback requests carry no user weights, hence no weights_version
+        "weights_version": _dict_strings(widx[o], VERSIONS,
+                                         null=~is_w[o] | (widx[o] == len(WEIGHTS_TABLE) - 1)),
     }))
 
     # rankings of successful natural requests

@@ -12,7 +12,8 @@ minute (``error_spike``, ``latency_spike``) therefore top up every minute of the
 least ``min_requests`` requests, and ``ranking_timeouts`` to at least ``count`` requests in its
 window, with *prefetch* requests: api_logs rows of the whispers endpoint from users enabled
 that day, on one of their devices, whose rankings are not logged (no ranking_candidates rows, no
-telemetry). At ~300k users and more, natural traffic on a 10% day already exceeds the floor and
+telemetry). ``device_weight_mismatch`` adds, on its day, one prefetch request from the first
+and one from the second device of each affected user, so the conflict shows that day. At ~300k users and more, natural traffic on a 10% day already exceeds the floor and
 no prefetch rows are added. The truth file records how many were added.
 """
 
@@ -83,14 +84,20 @@ def _statuses(rng: np.random.Generator, n: int, rate: float, params: ModelParams
 
 
 def prefetch_requests(day: int, scenarios: Sequence[Scenario], natural_ts: np.ndarray,
-                      enabled_users: np.ndarray, pop: Population, rng: np.random.Generator
-                      ) -> tuple[Requests, dict[str, int]]:
-    """Top-up traffic so per-minute scenario windows carry enough requests (see module doc)."""
-    ts_parts, added = [], {}
+                      enabled_users: np.ndarray, pop: Population, mismatched: np.ndarray,
+                      rng: np.random.Generator) -> tuple[Requests, dict[str, int]]:
+    """Top-up traffic so scenario windows carry enough requests (see module doc).
+
+    ``device_weight_mismatch`` also gets, on its day, one prefetch request from a user's first
+    device and one from another device for every mismatched user, so the conflict is visible
+    within that day whatever the user's natural activity.
+    """
+    ts_parts, user_parts, dev_parts, added = [], [], [], {}
     current = natural_ts
     for i, s in enumerate(scenarios):
         if s.day != day or enabled_users.size == 0:
             continue
+        dev = None
         if s.name in ("error_spike", "latency_spike"):
             floor = int(s.params["min_requests"])
             minutes = int((s.end_us - s.start_us) // US_PER_MINUTE)
@@ -100,20 +107,32 @@ def prefetch_requests(day: int, scenarios: Sequence[Scenario], natural_ts: np.nd
             minute = np.repeat(np.arange(minutes), need)
             ts = (s.start_us + minute * US_PER_MINUTE
                   + (rng.random(minute.size) * US_PER_MINUTE).astype(np.int64))
+            user = enabled_users[rng.integers(0, enabled_users.size, ts.size)]
         elif s.name == "ranking_timeouts":
             inside = int(s.covers(current).sum())
             need = max(0, int(s.params["count"]) - inside)
             ts = s.start_us + (rng.random(need) * (s.end_us - s.start_us)).astype(np.int64)
+            user = enabled_users[rng.integers(0, enabled_users.size, ts.size)]
+        elif s.name == "device_weight_mismatch":
+            users = np.flatnonzero(mismatched)
+            user = np.repeat(users, 2)
+            dev = np.tile(np.array([0, 1]), users.size)
+            ts = s.start_us + (rng.random(user.size) * (US_PER_HOUR * 24)).astype(np.int64)
         else:
             continue
+        if dev is None:
+            dev = (rng.random(ts.size) * pop.n_devices[user]).astype(np.int64)
         ts_parts.append(ts)
+        user_parts.append(user)
+        dev_parts.append(dev)
         current = np.concatenate([current, ts])
         added[f"{i}:{s.name}"] = int(ts.size)
-    ts = np.concatenate(ts_parts) if ts_parts else np.zeros(0, dtype=np.int64)
-    user = enabled_users[rng.integers(0, enabled_users.size, ts.size)] if ts.size else ts.copy()
-    ndev = pop.n_devices[user]
-    device_k = (rng.random(ts.size) * ndev).astype(np.int64)
-    return Requests(user, device_k, ts, np.ones(ts.size, dtype=bool)), added
+    if not ts_parts:
+        z = np.zeros(0, dtype=np.int64)
+        return Requests(z, z.copy(), z.copy(), np.zeros(0, dtype=bool)), added
+    ts = np.concatenate(ts_parts)
+    return Requests(np.concatenate(user_parts), np.concatenate(dev_parts), ts,
+                    np.ones(ts.size, dtype=bool)), added
 
 
 def whispers_attributes(req: Requests, day: int, pop: Population, scenarios: Sequence[Scenario],

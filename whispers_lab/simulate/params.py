@@ -41,7 +41,7 @@ class ModelParams:
     device_probs: tuple[float, float, float] = (0.55, 0.33, 0.12)   # 1, 2, 3 devices
     primary_device_share: float = 0.7      # share of opens on a user's first device
     signup_median_days: float = 180.0      # days before the pre-period (lognormal)
-    signup_sigma: float = 1.0
+    signup_sigma: float = 0.8
 
     # -- activity ---------------------------------------------------------------------------
     weekend_factor: float = 1.12           # daily visit probability x this on Sat/Sun
@@ -68,10 +68,10 @@ class ModelParams:
     fallback_rate: float = 0.005           # requests whose stored weights cannot be used
 
     # -- api --------------------------------------------------------------------------------
-    whispers_median_ms: float = 45.0       # lognormal body of /api/whispers/context
-    whispers_sigma: float = 0.42
+    whispers_median_ms: float = 55.0       # lognormal body of /api/whispers/context
+    whispers_sigma: float = 0.45
     tail_share: float = 0.03               # share of requests with a Pareto tail added
-    tail_scale_ms: float = 45.0
+    tail_scale_ms: float = 60.0
     tail_alpha: float = 2.6
     ranking_share: tuple[float, float] = (2.0, 3.0)   # ranking_ms / duration ~ Beta
     ranking_cap_ms: float = 150.0          # healthy ranking_ms stays below cap + 40 ms

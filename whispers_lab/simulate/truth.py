@@ -95,6 +95,7 @@ def write_truth(truth: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(truth, fh, indent=2, sort_keys=False)
             fh.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

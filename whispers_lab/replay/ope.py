@@ -76,8 +76,12 @@ ESTIMATORS: tuple[str, ...] = ("iips", "sniips", "rips", "snrips", "sips", "snsi
 RECOMMENDED = "sniips"
 Scale = Literal["ctr", "clicks"]
 Status = Literal["ok", "weak_support", "no_support", "no_propensities", "not_computable"]
-#: The mean importance weight per target position must lie in this band for ``status="ok"``.
-WEIGHT_BAND: tuple[float, float] = (0.5, 2.0)
+#: A position whose mean importance weight is both more than ``WEIGHT_Z`` standard errors and
+#: more than ``WEIGHT_TOLERANCE`` away from its expectation 1 marks the estimate
+#: ``weak_support`` (see :func:`_support`). Two conditions, because the weights are heavy-tailed
+#: (rare ``n / epsilon`` weights) and their sample standard error alone is unreliable.
+WEIGHT_Z = 5.0
+WEIGHT_TOLERANCE = 0.2
 
 ESTIMATOR_INFO: dict[str, tuple[str, str]] = {
     "sips": ("standard (whole-slate) IPS", "none on user behaviour; joint slate propensities"),
@@ -410,19 +414,32 @@ def _ips_parts(w: np.ndarray, reward: np.ndarray, target_len: np.ndarray, scale:
 
 
 def _support(w: np.ndarray, matched: np.ndarray, unit: str, target_len: np.ndarray) -> dict[str, Any]:
-    """Support figures. ``mean_weight`` is the mean importance weight over the target's
-    positions: its expectation is exactly 1 when the logger covers the target, so a value far
-    below 1 means the target's slates were practically never logged (the plain IPS estimate is
-    then biased low in this sample, whatever its expectation)."""
+    """Support figures of importance weights ``w`` (N, L).
+
+    The mean weight over the requests whose target slate reaches position l has expectation
+    exactly 1 when the logger covers the target. ``weight_z`` is the largest
+    ``|mean_l - 1| / se_l`` over positions: a large value means the target's slates (prefixes,
+    positions) were practically never logged in this sample and the plain IPS estimate is biased
+    low here whatever its expectation (:func:`_weight_check` turns it into ``weak_support``).
+    """
+    L = w.shape[1]
     per_req = w.sum(axis=1)
     s1, s2 = per_req.sum(), (per_req ** 2).sum()
-    reach = float(np.minimum(target_len, w.shape[1]).sum())
+    reach = np.arange(1, L + 1)[None, :] <= target_len[:, None]
+    cnt = reach.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_l = np.where(cnt > 0, (w * reach).sum(axis=0) / cnt, np.nan)
+        var_l = np.where(cnt > 1, ((w - mean_l) ** 2 * reach).sum(axis=0) / (cnt - 1), np.nan)
+        se_l = np.sqrt(var_l / cnt)
+        z_l = np.abs(mean_l - 1) / np.maximum(se_l, 1e-12)
+    valid = cnt > 1
     return {
         "matched_positions": int(matched.sum()),
         "requests_with_match": int(matched.any(axis=1).sum()),
         "effective_sample_size": float(s1 * s1 / s2) if s2 > 0 else 0.0,
         "max_weight": float(w.max()) if w.size else 0.0,
-        "mean_weight": float(w.sum() / reach) if reach > 0 else float("nan"),
+        "mean_weight_by_position": [float(x) for x in mean_l],
+        "weight_z": float(np.nanmax(z_l[valid])) if valid.any() else float("nan"),
         "weight_unit": unit,
     }
 
@@ -559,17 +576,19 @@ def estimate(name: str, log: SlateLog, tgt: TargetSlates, *, scale: Scale = "ctr
 
 
 def _weight_check(name: str, support: dict[str, Any]) -> tuple[Status, str]:
-    """``weak_support`` when the mean weight leaves :data:`WEIGHT_BAND` (not for dm)."""
-    mw = support.get("mean_weight")
-    if name == "dm" or mw is None or not np.isfinite(mw):
+    """``weak_support`` when some position's mean weight is more than :data:`WEIGHT_Z`
+    standard errors from its expectation 1 (not for dm, which uses no weights)."""
+    z = support.get("weight_z")
+    means = np.asarray(support.get("mean_weight_by_position", []), dtype=np.float64)
+    far = bool(np.any(np.abs(means[np.isfinite(means)] - 1) > WEIGHT_TOLERANCE))
+    if name == "dm" or z is None or not np.isfinite(z) or z <= WEIGHT_Z or not far:
         return "ok", ""
-    lo, hi = WEIGHT_BAND
-    if lo <= mw <= hi:
-        return "ok", ""
+    text = ", ".join(f"{m:.2f}" for m in means)
     return "weak_support", (
-        f"mean importance weight {mw:.3g} (expected 1 under full support): the target's "
-        f"{support['weight_unit']}s were rarely or never logged; the number is unreliable "
-        f"(effective sample size {support['effective_sample_size']:.0f})")
+        f"mean importance weight by position [{text}] is {z:.1f} standard errors from its "
+        f"expectation 1: the target's {support['weight_unit']}s were (almost) never logged, so "
+        f"this number is unreliable (effective sample size "
+        f"{support['effective_sample_size']:.0f})")
 
 
 def compare(name: str, log: SlateLog, tgt_a: TargetSlates, tgt_b: TargetSlates, *,

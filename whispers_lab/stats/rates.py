@@ -1,0 +1,235 @@
+"""Plan metrics judged against a threshold: CTR, feedback, relevance, tickets, p95 latency.
+
+Rule shared by all: the interval is the two-sided ``1 - 2 alpha`` interval. A metric that must
+stay above its threshold ("min") passes when the interval's lower end is above it and fails when
+its upper end is below it; a metric that must stay below ("max") the other way round;
+otherwise it is inconclusive. No data gives ``no_data``; too few units gives ``inconclusive``
+with a sentence that says so. A pass is never returned on missing data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.rates import test_poisson_2indep
+
+from ..results import StatResult, Status
+from .settings import StatSettings
+from .sufficient import RatioStat
+
+Direction = Literal["min", "max"]
+
+
+def threshold_status(low: float, high: float, threshold: float, direction: Direction) -> Status:
+    """pass / fail / inconclusive of an interval against a threshold (see module doc)."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if direction == "min":
+        return "pass" if low > threshold else "fail" if high < threshold else "inconclusive"
+    return "pass" if high < threshold else "fail" if low > threshold else "inconclusive"
+
+
+def _verdict(status: Status, what: str, est: str, lo: str, hi: str, thr: str,
+             direction: Direction, level: float) -> str:
+    side = "above" if direction == "min" else "below"
+    if status == "pass":
+        return f"{what} is {est} ({level:.0%} CI {lo} to {hi}), clearly {side} the {thr} target."
+    if status == "fail":
+        other = "below" if direction == "min" else "above"
+        return f"{what} is {est} ({level:.0%} CI {lo} to {hi}), clearly {other} the {thr} target."
+    return (f"{what} is {est} ({level:.0%} CI {lo} to {hi}); the interval still contains the "
+            f"{thr} target, so it is not yet shown to be {side} it.")
+
+
+def ratio_vs_threshold(metric: str, stat: RatioStat, threshold: float, direction: Direction,
+                       settings: StatSettings, what: str, unit: str = "users",
+                       fmt: str = "{:.1%}") -> StatResult:
+    """A clustered ratio (delta method, t with n - 1 df) against a threshold."""
+    method = f"ratio of sums over {unit}, delta-method (cluster-robust) t interval"
+    details = {"clusters": stat.n, "numerator": stat.sum_num, "denominator": stat.sum_den}
+    if stat.n == 0 or stat.sum_den == 0:
+        return StatResult(metric, None, None, None, None, 0, method, "no_data",
+                          f"No data for {what.lower()} yet.", threshold, details)
+    est = stat.ratio
+    if stat.n < settings.min_group_users:
+        return StatResult(metric, est, None, None, None, stat.n, method, "inconclusive",
+                          f"{what} is {fmt.format(est)} but rests on only {stat.n} {unit} "
+                          f"(fewer than {settings.min_group_users}); it cannot be judged.",
+                          threshold, details)
+    se = math.sqrt(stat.var_of_ratio)
+    if not se > 0:
+        return StatResult(metric, est, None, None, None, stat.n, method, "inconclusive",
+                          f"{what} is {fmt.format(est)} with no variation between {unit}; "
+                          f"no interval can be formed.", threshold, details)
+    tq = float(stats.t.isf(settings.alpha, stat.n - 1))
+    lo, hi = est - tq * se, est + tq * se
+    tstat = (est - threshold) / se
+    p = float(stats.t.sf(tstat, stat.n - 1) if direction == "min" else stats.t.cdf(tstat, stat.n - 1))
+    status = threshold_status(lo, hi, threshold, direction)
+    sentence = _verdict(status, what, fmt.format(est), fmt.format(lo), fmt.format(hi),
+                        fmt.format(threshold), direction, settings.ci_level)
+    return StatResult(metric, est, lo, hi, p, stat.n, method, status, sentence, threshold,
+                      details | {"se": se, "design_effect": stat.design_effect})
+
+
+def proportion_vs_threshold(metric: str, stat: RatioStat, threshold: float,
+                            settings: StatSettings, what: str) -> StatResult:
+    """A share of answers (e.g. 'relevant') against a minimum: Wilson interval and exact
+    binomial test, on the effective sample size ``answers / design effect`` when users gave
+    several answers (Kish), so repeated answers of one user do not count as independent."""
+    method = "Wilson interval, exact binomial test (effective n = answers / design effect)"
+    details = {"users": stat.n, "answers": stat.sum_den, "positive": stat.sum_num}
+    if stat.n == 0 or stat.sum_den == 0:
+        return StatResult(metric, None, None, None, None, 0, method, "no_data",
+                          f"No answers for {what.lower()} yet.", threshold, details)
+    p_hat = stat.ratio
+    deff = stat.design_effect if stat.n >= 2 else 1.0
+    deff = max(deff, 1.0) if math.isfinite(deff) else 1.0
+    n_eff = stat.sum_den / deff
+    x_eff = p_hat * n_eff
+    lo, hi = proportion_confint(x_eff, n_eff, alpha=1 - settings.ci_level, method="wilson")
+    n_int = max(round(n_eff), 1)
+    x_int = round(p_hat * n_int)
+    p = float(stats.binomtest(x_int, n_int, threshold, alternative="greater").pvalue)
+    details |= {"design_effect": deff, "effective_n": n_eff}
+    if stat.n < settings.min_group_users:
+        return StatResult(metric, p_hat, float(lo), float(hi), p, stat.n, method, "inconclusive",
+                          f"{what} is {p_hat:.0%} from {int(stat.sum_den)} answer(s) of only "
+                          f"{stat.n} user(s) (fewer than {settings.min_group_users}); it cannot "
+                          f"be judged against {threshold:.0%}.", threshold, details)
+    status = threshold_status(float(lo), float(hi), threshold, "min")
+    sentence = _verdict(status, what, f"{p_hat:.1%}", f"{lo:.1%}", f"{hi:.1%}",
+                        f"{threshold:.0%}", "min", settings.ci_level)
+    return StatResult(metric, p_hat, float(lo), float(hi), p, stat.n, method, status, sentence,
+                      threshold, details)
+
+
+def rate_ratio_mde(count_total: float, exposure_t: float, exposure_c: float, alpha: float,
+                   power: float, threshold: float = 1.0) -> float:
+    """Smallest rate ratio (above ``threshold``) the one-sided test detects with ``power``,
+    from the events expected under the null split (normal approximation on the log scale)."""
+    if count_total <= 0 or exposure_t <= 0 or exposure_c <= 0:
+        return math.inf
+    share_t = threshold * exposure_t / (threshold * exposure_t + exposure_c)
+    e_t, e_c = count_total * share_t, count_total * (1 - share_t)
+    z = stats.norm.isf(alpha) + stats.norm.ppf(power)
+    return float(threshold * math.exp(z * math.sqrt(1 / e_t + 1 / e_c)))
+
+
+def exact_rate_ratio_ci(count_t: int, exposure_t: float, count_c: int, exposure_c: float,
+                        alpha: float) -> tuple[float, float]:
+    """Exact conditional interval of a Poisson rate ratio, each end at one-sided ``alpha``.
+
+    Given the total N, ``count_t ~ Binomial(N, pi)`` with ``pi = R e_t / (R e_t + e_c)``; the
+    Clopper-Pearson interval of pi maps to ``R = pi / (1 - pi) * e_c / e_t`` (monotone)."""
+    total = count_t + count_c
+    if total == 0:
+        return 0.0, math.inf
+    p_lo, p_hi = proportion_confint(count_t, total, alpha=2 * alpha, method="beta")
+    scale = exposure_c / exposure_t
+    lo = float(p_lo / (1 - p_lo) * scale) if count_t > 0 else 0.0
+    hi = float(p_hi / (1 - p_hi) * scale) if count_c > 0 else math.inf
+    return lo, hi
+
+
+def ticket_rate_ratio(count_t: int, exposure_t: float, count_c: int, exposure_c: float,
+                      threshold: float, settings: StatSettings, users_t: int, users_c: int,
+                      has_table: bool = True) -> StatResult:
+    """Support tickets per user-day, treatment vs control: rate ratio with the exact conditional
+    (binomial) interval and one-sided test of an increase (statsmodels ``exact-cond``).
+
+    fail: an increase is shown (lower end > threshold). pass: no increase is shown and the
+    test could have detected a rate ratio of ``settings.max_informative_rate_ratio`` with the
+    configured power; otherwise inconclusive (too few tickets to say there is no increase)."""
+    metric = "support_tickets"
+    method = "Poisson rate ratio per user-day, exact conditional (Clopper-Pearson) CI and test"
+    details = {"tickets_t": int(count_t), "tickets_c": int(count_c), "user_days_t": exposure_t,
+               "user_days_c": exposure_c, "users_t": users_t, "users_c": users_c}
+    n = int(users_t + users_c)
+    if not has_table:
+        return StatResult(metric, None, None, None, None, n, method, "no_data",
+                          "The export has no support_tickets table.", threshold, details)
+    if exposure_t <= 0 or exposure_c <= 0:
+        return StatResult(metric, None, None, None, None, n, method, "no_data",
+                          "One arm has no user-days yet, so ticket rates cannot be compared.",
+                          threshold, details)
+    if min(users_t, users_c) < settings.min_group_users:
+        return StatResult(metric, None, None, None, None, n, method, "inconclusive",
+                          f"Only {min(users_t, users_c)} randomised user(s) in the smaller arm "
+                          f"(fewer than {settings.min_group_users}); ticket rates cannot be "
+                          f"compared.", threshold, details)
+    total = count_t + count_c
+    mde = rate_ratio_mde(total, exposure_t, exposure_c, settings.alpha, settings.power, threshold)
+    details["mde_rate_ratio"] = mde
+    rate_t, rate_c = count_t / exposure_t, count_c / exposure_c
+    if total == 0:
+        return StatResult(metric, None, None, None, None, n, method, "inconclusive",
+                          f"No support tickets in either arm over {exposure_t + exposure_c:,.0f} "
+                          f"user-days: too few events to show there is no increase.", threshold,
+                          details)
+    est = rate_t / rate_c if rate_c > 0 else math.inf
+    lo, hi = exact_rate_ratio_ci(count_t, exposure_t, count_c, exposure_c, settings.alpha)
+    p = float(test_poisson_2indep(count_t, exposure_t, count_c, exposure_c, value=threshold,
+                                  method="exact-cond", compare="ratio",
+                                  alternative="larger").pvalue)
+    text = (f"Support tickets per user-day: treatment/control = {est:.2f} "
+            f"({settings.ci_level:.0%} CI {lo:.2f} to {hi:.2f}; {count_t} vs {count_c} tickets)")
+    if lo > threshold:
+        status: Status = "fail"
+        sentence = f"{text}: an increase is shown."
+    elif mde <= settings.max_informative_rate_ratio:
+        status = "pass"
+        sentence = (f"{text}: no increase is shown, and an increase of {mde:.2f}x would have "
+                    f"been detected with {settings.power:.0%} power.")
+    else:
+        status = "inconclusive"
+        sentence = (f"{text}: no increase is shown, but with {total} tickets only an increase "
+                    f"of {mde:.1f}x or more could be detected, so that proves little.")
+    return StatResult(metric, est, lo, hi, p, n, method, status, sentence, threshold, details)
+
+
+def order_statistic_ranks(n: int, q: float, alpha: float) -> tuple[int, int]:
+    """1-based ranks (l, u) such that ``[X_(l), X_(u)]`` covers the q-quantile with probability
+    at least ``1 - 2 alpha``, each end failing with probability at most ``alpha``
+    (distribution-free, from B = #{X <= xi_q} ~ Binomial(n, q)). l = 0 means no lower bound,
+    u = n + 1 no upper bound."""
+    lo = int(stats.binom.ppf(alpha, n, q))
+    hi = int(stats.binom.ppf(1.0 - alpha, n, q)) + 1
+    return max(lo, 0), min(hi, n + 1)
+
+
+def quantile_vs_threshold(metric: str, n: int, estimate: float | None, low: float | None,
+                          high: float | None, n_below: int, q: float, threshold: float,
+                          settings: StatSettings, what: str) -> StatResult:
+    """A quantile (e.g. p95 latency) against a maximum. ``low``/``high`` are the order
+    statistics at :func:`order_statistic_ranks` (None when the rank is 0 / n + 1).
+    The p-value tests H0: quantile >= threshold with ``n_below = #{X < threshold}`` against
+    Binomial(n, q)."""
+    method = "order-statistic (binomial) interval and exact binomial test"
+    details = {"requests": n, "below_threshold": n_below, "q": q}
+    if n == 0 or estimate is None:
+        return StatResult(metric, None, None, None, None, 0, method, "no_data",
+                          f"No {what.lower()} data for the day.", threshold, details)
+    lo = -math.inf if low is None else float(low)
+    hi = math.inf if high is None else float(high)
+    p = float(stats.binom.sf(n_below - 1, n, q))
+    status = threshold_status(lo, hi, threshold, "max")
+    fmt = "{:.0f} ms"
+    sentence = _verdict(status, what, fmt.format(estimate), fmt.format(lo), fmt.format(hi),
+                        fmt.format(threshold), "max", settings.ci_level)
+    return StatResult(metric, float(estimate), lo, hi, p, n, method, status, sentence, threshold,
+                      details)
+
+
+def quantile_ci_from_sorted(values: np.ndarray, q: float, alpha: float) -> tuple[float, float]:
+    """Order-statistic interval of a quantile from an in-memory sample (canary tails)."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = x.size
+    lo_r, hi_r = order_statistic_ranks(n, q, alpha)
+    lo = x[lo_r - 1] if lo_r >= 1 else -math.inf
+    hi = x[hi_r - 1] if hi_r <= n else math.inf
+    return float(lo), float(hi)

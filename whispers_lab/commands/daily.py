@@ -1,0 +1,54 @@
+"""``whispers-lab daily``: the scheduled job (run it from cron shortly after 00:00 UTC).
+
+Reports yesterday's rollout day (the last complete UTC day) from the newest export in
+``--exports``; one run at a time (lock file in the report folder); a failed run publishes an
+ERROR page for the day and exits 1. See ``docs/report.md`` for the crontab line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from ..paths import REPORTS_DIR
+from ..report.daily import run_daily
+from ..report.runner import DEFAULT_CELL_TIMEOUT_S
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    outcome = run_daily(args.exports, plan_path=args.plan, out_dir=args.out, today=args.today,
+                        timeout=args.timeout)
+    stream = sys.stderr if outcome.exit_code else sys.stdout
+    print(f"daily: {outcome.message}", file=stream)
+    return outcome.exit_code
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "daily",
+        help="scheduled job: report yesterday's rollout day from the newest export",
+        description="Report the last complete rollout day (yesterday, UTC) from the newest export "
+                    "in --exports (DuckDB files and Parquet folders, by modification time). "
+                    "Idempotent; refuses to run while another run holds the lock; on failure "
+                    "publishes an ERROR page for the day (no decision) and exits 1.",
+    )
+    parser.add_argument("--exports", required=True, type=Path, metavar="DIR",
+                        help="folder the daily exports land in")
+    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                        help="plan TOML (default: the packaged whispers canary plan)")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
+                        help=f"report folder (default: {REPORTS_DIR})")
+    parser.add_argument("--today", type=_date, default=None, metavar="YYYY-MM-DD",
+                        help="pretend today is this UTC date (testing; default: today)")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                        help="seconds one notebook cell may run (default: %(default)s)")
+    parser.set_defaults(func=run)

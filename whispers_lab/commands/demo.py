@@ -1,0 +1,112 @@
+"""``whispers-lab demo``: simulate a healthy rollout and produce every day's report.
+
+Simulates ``--users`` users through the plan's last day (no planted problem), writes the export
+to ``data/demo/``, then the report of every rollout day (0..last_day) to ``--out`` with
+``--workers`` report processes, one progress line per day (plain text, no TTY needed), and the
+index. Exit 0 when every day got a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+from ..errors import WhispersLabError
+from ..paths import DATA_DIR, REPORTS_DIR
+from ..plan import load_plan
+
+#: Default size: large enough for stable daily statistics, small enough that the whole demo
+#: (simulation + 15 reports on 2 workers) stays under 3 minutes on a 2-core machine.
+DEFAULT_USERS = 30_000
+DEFAULT_SEED = 20261201
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int, str, float, str]:
+    """Worker: one day's report; never raises (the error message comes back instead)."""
+    from ..report.runner import write_report
+
+    started = time.monotonic()
+    try:
+        result = write_report(export, day, plan_path=plan, out_dir=out, refresh_index=False)
+    except WhispersLabError as exc:
+        return day, "ERROR", time.monotonic() - started, str(exc).splitlines()[0]
+    except Exception as exc:  # a bug in one day must not hide the other days
+        return day, "ERROR", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
+    return day, result.decision, result.seconds, ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report.index import write_index
+    from ..report.runner import write_error_report
+    from ..simulate import simulate_to
+
+    started = time.monotonic()
+    plan = load_plan(args.plan)
+    out = Path(args.out)
+    export = DATA_DIR / "demo" / f"whispers-demo-{args.users}u-seed{args.seed}.duckdb"
+    _say(f"demo: simulating a healthy rollout: {args.users:,} users, seed {args.seed}, "
+         f"days 0..{plan.last_day} -> {export}")
+    t0 = time.monotonic()
+    simulate_to(export, users=args.users, seed=args.seed, plan=plan)
+    _say(f"demo: simulated in {time.monotonic() - t0:.1f} s; writing {plan.last_day + 1} daily "
+         f"reports to {out} with {args.workers} worker(s)")
+    out.mkdir(parents=True, exist_ok=True)
+    days = list(range(plan.last_day + 1))
+    results: dict[int, tuple[str, float, str]] = {}
+    plan_arg = str(Path(args.plan).resolve()) if args.plan else None
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB threads
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
+        futures = [pool.submit(_report_day, str(export), d, plan_arg, str(out)) for d in days]
+        for future in as_completed(futures):
+            day, decision, seconds, error = future.result()
+            results[day] = (decision, seconds, error)
+            line = f"  day {day:>2}  {decision:<8}  {seconds:5.1f} s"
+            if error:
+                line += f"  {error}"
+                write_error_report(out, day, plan, error, export_name=export.name,
+                                   refresh_index=False)
+            _say(line)
+    index = write_index(out, plan)
+    counts: dict[str, int] = {}
+    for decision, _, _ in results.values():
+        counts[decision] = counts.get(decision, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    _say(f"demo: {len(results)} reports in {time.monotonic() - started:.0f} s ({summary}); "
+         f"open {index}")
+    return 1 if counts.get("ERROR") else 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="simulate a healthy rollout and write all 15 daily reports and the index",
+        description="Simulate a healthy whispers rollout (no planted problem) and produce the "
+                    "go/no-go report of every rollout day plus the index, printing one line per "
+                    "day. Open OUT/index.html afterwards.",
+    )
+    parser.add_argument("--users", type=_positive, default=DEFAULT_USERS, metavar="N",
+                        help="simulated users (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
+                        help="random seed (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
+                        help=f"report folder (default: {REPORTS_DIR})")
+    parser.add_argument("--workers", type=_positive, default=2, metavar="W",
+                        help="report processes in parallel (default: %(default)s)")
+    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                        help="plan TOML (default: the packaged whispers canary plan)")
+    parser.set_defaults(func=run)
+

@@ -1,0 +1,45 @@
+"""``whispers-lab report``: one rollout day's go/no-go report.
+
+Writes ``DIR/day-NN/`` (report.html, report.ipynb, decision.json) atomically and refreshes
+``DIR/index.html``. Exit 0 whenever a report was written, whatever the decision; exit 1 with a
+one-line message when it could not be (day outside the plan, export missing or invalid,
+notebook failure). See ``docs/report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..paths import REPORTS_DIR
+from ..report.runner import DEFAULT_CELL_TIMEOUT_S, write_report
+
+
+def run(args: argparse.Namespace) -> int:
+    result = write_report(args.export, args.day, plan_path=args.plan, out_dir=args.out,
+                          timeout=args.timeout)
+    print(f"report: day {result.day}: {result.decision} -> {result.path / 'report.html'} "
+          f"({result.seconds:.1f} s)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write one rollout day's go/no-go report (HTML, notebook, decision.json)",
+        description="Evaluate one rollout day of an export against the plan and write "
+                    "DIR/day-NN/report.html (self-contained, no code), report.ipynb (the executed "
+                    "notebook) and decision.json, then refresh DIR/index.html. The previous "
+                    "report of the day stays in place until the new one is complete.",
+    )
+    parser.add_argument("--export", required=True, type=Path, metavar="PATH",
+                        help="export: DuckDB file or folder of Parquet files")
+    parser.add_argument("--day", required=True, type=int, metavar="N",
+                        help="rollout day to report (0 = the plan's start date)")
+    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                        help="plan TOML (default: the packaged whispers canary plan)")
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
+                        help=f"report folder (default: {REPORTS_DIR})")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                        help="seconds one notebook cell may run (default: %(default)s)")
+    parser.set_defaults(func=run)

@@ -1,0 +1,214 @@
+"""The scheduled job: every morning, report the rollout day that just ended.
+
+Which day: the job runs on UTC date ``today`` and reports the **last complete rollout day**,
+``plan.day_of(today) - 1`` (yesterday's rollout day): a day can only be judged once all its 24
+hours are in the export. Run at 00:00 UTC + however long the export takes to land. Before the
+first report is due, or after the plan's last day has been reported, there is nothing to do.
+
+Which export: the newest in the exports folder by modification time, among DuckDB files
+(``*.duckdb``, ``*.db``, ``*.ddb``) and folders holding Parquet files; hidden and temporary
+names (``.x.tmp-...``, ``.old-``) and ``*.truth.json`` are ignored. An export that ends before
+the reported day begins is stale: the run fails rather than judge a day it cannot see.
+
+Safety:
+
+* one run at a time: an exclusive ``fcntl.flock`` on ``<out>/.daily.lock``; a second run exits
+  non-zero with "another daily run holds the lock (pid N)";
+* idempotent: a re-run replaces the day's report atomically;
+* a failed run never leaves an older report looking current: the day gets an ERROR page and an
+  ERROR decision.json (the previous report of that day, if any, is kept beside it as
+  superseded), the index shows it, and the job exits non-zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ..errors import ReportError, WhispersLabError
+from ..paths import REPORTS_DIR
+from ..plan import Plan, load_plan
+from .runner import (
+    DEFAULT_CELL_TIMEOUT_S,
+    ReportResult,
+    is_temp_name,
+    utc_now,
+    write_error_report,
+    write_report,
+)
+
+LOCK_NAME = ".daily.lock"
+DUCKDB_SUFFIXES: tuple[str, ...] = (".duckdb", ".db", ".ddb")
+IGNORED_SUFFIXES: tuple[str, ...] = (".truth.json", ".wal", ".lock")
+
+
+class DailyLock:
+    """Exclusive, non-blocking ``flock`` on ``<out_dir>/.daily.lock`` holding the owner's pid.
+
+    The lock dies with the process (the kernel releases it), so a crashed run never leaves a
+    stale lock behind; the file itself stays and is reused."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.path = Path(out_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> DailyLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f"pid {holder}" if holder else "pid unknown"
+                raise ReportError(f"another daily run holds the lock ({who}); "
+                                  f"lock file {self.path}") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def __enter__(self) -> DailyLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 64).decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# which export, which day
+
+
+def export_candidates(exports_dir: str | Path) -> list[Path]:
+    """Every export in ``exports_dir``: DuckDB files by suffix and folders holding Parquet."""
+    root = Path(exports_dir)
+    if not root.is_dir():
+        raise ReportError(f"exports folder {str(root)!r} does not exist")
+    out = []
+    for child in root.iterdir():
+        name = child.name
+        if is_temp_name(name) or name.endswith(IGNORED_SUFFIXES):
+            continue
+        if child.is_file() and name.lower().endswith(DUCKDB_SUFFIXES):
+            out.append(child)
+        elif child.is_dir() and any(child.rglob("*.parquet")):
+            out.append(child)
+    return out
+
+
+def modified(path: Path) -> float:
+    """Modification time of an export: the file's, or the newest of a folder and its files."""
+    if path.is_dir():
+        times = [path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*.parquet")]
+        return max(times)
+    return path.stat().st_mtime
+
+
+def newest_export(exports_dir: str | Path) -> Path:
+    """The newest export in ``exports_dir`` (by modification time; ties broken by name)."""
+    candidates = export_candidates(exports_dir)
+    if not candidates:
+        raise ReportError(f"no export in {str(exports_dir)!r} (looked for *.duckdb / *.db "
+                          f"files and folders of Parquet files)")
+    return max(candidates, key=lambda p: (modified(p), p.name))
+
+
+def report_day(plan: Plan, today: dt.date) -> int:
+    """The rollout day the job reports when run on UTC date ``today``: the last complete day."""
+    return plan.day_of(today) - 1
+
+
+def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
+    """Raise :class:`ReportError` when the export ends before ``day`` begins (a stale export:
+    yesterday's export has not arrived)."""
+    from ..export import open_export
+    from ..queries.monitoring import data_end
+
+    with open_export(export_path, validate=False) as export:
+        end = data_end(export)
+    start = plan.day_start(day)
+    if end is None or end < start:
+        seen = "holds no events" if end is None else f"ends at {end:%Y-%m-%d %H:%M} UTC"
+        raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
+                          f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
+
+
+# ---------------------------------------------------------------------------------------
+# the job
+
+
+@dataclass(frozen=True)
+class DailyOutcome:
+    """What one run did: ``status`` is ``reported``, ``nothing_to_do`` or ``failed``."""
+
+    status: str
+    message: str
+    day: int | None = None
+    result: ReportResult | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status == "failed" else 0
+
+
+def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
+              out_dir: str | Path | None = None, today: dt.date | None = None,
+              timeout: int = DEFAULT_CELL_TIMEOUT_S) -> DailyOutcome:
+    """One scheduled run (see the module docstring). Raises :class:`ReportError` only when the
+    lock is held; every other failure is published as the day's ERROR page and returned."""
+    plan = load_plan(plan_path)
+    out = Path(out_dir) if out_dir is not None else REPORTS_DIR
+    today = today or utc_now().date()
+    day = report_day(plan, today)
+    if day < 0:
+        due = plan.start_date + dt.timedelta(days=1)
+        return DailyOutcome("nothing_to_do", f"{today} is before the first complete rollout day; "
+                            f"the first report (day 0, {plan.start_date}) is due on {due}")
+    if day > plan.last_day:
+        return DailyOutcome("nothing_to_do", f"the rollout's last day ({plan.last_day}) has been "
+                            f"reported; nothing to do on {today}")
+    with DailyLock(out):
+        export_name = None
+        try:
+            export = newest_export(exports_dir)
+            export_name = export.name
+            check_export_covers(export, plan, day)
+            result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout)
+        except WhispersLabError as exc:
+            reason = str(exc)
+        except Exception as exc:  # a bug: still publish that the day has no decision
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+        else:
+            return DailyOutcome("reported", f"day {day}: {result.decision} "
+                                f"({result.seconds:.1f} s, export {export_name})", day, result)
+        write_error_report(out, day, plan, reason, export_name=export_name)
+        first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
+        return DailyOutcome("failed", f"day {day}: no decision, ERROR page published: {first}",
+                            day)

@@ -1,0 +1,200 @@
+"""``reports/index.html``: the rollout timeline, one row per rollout day.
+
+Built from the ``day-NN/decision.json`` files in the report folder (the reports are the record;
+the index holds nothing of its own), so it can be regenerated at any time. Each day shows its
+date, phase, decision in colour (GO green, NO_GO amber, ROLLBACK red, ERROR grey, no report
+yet: blank), the first reason, the plan's next step and a link to the day's report. The page
+is one self-contained HTML file with inline CSS and no scripts.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..plan import Plan
+from .runner import day_dir_name, utc_stamp, write_text_atomic
+
+_DAY_DIR = re.compile(r"^day-(\d{2,})$")
+
+#: Background colour and label of each decision; shared with the report banner.
+DECISION_STYLE: dict[str, tuple[str, str]] = {
+    "GO": ("#15803d", "GO"),
+    "NO_GO": ("#b45309", "NO-GO"),
+    "ROLLBACK": ("#b91c1c", "ROLLBACK"),
+    "ERROR": ("#6b7280", "ERROR"),
+}
+_NONE_STYLE = ("#e5e7eb", "no report")
+
+_ACTION_WORDS = {
+    "continue": "continue the current phase",
+    "advance": "advance to the next phase",
+    "complete": "rollout complete: keep 100%",
+    "hold": "hold the current audience",
+    "rollback": "roll back now",
+}
+
+
+def collect_days(out_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """Rollout day -> its decision.json document, for every ``day-NN`` folder of ``out_dir``.
+    A folder whose decision.json is missing or unreadable is shown as an ERROR."""
+    out: dict[int, dict[str, Any]] = {}
+    root = Path(out_dir)
+    if not root.is_dir():
+        return out
+    for child in root.iterdir():
+        m = _DAY_DIR.match(child.name)
+        if not m or not child.is_dir():
+            continue
+        day = int(m.group(1))
+        try:
+            doc = json.loads((child / "decision.json").read_text(encoding="utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError) as exc:
+            doc = {"decision": "ERROR", "day": day,
+                   "error": f"decision.json is missing or unreadable ({type(exc).__name__})"}
+        out[day] = doc
+    return out
+
+
+def _summary(doc: dict[str, Any]) -> str:
+    if doc.get("decision") == "ERROR":
+        return "Run failed, no decision: " + str(doc.get("error") or "unknown error")
+    reasons = doc.get("reasons") or []
+    return str(reasons[0]) if reasons else ""
+
+
+def _next_step(doc: dict[str, Any]) -> str:
+    step = doc.get("next_step")
+    if not isinstance(step, dict):
+        return "fix the run, then re-run the report" if doc.get("decision") == "ERROR" else ""
+    words = _ACTION_WORDS.get(str(step.get("action")), str(step.get("action")))
+    audience = step.get("audience")
+    if audience == "percentage":
+        words += f" ({step.get('percentage', 0):g}% of active users)"
+    elif audience == "beta":
+        words += " (beta users)"
+    elif audience == "internal":
+        words += " (internal team)"
+    return words
+
+
+def _generated(doc: dict[str, Any]) -> str:
+    rep = doc.get("report") if isinstance(doc.get("report"), dict) else {}
+    return str(rep.get("generated_at") or doc.get("generated_at") or "")
+
+
+def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | None = None) -> str:
+    """The index page for ``plan`` given each day's decision document."""
+    e = html.escape
+    all_days = sorted(set(range(plan.last_day + 1)) | set(days))
+    latest = max(days) if days else None
+
+    strip = []
+    for day in all_days:
+        doc = days.get(day)
+        colour, label = DECISION_STYLE.get(str(doc.get("decision")), _NONE_STYLE) if doc else _NONE_STYLE
+        fg = "#fff" if doc else "#6b7280"
+        cell = (f'<div class="tl" style="background:{colour};color:{fg}" '
+                f'title="day {day}: {e(label)}">{day}</div>')
+        if doc:
+            cell = f'<a href="{day_dir_name(day)}/report.html">{cell}</a>'
+        strip.append(cell)
+
+    rows = []
+    for day in all_days:
+        doc = days.get(day)
+        date = plan.day_start(day).date().isoformat() if day >= 0 else ""
+        try:
+            phase = plan.phase_for_day(day).name
+        except Exception:
+            phase = ""
+        if doc is None:
+            rows.append(f"<tr class='empty'><td>{day}</td><td>{date}</td><td>{e(phase)}</td>"
+                        f"<td><span class='badge none'>no report yet</span></td>"
+                        f"<td></td><td></td><td></td><td></td></tr>")
+            continue
+        colour, label = DECISION_STYLE.get(str(doc.get("decision")), DECISION_STYLE["ERROR"])
+        link = f"{day_dir_name(day)}/report.html"
+        current = " current" if day == latest else ""
+        rows.append(
+            f"<tr class='{current.strip()}'><td>{day}</td><td>{date}</td><td>{e(phase)}</td>"
+            f"<td><span class='badge' style='background:{colour}'>{e(label)}</span></td>"
+            f"<td class='why'>{e(_summary(doc))}</td><td>{e(_next_step(doc))}</td>"
+            f"<td class='when'>{e(_generated(doc))}</td>"
+            f"<td><a href='{link}'>report</a></td></tr>")
+
+    if latest is not None:
+        doc = days[latest]
+        colour, label = DECISION_STYLE.get(str(doc.get("decision")), DECISION_STYLE["ERROR"])
+        headline = (f"<p class='latest'>Latest report: day {latest} "
+                    f"<span class='badge' style='background:{colour}'>{e(label)}</span> "
+                    f"&mdash; next step: {e(_next_step(doc)) or 'see the report'}. "
+                    f"<a href='{day_dir_name(latest)}/report.html'>Open the report</a></p>")
+    else:
+        headline = "<p class='latest'>No report has been produced yet.</p>"
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>{e(plan.name)}: rollout timeline</title>
+<style>
+  body {{ font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+         max-width: 1200px; margin: 0 auto; padding: 24px; color: #1f2937; line-height: 1.45; }}
+  h1 {{ margin-bottom: 4px; }}
+  .sub {{ color: #4b5563; margin-top: 0; }}
+  .strip {{ display: flex; gap: 4px; margin: 16px 0; flex-wrap: wrap; }}
+  .strip a {{ text-decoration: none; }}
+  .tl {{ width: 44px; height: 36px; border-radius: 4px; display: flex; align-items: center;
+         justify-content: center; font-weight: 600; }}
+  table {{ border-collapse: collapse; width: 100%; font-size: 14px; }}
+  th, td {{ border-bottom: 1px solid #e5e7eb; padding: 6px 8px; text-align: left;
+           vertical-align: top; }}
+  th {{ background: #f9fafb; }}
+  tr.current td {{ background: #f0f9ff; }}
+  tr.empty td {{ color: #9ca3af; }}
+  .badge {{ display: inline-block; color: #fff; padding: 2px 8px; border-radius: 10px;
+            font-weight: 600; font-size: 13px; white-space: nowrap; }}
+  .badge.none {{ background: #e5e7eb; color: #6b7280; }}
+  .why {{ max-width: 460px; }}
+  .when {{ white-space: nowrap; color: #6b7280; font-size: 12px; }}
+  .legend span {{ margin-right: 12px; }}
+  .latest {{ font-size: 16px; }}
+</style>
+</head>
+<body>
+<h1>{e(plan.name)}: rollout timeline</h1>
+<p class="sub">Day 0 is {plan.start_date.isoformat()} (UTC). One go/no-go report per rollout day;
+click a day to open its report. Index generated {e(generated_at or utc_stamp())}.</p>
+{headline}
+<div class="strip">{''.join(strip)}</div>
+<p class="legend">
+  <span><span class="badge" style="background:{DECISION_STYLE['GO'][0]}">GO</span> proceed as planned</span>
+  <span><span class="badge" style="background:{DECISION_STYLE['NO_GO'][0]}">NO-GO</span> hold the current audience</span>
+  <span><span class="badge" style="background:{DECISION_STYLE['ROLLBACK'][0]}">ROLLBACK</span> disable whispers now</span>
+  <span><span class="badge" style="background:{DECISION_STYLE['ERROR'][0]}">ERROR</span> the run failed; no decision</span>
+</p>
+<table>
+<thead><tr><th>Day</th><th>Date</th><th>Phase</th><th>Decision</th><th>Why</th>
+<th>Next step</th><th>Generated (UTC)</th><th></th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def write_index(out_dir: str | Path, plan: Plan) -> Path:
+    """Regenerate ``<out_dir>/index.html`` from the day folders (atomically)."""
+    out = Path(out_dir)
+    path = out / "index.html"
+    write_text_atomic(path, index_html(plan, collect_days(out)))
+    return path

@@ -1,0 +1,216 @@
+"""Privacy scan of report outputs: no identifier from the export may appear in a published file.
+
+A report shows aggregates only. Before a report is moved into place, every output file (the HTML,
+the executed notebook, ``decision.json``) is scanned for every user, device, request and memory id
+held by the export; one hit and the report is refused. The scan is reusable on any file set.
+
+How it scales: an export holds millions of request ids, far too many for a Python set. The files,
+however, are small, so the scan turns each file into the candidate *tokens* it could hide an id
+in (every substring that starts and ends at a word boundary and has the length of some id), and
+DuckDB semi-joins those few thousand tokens against the id columns of the export.
+
+Embedded images (long base64 runs: PNG charts in the HTML and the notebook) are skipped: they
+hold pixels, not text, and their random base64 alphabet would only produce false alarms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..contract import TABLES
+from ..export import Export, sql_ident
+
+#: Column names whose values identify a person, a device, a request or a memory.
+#: ``whisper_id`` in telemetry is a memory id.
+ID_COLUMN_NAMES: tuple[str, ...] = ("user_id", "device_id", "request_id", "memory_id", "whisper_id")
+
+#: Every (table, column) of the contract holding such an id.
+ID_COLUMNS: tuple[tuple[str, str], ...] = tuple(
+    (t.name, c.name) for t in TABLES for c in t.columns if c.name in ID_COLUMN_NAMES
+)
+
+#: Base64 runs at least this long are embedded binary data (images), not text.
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{256,}")
+
+
+@dataclass(frozen=True)
+class Leak:
+    """Some values of one id column appear in one file. Never carries the values themselves."""
+
+    file: str
+    column: str
+    count: int
+
+    def sentence(self) -> str:
+        return f"{self.file} contains {self.count} {self.column} value(s) from the export"
+
+
+def strip_embedded_binary(text: str) -> str:
+    """``text`` with long base64 runs (embedded images) replaced by a space."""
+    return _BASE64_RUN.sub(" ", text)
+
+
+def _is_word(codes: np.ndarray) -> np.ndarray:
+    return (((codes >= 48) & (codes <= 57)) | ((codes >= 65) & (codes <= 90))
+            | ((codes >= 97) & (codes <= 122)))
+
+
+def candidate_tokens(text: str, lengths: Iterable[int]) -> set[str]:
+    """Every substring of ``text`` of one of ``lengths`` that is not glued to a letter or digit
+    on either side (an id inside a longer word, e.g. in base64 or a hash, is not a mention)."""
+    n = len(text)
+    if n == 0:
+        return set()
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    word = _is_word(codes)
+    # left_ok[i]: a token may start at i; right_ok[j]: a token may end just before j.
+    left_ok = np.ones(n + 1, dtype=bool)
+    left_ok[1:n] = ~word[: n - 1]
+    right_ok = np.ones(n + 1, dtype=bool)
+    right_ok[:n] = ~word
+    right_ok[n] = True
+    out: set[str] = set()
+    for length in sorted({int(x) for x in lengths if 0 < int(x) <= n}):
+        starts = np.flatnonzero(left_ok[: n - length + 1] & right_ok[length: n + 1])
+        out.update(text[i: i + length] for i in starts.tolist())
+    return out
+
+
+def id_lengths(export: Export) -> list[int]:
+    """Distinct lengths of every id in the export (a handful: ids have fixed formats)."""
+    parts = [f"SELECT DISTINCT length({sql_ident(c)}) AS n FROM {sql_ident(t)}"
+             f" WHERE {sql_ident(c)} IS NOT NULL" for t, c in ID_COLUMNS if export.has(t)]
+    if not parts:
+        return []
+    frame = export.sql(" UNION ".join(parts))
+    return sorted(int(x) for x in frame["n"].dropna().tolist())
+
+
+def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], set[str]]:
+    """(text name, id column) -> the ids of that column found in that text."""
+    lengths = id_lengths(export)
+    names: list[str] = []
+    tokens: list[str] = []
+    for name, text in texts.items():
+        found = candidate_tokens(strip_embedded_binary(text), lengths)
+        names.extend([name] * len(found))
+        tokens.extend(found)
+    if not tokens:
+        return {}
+    view = "__privacy_tokens"
+    export.register(view, pa.table({"file": pa.array(names, pa.string()),
+                                    "token": pa.array(tokens, pa.string())}))
+    try:
+        parts = [
+            f"SELECT '{c}' AS col, file, token FROM {view} "
+            f"WHERE token IN (SELECT {sql_ident(c)} FROM {sql_ident(t)})"
+            for t, c in ID_COLUMNS if export.has(t)
+        ]
+        if not parts:
+            return {}
+        frame = export.sql("SELECT DISTINCT file, col, token FROM (" + " UNION ALL ".join(parts)
+                           + ")")
+    finally:
+        export.con.unregister(view)
+    out: dict[tuple[str, str], set[str]] = {}
+    for file, col, token in frame.itertuples(index=False):
+        # whisper_id values are memory ids: report them under one name
+        key = (str(file), "memory_id" if col == "whisper_id" else str(col))
+        out.setdefault(key, set()).add(str(token))
+    return out
+
+
+def find_ids(export: Export, texts: Mapping[str, str]) -> list[Leak]:
+    """Which id columns of ``export`` have values appearing in which of ``texts`` (name -> text)."""
+    return [Leak(f, c, len(v)) for (f, c), v in sorted(_matches(export, texts).items())]
+
+
+def redact(export: Export, document: Any, placeholder: str = "[redacted]") -> tuple[Any, int]:
+    """A copy of a JSON-like ``document`` (dicts, lists, strings, numbers) in which every id of
+    the export inside a string is replaced by ``placeholder``; also the number of ids removed.
+
+    Used on ``decision.json`` and on the rows of the report's tables: a criterion's details may
+    list example users, which an aggregate report must not show."""
+    seen: set[str] = set()
+
+    def collect(node: Any) -> None:
+        if isinstance(node, str):
+            seen.add(node)
+        elif isinstance(node, Mapping):
+            for k, v in node.items():
+                collect(k)
+                collect(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                collect(v)
+
+    collect(document)
+    strings = {str(i): text for i, text in enumerate(sorted(seen))}
+    found: set[str] = set()
+    for ids in _matches(export, strings).values():
+        found |= ids
+    if not found:
+        return document, 0
+    pattern = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(
+        re.escape(t) for t in sorted(found, key=len, reverse=True)) + r")(?![A-Za-z0-9])")
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, str):
+            return pattern.sub(placeholder, node)
+        if isinstance(node, Mapping):
+            return {clean(k): clean(v) for k, v in node.items()}
+        if isinstance(node, tuple):
+            return tuple(clean(v) for v in node)
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return clean(document), len(found)
+
+
+def scan_files(export: Export, paths: Iterable[str | Path]) -> list[Leak]:
+    """:func:`find_ids` over files (read as UTF-8, undecodable bytes replaced)."""
+    texts = {}
+    for p in paths:
+        path = Path(p)
+        texts[path.name] = path.read_text(encoding="utf-8", errors="replace")
+    return find_ids(export, texts)
+
+
+def find_strings(texts: Mapping[str, str], forbidden: Iterable[str]) -> list[tuple[str, int]]:
+    """(file name, number of distinct forbidden strings found) for plain substring matches,
+    e.g. an absolute path that must not be published."""
+    words = [w for w in set(forbidden) if w]
+    out = []
+    for name, text in texts.items():
+        hits = sum(1 for w in words if w in text)
+        if hits:
+            out.append((name, hits))
+    return out
+
+
+#: Patterns that would make a browser fetch something from the network.
+_NETWORK = (
+    re.compile(r"""<script[^>]*\bsrc\s*=""", re.I),
+    re.compile(r"""<link[^>]*\bhref\s*=\s*["']?\s*(?:https?:)?//""", re.I),
+    re.compile(r"""\b(?:src|srcset|poster|data)\s*=\s*["']?\s*(?:https?:)?//""", re.I),
+    re.compile(r"""url\(\s*["']?\s*(?:https?:)?//""", re.I),
+    re.compile(r"""@import\b""", re.I),
+    re.compile(r"""\bimport\s*\(\s*["'`](?:https?:)?//""", re.I),
+)
+
+
+def network_references(html: str) -> list[str]:
+    """Snippets of ``html`` that would load a script, style, font or image from elsewhere."""
+    out = []
+    for pattern in _NETWORK:
+        for m in pattern.finditer(html):
+            out.append(html[max(0, m.start() - 20): m.end() + 40].replace("\n", " "))
+    return out

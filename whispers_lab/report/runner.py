@@ -1,0 +1,411 @@
+"""Produce one day's go/no-go report: execute the notebook, convert it, check it, publish it.
+
+:func:`write_report` is what ``whispers-lab report``, ``daily`` and ``demo`` call. It
+
+1. checks the day against the plan and opens (and validates) the export, so that a bad day or a
+   bad export fails fast with a one-line message and no kernel is started;
+2. executes ``notebooks/daily_report.ipynb`` with papermill (kernel ``python3``, a per-cell
+   timeout) into a temporary folder next to the target; the notebook writes ``decision.json``;
+3. converts the executed notebook to one self-contained HTML file (no code, no prompts, images
+   embedded, no script/stylesheet/font fetched from the network);
+4. scans every output for ids of the export (:mod:`whispers_lab.report.privacy`) and for network
+   references; a hit withholds the report;
+5. moves the folder into place (``day-NN``) with renames, so that a reader sees the previous
+   complete report or the new complete report, never a half-written one.
+
+:func:`write_error_report` publishes the page a failed scheduled run leaves instead: decision
+``ERROR``, why, and that no decision was made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from ..errors import ReportError, WhispersLabError
+from ..export import open_export
+from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
+from ..plan import Plan, load_plan
+from . import privacy
+
+NOTEBOOK = NOTEBOOKS_DIR / "daily_report.ipynb"
+KERNEL_NAME = "python3"
+#: Seconds one notebook cell may run before the report is abandoned.
+DEFAULT_CELL_TIMEOUT_S = 600
+REPORT_FILES: tuple[str, ...] = ("report.html", "report.ipynb", "decision.json")
+ERROR = "ERROR"
+DECISIONS: tuple[str, ...] = ("GO", "NO_GO", "ROLLBACK", ERROR)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What one report run produced."""
+
+    day: int
+    decision: str
+    path: Path
+    seconds: float
+    export: str
+    message: str = ""
+
+
+def day_dir_name(day: int) -> str:
+    return f"day-{day:02d}"
+
+
+def utc_now() -> dt.datetime:
+    """Now, naive UTC (the lab's convention)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def utc_stamp(when: dt.datetime | None = None) -> str:
+    return (when or utc_now()).replace(microsecond=0).isoformat() + "Z"
+
+
+def check_day(plan: Plan, day: int) -> None:
+    """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day)."""
+    if not 0 <= day <= plan.last_day:
+        first = plan.day_start(0).date()
+        last = plan.day_start(plan.last_day).date()
+        raise ReportError(f"day {day} is outside the rollout: plan {plan.name!r} runs from day 0 "
+                          f"({first}) to day {plan.last_day} ({last})")
+
+
+# ---------------------------------------------------------------------------------------
+# atomic publication
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move the complete folder ``tmp`` to ``target``, replacing any previous one.
+
+    Two renames on the same file system: the old folder is moved aside, the new one into
+    place, then the old one deleted. A reader sees the old or the new complete folder (or,
+    for the instant between the renames, none), never a mixture."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_tmp_dir(out_dir: Path, day: int) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{day_dir_name(day)}.tmp-", dir=out_dir))
+    os.chmod(tmp, 0o755)
+    return tmp
+
+
+def is_temp_name(name: str) -> bool:
+    """Names of the runner's (and the export writer's) temporary files and folders."""
+    return name.startswith(".") or ".tmp-" in name or ".old-" in name
+
+
+# ---------------------------------------------------------------------------------------
+# notebook execution and conversion
+
+
+def execute_notebook(parameters: dict[str, Any], output: Path, *,
+                     timeout: int = DEFAULT_CELL_TIMEOUT_S, notebook: Path = NOTEBOOK) -> None:
+    """Run ``notebook`` with papermill into ``output``; raise :class:`ReportError` on failure
+    (papermill has then saved the failed notebook, with its error, at ``output``)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if not notebook.is_file():
+        raise ReportError(f"the report notebook {str(notebook)!r} is missing")
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
+            progress_bar=False, log_output=False, request_save_on_cell_execute=False,
+            execution_timeout=timeout, cwd=str(output.parent),
+        )
+    except PapermillExecutionError as exc:
+        detail = _first_line(exc.evalue) or exc.ename
+        raise ReportError(f"the report notebook failed in cell {exc.exec_count}: "
+                          f"{exc.ename}: {detail}") from None
+    except WhispersLabError:
+        raise
+    except Exception as exc:  # kernel died, timeout, missing kernel spec...
+        raise ReportError(f"the report notebook could not run: {type(exc).__name__}: "
+                          f"{_first_line(str(exc))}") from None
+
+
+def _first_line(text: str) -> str:
+    text = str(text or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+#: The lab template without anything that would load from the network (require.js, MathJax,
+#: mermaid, widgets), plus a readable page layout for people who never saw a notebook.
+_TEMPLATE_NAME = "whispers_report.html.j2"
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{% block extra_css %}
+<style type="text/css">
+  body.jp-Notebook { max-width: 1100px; margin: 0 auto; padding: 16px 24px 48px;
+    font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; }
+  .jp-RenderedHTMLCommon { font-size: 15px; line-height: 1.5; }
+  .jp-OutputArea-output img { max-width: 100%; height: auto; }
+  .jp-Cell { padding: 2px 0; }
+</style>
+{% endblock extra_css %}
+"""
+
+
+def notebook_to_html(nb: nbformat.NotebookNode, title: str) -> str:
+    """One self-contained HTML page: outputs and markdown only, images embedded, no scripts.
+
+    Stream outputs (stdout/stderr text, warnings) are left out of the page; they stay in the
+    executed notebook for whoever debugs a run."""
+    import jinja2
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # a copy we may edit
+    for cell in nb.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = [o for o in cell.get("outputs", []) if o.get("output_type") != "stream"]
+    nb.metadata["title"] = title
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[jinja2.DictLoader({_TEMPLATE_NAME: _TEMPLATE})],
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+        exclude_anchor_links=True, embed_images=True,
+    )
+    exporter.template_file = _TEMPLATE_NAME
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+# ---------------------------------------------------------------------------------------
+# the report
+
+
+def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | None = None,
+                 out_dir: str | Path | None = None, timeout: int = DEFAULT_CELL_TIMEOUT_S,
+                 refresh_index: bool = True) -> ReportResult:
+    """Write ``<out_dir>/day-NN/`` (report.html, report.ipynb, decision.json) for ``day``.
+
+    Raises :class:`~whispers_lab.errors.WhispersLabError` (``ReportError``, ``ExportError``,
+    ``PlanError``) when no report could be written; the previous report of the day, if any,
+    is then untouched."""
+    started = time.monotonic()
+    plan = load_plan(plan_path)
+    check_day(plan, day)
+    out = Path(out_dir) if out_dir is not None else REPORTS_DIR
+    export_file = Path(export_path).expanduser().resolve()
+    with open_export(export_file) as export:  # ExportError: missing, unreadable, invalid
+        tmp = make_tmp_dir(out, day)
+        try:
+            parameters = {"export_path": str(export_file), "day": int(day),
+                          "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
+                          "out_dir": str(tmp)}
+            execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
+            decision_file = tmp / "decision.json"
+            if not decision_file.is_file():
+                raise ReportError("the report notebook ran but wrote no decision.json")
+            document = json.loads(decision_file.read_text(encoding="utf-8"))
+            verdict = str(document.get("decision"))
+            if verdict not in DECISIONS:
+                raise ReportError(f"the report notebook wrote an unknown decision {verdict!r}")
+
+            nb = nbformat.read(tmp / "report.ipynb", as_version=4)
+            title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
+            page = notebook_to_html(nb, title)
+            (tmp / "report.html").write_text(page, encoding="utf-8")
+
+            network = privacy.network_references(page)
+            if network:
+                raise ReportError(f"report for day {day} withheld: the HTML would load "
+                                  f"{len(network)} resource(s) from the network")
+            document["report"] = {
+                "export": export_file.name,
+                "generated_at": utc_stamp(),
+                "runtime_seconds": round(time.monotonic() - started, 2),
+                "notebook": NOTEBOOK.name,
+                "files": list(REPORT_FILES),
+            }
+            decision_file.write_text(json.dumps(document, indent=2, ensure_ascii=False,
+                                                allow_nan=False) + "\n", encoding="utf-8")
+            leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
+            if leaks:
+                raise ReportError(f"report for day {day} withheld: "
+                                  + "; ".join(leak.sentence() for leak in leaks))
+            for name in REPORT_FILES:
+                os.chmod(tmp / name, 0o644)
+            target = out / day_dir_name(day)
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    seconds = time.monotonic() - started
+    if refresh_index:
+        from .index import write_index
+        write_index(out, plan)
+    return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
+                        export=export_file.name)
+
+
+# ---------------------------------------------------------------------------------------
+# the error page
+
+
+_ERROR_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<title>Whispers rollout: day {day} report FAILED</title>
+<style>
+  body {{ font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+         max-width: 900px; margin: 0 auto; padding: 24px; color: #222; line-height: 1.5; }}
+  .banner {{ background: #6b7280; color: #fff; padding: 18px 22px; border-radius: 6px; }}
+  .banner h1 {{ margin: 0 0 6px; font-size: 26px; }}
+  pre {{ background: #f3f4f6; padding: 12px; border-radius: 4px; white-space: pre-wrap; }}
+  a {{ color: #1d4ed8; }}
+</style>
+</head>
+<body>
+<div class="banner">
+  <h1>ERROR: no decision for day {day} ({date})</h1>
+  <div>The scheduled report run failed, so <strong>no go/no-go decision was made</strong> for
+  this day. Treat the day as undecided: do not advance the rollout on the strength of an older
+  report.</div>
+</div>
+<h2>What went wrong</h2>
+<pre>{reason}</pre>
+<h2>Details</h2>
+<ul>
+  <li>Phase: {phase}</li>
+  <li>Export: {export}</li>
+  <li>Run failed at: {when} (UTC)</li>
+</ul>
+<h2>What to do</h2>
+<p>Fix the cause above (for instance a missing, late or corrupt export), then run the job
+again: <code>whispers-lab daily</code> (or <code>whispers-lab report --export PATH --day
+{day}</code>). A successful run replaces this page.</p>
+{previous}
+<p><a href="../index.html">Back to the rollout timeline</a></p>
+</body>
+</html>
+"""
+
+
+def write_error_report(out_dir: str | Path, day: int, plan: Plan, reason: str, *,
+                       export_name: str | None = None,
+                       refresh_index: bool = True) -> Path:
+    """Publish ``day-NN/`` for a failed run: report.html saying it failed and why, and a
+    decision.json with decision ``ERROR``. A previous successful report of the day is kept
+    beside it as ``previous-report.html`` / ``previous-decision.json``, clearly superseded."""
+    out = Path(out_dir)
+    target = out / day_dir_name(day)
+    tmp = make_tmp_dir(out, day)
+    try:
+        previous_note = ""
+        prev_doc = _read_json(target / "decision.json")
+        carry: dict[str, Path] = {}
+        if prev_doc is not None and prev_doc.get("decision") in ("GO", "NO_GO", "ROLLBACK"):
+            carry = {"previous-report.html": target / "report.html",
+                     "previous-decision.json": target / "decision.json"}
+        elif prev_doc is not None:  # an earlier error page: keep what it kept
+            carry = {name: target / name for name in ("previous-report.html",
+                                                       "previous-decision.json")}
+        for name, source in carry.items():
+            if source.is_file():
+                shutil.copy2(source, tmp / name)
+        kept = _read_json(tmp / "previous-decision.json")
+        if kept is not None and (tmp / "previous-report.html").is_file():
+            generated = (kept.get("report") or {}).get("generated_at") or kept.get("generated_at")
+            previous_note = (
+                f"<h2>Earlier report</h2><p>An earlier report for this day (decision "
+                f"<strong>{html.escape(str(kept.get('decision')))}</strong>, generated "
+                f"{html.escape(str(generated))}) is kept for reference at "
+                f"<a href=\"previous-report.html\">previous-report.html</a>. It is "
+                f"<strong>superseded</strong>: it does not reflect the latest export.</p>")
+        try:
+            phase = plan.phase_for_day(day)
+            phase_doc: dict[str, Any] | None = {
+                "id": phase.id, "name": phase.name, "audience": phase.audience,
+                "percentage": phase.percentage, "environment": phase.environment,
+                "first_day": phase.first_day, "last_day": phase.last_day}
+            phase_name = phase.name
+        except WhispersLabError:
+            phase_doc, phase_name = None, "(none: before the rollout)"
+        when = utc_stamp()
+        page = _ERROR_PAGE.format(
+            day=day, date=plan.day_start(day).date().isoformat(), reason=html.escape(reason),
+            phase=html.escape(phase_name), export=html.escape(export_name or "(none)"),
+            when=when, previous=previous_note)
+        (tmp / "report.html").write_text(page, encoding="utf-8")
+        document = {
+            "schema_version": 1,
+            "generated_at": when,
+            "plan": {"name": plan.name, "source": plan.source, "version": plan.version},
+            "day": day,
+            "date": plan.day_start(day).date().isoformat(),
+            "phase": phase_doc,
+            "decision": ERROR,
+            "error": reason,
+            "next_step": None,
+            "reasons": [f"The report run failed; no decision was made: {reason}"],
+            "blocking": [],
+            "fired": [],
+            "notes": [],
+            "criteria": [],
+            "triggers": [],
+            "report": {"export": export_name, "generated_at": when, "runtime_seconds": None,
+                       "notebook": NOTEBOOK.name, "files": ["report.html", "decision.json"]},
+        }
+        (tmp / "decision.json").write_text(json.dumps(document, indent=2, ensure_ascii=False)
+                                           + "\n", encoding="utf-8")
+        for child in tmp.iterdir():
+            os.chmod(child, 0o644)
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if refresh_index:
+        from .index import write_index
+        write_index(out, plan)
+    return target
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -15,6 +15,9 @@ COMMANDS: tuple[str, ...] = (
     "validate",
     "cohort",
     "simulate",
+    "report",
+    "daily",
+    "demo",
 )
 
 

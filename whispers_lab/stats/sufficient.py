@@ -134,10 +134,12 @@ class RatioStat:
     @property
     def design_effect(self) -> float:
         """Var(ratio) relative to treating every denominator unit as independent Bernoulli
-        (meaningful for a proportion of events); >= 1 when clusters are positively correlated."""
+        (meaningful for a proportion of events); 1 with one unit per cluster, above 1 when
+        units of a cluster are positively correlated."""
         r = self.ratio
         naive = _div(r * (1.0 - r), self.sum_den)
-        return _div(self.var_of_ratio, naive)
+        # both variances with divisor n, so that one unit per cluster gives exactly 1
+        return _div(self.var_of_ratio * (self.n - 1) / self.n, naive) if self.n else math.nan
 
 
 def ratio_from_units(num: np.ndarray, den: np.ndarray) -> RatioStat:

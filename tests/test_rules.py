@@ -385,15 +385,6 @@ def test_avg_response_boundaries(export_of):
     assert rules.avg_response_ms(_api_day(few), PLAN, DAY).status == "inconclusive"
 
 
-def test_p95_observed(export_of):
-    api = api_minutes(NOON, [(100, 0, 40.0)])
-    api["duration_ms"] = np.arange(1.0, 101.0) * 2.0       # 2..200 ms
-    ex = export_of(api_logs=api)
-    r = rules.p95_response_ms_observed(_api_day(ex), PLAN, DAY)
-    assert r.value == pytest.approx(np.percentile(api["duration_ms"], 95))
-    assert r.status == "fail" and r.threshold == 150
-
-
 def _with_weights(n: int, fallbacks: int) -> dict[str, Any]:
     api = api_minutes(NOON, [(n, 0, 40.0)])
     source = np.full(n, "user", dtype=object)

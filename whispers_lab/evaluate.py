@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import rules
 from .decision import Decision, decide
+from .errors import WhispersLabError
 from .export import Export
 from .plan import CRITERION_IDS, TRIGGER_IDS, Phase, Plan
 from .queries import monitoring as q
@@ -79,7 +80,10 @@ def _stat_results(export: Export, day: int, plan: Plan) -> tuple[Any, str | None
         from .stats import experiment_results  # the statistics package, optional at import
     except ImportError as exc:
         return None, f"The statistics package is not available ({exc})."
-    return experiment_results(export, day, plan), None
+    try:
+        return experiment_results(export, day, plan), None
+    except WhispersLabError as exc:  # input the statistics cannot use: say so, do not pass
+        return None, f"The statistics could not be computed: {exc}"
 
 
 def _uncovered(day: int, plan: Plan, end: dt.datetime | None) -> tuple[CriterionResult, ...]:
@@ -154,10 +158,7 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
     }
     for cid in STAT_CRITERIA:
         stat = getattr(stats, cid, None) if stats is not None else None
-        if cid == "p95_response_ms" and stat is None:
-            by_id[cid] = rules.p95_response_ms_observed(api, plan, day)
-        else:
-            by_id[cid] = from_stat(cid, stat, plan, day, stats_missing)
+        by_id[cid] = from_stat(cid, stat, plan, day, stats_missing)
     criteria = tuple(by_id[cid] for cid in CRITERION_IDS)
     triggers = (
         rules.trigger_error_rate(err_runs, avail, plan, day),

@@ -342,13 +342,6 @@ def avg_response_ms(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionRe
                     "the average response time", plan, day)
 
 
-def p95_response_ms_observed(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
-    """Daily 95th percentile of whispers request durations (used when the statistics package
-    gives no p95 result)."""
-    return _latency("p95_response_ms", api.get("p95_duration_ms"), int(api.get("requests") or 0),
-                    "the p95 response time", plan, day, source="observed")
-
-
 def uptime(avail: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
     """Share of counted minutes (>= ``min_minute_requests`` requests) in which the endpoint was
     up, i.e. fewer than half of the minute's requests got a server error (status >= 500).

@@ -60,12 +60,16 @@ def _row(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def data_end(export: Export) -> dt.datetime | None:
-    """The latest timestamp in ``api_logs``, ``telemetry`` or ``exposures``: where the export ends."""
+    """The latest activity timestamp in the export (api_logs, telemetry, exposures, feedback,
+    support_tickets, db_metrics): where the export ends. ``users.signup_at`` is not activity."""
     value = export.scalar(
         "SELECT max(t) FROM ("
         " SELECT max(\"timestamp\") AS t FROM api_logs"
         " UNION ALL SELECT max(created_at) FROM telemetry"
-        " UNION ALL SELECT max(exposed_at) FROM exposures)"
+        " UNION ALL SELECT max(exposed_at) FROM exposures"
+        " UNION ALL SELECT max(submitted_at) FROM feedback"
+        " UNION ALL SELECT max(created_at) FROM support_tickets"
+        " UNION ALL SELECT max(\"timestamp\") FROM db_metrics)"
     )
     if value is None:
         return None

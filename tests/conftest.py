@@ -1,0 +1,57 @@
+"""Shared fixtures: small simulated exports, built once per test session.
+
+* ``small_sim``: a healthy :class:`~whispers_lab.simulate.SimulatedExport` in memory
+  (3000 users, seed 7, 14-day pre-period, rollout days 0..14).
+* ``small_export``: the same data written as a DuckDB file (path), with its truth sidecar.
+* ``small_export_parquet``: the same data as a Parquet folder (path ending in ``/``).
+* ``scenario_sim`` / ``scenario_export``: 3000 users with every windowed/point scenario planted
+  at its default (non-overlapping) time on day 9, plus the truth.
+
+Building all of them takes a couple of seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from whispers_lab.simulate import simulate
+
+SMALL_USERS = 3000
+SMALL_SEED = 7
+#: Scenarios that can share one export: their default windows do not overlap.
+COMBINED_SCENARIOS: tuple[str, ...] = (
+    "error_spike", "latency_spike", "ranking_timeouts", "fallback_surge",
+    "device_weight_mismatch", "cue_cooldown_violation", "critical_bug", "privacy_ticket",
+    "db_degradation", "telemetry_gap",
+)
+
+
+@pytest.fixture(scope="session")
+def small_sim():
+    return simulate(SMALL_USERS, SMALL_SEED)
+
+
+@pytest.fixture(scope="session")
+def small_export(small_sim, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim") / "small.duckdb"
+    small_sim.write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_export_parquet(small_sim, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("sim_pq") / "small") + "/"
+    small_sim.write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def scenario_sim():
+    return simulate(SMALL_USERS, SMALL_SEED, scenarios=COMBINED_SCENARIOS)
+
+
+@pytest.fixture(scope="session")
+def scenario_export(scenario_sim, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sim_scen") / "scenarios.duckdb"
+    scenario_sim.write(path)
+    return path

@@ -111,7 +111,8 @@ def minute_chart(minutes: pd.DataFrame, windows: Sequence[Any], *, metric: str, 
                 va="bottom", transform=ax.transAxes, fontsize=8, color=RED)
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncol=4)
     _style(ax)
-    ax2.bar(t, m["requests"], width=1 / 1440, color=TEAL, alpha=0.7)
+    ax2.fill_between(t, 0, m["requests"].astype(float), step="post", color=TEAL, alpha=0.7,
+                     lw=0)
     ax2.axhline(min_requests, color="#374151", ls=":", lw=1)
     ax2.set_ylabel("requests\n/ minute", fontsize=8)
     ax2.yaxis.set_major_locator(MaxNLocator(3, integer=True))
@@ -272,12 +273,17 @@ def retention_chart(history: Any, margin: float, min_users: int,
     if frame.empty or "diff" not in frame or frame["diff"].isna().all():
         return _empty("No retention comparison yet: retention is compared from the first "
                       "percentage-rollout day on, once users have had time to come back.", title)
-    if "users" in frame or "n" in frame:
-        users = frame["users"] if "users" in frame else frame["n"]
-        small = (users.astype(float) < min_users)
-        frame = frame.loc[~small.fillna(False)]
-        if frame.empty:
-            return _empty(f"Retention rests on fewer than {min_users} users so far.", title)
+    if {"n_treatment", "n_control"} <= set(frame):
+        users = np.minimum(frame["n_treatment"].astype(float), frame["n_control"].astype(float))
+    elif "users" in frame or "n" in frame:
+        users = (frame["users"] if "users" in frame else frame["n"]).astype(float)
+    else:
+        users = None
+    if users is not None:
+        frame = frame.loc[(users >= min_users).to_numpy()]
+        if frame.empty or frame["diff"].isna().all():
+            return _empty(f"No retention comparison yet: each group needs at least {min_users} "
+                          f"users whose return window has closed.", title)
     fig = Figure(figsize=FIGSIZE)
     ax = fig.add_subplot()
     x = frame["day"].astype(float).to_numpy()

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbformat
-
 from ..errors import ReportError, WhispersLabError
 from ..export import open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -141,16 +139,26 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     (papermill has then saved the failed notebook, with its error, at ``output``)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     if not notebook.is_file():
         raise ReportError(f"the report notebook {str(notebook)!r} is missing")
+    # The kernel talks to us over Unix sockets in a private folder (mode 0700), not over
+    # unencrypted localhost TCP ports that any local user could reach.
+    sockets = tempfile.mkdtemp(prefix="whispers-kernel-")
+    config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "k")}})
     try:
         papermill.execute_notebook(
             str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
             progress_bar=False, log_output=False, request_save_on_cell_execute=False,
-            execution_timeout=timeout, cwd=str(output.parent),
+            execution_timeout=timeout, cwd=str(output.parent), config=config,
+            # the shutdown interrupt makes the kernel log a spurious "KeyboardInterrupt"
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except PapermillExecutionError as exc:
+        if _is_lab_error(exc.ename) and str(exc.evalue).strip():
+            # bad input found by the notebook (an invalid export, a bad plan): say it as is
+            raise ReportError(str(exc.evalue).strip()) from None
         detail = _first_line(exc.evalue) or exc.ename
         raise ReportError(f"the report notebook failed in cell {exc.exec_count}: "
                           f"{exc.ename}: {detail}") from None
@@ -159,6 +167,16 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     except Exception as exc:  # kernel died, timeout, missing kernel spec...
         raise ReportError(f"the report notebook could not run: {type(exc).__name__}: "
                           f"{_first_line(str(exc))}") from None
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _is_lab_error(name: str) -> bool:
+    """Whether ``name`` is one of the lab's user-facing exception classes."""
+    from .. import errors
+
+    cls = getattr(errors, str(name), None)
+    return isinstance(cls, type) and issubclass(cls, WhispersLabError)
 
 
 def _first_line(text: str) -> str:
@@ -186,12 +204,13 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
 """
 
 
-def notebook_to_html(nb: nbformat.NotebookNode, title: str) -> str:
+def notebook_to_html(nb: Any, title: str) -> str:
     """One self-contained HTML page: outputs and markdown only, images embedded, no scripts.
 
     Stream outputs (stdout/stderr text, warnings) are left out of the page; they stay in the
     executed notebook for whoever debugs a run."""
     import jinja2
+    import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # a copy we may edit
@@ -227,7 +246,9 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     check_day(plan, day)
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     export_file = Path(export_path).expanduser().resolve()
-    with open_export(export_file) as export:  # ExportError: missing, unreadable, invalid
+    # Opened here without validation: missing or unreadable exports fail fast, before a kernel
+    # starts; the notebook validates the contract (once) and its error comes back verbatim.
+    with open_export(export_file, validate=False) as export:
         tmp = make_tmp_dir(out, day)
         try:
             parameters = {"export_path": str(export_file), "day": int(day),
@@ -241,6 +262,8 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
             verdict = str(document.get("decision"))
             if verdict not in DECISIONS:
                 raise ReportError(f"the report notebook wrote an unknown decision {verdict!r}")
+
+            import nbformat
 
             nb = nbformat.read(tmp / "report.ipynb", as_version=4)
             title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"

@@ -65,17 +65,24 @@ STATUS_STYLE: dict[str, tuple[str, str]] = {
 ROLE_WORDS: dict[str, str] = {"required": "must pass", "watched": "watched",
                               "info": "for information"}
 
-#: Detail keys holding the number of users a criterion's value is computed from, in order of
-#: preference (``stat`` is the statistics package's own details).
-USER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
+#: Where each criterion's details give the number of users its value rests on. A pair means
+#: two groups (treatment and control): the smaller one counts. ``stat.`` reads the statistics
+#: package's own details.
+USER_COUNT_KEYS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "weight_persistence": ("multi_device_users",),
     "cue_cooldown": ("users",),
-    "relevance": ("users", "n_users", "n"),
-    "feedback_score": ("users", "n_users", "n"),
-    "ctr": ("users", "n_users", "n"),
-    "retention": ("users", "n_users", "n"),
-    "support_tickets": ("users", "n_users"),
-    "srm": ("users", "n_users", "n"),
+    "relevance": ("stat.users",),
+    "feedback_score": ("stat.clusters", "stat.users"),
+    "ctr": ("stat.clusters", "stat.users"),
+    "retention": (("stat.n_treatment", "stat.n_control"),),
+    "support_tickets": (("stat.users_t", "stat.users_c"),),
+    "srm": (("stat.n_treatment", "stat.n_control"), ("n_treatment", "n_control")),
+}
+#: Criteria computed from requests whose user count the details do not give: a request count
+#: below the minimum proves the users are too few (each user makes at least one request).
+REQUEST_COUNT_KEYS: dict[str, str] = {
+    "error_rate": "n", "avg_response_ms": "n", "p95_response_ms": "n",
+    "weight_fallback_rate": "n", "ranking_timeouts": "ranked_requests",
 }
 
 _AUDIENCE = {"internal": "the internal team", "beta": "the beta users", "none": "nobody"}
@@ -85,16 +92,28 @@ def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _lookup(details: Mapping[str, Any], key: str) -> float | None:
+    source: Any = details
+    if key.startswith("stat."):
+        source, key = details.get("stat") or {}, key[5:]
+    value = source.get(key) if isinstance(source, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
 def user_count(entry: Mapping[str, Any]) -> int | None:
-    """Users behind a criterion's value, when its details say so (None: not user-based)."""
-    keys = USER_COUNT_KEYS.get(str(entry.get("id")))
-    if not keys:
-        return None
+    """Users behind a criterion's value, when its details say so (None: unknown or not
+    user-based). For a two-group comparison, the smaller group."""
     details = entry.get("details") or {}
-    for source in (details, details.get("stat") or {}):
-        for key in keys:
-            value = source.get(key) if isinstance(source, Mapping) else None
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+    for key in USER_COUNT_KEYS.get(str(entry.get("id")), ()):
+        if isinstance(key, tuple):
+            values = [_lookup(details, k) for k in key]
+            if all(v is not None for v in values):
+                return int(min(v for v in values if v is not None))
+        else:
+            value = _lookup(details, key)
+            if value is not None:
                 return int(value)
     return None
 
@@ -102,6 +121,9 @@ def user_count(entry: Mapping[str, Any]) -> int | None:
 def suppressed(entry: Mapping[str, Any], min_users: int) -> bool:
     """Whether the entry's value rests on fewer than ``min_users`` users (but more than none)."""
     n = user_count(entry)
+    if n is None and str(entry.get("id")) in REQUEST_COUNT_KEYS:
+        requests = _lookup(entry.get("details") or {}, REQUEST_COUNT_KEYS[str(entry.get("id"))])
+        n = None if requests is None or requests >= min_users else int(requests)
     return n is not None and 0 < n < min_users
 
 

@@ -184,8 +184,7 @@ def test_trigger_scenarios_roll_back_on_their_day(trigger_case):
             assert _unjudged_only(prior), _describe(prior)
 
 
-NO_GO_SCENARIOS = ["telemetry_gap", "retention_drop", "srm", "ranking_timeouts",
-                   "fallback_surge", "device_weight_mismatch", "cue_cooldown_violation"]
+NO_GO_SCENARIOS = ["telemetry_gap", "retention_drop", "srm"]
 
 
 @pytest.fixture(scope="module", params=NO_GO_SCENARIOS)
@@ -208,8 +207,34 @@ def test_no_go_scenarios_block_their_decision_day(no_go_case):
     assert ev is not None, f"{name}: the plan never requires {expected['criterion']}"
     result = ev.result(expected["criterion"])
     assert ev.decision.decision == expected["decision"] == "NO_GO", _describe(ev)
-    assert result.status != "pass", result.reason
     assert expected["criterion"] in ev.decision.blocking
-    if result.status != "fail":
-        pytest.xfail(f"{name}: {expected['criterion']} is {result.status}: "
-                     f"{result.reason}")
+    if name in STAT_SCENARIOS:
+        # the statistics may not yet have the power to call it a failure at this size; a
+        # required criterion that is not shown to hold blocks the day all the same
+        assert result.status in ("fail", "inconclusive"), result.reason
+    else:
+        assert result.status == "fail", result.reason
+
+
+def test_combined_scenarios_on_day_9(scenario_export):
+    """conftest's export with every windowed / point scenario planted on day 9: each expected
+    trigger fires and each expected criterion fails on day 9; days before are untouched."""
+    from whispers_lab.simulate import read_truth
+
+    truth = read_truth(scenario_export)
+    with open_export(scenario_export) as ex:
+        evals = {d: evaluate_day(ex, d, PLAN) for d in range(10)}
+    day9 = evals[9]
+    assert day9.decision.decision == "ROLLBACK"
+    for entry in truth["scenarios"]:
+        assert entry["day"] == 9
+        expected = entry["expected"]
+        rid = expected.get("trigger") or expected["criterion"]
+        result = day9.result(rid)
+        assert result.status == "fail", (entry["name"], result.reason)
+        assert rid in (day9.decision.fired if "trigger" in expected else day9.decision.blocking)
+    for day in range(9):
+        ev = evals[day]
+        assert ev.decision.decision != "ROLLBACK", _describe(ev)
+        assert not any(r.status == "fail" for r in ev.results
+                       if ev.decision.roles.get(r.id) != "info"), _describe(ev)

@@ -393,7 +393,10 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     """One row per UTC day from ``start`` (day 0) to ``end`` (exclusive), zero-filled:
     day, date, treatment_exposures, control_exposures, treatment_users, control_users,
     impressions (whispers_shown), clicks (whispers_used), ctr (clicks / impressions, the plan's
-    dashboard definition), requests, error_rate, weight_requests, fallbacks, fallback_rate."""
+    dashboard definition), shown_users (users with a whispers_shown event), requests,
+    request_users (users with a whispers request), error_rate, weight_requests, fallbacks,
+    fallback_rate. The user counts let a chart withhold cells from fewer than
+    ``criteria.min_group_users`` users."""
     query = f"""
     WITH days AS (
         SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 DAY,
@@ -410,11 +413,13 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     tel AS (
         SELECT date_trunc('day', created_at) AS d,
                count(*) FILTER (WHERE event_type = 'whispers_shown') AS impressions,
-               count(*) FILTER (WHERE event_type = 'whispers_used') AS clicks
+               count(*) FILTER (WHERE event_type = 'whispers_used') AS clicks,
+               count(DISTINCT user_id) FILTER (WHERE event_type = 'whispers_shown') AS shown_users
         FROM telemetry WHERE created_at >= $lo AND created_at < $hi GROUP BY 1
     ),
     api AS (
         SELECT date_trunc('day', "timestamp") AS d, count(*) AS requests,
+               count(DISTINCT user_id) AS request_users,
                count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
                count(weight_source) AS weight_requests,
                count(*) FILTER (WHERE weight_source = 'fallback') AS fallbacks
@@ -430,7 +435,9 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
            coalesce(impressions, 0) AS impressions,
            coalesce(clicks, 0) AS clicks,
            clicks / nullif(impressions, 0) AS ctr,
+           coalesce(shown_users, 0) AS shown_users,
            coalesce(requests, 0) AS requests,
+           coalesce(request_users, 0) AS request_users,
            errors / nullif(requests, 0) AS error_rate,
            coalesce(weight_requests, 0) AS weight_requests,
            coalesce(fallbacks, 0) AS fallbacks,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -16,18 +17,28 @@ def frame(rows):
     return pd.DataFrame(rows, columns=["day", "n_t", "n_c", "share_t"])
 
 
-def test_pooled_chi_square_equals_scipy():
+def test_single_day_equals_scipy_pearson_chi_square():
+    f = frame([(8, 120, 880, 0.095)])
+    r = srm_test(f, S, 8)
+    assert r.p_value == pytest.approx(stats.chisquare([120, 880], [95, 905]).pvalue, rel=1e-12)
+
+
+def test_pooled_statistic_uses_the_exact_variance_over_days():
     f = frame([(5, 0, 900, 0.0), (8, 95, 905, 0.095), (9, 110, 890, 0.095), (10, 240, 760, 0.2375)])
     r = srm_test(f, S, 10)
     rand = f[f["share_t"] > 0]
     n = rand["n_t"] + rand["n_c"]
     e_t = float((n * rand["share_t"]).sum())
-    o_t = float(rand["n_t"].sum())
-    expected = stats.chisquare([o_t, n.sum() - o_t], [e_t, n.sum() - e_t]).pvalue
-    assert r.p_value == pytest.approx(expected, rel=1e-12)
+    v = float((n * rand["share_t"] * (1 - rand["share_t"])).sum())
+    z = (rand["n_t"].sum() - e_t) / np.sqrt(v)
+    assert r.p_value == pytest.approx(2 * stats.norm.sf(abs(z)), rel=1e-9)
     assert r.status == "pass"
-    assert r.estimate == pytest.approx(o_t / n.sum())
+    assert r.estimate == pytest.approx(rand["n_t"].sum() / n.sum())
     assert r.ci_low < r.estimate < r.ci_high
+    # the omnibus in the details is the sum of the per-day Pearson statistics
+    per_day = [stats.chisquare([a, b], [m * s, m * (1 - s)]).statistic
+               for a, b, m, s in zip(rand["n_t"], rand["n_c"], n, rand["share_t"], strict=True)]
+    assert r.details["omnibus_chi2"] == pytest.approx(sum(per_day))
 
 
 def test_mismatch_fails_with_a_sentence():

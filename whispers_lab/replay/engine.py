@@ -79,9 +79,16 @@ class ReplayData:
     labels: dict[str, np.ndarray]
     users: np.ndarray
     log: SlateLog
-    signals: np.ndarray
     max_items: int
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def signals(self) -> np.ndarray:
+        """The ranker's five signals of every row (default shapes): the DR model's features.
+        Computed on first use (``n_rows x 5`` floats), then cached."""
+        if "signals" not in self._cache:
+            self._cache["signals"] = signal_matrix(*self.batch.features, DEFAULT_WEIGHTS)
+        return self._cache["signals"]
 
     @property
     def n_requests(self) -> int:
@@ -109,11 +116,6 @@ class ReplayData:
                               max_items=self.max_items, sort=False)
 
 
-def _request_codes(frame: pd.DataFrame) -> np.ndarray:
-    codes, _ = pd.factorize(frame["request_id"], sort=False)
-    return np.asarray(codes, dtype=np.int64)
-
-
 def prepare_replay(frame: pd.DataFrame, *, max_items: int = DEFAULT_MAX_ITEMS,
                    sort: bool = True) -> ReplayData:
     """Validate and lay out logged candidates for repeated replay (done once per data set).
@@ -124,14 +126,14 @@ def prepare_replay(frame: pd.DataFrame, *, max_items: int = DEFAULT_MAX_ITEMS,
     graded). Rows are sorted by ``request_id`` (stable) unless already contiguous.
     """
     frame = frame.reset_index(drop=True)
-    codes = _request_codes(frame)
-    if sort and len(codes) > 1 and np.any(np.diff(codes) < 0):
-        order = np.argsort(codes, kind="stable")
-        frame = frame.iloc[order].reset_index(drop=True)
-        codes = _request_codes(frame)
-    if len(codes) > 1 and np.any(np.diff(codes) < 0):
-        raise ValueError("rows of a request must be contiguous (pass sort=True)")
-    batch = prepare_candidates(frame)
+    batch = prepare_candidates(frame)  # factorises request ids once (first-appearance codes)
+    codes = batch.request_codes
+    if len(codes) > 1 and np.any(codes[1:] < codes[:-1]):
+        if not sort:
+            raise ValueError("rows of a request must be contiguous (pass sort=True)")
+        frame = frame.iloc[np.argsort(codes, kind="stable")].reset_index(drop=True)
+        batch = prepare_candidates(frame)
+        codes = batch.request_codes
     groups = Groups.from_sorted_keys(codes)
     row_request = groups.row_group()
     n_req = groups.n_groups
@@ -165,8 +167,7 @@ def prepare_replay(frame: pd.DataFrame, *, max_items: int = DEFAULT_MAX_ITEMS,
         if "propensity" in frame else np.full(len(frame), np.nan)
     log = build_slate_log(row_request, shown, click, prop, groups.sizes, L=max_items,
                           users=users)
-    sig = signal_matrix(*batch.features, DEFAULT_WEIGHTS)
-    return ReplayData(frame, batch, groups, row_request, labels, users, log, sig, max_items)
+    return ReplayData(frame, batch, groups, row_request, labels, users, log, max_items)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +338,8 @@ def off_policy(data: ReplayData, weights: Weights | None, *,
     model = data.reward_model(seed) if any(e in ("dr", "dm") for e in estimators) and \
         data.has_propensities else None
     return [estimate(e, data.log, tgt, scale=scale, method=method, n_boot=n_boot, seed=seed,
-                     cluster=cluster, reward_model=model, features=data.signals,
+                     cluster=cluster, reward_model=model,
+                     features=None if model is None else data.signals,
                      row_request=data.row_request) for e in estimators]
 
 
@@ -349,7 +351,8 @@ def compare_off_policy(data: ReplayData, weights_a: Weights | None, weights_b: W
     model = data.reward_model(seed) if estimator in ("dr", "dm") and data.has_propensities else None
     return compare(estimator, data.log, targets(data, weights_a), targets(data, weights_b),
                    scale=scale, method=method, n_boot=n_boot, seed=seed, cluster=cluster,
-                   reward_model=model, features=data.signals, row_request=data.row_request)
+                   reward_model=model, features=None if model is None else data.signals,
+                   row_request=data.row_request)
 
 
 def point_estimate(data: ReplayData, tgt: TargetSlates, estimator: str = RECOMMENDED,
@@ -359,7 +362,8 @@ def point_estimate(data: ReplayData, tgt: TargetSlates, estimator: str = RECOMME
 
     model = data.reward_model() if estimator in ("dr", "dm") else None
     out = estimator_parts(estimator, data.log, tgt, scale=scale, reward_model=model,
-                          features=data.signals, row_request=data.row_request)
+                          features=None if model is None else data.signals,
+                          row_request=data.row_request)
     if isinstance(out, str):
         return float("nan")
     parts, combine, _ = out

@@ -89,7 +89,8 @@ def objective(data: ReplayData, weights: Weights, estimator: str = RECOMMENDED,
     delta-method standard errors; ``-inf`` without support."""
     model = data.reward_model() if estimator in ("dr", "dm") else None
     out = estimator_parts(estimator, data.log, targets(data, weights), reward_model=model,
-                          features=data.signals, row_request=data.row_request)
+                          features=None if model is None else data.signals,
+                          row_request=data.row_request)
     if isinstance(out, str):
         return float("-inf"), float("nan")
     parts, combine, _ = out

@@ -304,9 +304,13 @@ def retention_chart(history: Any, margin: float, min_users: int,
     ax.set_xlabel("rollout day (look)")
     ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
     ax.legend(loc="lower left", fontsize=8, frameon=False)
-    finite = np.concatenate([est[np.isfinite(est)], [-margin, 0.0]])
-    span = max(float(np.ptp(finite)), 0.02)
-    ax.set_ylim(float(finite.min()) - span, float(finite.max()) + span)
+    bounds = [est]
+    if {"naive_low", "naive_high"} <= set(frame):
+        bounds += [frame["naive_low"].astype(float).to_numpy(),
+                   frame["naive_high"].astype(float).to_numpy()]
+    finite = np.concatenate([b[np.isfinite(b)] for b in bounds] + [np.array([-margin, 0.0])])
+    pad = max(0.1 * float(np.ptp(finite)), 0.005)
+    ax.set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
     _style(ax)
     fig.tight_layout()
     return fig

@@ -236,13 +236,14 @@ def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision
 
     fired = tuple(dict.fromkeys(r.id for r in results if r.kind == "trigger" and r.status == "fail"))
     blocking: list[str] = []
+    fired_reasons: list[str] = []
     reasons: list[str] = []
     notes: list[str] = []
     for r in results:
         role = roles[r.id]
         if r.kind == "trigger":
             if r.status == "fail":
-                reasons.append(r.reason)
+                fired_reasons.append(r.reason)
             elif r.status == "no_data":
                 blocking.append(r.id)
                 reasons.append(f"Trigger {r.id} could not be evaluated: {r.reason}")
@@ -265,6 +266,7 @@ def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision
         blocking.append(cid)
         reasons.append(f"Required {cid} was not evaluated (no result).")
     blocking_ids = tuple(dict.fromkeys(blocking))
+    reasons = fired_reasons + reasons
 
     verdict: Verdict
     if fired:

@@ -189,11 +189,12 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
     day = report_day(plan, today)
     if day < 0:
         due = plan.start_date + dt.timedelta(days=1)
-        return DailyOutcome("nothing_to_do", f"{today} is before the first complete rollout day; "
-                            f"the first report (day 0, {plan.start_date}) is due on {due}")
+        return DailyOutcome("nothing_to_do", f"nothing to do: {today} is before the first "
+                            f"complete rollout day; the first report (day 0, {plan.start_date}) "
+                            f"is due on {due}")
     if day > plan.last_day:
-        return DailyOutcome("nothing_to_do", f"the rollout's last day ({plan.last_day}) has been "
-                            f"reported; nothing to do on {today}")
+        return DailyOutcome("nothing_to_do", f"nothing to do: the rollout's last day "
+                            f"({plan.last_day}) was reported on {plan.start_date + dt.timedelta(days=plan.last_day + 1)}")
     with DailyLock(out):
         export_name = None
         try:

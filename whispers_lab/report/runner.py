@@ -245,7 +245,8 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     plan = load_plan(plan_path)
     check_day(plan, day)
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
-    export_file = Path(export_path).expanduser().resolve()
+    # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
+    export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
     # starts; the notebook validates the contract (once) and its error comes back verbatim.
     with open_export(export_file, validate=False) as export:

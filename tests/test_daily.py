@@ -1,0 +1,183 @@
+"""The scheduled job: which export, which day, the lock, failures (papermill runs once here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from whispers_lab.cli import main
+from whispers_lab.plan import load_plan
+from whispers_lab.report.daily import DailyLock, newest_export, report_day
+from whispers_lab.simulate import simulate_to
+
+PLAN = load_plan()
+REPORT_DAY = 9
+TODAY = (PLAN.start_date + dt.timedelta(days=REPORT_DAY + 1)).isoformat()
+
+
+def _touch(path: Path, mtime: float, *, folder: bool = False) -> Path:
+    if folder:
+        path.mkdir(parents=True)
+        part = path / "users.parquet"
+        part.write_bytes(b"PAR1")
+        os.utime(part, (mtime, mtime))
+    else:
+        path.write_bytes(b"x")
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def _fake_report(out: Path, day: int, decision: str = "GO") -> Path:
+    folder = out / f"day-{day:02d}"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text(f"report of day {day}", encoding="utf-8")
+    (folder / "decision.json").write_text(json.dumps({"decision": decision, "day": day}),
+                                          encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path, _ = simulate_to(tmp_path_factory.mktemp("sim") / "rollout.duckdb", users=1500, seed=3,
+                          through_day=REPORT_DAY)
+    return path
+
+
+# -- choosing ---------------------------------------------------------------------------------
+
+
+def test_newest_export_by_modification_time(tmp_path: Path) -> None:
+    now = time.time()
+    _touch(tmp_path / "2026-12-08.duckdb", now - 300)
+    _touch(tmp_path / "2026-12-09", now - 200, folder=True)  # a Parquet folder
+    _touch(tmp_path / "2026-12-09.duckdb.truth.json", now)  # ignored
+    _touch(tmp_path / ".2026-12-10.duckdb.tmp-abc", now)  # an export being written: ignored
+    _touch(tmp_path / "notes.txt", now)  # not an export
+    assert newest_export(tmp_path).name == "2026-12-09"
+    _touch(tmp_path / "2026-12-10.db", now - 100)
+    assert newest_export(tmp_path).name == "2026-12-10.db"
+
+
+def test_no_export_is_an_error(tmp_path: Path) -> None:
+    from whispers_lab.errors import ReportError
+
+    with pytest.raises(ReportError, match="no export"):
+        newest_export(tmp_path)
+    with pytest.raises(ReportError, match="does not exist"):
+        newest_export(tmp_path / "missing")
+
+
+def test_the_job_reports_yesterdays_rollout_day() -> None:
+    start = PLAN.start_date
+    assert report_day(PLAN, start + dt.timedelta(days=1)) == 0
+    assert report_day(PLAN, start + dt.timedelta(days=10)) == 9
+    assert report_day(PLAN, start) == -1
+
+
+@pytest.mark.parametrize("offset", [0, -3, PLAN.last_day + 2])
+def test_nothing_to_do_outside_the_rollout(tmp_path: Path, offset: int,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    today = (PLAN.start_date + dt.timedelta(days=offset)).isoformat()
+    code = main(["daily", "--exports", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--today", today])
+    assert code == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("day-*"))
+
+
+# -- the lock ----------------------------------------------------------------------------------
+
+
+def test_a_second_run_is_refused_while_the_lock_is_held(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from whispers_lab.report.daily import DailyLock\n"
+         f"with DailyLock({str(out)!r}):\n"
+         "    print('locked', flush=True)\n"
+         "    time.sleep(30)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        code = main(["daily", "--exports", str(tmp_path), "--out", str(out), "--today", TODAY])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert f"another daily run holds the lock (pid {holder.pid})" in err
+        assert "Traceback" not in err
+        assert not any(out.glob("day-*"))  # the refused run wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    with DailyLock(out):  # released when its holder died
+        pass
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+def test_failed_run_publishes_an_error_page(tmp_path: Path, export_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    yesterday = _fake_report(out, REPORT_DAY - 1)
+    before = (yesterday / "report.html").read_bytes()
+    stale = _fake_report(out, REPORT_DAY, "GO")  # an earlier run of the same day
+    corrupt = exports / "today.duckdb"
+    corrupt.write_bytes(export_path.read_bytes()[:6000])
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", TODAY])
+    err = capsys.readouterr().err
+    assert code == 1 and "ERROR page" in err and "Traceback" not in err
+    doc = json.loads((stale / "decision.json").read_text(encoding="utf-8"))
+    assert doc["decision"] == "ERROR" and "corrupt" in doc["error"]
+    assert doc["day"] == REPORT_DAY and doc["report"]["export"] == "today.duckdb"
+    page = (stale / "report.html").read_text(encoding="utf-8")
+    assert "no go/no-go decision was made" in page and "superseded" in page
+    assert (stale / "previous-report.html").read_text(encoding="utf-8") == f"report of day {REPORT_DAY}"
+    assert (yesterday / "report.html").read_bytes() == before  # other days untouched
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert "Run failed, no decision" in index
+
+
+def test_stale_export_is_refused(tmp_path: Path, export_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The newest export ends before the day to report: fail rather than judge an empty day."""
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    os.symlink(export_path, exports / "rollout.duckdb")
+    later = (PLAN.start_date + dt.timedelta(days=REPORT_DAY + 3)).isoformat()
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", later])
+    assert code == 1
+    assert "has not arrived" in capsys.readouterr().err
+    doc = json.loads((out / f"day-{REPORT_DAY + 2:02d}" / "decision.json").read_text("utf-8"))
+    assert doc["decision"] == "ERROR"
+
+
+def test_daily_reports_yesterday_from_the_newest_export(tmp_path: Path, export_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    old = exports / "older.duckdb"  # older and broken: must not be picked
+    old.write_bytes(b"not a database")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.symlink(export_path, exports / "newest.duckdb")
+    (exports / "newest.duckdb.truth.json").write_text("{}", encoding="utf-8")
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", TODAY])
+    assert code == 0, capsys.readouterr().err
+    assert f"day {REPORT_DAY}:" in capsys.readouterr().out
+    folder = out / f"day-{REPORT_DAY:02d}"
+    doc = json.loads((folder / "decision.json").read_text(encoding="utf-8"))
+    assert doc["day"] == REPORT_DAY and doc["report"]["export"] == "newest.duckdb"
+    assert doc["decision"] in ("GO", "NO_GO", "ROLLBACK")
+    assert (folder / "report.html").is_file() and (folder / "report.ipynb").is_file()
+    assert (out / "index.html").is_file()
+    assert sorted(p.name for p in out.iterdir()) == [".daily.lock", f"day-{REPORT_DAY:02d}",
+                                                     "index.html"]

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import cohort
 from ..contract import PRIORITIES, TABLES, WHISPERS_ENDPOINT
@@ -127,8 +126,8 @@ class _Collector:
 
 
 class _SpillCollector(_Collector):
-    """Writes each day's tables to Parquet files in ``folder`` and hands them back as
-    streaming readers (for :func:`simulate_to`: memory stays at about one day of data)."""
+    """Writes each day's tables to uncompressed Arrow IPC files in ``folder`` and hands them
+    back as streaming readers (for :func:`simulate_to`: memory stays near one day of data)."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
@@ -136,8 +135,9 @@ class _SpillCollector(_Collector):
         self.files: dict[str, list[Path]] = {t.name: [] for t in TABLES}
 
     def _store(self, name: str, table: pa.Table) -> None:
-        path = self.folder / f"{name}-{len(self.files[name]):05d}.parquet"
-        pq.write_table(table, path, compression="lz4")
+        path = self.folder / f"{name}-{len(self.files[name]):05d}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=1 << 17)
         self.files[name].append(path)
 
     def table(self, name: str) -> Any:
@@ -147,7 +147,10 @@ class _SpillCollector(_Collector):
 
         def batches() -> Iterator[pa.RecordBatch]:
             for f in files:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=1 << 17)
+                with pa.memory_map(str(f), "r") as source:
+                    reader = pa.ipc.open_file(source)
+                    for i in range(reader.num_record_batches):
+                        yield reader.get_batch(i)
 
         return pa.RecordBatchReader.from_batches(self.schemas[name], batches())
 

@@ -266,9 +266,12 @@ def cuped_result(cells: pd.DataFrame, k: int, day: int, boundary: float,
         a.diff, a.se, math.inf)
     status: Status = noninferiority_status(seq.low, seq.high, -margin)
     width_gain = 1 - a.se / c.unadjusted.se if c.unadjusted.se > 0 else math.nan
+    gain = (f"cuts the variance by {c.variance_reduction:.0%} (interval {width_gain:.0%} "
+            f"narrower)" if c.variance_reduction > 0 else
+            f"does not help here (variance {-c.variance_reduction:+.0%}: the covariate predicts "
+            f"too little for this sample)")
     sentence = (f"CUPED on pre-period activity (theta {c.theta:.3f}, correlation "
-                f"{c.corr_xy:.2f}) cuts the variance by {c.variance_reduction:.0%} (interval "
-                f"{width_gain:.0%} narrower): adjusted difference {_pp(a.diff)}, sequential "
+                f"{c.corr_xy:.2f}) {gain}: adjusted difference {_pp(a.diff)}, sequential "
                 f"CI {_pp(seq.low)} to {_pp(seq.high)} -> {status}.")
     res_status = status
     if srm_flag:

@@ -5,6 +5,8 @@
 It reads data through the end of the requested day only (``[.., day_start(day + 1))``), so
 evaluating day 9 of a 14-day export gives what an analyst would have seen on the evening of
 day 9. An export that ends before the day yields no_data everywhere and a NO_GO that says so.
+If the statistics package is missing, or raises a :class:`WhispersLabError` on the export, its
+criteria are no_data with that message (never a pass).
 """
 
 from __future__ import annotations

@@ -11,9 +11,13 @@ searched on the simplex (``w = |x| / sum |x|``): random search over Dirichlet(1)
 the baseline), then ``scipy.optimize.minimize`` (Nelder-Mead: the objective is piecewise
 constant in the weights, so gradient methods do not apply) from the best few random points.
 ``tune_shapes=True`` also searches the two half-lives and the frequency cap (log scale, within
-a factor 8 of the baseline's). Objective: the estimate minus ``risk_aversion`` times its
-delta-method standard error (a lower confidence bound: weights whose estimate rests on few
-matched positions are not rewarded for a lucky draw).
+a factor 8 of the baseline's). Objective: the estimate minus ``risk_aversion`` (default 2)
+times its delta-method standard error (a lower confidence bound: weights whose estimate rests
+on few matched positions are not rewarded for a lucky draw), and weights whose importance
+weights flag ``weak_support`` are excluded (``require_support``). On simulated exports of
+~15k requests these two choices turned the tuner from "better than the defaults in 2 of 4
+seeds" into "in 4 of 4" (true CTR, :func:`whispers_lab.simulate.clicks.expected_ctr`); with a
+few thousand requests the holdout usually cannot confirm a gain, and says so.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from scipy import optimize
 
 from ..weights import DEFAULT_WEIGHTS, PARAMETERS, SIGNALS, Weights, save_weights, weights_vector
 from .engine import ReplayData, compare_off_policy, off_policy, targets
-from .ope import RECOMMENDED, Estimate, estimator_parts
+from .ope import RECOMMENDED, Estimate, _weight_check, estimator_parts
 from .uncertainty import delta_se
 
 
@@ -84,19 +88,22 @@ def split_by_user(data: ReplayData, holdout_share: float = 0.3,
 
 
 def objective(data: ReplayData, weights: Weights, estimator: str = RECOMMENDED,
-              risk_aversion: float = 0.0) -> tuple[float, float]:
+              risk_aversion: float = 0.0, require_support: bool = False) -> tuple[float, float]:
     """(objective, estimate) of ``weights`` on ``data``: the estimate minus ``risk_aversion``
-    delta-method standard errors; ``-inf`` without support."""
+    delta-method standard errors; ``-inf`` without support (and, with ``require_support``,
+    when the importance weights flag ``weak_support``)."""
     model = data.reward_model() if estimator in ("dr", "dm") else None
     out = estimator_parts(estimator, data.log, targets(data, weights), reward_model=model,
                           features=None if model is None else data.signals,
                           row_request=data.row_request)
     if isinstance(out, str):
         return float("-inf"), float("nan")
-    parts, combine, _ = out
+    parts, combine, support = out
     with np.errstate(invalid="ignore", divide="ignore"):
         value = float(combine(parts.sum(axis=0)))
         if not np.isfinite(value):
+            return float("-inf"), value
+        if require_support and _weight_check(estimator, support)[0] != "ok":
             return float("-inf"), value
         if risk_aversion > 0:
             se = delta_se(parts, combine)
@@ -125,8 +132,8 @@ def tuned_version(weights: Weights, estimator: str, seed: int) -> str:
 
 def tune(data: ReplayData, *, baseline: Weights = DEFAULT_WEIGHTS, estimator: str = RECOMMENDED,
          holdout_share: float = 0.3, n_random: int = 200, n_starts: int = 3,
-         max_refine_evals: int = 150, risk_aversion: float = 1.0, tune_shapes: bool = False,
-         seed: int = 0, n_boot: int = 500) -> TuningResult:
+         max_refine_evals: int = 150, risk_aversion: float = 2.0, require_support: bool = True,
+         tune_shapes: bool = False, seed: int = 0, n_boot: int = 500) -> TuningResult:
     """Search weights maximising ``estimator`` on the train users; report on the holdout users.
 
     Raises ``ValueError`` without logged propensities (maximising a biased on-policy replay
@@ -143,7 +150,7 @@ def tune(data: ReplayData, *, baseline: Weights = DEFAULT_WEIGHTS, estimator: st
 
     def evaluate(x: np.ndarray, stage: str) -> float:
         w = _to_weights(x, baseline, tune_shapes)
-        obj, val = objective(train, w, estimator, risk_aversion)
+        obj, val = objective(train, w, estimator, risk_aversion, require_support)
         trace.append({"stage": stage, **{s: getattr(w, s) for s in SIGNALS},
                       **({p: getattr(w, p) for p in PARAMETERS} if tune_shapes else {}),
                       "objective": obj, "estimate": val})
@@ -200,6 +207,6 @@ def save_tuned(result: TuningResult, path: str | Path) -> Path:
     directory (or a path ending in ``/``) gets ``<version>.json`` inside it."""
     p = Path(path)
     if p.is_dir() or str(path).endswith("/"):
-        p.mkdir(parents=True, exist_ok=True)
         p = p / f"{result.best.version}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
     return save_weights(result.best, p)

@@ -37,7 +37,7 @@ DPI = 96
 def png(fig: Figure) -> bytes:
     """The figure as PNG bytes (tight layout)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # every chart already has a tight layout
     return buf.getvalue()
 
 
@@ -48,6 +48,7 @@ def _empty(message: str, title: str, height: float = 2.0) -> Figure:
     ax.set_title(title, loc="left", fontsize=11, fontweight="bold")
     ax.text(0.5, 0.45, message, ha="center", va="center", fontsize=11, color="#4b5563",
             wrap=True, transform=ax.transAxes)
+    fig.tight_layout()
     return fig
 
 
@@ -200,7 +201,9 @@ def rates_chart(daily: pd.DataFrame, plan: Any, day: int, min_users: int) -> Fig
     x = d["day"].to_numpy()
     fig = Figure(figsize=(FIGSIZE[0], 3.4))
     ax1, ax2 = fig.subplots(1, 2)
-    ctr_users = d["shown_users"] if "shown_users" in d else None
+    # users behind each day's rate: the series' user counts when it has them; otherwise the
+    # event counts, which bound the users from above (each user makes at least one event)
+    ctr_users = d["shown_users"] if "shown_users" in d else d["impressions"]
     ctr, _ = _mask_small(d["ctr"], ctr_users, min_users)
     ax1.plot(x, ctr, "o-", color=BLUE, ms=4, label="click-through rate")
     ax1.axhline(plan.criteria.ctr, color=AMBER, ls="--", lw=1.2,
@@ -210,7 +213,7 @@ def rates_chart(daily: pd.DataFrame, plan: Any, day: int, min_users: int) -> Fig
     ax1.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax1.set_title("Click-through rate (clicks / impressions)", loc="left", fontsize=10,
                   fontweight="bold")
-    fb_users = d["request_users"] if "request_users" in d else None
+    fb_users = d["request_users"] if "request_users" in d else d["weight_requests"]
     fb, _ = _mask_small(d["fallback_rate"], fb_users, min_users)
     ax2.plot(x, fb, "o-", color=TEAL, ms=4, label="weight fallback rate")
     budgets = [plan.threshold("weight_fallback_rate", int(v)) for v in x]

@@ -14,7 +14,12 @@ import pytest
 
 from whispers_lab.cli import main
 from whispers_lab.plan import load_plan
-from whispers_lab.report.daily import DailyLock, newest_export, report_day
+from whispers_lab.report.daily import (
+    DailyLock,
+    newest_export,
+    remove_stale_temporaries,
+    report_day,
+)
 from whispers_lab.simulate import simulate_to
 
 PLAN = load_plan()
@@ -181,3 +186,13 @@ def test_daily_reports_yesterday_from_the_newest_export(tmp_path: Path, export_p
     assert (out / "index.html").is_file()
     assert sorted(p.name for p in out.iterdir()) == [".daily.lock", f"day-{REPORT_DAY:02d}",
                                                      "index.html"]
+
+
+def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    old = tmp_path / ".day-03.tmp-abc"
+    old.mkdir()
+    os.utime(old, (time.time() - 7 * 3600, time.time() - 7 * 3600))
+    fresh = tmp_path / ".day-04.tmp-def"  # maybe a report being written right now
+    fresh.mkdir()
+    assert remove_stale_temporaries(tmp_path) == [".day-03.tmp-abc"]
+    assert fresh.exists() and not old.exists()

@@ -160,6 +160,27 @@ def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
                           f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
 
 
+#: Temporary report folders older than this are leftovers of a killed run.
+STALE_TEMP_SECONDS = 6 * 3600
+
+
+def remove_stale_temporaries(out_dir: Path, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
+    """Delete ``.day-NN.tmp-*`` / ``.day-NN.old-*`` folders left by a killed run (a run that
+    fails cleans up after itself; a ``kill -9`` cannot). Only folders older than ``max_age``
+    seconds, so that a report being written right now by ``whispers-lab report`` is spared."""
+    import shutil
+    import time
+
+    removed = []
+    now = time.time()
+    for child in out_dir.glob(".day-*"):
+        if child.is_dir() and (".tmp-" in child.name or ".old-" in child.name):
+            if now - child.stat().st_mtime > max_age:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child.name)
+    return removed
+
+
 # ---------------------------------------------------------------------------------------
 # the job
 
@@ -196,6 +217,7 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         return DailyOutcome("nothing_to_do", f"nothing to do: the rollout's last day "
                             f"({plan.last_day}) was reported on {plan.start_date + dt.timedelta(days=plan.last_day + 1)}")
     with DailyLock(out):
+        remove_stale_temporaries(out)
         export_name = None
         try:
             export = newest_export(exports_dir)

@@ -172,3 +172,21 @@ def test_sql_frame_replays(tmp_path):
     data = engine.prepare_replay(frame)
     res = engine.replay(data, DEFAULT_WEIGHTS, n_boot=20)
     assert res.summary.loc[res.summary["label"] == "click", "n"].max() == 2
+
+
+def test_small_export_end_to_end(small_export):
+    """The simulator's small export: SQL -> replay -> OPE, against the simulator's truth."""
+    from whispers_lab.simulate.clicks import expected_ctr
+
+    with open_export(small_export) as exp:
+        frame = replay_candidates(exp)
+        quality = replay_quality(exp)
+    assert quality["clicks_on_unshown"] == 0 and quality["clicks_without_candidate"] == 0
+    assert quality["shown_without_propensity"] == 0
+    data = engine.prepare_replay(frame)
+    assert data.log.logger.kind == "epsilon_uniform"
+    assert data.log.logger.epsilon == pytest.approx(0.1)
+    check = engine.logger_sanity(data, n_boot=200)
+    assert check.consistent, check.sentence
+    est = engine.off_policy(data, DEFAULT_WEIGHTS, estimators=["sniips"], n_boot=200)[0]
+    assert est.ci_low <= expected_ctr(frame, DEFAULT_WEIGHTS) <= est.ci_high

@@ -260,7 +260,7 @@ def replay(data: ReplayData, weights: Weights | None, *, k: int = 6,
         if m.ndcg.size == 0:
             continue
         parts, spec = _metric_parts(m)
-        clusters = data.users[mask] if cluster == "user" else None
+        clusters = data.users[mask] if (cluster == "user" and ci) else None
         units = cluster_parts(parts, clusters)
         sums = units.sum(axis=0)
         reps = poisson_sums(units, n_boot, seed) if ci else None

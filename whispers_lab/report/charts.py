@@ -110,7 +110,7 @@ def minute_chart(minutes: pd.DataFrame, windows: Sequence[Any], *, metric: str, 
     if shaded:
         ax.text(0.995, 1.01, f"{shaded} run(s) above the trigger level shaded", ha="right",
                 va="bottom", transform=ax.transAxes, fontsize=8, color=RED)
-    ax.legend(loc="upper left", fontsize=8, frameon=False, ncol=4)
+    ax.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
     _style(ax)
     ax2.fill_between(t, 0, m["requests"].astype(float), step="post", color=TEAL, alpha=0.7,
                      lw=0)

@@ -238,9 +238,6 @@ def decision_banner_html(doc: Mapping[str, Any], plan: Plan | None = None) -> st
         if flags:
             parts.append("<p style='margin-bottom:2px'>Feature flags to have in place:</p><ul>"
                          + "".join(f"<li>{line}</li>" for line in flag_lines(flags)) + "</ul>")
-        if step.get("monitor_minutes"):
-            parts.append(f"<p>Then monitor for {_e(step['monitor_minutes'])} minutes to confirm "
-                         f"the rollback took effect.</p>")
     reasons = [str(r) for r in doc.get("reasons") or []]
     if reasons:
         parts.append("<h2 style='margin-bottom:4px'>Why</h2><ul>"

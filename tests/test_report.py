@@ -179,3 +179,6 @@ def test_invalid_export_fails_with_the_contract_problems(export_path: Path, tmp_
     assert code == 1
     assert "breaks the contract" in err and "status" in err and "Traceback" not in err
     assert not (out / day_dir_name(4)).exists()
+    kept = list((out / ".failed").glob("day-04-*.ipynb"))  # the failed run's record
+    assert len(kept) == 1 and "failed notebook kept at" in err
+    assert len(err.strip().splitlines()) == 1

@@ -158,7 +158,7 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     except PapermillExecutionError as exc:
         if _is_lab_error(exc.ename) and str(exc.evalue).strip():
             # bad input found by the notebook (an invalid export, a bad plan): say it as is
-            raise ReportError(str(exc.evalue).strip()) from None
+            raise ReportError(_one_line(str(exc.evalue))) from None
         detail = _first_line(exc.evalue) or exc.ename
         raise ReportError(f"the report notebook failed in cell {exc.exec_count}: "
                           f"{exc.ename}: {detail}") from None
@@ -177,6 +177,18 @@ def _is_lab_error(name: str) -> bool:
 
     cls = getattr(errors, str(name), None)
     return isinstance(cls, type) and issubclass(cls, WhispersLabError)
+
+
+def _one_line(message: str) -> str:
+    """A multi-line lab error (e.g. every contract problem of an export) as one line: the
+    headline, the first item, and how many more there are."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    items = [ln.lstrip("- ").strip() for ln in lines[1:]]
+    more = (f"; and {len(items) - 1} more (`whispers-lab validate` lists them all)"
+            if len(items) > 1 else "")
+    return f"{lines[0].rstrip(':')}: {items[0]}{more}"
 
 
 def _first_line(text: str) -> str:
@@ -229,6 +241,22 @@ def notebook_to_html(nb: Any, title: str) -> str:
     return body
 
 
+FAILED_DIR = ".failed"
+
+
+def keep_failed_notebook(notebook: Path, out_dir: Path, day: int) -> Path | None:
+    """Move the notebook of a failed run (papermill saved it with the error) to
+    ``<out_dir>/.failed/day-NN-<UTC time>.ipynb``: not published, but a readable record of
+    what went wrong. None when there is nothing to keep."""
+    if not notebook.is_file():
+        return None
+    folder = out_dir / FAILED_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{day_dir_name(day)}-{utc_now():%Y%m%dT%H%M%S}.ipynb"
+    os.replace(notebook, target)
+    return target
+
+
 # ---------------------------------------------------------------------------------------
 # the report
 
@@ -255,7 +283,13 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
             parameters = {"export_path": str(export_file), "day": int(day),
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           "out_dir": str(tmp)}
-            execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
+            try:
+                execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
+            except ReportError as exc:
+                kept = keep_failed_notebook(tmp / "report.ipynb", out, day)
+                if kept is None:
+                    raise
+                raise ReportError(f"{exc} (failed notebook kept at {kept})") from None
             decision_file = tmp / "decision.json"
             if not decision_file.is_file():
                 raise ReportError("the report notebook ran but wrote no decision.json")

@@ -281,7 +281,9 @@ def replay(data: ReplayData, weights: Weights | None, *, k: int = 6,
                          if ci else "none",
                          "note": ON_POLICY_NOTE})
     used = DEFAULT_WEIGHTS if weights is None else weights
-    return ReplayResult(used, k, ranks, per_request, masks, pd.DataFrame(rows))
+    summary = pd.DataFrame(rows, columns=["label", "metric", "population", "n", "mean", "ci_low",
+                                          "ci_high", "method", "note"])
+    return ReplayResult(used, k, ranks, per_request, masks, summary)
 
 
 def compare_replay(data: ReplayData, weights_a: Weights | None, weights_b: Weights | None, *,
@@ -312,7 +314,8 @@ def compare_replay(data: ReplayData, weights_a: Weights | None, weights_b: Weigh
                          "a": float(va.mean()), "b": float(vb.mean()), "diff": iv.estimate,
                          "ci_low": iv.ci_low, "ci_high": iv.ci_high, "p_value": iv.p_value,
                          "method": iv.method, "note": ON_POLICY_NOTE})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["label", "metric", "population", "n", "a", "b", "diff",
+                                       "ci_low", "ci_high", "p_value", "method", "note"])
 
 
 def _mean(s: np.ndarray) -> np.ndarray:

@@ -75,7 +75,8 @@ from .uncertainty import Method, interval, paired
 ESTIMATORS: tuple[str, ...] = ("iips", "sniips", "rips", "snrips", "sips", "snsips", "dr", "dm")
 RECOMMENDED = "sniips"
 Scale = Literal["ctr", "clicks"]
-Status = Literal["ok", "weak_support", "no_support", "no_propensities", "not_computable"]
+Status = Literal["ok", "weak_support", "no_support", "no_propensities", "not_computable",
+                 "no_data"]
 #: A position whose mean importance weight is both more than ``WEIGHT_Z`` standard errors and
 #: more than ``WEIGHT_TOLERANCE`` away from its expectation 1 marks the estimate
 #: ``weak_support`` (see :func:`_support`). Two conditions, because the weights are heavy-tailed
@@ -470,6 +471,8 @@ def estimator_parts(name: str, log: SlateLog, tgt: TargetSlates, *, scale: Scale
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}; use one of {ESTIMATORS}")
     keep = usable_requests(log)
+    if not log.filled.any():
+        return "no data: no logged request with a shown slate in this selection"
     if not keep.any():
         return ("no logged propensities: off-policy estimates are impossible; only a biased "
                 "on-policy replay of clicks can be computed")
@@ -533,6 +536,8 @@ def _status_of(reason: str) -> Status:
         return "no_propensities"
     if reason.startswith("zero support"):
         return "no_support"
+    if reason.startswith("no data"):
+        return "no_data"
     return "not_computable"
 
 

@@ -182,17 +182,18 @@ def ranking_metrics(ranks: np.ndarray, gains: np.ndarray, groups: Groups, k: int
                               np.zeros(0, np.int64))
     G = groups.n_groups
     g = groups.row_group()
-    in_k = ranks <= k
+    # lookup tables indexed by min(rank, k + 1): entry k + 1 (beyond the cutoff) is 0
+    disc = np.append(_discounts(k), 0.0)
+    inv = np.append(np.concatenate([[0.0], 1.0 / np.arange(1, k + 1)]), 0.0)
+    idx = np.minimum(ranks, k + 1)
     rel = gains > 0
-    disc = _discounts(k)
-    dcg = np.bincount(g, weights=np.where(in_k, gains * disc[np.minimum(ranks, k)], 0.0),
-                      minlength=G)
+    dcg = np.bincount(g, weights=gains * disc[idx], minlength=G)
     idcg = ideal_dcg(gains, groups, k)
     n_rel = np.bincount(g, weights=rel, minlength=G).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ndcg = np.where(n_rel > 0, dcg / np.where(idcg > 0, idcg, 1.0), np.nan)
-    hits_k = np.bincount(g, weights=rel & in_k, minlength=G)
-    rr = np.where(rel & in_k, 1.0 / ranks, 0.0)
+    rr = rel * inv[idx]  # 1/rank for relevant rows within k, else 0
+    hits_k = np.bincount(g, weights=rr > 0, minlength=G)
     mrr = np.maximum.reduceat(rr, groups.offsets)  # groups are non-empty and contiguous
     hit = (hits_k > 0).astype(np.float64)
     if precision_denominator == "k":

@@ -41,5 +41,21 @@ def test_healthy_export_fails_no_count_check(small_export):
             assert failed == [], (day, failed)
             if day >= 8:
                 bad = [r.id for r in ev.criteria if r.status == "fail"
-                       and r.id in ("error_rate", "avg_response_ms", "weight_fallback_rate", "uptime")]
+                       and r.id in ("error_rate", "avg_response_ms", "weight_fallback_rate")]
                 assert bad == [], (day, bad)
+
+
+@pytest.mark.slow
+def test_statistical_scenarios_fail_on_their_first_decision_day(tmp_path):
+    from whispers_lab.simulate import simulate_to
+
+    path, truth_file = simulate_to(tmp_path / "stat.duckdb", 3000, 11,
+                                   scenarios=["srm", "ctr_drop", "low_feedback"])
+    truth = read_truth(truth_file)
+    with open_export(path) as ex:
+        for s in truth["scenarios"]:
+            day = s["expected"]["first_decision_day"]
+            ev = evaluate.evaluate_day(ex, day, PLAN)
+            result = {r.id: r for r in ev.criteria}[s["expected"]["criterion"]]
+            assert result.status == "fail", (s["name"], day, result.reason)
+            assert ev.decision.decision == s["expected"]["decision"]

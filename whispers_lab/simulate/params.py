@@ -77,7 +77,7 @@ class ModelParams:
     ranking_cap_ms: float = 150.0          # healthy ranking_ms stays below cap + 40 ms
     whispers_error_rate: float = 0.004     # 4xx/5xx share of whispers requests
     other_error_rate: float = 0.003
-    server_error_share: float = 0.6        # of errors, share that are 5xx
+    server_error_share: float = 0.15       # of errors, share that are 5xx (healthy 5xx ~0.06%: uptime ~99.9%)
 
     # -- engagement outputs -----------------------------------------------------------------
     cue_prob: float = 0.35                 # chance a treated open fires a Maya cue candidate

@@ -78,7 +78,7 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
                 {"day": _D, "start": "17:00", "minutes": 30, "factor": 3.0},
                 "window", "trigger_db", "ROLLBACK"),
     ScenarioDef("srm", "from `day`, share `share` of users assigned control are served treatment "
-                "(exposures say treatment, they get whispers)", {"day": _D, "share": 0.2},
+                "(exposures say treatment, they get whispers)", {"day": _D, "share": 0.3},
                 "from_day", "srm", "NO_GO"),
     ScenarioDef("telemetry_gap", "no telemetry at all for `hours` hours from `start`",
                 {"day": _D, "start": "02:00", "hours": 3.0}, "window", "telemetry_flowing", "NO_GO"),

@@ -123,7 +123,7 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
 
     # -- aggregates (SQL) -----------------------------------------------------------------
     api = q.daily_api(export, start, end, ranking_timeout_ms=crit.ranking_timeout_ms)
-    avail = q.availability(export, start, end, min_requests=crit.min_minute_requests)
+    avail = q.availability(export, start, end, min_requests=rules.UPTIME_MIN_MINUTE_REQUESTS)
     minutes = q.minute_series(export, start, end, min_requests=crit.min_minute_requests)
     err_runs = q.minute_runs(export, start, end, metric="error_rate", threshold=trig.error_rate,
                              min_requests=crit.min_minute_requests,

@@ -114,6 +114,14 @@ def min_day_requests(plan: Plan, rate_threshold: float | None = None) -> int:
     return int(n)
 
 
+#: Uptime counts every minute with traffic. A thin minute is judged conservatively: it is down
+#: when half or more of its requests failed, so one failed request in a one-request minute marks
+#: it down. That can only understate uptime, never pass a day that should fail; it lets uptime be
+#: judged at the traffic of the early percentage phases, where few minutes reach
+#: ``min_minute_requests`` (which still governs the per-minute rollback triggers).
+UPTIME_MIN_MINUTE_REQUESTS = 1
+
+
 def min_uptime_minutes(uptime_threshold: float) -> int:
     """Fewest counted minutes on which uptime is judged: one down minute must be able to move
     the share by no more than the allowed downtime, i.e. ``ceil(1 / (1 - uptime))``."""
@@ -343,9 +351,11 @@ def avg_response_ms(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionRe
 
 
 def uptime(avail: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
-    """Share of counted minutes (>= ``min_minute_requests`` requests) in which the endpoint was
-    up, i.e. fewer than half of the minute's requests got a server error (status >= 500).
-    Minutes without traffic, or with too little to tell, are neither up nor down."""
+    """Share of counted minutes in which the endpoint was up, i.e. fewer than half of the
+    minute's requests got a server error (status >= 500). Which minutes count is the caller's
+    ``min_requests`` in :func:`queries.monitoring.availability`; :func:`evaluate_day` counts
+    every minute with traffic (:data:`UPTIME_MIN_MINUTE_REQUESTS`). Minutes without traffic are
+    neither up nor down."""
     cid = "uptime"
     limit = threshold(plan, cid, day)
     observed = int(avail.get("observed_minutes") or 0)

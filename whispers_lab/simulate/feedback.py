@@ -48,6 +48,7 @@ def maya_cues(opens: Opens, treated: np.ndarray, day: int, state: State, params:
     idx = np.flatnonzero(treated & (rng.random(len(opens)) < params.cue_prob))
     user = opens.user[idx]
     ts = opens.ts[idx] + (rng.uniform(5.0, 120.0, idx.size) * US_PER_SECOND).astype(np.int64)
+    ts = np.minimum(ts, end_us - 1)
     dev = opens.device_k[idx]
     order = np.lexsort((ts, user))
     user, ts, dev = user[order], ts[order], dev[order]

@@ -172,12 +172,15 @@ def test_invalid_export_fails_with_the_contract_problems(export_path: Path, tmp_
     con = duckdb.connect(str(bad))
     con.execute("UPDATE api_logs SET status = 999 WHERE request_id IN "
                 "(SELECT request_id FROM api_logs LIMIT 3)")
+    con.execute("INSERT INTO users SELECT * FROM users LIMIT 1")  # a repeated user id
     con.close()
     out = tmp_path / "out"
     code = main(["report", "--export", str(bad), "--day", "4", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "breaks the contract" in err and "status" in err and "Traceback" not in err
+    assert "breaks the contract" in err and "Traceback" not in err
+    assert "[redacted]" in err  # the validation example (a user id) is not repeated
+    assert not set(re.findall(r"[A-Za-z0-9]+", err)) & all_export_ids(export_path)
     assert not (out / day_dir_name(4)).exists()
     kept = list((out / ".failed").glob("day-04-*.ipynb"))  # the failed run's record
     assert len(kept) == 1 and "failed notebook kept at" in err

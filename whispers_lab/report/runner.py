@@ -286,10 +286,13 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
             try:
                 execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
             except ReportError as exc:
+                # the message may quote data (a validation problem gives an example value):
+                # no id of the export goes to the terminal, the cron mail or an error page
+                message, _ = privacy.redact(export, str(exc))
                 kept = keep_failed_notebook(tmp / "report.ipynb", out, day)
-                if kept is None:
-                    raise
-                raise ReportError(f"{exc} (failed notebook kept at {kept})") from None
+                if kept is not None:
+                    message += f" (failed notebook kept at {kept})"
+                raise ReportError(message) from None
             decision_file = tmp / "decision.json"
             if not decision_file.is_file():
                 raise ReportError("the report notebook ran but wrote no decision.json")

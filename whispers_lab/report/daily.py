@@ -214,8 +214,10 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
                             f"complete rollout day; the first report (day 0, {plan.start_date}) "
                             f"is due on {due}")
     if day > plan.last_day:
+        last = plan.start_date + dt.timedelta(days=plan.last_day)
         return DailyOutcome("nothing_to_do", f"nothing to do: the rollout's last day "
-                            f"({plan.last_day}) was reported on {plan.start_date + dt.timedelta(days=plan.last_day + 1)}")
+                            f"({plan.last_day}, {last}) is over; its report was due on "
+                            f"{last + dt.timedelta(days=1)}")
     with DailyLock(out):
         remove_stale_temporaries(out)
         export_name = None

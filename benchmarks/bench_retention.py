@@ -63,13 +63,16 @@ def retention_only(ex, day: int, plan) -> dict[str, float]:
     times["cohort"] = time.perf_counter() - t
     start, t0, hi = plan.start_date, plan.day_start(0), plan.day_start(day + 1)
     t = time.perf_counter()
-    counts = q.srm_counts(ex, start, t0, hi)
+    q.materialize_units(ex, start, t0, hi, s.preperiod_days)
+    times["units_sql"] = time.perf_counter() - t
+    t = time.perf_counter()
+    counts = q.srm_counts(ex)
     counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
     counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share for d in counts["day"]]
     srm = srm_test(counts, s, day)
     times["srm"] = time.perf_counter() - t
     t = time.perf_counter()
-    cells = q.retention_cells(ex, start, t0, hi, s.k_days, s.preperiod_days)
+    cells = q.retention_cells(ex, s.k_days, day)
     times["retention_sql"] = time.perf_counter() - t
     t = time.perf_counter()
     first_look = plan.percentage_stages()[0][0]
@@ -80,7 +83,7 @@ def retention_only(ex, day: int, plan) -> dict[str, float]:
             primary = a
     times["retention_tests"] = time.perf_counter() - t
     t = time.perf_counter()
-    surv = survival_comparison(q.survival_cells(ex, start, t0, hi), s, day)
+    surv = survival_comparison(q.survival_cells(ex, day), s, day)
     times["survival"] = time.perf_counter() - t
     print(f"  D{s.primary_k}: {primary.absolute.status}: {primary.absolute.sentence}")
     print(f"  CUPED: {primary.cuped.sentence}")

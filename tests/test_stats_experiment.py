@@ -89,12 +89,13 @@ def hand_export(tmp_path_factory):
     q.register_cohort(ex, pd.DataFrame({"user_id": ids,
                                         "reason": [UNITS[u][3] for u in ids],
                                         "first_enabled_day": [float(UNITS[u][2]) for u in ids]}))
+    q.materialize_units(ex, START, at(0, 0), PLAN.day_start(11), 14)
     yield ex
     ex.close()
 
 
 def test_retention_cells_follow_the_window_and_switch_rules(hand_export):
-    cells = q.retention_cells(hand_export, START, at(0, 0), PLAN.day_start(11), [1, 7], 14)
+    cells = q.retention_cells(hand_export, [1, 7], 10)
     got = {(int(r.k), int(r.stratum), r.variant): (int(r.n), r.sum_y, r.sum_x, r.sum_x2, r.sum_xy)
            for r in cells.itertuples()}
     assert got == {
@@ -107,8 +108,24 @@ def test_retention_cells_follow_the_window_and_switch_rules(hand_export):
     }
 
 
+def test_day_mask_and_fallback_give_the_same_units(hand_export, monkeypatch):
+    masked = hand_export.sql(f"SELECT * FROM {q.UNITS_TABLE} ORDER BY user_id")
+    monkeypatch.setattr(q, "MAX_MASK_DAYS", 0)
+    try:
+        q.materialize_units(hand_export, START, at(0, 0), PLAN.day_start(11), 14)
+        joined = hand_export.sql(f"SELECT * FROM {q.UNITS_TABLE} ORDER BY user_id")
+    finally:
+        monkeypatch.undo()
+        q.materialize_units(hand_export, START, at(0, 0), PLAN.day_start(11), 14)
+    pd.testing.assert_frame_equal(masked.astype({"x": float, "gap": float}),
+                                  joined.astype({"x": float, "gap": float}))
+    assert masked.set_index("user_id").loc["u2", "x"] == 2
+    assert pd.isna(masked.set_index("user_id").loc["u2", "gap"])
+    assert masked.set_index("user_id").loc["u10", "gap"] == 6
+
+
 def test_survival_cells_censor_at_the_switch_and_the_analysis_day(hand_export):
-    cells = q.survival_cells(hand_export, START, at(0, 0), PLAN.day_start(11))
+    cells = q.survival_cells(hand_export, 10)
     got = sorted((r.variant, int(r.stratum), int(r.time), int(r.event), int(r.n))
                  for r in cells.itertuples())
     assert got == sorted([
@@ -121,7 +138,7 @@ def test_survival_cells_censor_at_the_switch_and_the_analysis_day(hand_export):
 
 
 def test_srm_counts_and_quality(hand_export):
-    c = q.srm_counts(hand_export, START, at(0, 0), PLAN.day_start(11))
+    c = q.srm_counts(hand_export)
     got = {int(r.day): (int(r.n_t), int(r.n_c)) for r in c.itertuples()}
     assert got == {3: (0, 1), 8: (0, 3), 9: (1, 3), 10: (1, 0)}
     qual = q.exposure_quality(hand_export, START, at(0, 0), PLAN.day_start(11))
@@ -131,15 +148,14 @@ def test_srm_counts_and_quality(hand_export):
 
 
 def test_ticket_user_days_by_planned_variant(hand_export):
-    tc = q.ticket_counts(hand_export, START, at(0, 0), 8, PLAN.day_start(11))
+    tc = q.ticket_counts(hand_export, START, at(0, 0), PLAN.day_start(11), 8)
     agg = tc.groupby("variant")[["user_days", "tickets"]].sum()
     assert agg.loc["treatment"].tolist() == [9.0, 1]
     assert agg.loc["control"].tolist() == [12.0, 1]
 
 
 def test_canary_units_use_the_planned_variant_of_the_day(hand_export):
-    u = q.canary_units(hand_export, START, at(0, 0), PLAN.day_start(10), PLAN.day_start(11), 10,
-                       100, 1)
+    u = q.canary_units(hand_export, PLAN.day_start(10), PLAN.day_start(11), 10, 100, 1)
     assert sorted(u["variant"]) == ["control", "control", "treatment"]  # u2, u9 | u1
     assert u.loc[u["duration_ms"].notna(), "variant"].tolist() == ["control"]
     assert "user_id" not in u.columns

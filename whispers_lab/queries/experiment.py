@@ -14,6 +14,10 @@ Population of every randomised comparison ("units"): users with an exposure in
 ``internal`` / ``beta`` are excluded: those users were selected, not randomised). A unit's
 stratum ``e`` is the rollout day of its first exposure; its analysis variant is the one first
 served; ``f`` is the rollout day on which the plan enables it (``inf`` = never).
+
+:func:`materialize_units` computes the units once per analysis (one pass over the app opens)
+into the temporary table :data:`UNITS_TABLE`; the retention, survival, SRM, ticket and canary
+queries read it, so call it first (after :func:`register_cohort`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from ..contract import WHISPERS_ENDPOINT
 from ..export import Export
 
 COHORT_RELATION = "wl_cohort"
+UNITS_TABLE = "wl_units"
+#: Widest span of rollout days (pre-period included) the 64-bit day mask of a user can hold.
+MAX_MASK_DAYS = 62
 EXCLUDED_REASONS: tuple[str, ...] = ("internal", "beta")
 ERROR_STATUS = 400  # an error is status >= 400, as the plan's dashboard counts it
 
@@ -48,7 +55,7 @@ def register_cohort(export: Export, cohort: pd.DataFrame) -> None:
 
 
 def _units_cte(start: dt.date) -> str:
-    """CTEs ``first_exp`` and ``units`` (needs parameters $t0 and $hi)."""
+    """CTEs ``first_exp`` and ``units`` straight from the exposures (parameters $t0, $hi)."""
     excluded = ", ".join(f"'{r}'" for r in EXCLUDED_REASONS)
     return f"""
     first_exp AS (
@@ -69,6 +76,58 @@ def _units_cte(start: dt.date) -> str:
 
 def _day_expr(start: dt.date, col: str) -> str:
     return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
+
+
+def materialize_units(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
+                      preperiod_days: int) -> int:
+    """Create the temporary table :data:`UNITS_TABLE`, one row per randomised unit:
+    ``user_id, variant, e, f_day, x, gap``. ``x``: active days (days with an app_open) in the
+    ``preperiod_days`` days before the rollout start; ``gap``: days from ``e`` to the first
+    later day with an app_open before ``hi`` (NULL: none). Returns the number of units.
+
+    App opens are read once: each user's active days become the bits of one 64-bit mask (bit
+    ``d + preperiod_days`` for rollout day d), so the work is one grouping of the opens by user
+    and a join of one row per user. Longer spans than :data:`MAX_MASK_DAYS` fall back to a join
+    on distinct (user, day) pairs (same result, slower)."""
+    last = (hi.date() - start).days - 1
+    pre = dt.datetime.combine(start, dt.time()) - dt.timedelta(days=preperiod_days)
+    opens = f"""
+    opens AS (
+        SELECT user_id, {_day_expr(start, 'created_at')} AS d
+        FROM telemetry
+        WHERE event_type = 'app_open' AND created_at >= $pre AND created_at < $hi
+    )"""
+    if preperiod_days + last + 1 <= MAX_MASK_DAYS:
+        body = """
+        masks AS (
+            SELECT user_id, bit_or(CAST(1 AS UBIGINT) << CAST(d + $pdays AS UBIGINT)) AS m
+            FROM opens GROUP BY user_id
+        ),
+        shifted AS (
+            SELECT u.*, coalesce(k.m, CAST(0 AS UBIGINT)) AS m,
+                   coalesce(k.m, CAST(0 AS UBIGINT)) >> CAST(u.e + $pdays + 1 AS UBIGINT) AS after
+            FROM units u LEFT JOIN masks k ON k.user_id = u.user_id
+        )
+        SELECT user_id, variant, e, f_day,
+               bit_count(m & ((CAST(1 AS UBIGINT) << CAST($pdays AS UBIGINT)) - 1)) AS x,
+               CASE WHEN after = 0 THEN NULL
+                    ELSE bit_count(~greatest(after, 1) & (greatest(after, 1) - 1)) + 1 END AS gap
+        FROM shifted"""
+    else:
+        body = """
+        od AS (SELECT DISTINCT user_id, d FROM opens)
+        SELECT u.user_id, any_value(u.variant) AS variant, any_value(u.e) AS e,
+               any_value(u.f_day) AS f_day,
+               count(od.d) FILTER (WHERE od.d < 0) AS x,
+               min(od.d) FILTER (WHERE od.d > u.e) - any_value(u.e) AS gap
+        FROM units u LEFT JOIN od ON od.user_id = u.user_id
+        GROUP BY u.user_id"""
+    params = {"t0": t0, "hi": hi, "pre": pre}
+    if "$pdays" in body:
+        params["pdays"] = int(preperiod_days)
+    export.sql(f"CREATE OR REPLACE TEMP TABLE {UNITS_TABLE} AS "
+               f"WITH {_units_cte(start)}, {opens}, {body}", params)
+    return int(export.scalar(f"SELECT count(*) FROM {UNITS_TABLE}"))
 
 
 def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime
@@ -100,71 +159,47 @@ def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.dat
     return {k: int(v) for k, v in row.items()}
 
 
-def retention_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
-                    k_values: Sequence[int], preperiod_days: int) -> pd.DataFrame:
-    """Per (k, stratum e, variant): n, sum_y (retained), sum_x, sum_x2, sum_xy, where
-    y = 1 if the unit has an app_open on a rollout day in ``[e + 1, e + k]`` and x = its active
-    days in the ``preperiod_days`` days before the rollout start.
+def retention_cells(export: Export, k_values: Sequence[int], last_day: int) -> pd.DataFrame:
+    """Per (k, stratum e, variant) of the materialised units: n, sum_y (retained), sum_x,
+    sum_x2, sum_xy, where y = 1 if the unit has an app_open on a rollout day in
+    ``[e + 1, e + k]`` and x = its pre-period active days.
 
-    A unit is counted for k when its window has closed by ``hi`` (``e + k < day(hi)``) and, for a
-    control unit, before the plan switches it to treatment (``e + k + 1 <= f``). The outcome
-    does not depend on the analysis day once the window is closed, so one call gives every
-    earlier day's cells too (keep strata ``e <= day - k``)."""
+    A unit is counted for k when its window has closed by the end of ``last_day``
+    (``e + k <= last_day``) and, for a control unit, before the plan switches it to treatment
+    (``e + k + 1 <= f``). The outcome does not depend on the analysis day once the window is
+    closed, so one call gives every earlier day's cells too (keep strata ``e <= day - k``)."""
     ks = ", ".join(f"({int(k)})" for k in sorted(set(k_values)))
     q = f"""
-    WITH {_units_cte(start)},
-    opens AS (
-        SELECT DISTINCT user_id, {_day_expr(start, 'created_at')} AS d
-        FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $pre AND created_at < $hi
-    ),
-    per_unit AS (
-        SELECT u.user_id, u.variant, u.e, u.f_day,
-               min(o.d) FILTER (WHERE o.d > u.e) - u.e AS gap,
-               count(o.d) FILTER (WHERE o.d < 0) AS x
-        FROM units u LEFT JOIN opens o ON o.user_id = u.user_id
-        GROUP BY u.user_id, u.variant, u.e, u.f_day
-    ),
-    ks(k) AS (VALUES {ks})
+    WITH ks(k) AS (VALUES {ks})
     SELECT ks.k, p.e AS stratum, p.variant,
            count(*) AS n,
            sum(CASE WHEN p.gap <= ks.k THEN 1 ELSE 0 END)::DOUBLE AS sum_y,
            sum(p.x)::DOUBLE AS sum_x,
            sum(p.x * p.x)::DOUBLE AS sum_x2,
            sum(CASE WHEN p.gap <= ks.k THEN p.x ELSE 0 END)::DOUBLE AS sum_xy
-    FROM per_unit p CROSS JOIN ks
-    WHERE p.e + ks.k < $last_plus_one
+    FROM {UNITS_TABLE} p CROSS JOIN ks
+    WHERE p.e + ks.k <= $last
       AND (p.variant = 'treatment' OR p.e + ks.k + 1 <= p.f_day)
     GROUP BY ks.k, p.e, p.variant
     ORDER BY ks.k, p.e, p.variant
     """
-    last_plus_one = (hi.date() - start).days
-    pre = dt.datetime.combine(start, dt.time()) - dt.timedelta(days=preperiod_days)
-    return export.sql(q, {"t0": t0, "hi": hi, "pre": pre, "last_plus_one": last_plus_one})
+    return export.sql(q, {"last": int(last_day)})
 
 
-def survival_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime
-                   ) -> pd.DataFrame:
+def survival_cells(export: Export, last_day: int) -> pd.DataFrame:
     """Days to return: per (variant, stratum, time, event), the number of units.
 
     Follow-up of a unit runs from its exposure day e to the last full day it is observed in its
-    analysis variant, ``C = min(last day, f - 1)`` for control (``f`` = switch day) and the last
-    day for treatment. Event: first app_open on a day in ``(e, C]``, at time ``day - e``;
-    otherwise censored at ``C - e``. Units with no follow-up (``C <= e``) are left out."""
+    analysis variant, ``C = min(last_day, f - 1)`` for control (``f`` = switch day) and
+    ``last_day`` for treatment. Event: first app_open on a day in ``(e, C]``, at time
+    ``day - e``; otherwise censored at ``C - e``. Units with no follow-up (``C <= e``) are left
+    out."""
     q = f"""
-    WITH {_units_cte(start)},
-    opens AS (
-        SELECT DISTINCT user_id, {_day_expr(start, 'created_at')} AS d
-        FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $t0 AND created_at < $hi
-    ),
-    per_unit AS (
-        SELECT u.variant, u.e,
-               CASE WHEN u.variant = 'control'
-                    THEN least($last::DOUBLE, u.f_day - 1) ELSE $last::DOUBLE END AS c,
-               min(o.d) FILTER (WHERE o.d > u.e) AS r
-        FROM units u LEFT JOIN opens o ON o.user_id = u.user_id
-        GROUP BY u.user_id, u.variant, u.e, u.f_day
+    WITH per_unit AS (
+        SELECT variant, e, e + gap AS r,
+               CASE WHEN variant = 'control' THEN least($last::DOUBLE, f_day - 1)
+                    ELSE $last::DOUBLE END AS c
+        FROM {UNITS_TABLE}
     )
     SELECT variant, e AS stratum,
            CAST(CASE WHEN r IS NOT NULL AND r <= c THEN r - e ELSE c - e END AS BIGINT) AS time,
@@ -175,20 +210,17 @@ def survival_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datet
     GROUP BY ALL
     ORDER BY variant, stratum, time, event
     """
-    last = (hi.date() - start).days - 1
-    return export.sql(q, {"t0": t0, "hi": hi, "last": last})
+    return export.sql(q, {"last": int(last_day)})
 
 
-def srm_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime) -> pd.DataFrame:
+def srm_counts(export: Export) -> pd.DataFrame:
     """Units by first-exposure day and first-served variant: day, n_t, n_c."""
-    q = f"""
-    WITH {_units_cte(start)}
+    return export.sql(f"""
     SELECT e AS day,
            count(*) FILTER (WHERE variant = 'treatment') AS n_t,
            count(*) FILTER (WHERE variant = 'control') AS n_c
-    FROM units GROUP BY e ORDER BY e
-    """
-    return export.sql(q, {"t0": t0, "hi": hi})
+    FROM {UNITS_TABLE} GROUP BY e ORDER BY e
+    """)
 
 
 def ratio_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataFrame:
@@ -256,48 +288,51 @@ def feedback_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataF
     return export.sql(q, {"lo": lo, "hi": hi})
 
 
-def ticket_counts(export: Export, start: dt.date, t0: dt.datetime, lo_day: int, hi: dt.datetime
-                  ) -> pd.DataFrame:
+def ticket_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
+                  lo_day: int) -> pd.DataFrame:
     """Support tickets and user-days per planned variant and rollout day, randomised units,
     days ``[lo_day, last day]``: day, variant, users, user_days, tickets.
 
     A unit contributes the days from its first exposure day on; a day counts as treatment when
     the plan has enabled the unit (``f <= day``), else control (intention to treat by plan).
-    Tickets without a user id cannot be attributed and are not counted."""
+    Tickets without a user id cannot be attributed and are not counted. User-days come from the
+    units grouped by (e, f), never from a row per user-day."""
     q = f"""
-    WITH {_units_cte(start)},
-    days AS (SELECT unnest(range($lo_day, $last + 1)) AS d),
-    unit_days AS (
-        SELECT u.user_id, d.d,
-               CASE WHEN u.f_day <= d.d THEN 'treatment' ELSE 'control' END AS variant
-        FROM units u JOIN days d ON d.d >= u.e
+    WITH days AS (SELECT unnest(range($lo_day, $last + 1)) AS d),
+    groups AS (SELECT e, f_day, count(*) AS n FROM {UNITS_TABLE} GROUP BY e, f_day),
+    ud AS (
+        SELECT d.d AS day, CASE WHEN g.f_day <= d.d THEN 'treatment' ELSE 'control' END AS variant,
+               sum(g.n) AS users
+        FROM groups g JOIN days d ON d.d >= g.e
+        GROUP BY ALL
     ),
     tk AS (
-        SELECT user_id, {_day_expr(start, 'created_at')} AS d, count(*) AS tickets
-        FROM support_tickets
-        WHERE user_id IS NOT NULL AND created_at >= $t0 AND created_at < $hi
+        SELECT {_day_expr(start, 't.created_at')} AS day,
+               CASE WHEN u.f_day <= {_day_expr(start, 't.created_at')} THEN 'treatment'
+                    ELSE 'control' END AS variant,
+               count(*) AS tickets
+        FROM support_tickets t JOIN {UNITS_TABLE} u ON u.user_id = t.user_id
+        WHERE t.created_at >= $t0 AND t.created_at < $hi
+          AND {_day_expr(start, 't.created_at')} >= greatest(u.e, $lo_day)
         GROUP BY ALL
     )
-    SELECT ud.d AS day, ud.variant, count(DISTINCT ud.user_id) AS users,
-           count(*)::DOUBLE AS user_days, coalesce(sum(tk.tickets), 0)::BIGINT AS tickets
-    FROM unit_days ud LEFT JOIN tk ON tk.user_id = ud.user_id AND tk.d = ud.d
-    GROUP BY ud.d, ud.variant ORDER BY ud.d, ud.variant
+    SELECT ud.day, ud.variant, ud.users, ud.users::DOUBLE AS user_days,
+           coalesce(tk.tickets, 0)::BIGINT AS tickets
+    FROM ud LEFT JOIN tk USING (day, variant)
+    ORDER BY ud.day, ud.variant
     """
     last = (hi.date() - start).days - 1
     return export.sql(q, {"t0": t0, "hi": hi, "lo_day": int(lo_day), "last": int(last)})
 
 
-def ticket_users(export: Export, start: dt.date, t0: dt.datetime, lo_day: int,
-                 hi: dt.datetime) -> dict[str, int]:
+def ticket_users(export: Export, lo_day: int, last_day: int) -> dict[str, int]:
     """Distinct randomised units that contributed user-days to each planned variant."""
     q = f"""
-    WITH {_units_cte(start)}
     SELECT count(*) FILTER (WHERE f_day <= $last) AS users_t,
            count(*) FILTER (WHERE f_day > greatest(e, $lo_day)) AS users_c
-    FROM units WHERE e <= $last
+    FROM {UNITS_TABLE} WHERE e <= $last
     """
-    last = (hi.date() - start).days - 1
-    row = export.sql(q, {"t0": t0, "hi": hi, "lo_day": int(lo_day), "last": int(last)}).iloc[0]
+    row = export.sql(q, {"lo_day": int(lo_day), "last": int(last_day)}).iloc[0]
     return {"users_t": int(row["users_t"]), "users_c": int(row["users_c"])}
 
 
@@ -332,9 +367,8 @@ def latency_order_statistics(export: Export, lo: dt.datetime, hi: dt.datetime,
     return {int(r): float(v) for r, v in zip(df["rn"], df["duration_ms"], strict=True)}
 
 
-def canary_units(export: Export, start: dt.date, t0: dt.datetime, lo: dt.datetime,
-                 hi: dt.datetime, day: int, max_units: int, seed: int,
-                 endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
+def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max_units: int,
+                 seed: int, endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
     """Per-user values on one day for the canary comparison, at most ``max_units`` users per
     planned variant, chosen by a seeded hash of the user id (deterministic, thread-safe).
 
@@ -344,10 +378,9 @@ def canary_units(export: Export, start: dt.date, t0: dt.datetime, lo: dt.datetim
     endpoints), error_rate (share with status >= 400), opens (app_open events), each NULL when
     the user had no such activity that day."""
     q = f"""
-    WITH {_units_cte(start)},
-    pop AS (
+    WITH pop AS (
         SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
-        FROM units WHERE e <= $day
+        FROM {UNITS_TABLE} WHERE e <= $day
     ),
     api AS (
         SELECT user_id, avg(duration_ms) AS duration_ms,
@@ -371,19 +404,17 @@ def canary_units(export: Export, start: dt.date, t0: dt.datetime, lo: dt.datetim
     )
     SELECT variant, duration_ms, error_rate, opens FROM joined WHERE rk <= $max_units
     """
-    return export.sql(q, {"t0": t0, "hi": hi, "lo": lo, "day": int(day), "ep": endpoint,
+    return export.sql(q, {"lo": lo, "hi": hi, "day": int(day), "ep": endpoint,
                           "seed": int(seed), "max_units": int(max_units)})
 
 
-def canary_population(export: Export, start: dt.date, t0: dt.datetime, lo: dt.datetime,
-                      hi: dt.datetime, day: int, endpoint: str = WHISPERS_ENDPOINT
-                      ) -> dict[str, int]:
+def canary_population(export: Export, lo: dt.datetime, hi: dt.datetime, day: int,
+                      endpoint: str = WHISPERS_ENDPOINT) -> dict[str, int]:
     """How many active users each arm had before sampling (for the record)."""
     q = f"""
-    WITH {_units_cte(start)},
-    pop AS (
+    WITH pop AS (
         SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
-        FROM units WHERE e <= $day
+        FROM {UNITS_TABLE} WHERE e <= $day
     ),
     active AS (
         SELECT DISTINCT user_id FROM api_logs
@@ -396,5 +427,5 @@ def canary_population(export: Export, start: dt.date, t0: dt.datetime, lo: dt.da
            count(*) FILTER (WHERE p.variant = 'control') AS active_control
     FROM pop p JOIN active a ON a.user_id = p.user_id
     """
-    row = export.sql(q, {"t0": t0, "hi": hi, "lo": lo, "day": int(day), "ep": endpoint}).iloc[0]
+    row = export.sql(q, {"lo": lo, "hi": hi, "day": int(day), "ep": endpoint}).iloc[0]
     return {k: int(v) for k, v in row.items()}

@@ -124,11 +124,12 @@ def experiment_results(export: Export, day: int, plan: Plan,
     beta_sel = assigned.attrs.get("beta")
     beta_users = beta_sel.count if beta_sel is not None else 0
     quality = q.exposure_quality(export, start, t0, hi)
+    q.materialize_units(export, start, t0, hi, s.preperiod_days)
     population: dict[str, Any] = {"day": day, "phase": phase.id, "beta_users": beta_users,
                                   **quality}
 
     # -- SRM ---------------------------------------------------------------------------------
-    counts = q.srm_counts(export, start, t0, hi)
+    counts = q.srm_counts(export)
     counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
     counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share
                          for d in counts["day"]]
@@ -137,7 +138,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
 
     # -- retention (every k), CUPED, history --------------------------------------------------
     ks = sorted(set(s.k_days) | {s.primary_k})
-    cells_all = q.retention_cells(export, start, t0, hi, ks, s.preperiod_days)
+    cells_all = q.retention_cells(export, ks, day)
     by_k: dict[int, Any] = {}
     for k in ks:
         cells = cells_all.loc[cells_all["k"] == k].drop(columns="k")
@@ -149,7 +150,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     primary = by_k[s.primary_k]
 
     # -- survival -----------------------------------------------------------------------------
-    surv = survival_comparison(q.survival_cells(export, start, t0, hi), s, day)
+    surv = survival_comparison(q.survival_cells(export, day), s, day)
 
     # -- CTR (the day), feedback (since day 0) -----------------------------------------------
     ratios = q.ratio_units(export, lo, hi)
@@ -177,7 +178,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     p95 = _p95(export, plan, s, day, lo, hi)
 
     # -- canary ----------------------------------------------------------------------------------
-    canary = _canary(export, s, day, start, t0, lo, hi, first_look)
+    canary = _canary(export, s, day, lo, hi, first_look)
 
     # -- power -----------------------------------------------------------------------------------
     power = _power(s, day, phase.audience, beta_users, primary, by_k, ctr, feedback, relevance,
@@ -208,8 +209,8 @@ def _tickets(export: Export, plan: Plan, s: StatSettings, day: int, start: dt.da
                           f"Day {day}: no randomised treatment arm yet (beta users were "
                           f"selected, not randomised), so ticket rates cannot be compared.",
                           thr, {"first_look_day": first_look})
-    tc = q.ticket_counts(export, start, t0, first_look, hi)
-    users = q.ticket_users(export, start, t0, first_look, hi)
+    tc = q.ticket_counts(export, start, t0, hi, first_look)
+    users = q.ticket_users(export, first_look, day)
     agg = tc.groupby("variant")[["user_days", "tickets"]].sum()
 
     def get(v: str, c: str) -> float:
@@ -247,15 +248,15 @@ def _p95(export: Export, plan: Plan, s: StatSettings, day: int, lo: dt.datetime,
                                  "p95 latency of /api/whispers/context")
 
 
-def _canary(export: Export, s: StatSettings, day: int, start: dt.date, t0: dt.datetime,
-            lo: dt.datetime, hi: dt.datetime, first_look: int | None) -> list[StatResult]:
+def _canary(export: Export, s: StatSettings, day: int, lo: dt.datetime, hi: dt.datetime,
+            first_look: int | None) -> list[StatResult]:
     if first_look is None or day < first_look:
         return [StatResult(m, None, None, None, None, 0, "Mann-Whitney U / Hodges-Lehmann",
                            "no_data", f"{label}: no randomised treated users on day {day} "
                            f"(beta users are selected, not randomised).", None, {"day": day})
                 for m, _, _, label in CANARY_METRICS]
-    units = q.canary_units(export, start, t0, lo, hi, day, s.canary_max_units, s.seed)
-    popn = q.canary_population(export, start, t0, lo, hi, day)
+    units = q.canary_units(export, lo, hi, day, s.canary_max_units, s.seed)
+    popn = q.canary_population(export, lo, hi, day)
     out = []
     for metric, col, harm, label in CANARY_METRICS:
         t = units.loc[units["variant"] == "treatment", col].dropna().to_numpy(float)

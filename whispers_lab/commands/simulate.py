@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..simulate import SCENARIOS, simulate
+from ..simulate import SCENARIOS, read_truth, simulate_to
 from ..simulate.scenarios import SimulationError
 
 
@@ -60,18 +60,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    sim = simulate(args.users, args.seed, start_date=args.start_date, through_day=args.through_day,
-                   scenarios=args.scenario, plan=args.plan)
-    t1 = time.perf_counter()
     try:
-        export_path, truth = sim.write(args.out)
+        export_path, truth_file = simulate_to(
+            args.out, args.users, args.seed, start_date=args.start_date,
+            through_day=args.through_day, scenarios=args.scenario, plan=args.plan)
     except OSError as exc:
         raise SimulationError(f"cannot write {args.out!r}: {exc}") from None
-    t2 = time.perf_counter()
+    elapsed = time.perf_counter() - t0
     kind = "Parquet folder" if args.out.endswith("/") else "DuckDB file"
-    print(f"wrote {kind} {str(export_path)!r} and {str(truth)!r} "
-          f"(simulated in {t1 - t0:.1f} s, written in {t2 - t1:.1f} s)")
-    t = sim.truth
+    print(f"wrote {kind} {str(export_path)!r} and {str(truth_file)!r} in {elapsed:.1f} s")
+    t = read_truth(truth_file)
     print(f"  {t['users']:,} users, seed {t['seed']}, day 0 = {t['start_date']}, "
           f"pre-period {t['pre_days']} days, rollout days 0..{t['through_day']}")
     for name, rows in t["rows"].items():

@@ -248,8 +248,7 @@ def weight_persistence(weights: Mapping[str, Any], plan: Plan, day: int) -> Crit
     users = int(weights.get("users") or 0)
     multi = int(weights.get("multi_device_users") or 0)
     conflicts = int(weights.get("conflict_users") or 0)
-    details = {"users": users, "multi_device_users": multi,
-               "examples": list(weights.get("conflict_examples") or [])}
+    details = {"users": users, "multi_device_users": multi}
     if users == 0:
         return _criterion(cid, None, limit, "no_data",
                           f"No whispers request carried a weights_version on {_day(plan, day)}.",

@@ -206,7 +206,7 @@ def weight_persistence(export: Export, start: dt.datetime, end: dt.datetime) -> 
 
     users (with a weights_version on the endpoint), multi_device_users (seen on two or more
     devices), conflict_users (multi-device users served more than one distinct weights_version
-    that day) and up to five example user ids."""
+    that day). Counts only: no user id leaves this query, since the result reaches reports."""
     query = """
     WITH per_user AS (
         SELECT user_id,
@@ -219,15 +219,10 @@ def weight_persistence(export: Export, start: dt.datetime, end: dt.datetime) -> 
     )
     SELECT count(*) AS users,
            count(*) FILTER (WHERE devices >= 2) AS multi_device_users,
-           count(*) FILTER (WHERE devices >= 2 AND versions > 1) AS conflict_users,
-           list(user_id ORDER BY user_id) FILTER (WHERE devices >= 2 AND versions > 1)
-               AS conflict_examples
+           count(*) FILTER (WHERE devices >= 2 AND versions > 1) AS conflict_users
     FROM per_user
     """
-    row = _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end}))
-    examples = row.get("conflict_examples")
-    row["conflict_examples"] = [] if examples is None else [str(u) for u in list(examples)[:5]]
-    return row
+    return _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end}))
 
 
 # ---------------------------------------------------------------------------------------

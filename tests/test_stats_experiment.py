@@ -261,3 +261,18 @@ def test_settings_override_and_a_day_past_the_data(small_export):
     # after the final planned look (day 14) the verdict is the final look's
     assert r.retention.details["decision_day"] == 14
     assert np.isnan(r.retention_history.loc[r.retention_history["day"] > 14, "boundary"]).all()
+
+
+@pytest.mark.parametrize("drop", [(), ("telemetry", "exposures")])
+def test_a_nearly_empty_export_never_passes(tmp_path, drop):
+    t = valid_tables()
+    for name in drop:
+        t[name] = t[name].iloc[0:0]
+    t.pop("feedback")
+    path = write_export(t, tmp_path / "tiny.duckdb")
+    with open_export(path, validate=False) as ex:
+        for d in (0, 5, 9, 20):
+            r = experiment_results(ex, d, PLAN)
+            json.dumps(r.to_dict())
+            assert [x.metric for x in r.all_results() if x.status == "pass"] == []
+            assert r.feedback_score.status == "no_data"

@@ -171,6 +171,12 @@ def experiment_results(export: Export, day: int, plan: Plan,
         feedback = _missing_table(feedback, "feedback")
         relevance = _missing_table(relevance, "feedback")
 
+    if phase.audience == "beta":
+        note = (f" Beta phase: these are the {beta_users} selected beta user(s), chosen for "
+                f"engagement; they do not represent all users.")
+        ctr, ctr_req, feedback, relevance = (_with_note(r, note) for r in
+                                             (ctr, ctr_req, feedback, relevance))
+
     # -- support tickets ------------------------------------------------------------------------
     tickets = _tickets(export, plan, s, day, start, t0, hi, first_look)
 
@@ -193,6 +199,11 @@ def experiment_results(export: Export, day: int, plan: Plan,
         relevance=relevance, support_tickets=tickets, p95_response_ms=p95, canary=canary,
         power=power, population=population,
     )
+
+
+def _with_note(r: StatResult, note: str) -> StatResult:
+    return StatResult(r.metric, r.estimate, r.ci_low, r.ci_high, r.p_value, r.n, r.method,
+                      r.status, r.sentence + note, r.threshold, r.details | {"beta_only": True})
 
 
 def _missing_table(r: StatResult, table: str) -> StatResult:

@@ -58,6 +58,11 @@ def srm_test(by_day: pd.DataFrame, settings: StatSettings, day: int | None = Non
                                    "p_value": float(day_p[i]) if ok else None})
     lo, hi = proportion_confint(int(d["n_t"].sum()), n_total, alpha=1 - settings.ci_level,
                                 method="wilson")
+    if wrong.sum() == 0 and n_total < settings.min_group_users:
+        return StatResult(METRIC, obs_share, None, None, None, n_total, method, "inconclusive",
+                          f"Only {n_total} randomised user(s) exposed so far (fewer than "
+                          f"{settings.min_group_users}); the split cannot be checked yet.", thr,
+                          details)
     if wrong.sum() > 0:
         return StatResult(METRIC, obs_share, float(lo), float(hi), 0.0, n_total,
                           "exact check of non-random days", "fail",

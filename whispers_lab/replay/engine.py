@@ -214,8 +214,10 @@ def logged_ranks(data: ReplayData) -> np.ndarray:
 
 def _label_mask(data: ReplayData, label: str) -> np.ndarray:
     """Requests where the label is known for every row."""
-    g = data.labels[label]
-    unknown = np.bincount(data.row_request, weights=np.isnan(g), minlength=data.n_requests)
+    nan = np.isnan(data.labels[label])
+    if not nan.any():
+        return np.ones(data.n_requests, dtype=bool)
+    unknown = np.bincount(data.row_request, weights=nan, minlength=data.n_requests)
     return unknown == 0
 
 
@@ -223,7 +225,7 @@ def request_metrics(data: ReplayData, ranks: np.ndarray, k: int = 6,
                     label: str = "click") -> tuple[RequestMetrics, np.ndarray]:
     """Per-request metrics for one label, over the requests that carry it (and that mask)."""
     mask = _label_mask(data, label)
-    gains = np.nan_to_num(data.labels[label], nan=0.0)
+    gains = data.labels[label]
     if mask.all():
         return ranking_metrics(ranks, gains, data.groups, k), mask
     rows = mask[data.row_request]
@@ -238,7 +240,9 @@ def _metric_parts(m: RequestMetrics) -> tuple[np.ndarray, list[tuple[str, str, i
     ones = np.ones(len(has))
     for pop, weight in (("all", ones), ("with_relevant", has)):
         for name in METRICS:
-            v = np.nan_to_num(getattr(m, name), nan=0.0)
+            v = getattr(m, name)
+            if name == "ndcg":
+                v = np.where(np.isnan(v), 0.0, v)
             spec.append((name, pop, len(cols), len(cols) + 1))
             cols.extend([v * weight, weight])
     return np.column_stack(cols), spec

@@ -173,7 +173,9 @@ def ranking_metrics(ranks: np.ndarray, gains: np.ndarray, groups: Groups, k: int
     if k < 1:
         raise ValueError("k must be >= 1")
     ranks = np.asarray(ranks, dtype=np.int64)
-    gains = np.nan_to_num(np.asarray(gains, dtype=np.float64), nan=0.0)
+    gains = np.asarray(gains, dtype=np.float64)
+    if np.isnan(gains).any():
+        gains = np.where(np.isnan(gains), 0.0, gains)
     if len(ranks) != groups.n_rows or len(gains) != groups.n_rows:
         raise ValueError("ranks, gains and groups disagree on the number of rows")
     if groups.n_groups == 0:

@@ -258,9 +258,33 @@ def test_settings_override_and_a_day_past_the_data(small_export):
         r = experiment_results(ex, 16, PLAN, StatSettings.from_plan(PLAN, seed=3))
     _check_invariants(r)
     assert r.settings.seed == 3
-    # after the final planned look (day 14) the verdict is the final look's
+    # the export ends on day 14: windows are judged as of day 14, and the sentence says so
+    assert r.population["observed_through_day"] == 14
     assert r.retention.details["decision_day"] == 14
-    assert np.isnan(r.retention_history.loc[r.retention_history["day"] > 14, "boundary"]).all()
+    assert r.retention.status == "no_data" or "judged as of day 14" in r.retention.sentence
+
+
+def test_after_the_final_look_the_verdict_is_frozen():
+    rng = np.random.default_rng(0)
+    rows = []
+    for e in range(8, 16):
+        nt, nc = 400 + 300 * (e - 8), 3000
+        rows += [{"stratum": e, "variant": "treatment", "n": nt,
+                  "sum_y": rng.binomial(nt, 0.4)},
+                 {"stratum": e, "variant": "control", "n": nc, "sum_y": rng.binomial(nc, 0.4)}]
+    cells = pd.DataFrame(rows).assign(sum_x=0.0, sum_x2=0.0, sum_xy=0.0)
+    s = StatSettings.from_plan(PLAN)
+    from whispers_lab.stats.retention import analyse_retention
+    a = analyse_retention(cells, 1, 16, 8, s)
+    h = a.history.set_index("day")
+    assert list(h.index) == list(range(8, 17))
+    assert a.absolute.details["decision_day"] == 14
+    assert a.absolute.estimate == pytest.approx(h.loc[14, "diff"])
+    assert a.absolute.ci_low == pytest.approx(h.loc[14, "seq_low"])
+    assert a.absolute.details["diff_today"] == pytest.approx(h.loc[16, "diff"])
+    assert h.loc[[15, 16], "boundary"].isna().all()
+    assert (h.loc[[15, 16], "status"] == h.loc[14, "status"]).all()
+    assert h.loc[14, "alpha_spent"] == pytest.approx(s.alpha)
 
 
 @pytest.mark.parametrize("drop", [(), ("telemetry", "exposures")])

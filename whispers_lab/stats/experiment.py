@@ -124,9 +124,14 @@ def experiment_results(export: Export, day: int, plan: Plan,
     beta_sel = assigned.attrs.get("beta")
     beta_users = beta_sel.count if beta_sel is not None else 0
     quality = q.exposure_quality(export, start, t0, hi)
+    # windows can only close on days the export covers: judge them as of its last day
+    _, data_end = export.time_range("telemetry")
+    obs_day = day if data_end is None else min(day, plan.day_of(pd.Timestamp(data_end)))
+    obs_note = (f" The export's events end on day {obs_day}, so retention windows are judged "
+                f"as of day {obs_day}." if obs_day < day else "")
     q.materialize_units(export, start, t0, hi, s.preperiod_days)
     population: dict[str, Any] = {"day": day, "phase": phase.id, "beta_users": beta_users,
-                                  **quality}
+                                  "observed_through_day": obs_day, **quality}
 
     # -- SRM ---------------------------------------------------------------------------------
     counts = q.srm_counts(export)
@@ -138,19 +143,24 @@ def experiment_results(export: Export, day: int, plan: Plan,
 
     # -- retention (every k), CUPED, history --------------------------------------------------
     ks = sorted(set(s.k_days) | {s.primary_k})
-    cells_all = q.retention_cells(export, ks, day)
+    cells_all = q.retention_cells(export, ks, obs_day)
     by_k: dict[int, Any] = {}
     for k in ks:
         cells = cells_all.loc[cells_all["k"] == k].drop(columns="k")
         if cells.empty:
             cells = empty_cells()
-        by_k[k] = analyse_retention(cells, k, day, first_look, s, srm_flag=srm_flag,
+        by_k[k] = analyse_retention(cells, k, obs_day, first_look, s, srm_flag=srm_flag,
                                     srm_sentence=srm.sentence, phase_text=_phase_text(plan, day),
-                                    beta_users=beta_users)
+                                    beta_users=beta_users, look_offset=max(k - s.primary_k, 0))
+    if obs_note:
+        for a in by_k.values():
+            for name in ("absolute", "relative", "cuped"):
+                object.__setattr__(a, name, _with_note(getattr(a, name), obs_note,
+                                                       {"observed_through_day": obs_day}))
     primary = by_k[s.primary_k]
 
     # -- survival -----------------------------------------------------------------------------
-    surv = survival_comparison(q.survival_cells(export, day), s, day)
+    surv = survival_comparison(q.survival_cells(export, obs_day), s, obs_day)
 
     # -- CTR (the day), feedback (since day 0) -----------------------------------------------
     ratios = q.ratio_units(export, lo, hi)
@@ -174,7 +184,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     if phase.audience == "beta":
         note = (f" Beta phase: these are the {beta_users} selected beta user(s), chosen for "
                 f"engagement; they do not represent all users.")
-        ctr, ctr_req, feedback, relevance = (_with_note(r, note) for r in
+        ctr, ctr_req, feedback, relevance = (_with_note(r, note, {"beta_only": True}) for r in
                                              (ctr, ctr_req, feedback, relevance))
 
     # -- support tickets ------------------------------------------------------------------------
@@ -201,9 +211,9 @@ def experiment_results(export: Export, day: int, plan: Plan,
     )
 
 
-def _with_note(r: StatResult, note: str) -> StatResult:
+def _with_note(r: StatResult, note: str, extra: dict[str, Any]) -> StatResult:
     return StatResult(r.metric, r.estimate, r.ci_low, r.ci_high, r.p_value, r.n, r.method,
-                      r.status, r.sentence + note, r.threshold, r.details | {"beta_only": True})
+                      r.status, r.sentence + note, r.threshold, r.details | extra)
 
 
 def _missing_table(r: StatResult, table: str) -> StatResult:

@@ -120,6 +120,11 @@ def _history(cells: pd.DataFrame, k: int, day: int, first_look: int,
                                 if rseq and info[i] > 0 else "no_data"),
         })
     hist = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    if len(hist) > len(design) and len(design):
+        # after the final planned look the verdict stays the final look's
+        final = hist.iloc[len(design) - 1]
+        hist.loc[hist.index[len(design):], "status"] = final["status"]
+        hist.loc[hist.index[len(design):], "relative_status"] = final["relative_status"]
     return hist, ests
 
 
@@ -132,11 +137,13 @@ def _no_randomised(metric: str, k: int, day: int, first_look: int, why: str,
 def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | None,
                       settings: StatSettings, *, srm_flag: bool = False,
                       srm_sentence: str = "", phase_text: str = "",
-                      beta_users: int = 0) -> RetentionAnalysis:
+                      beta_users: int = 0, look_offset: int = 0) -> RetentionAnalysis:
     """Absolute and relative non-inferiority of Dk retention on ``day``, CUPED, and history.
 
     ``cells``: rows of one k (stratum, variant, n, sum_y, sum_x, sum_x2, sum_xy).
-    ``first_look``: the first percentage day (None: the plan has no randomised phase)."""
+    ``first_look``: the first percentage day (None: the plan has no randomised phase).
+    ``look_offset``: the k's looks start ``look_offset`` days after ``first_look`` (a secondary
+    k is shifted by ``k - primary_k`` so its windows can close within its looks)."""
     metric = f"retention_d{k}"
     margin, rel_bound = settings.margin, 1 - settings.relative_margin
     method = (f"D{k} retention, difference stratified by exposure day (MH weights), Wald; "
@@ -158,14 +165,29 @@ def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | N
         cup = _no_randomised(metric + "_cuped", k, day, first_look or -1, why, -margin, base)
         return RetentionAnalysis(k, res, rel, cup, empty_hist)
 
+    start_look = first_look + look_offset
+    if day < start_look:
+        why = (f"D{k} retention on day {day}: its daily looks run from day {start_look} to day "
+               f"{start_look + settings.planned_looks - 1}; no {k}-day window of a treated user "
+               f"has closed yet.")
+        res = StatResult(metric, None, None, None, None, 0, method, "no_data", why, -margin,
+                         base | {"first_look_day": start_look})
+        rel = StatResult(metric + "_relative", None, None, None, None, 0, rel_method, "no_data",
+                         why, rel_bound, base | {"first_look_day": start_look})
+        cup = StatResult(metric + "_cuped", None, None, None, None, 0, method, "no_data", why,
+                         -margin, base | {"first_look_day": start_look})
+        return RetentionAnalysis(k, res, rel, cup, empty_hist)
+    first_look = start_look
     hist, ests = _history(cells, k, day, first_look, settings)
     looks = look_days(first_look, settings)
     last_look = looks[-1]
-    row = hist.iloc[-1]
-    est = ests[day]
-    # after the final planned look the sequential verdict is frozen at that look
+    # after the final planned look the sequential verdict is frozen at that look: the result's
+    # estimate and intervals are the final look's; today's estimate goes into the details
     decision_day = min(day, last_look)
     drow = hist.loc[hist["day"] == decision_day].iloc[0]
+    row = drow
+    est = ests[decision_day]
+    today = ests[day]
     details = base | {
         "day": day, "look": None if pd.isna(drow["look"]) else int(drow["look"]),
         "planned_looks": settings.planned_looks, "decision_day": decision_day,
@@ -174,6 +196,7 @@ def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | N
         "naive_low": row["naive_low"], "naive_high": row["naive_high"],
         "boundary": drow["boundary"], "alpha_spent": drow["alpha_spent"],
         "information_fraction": drow["fraction"], "untrustworthy": srm_flag,
+        "diff_today": today.diff, "n_today": today.n_t + today.n_c,
     }
     if min(est.n_t, est.n_c) < settings.min_group_users or not est.ok:
         why = (f"D{k} retention on day {day}: only {est.n_t} treated and {est.n_c} control "
@@ -210,7 +233,8 @@ def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | N
         sentence = (f"D{k} retention is not yet shown non-inferior: {diff_txt}; the interval "
                     f"still reaches {_pp(-margin)} ({look_txt}).")
     if frozen:
-        sentence += f" Day {day}'s difference is {_pp(est.diff)}."
+        sentence += (f" On day {day} the difference is {_pp(today.diff)} (naive interval "
+                     f"only).")
     res_status, res_sentence = status, sentence
     if srm_flag:
         res_status = "inconclusive"
@@ -220,7 +244,7 @@ def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | N
                           res_status, res_sentence, -margin, details | {"status_before_srm": status})
 
     # relative
-    ratio = float(row["ratio"]) if day <= last_look else float(drow["ratio"])
+    ratio = float(drow["ratio"])
     r_lo, r_hi = float(drow["ratio_seq_low"]), float(drow["ratio_seq_high"])
     r_status: Status = noninferiority_status(r_lo, r_hi, rel_bound)
     r_p = ni_p_value(est.log_ratio, est.se_log_ratio, math.log(rel_bound))
@@ -241,7 +265,7 @@ def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | N
                           details | {"ratio_naive_low": row["ratio_naive_low"],
                                      "ratio_naive_high": row["ratio_naive_high"],
                                      "status_before_srm": r_status})
-    cup = cuped_result(cells, k, decision_day if frozen else day, float(drow["boundary"]),
+    cup = cuped_result(cells, k, decision_day, float(drow["boundary"]),
                        settings, srm_flag, details)
     return RetentionAnalysis(k, absolute, relative, cup, hist)
 

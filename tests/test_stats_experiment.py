@@ -17,6 +17,7 @@ from whispers_lab.queries import experiment as q
 from whispers_lab.results import STATUSES
 from whispers_lab.simulate import simulate
 from whispers_lab.stats import ExperimentResults, StatSettings, experiment_results
+from whispers_lab.stats.retention import analyse_retention
 
 from factories import valid_tables
 
@@ -274,7 +275,6 @@ def test_after_the_final_look_the_verdict_is_frozen():
                  {"stratum": e, "variant": "control", "n": nc, "sum_y": rng.binomial(nc, 0.4)}]
     cells = pd.DataFrame(rows).assign(sum_x=0.0, sum_x2=0.0, sum_xy=0.0)
     s = StatSettings.from_plan(PLAN)
-    from whispers_lab.stats.retention import analyse_retention
     a = analyse_retention(cells, 1, 16, 8, s)
     h = a.history.set_index("day")
     assert list(h.index) == list(range(8, 17))

@@ -53,3 +53,14 @@ def test_tuner_refuses_without_propensities():
     data = engine.prepare_replay(synthetic_log(100, seed=22, propensities=False))
     with pytest.raises(ValueError, match="propensities"):
         tuning.tune(data, n_random=2)
+
+
+def test_tune_shapes_smoke(logged):
+    _, data = logged
+    res = tuning.tune(data, tune_shapes=True, n_random=10, n_starts=1, max_refine_evals=15,
+                      n_boot=50, seed=4)
+    base = DEFAULT_WEIGHTS
+    for name in ("recency_half_life_hours", "novelty_half_life_hours", "frequency_cap"):
+        ratio = getattr(res.best, name) / getattr(base, name)
+        assert 1 / 8 - 1e-9 <= ratio <= 8 + 1e-9
+    assert {"recency_half_life_hours", "frequency_cap"} <= set(res.trace.columns)

@@ -38,6 +38,9 @@ class ScenarioDef:
 
 
 _D = 9  # default day: a 10% rollout day
+#: Least whispers requests per minute in an error/latency spike window (default ``min_requests``
+#: is the larger of this and ``plan.criteria.min_minute_requests + 10``).
+MIN_WINDOW_REQUESTS = 30
 
 SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
     ScenarioDef("error_spike", "whispers endpoint error rate `level` for `minutes` (exact count "
@@ -190,8 +193,8 @@ def resolve(requests: Iterable[str | ScenarioRequest | Mapping[str, Any]], plan:
         r = parse_scenario(req)
         d = SCENARIOS[r.name]
         params = {**d.defaults, **r.params}
-        if params.get("min_requests", None) == 0:
-            params["min_requests"] = plan.criteria.min_minute_requests + 10
+        if params.get("min_requests", None) == 0:  # default: enough for a per-minute rate ~ level
+            params["min_requests"] = max(plan.criteria.min_minute_requests + 10, MIN_WINDOW_REQUESTS)
         day = int(params["day"])
         if not 0 <= day <= cal.through_day:
             raise SimulationError(f"scenario {r.name!r}: day {day} is outside rollout days "

@@ -196,7 +196,7 @@ def test_error_trigger_empty_day_is_no_data(export_of):
 
 
 def test_error_trigger_too_few_counted_minutes_is_inconclusive(export_of):
-    ex = export_of(api_logs=api_minutes(NOON, [(5, 0, 40.0)] * 200 + [OK] * 9))
+    ex = export_of(api_logs=api_minutes(NOON, [(MIN_REQ - 1, 0, 40.0)] * 200 + [OK] * 9))
     r = minute_trigger(ex, "error")
     assert r.status == "inconclusive" and r.details["counted_minutes"] == 9
     assert "Only 9 minute(s)" in r.reason
@@ -239,7 +239,7 @@ def test_latency_trigger_boundaries(export_of):
 
 def test_latency_low_traffic_minutes_are_skipped(export_of):
     slow = (30, 0, 400.0)
-    quiet_slow = (3, 0, 2000.0)
+    quiet_slow = (MIN_REQ - 1, 0, 2000.0)
     ex = export_of(api_logs=api_minutes(NOON, [OK] * 3 + [slow] * 4 + [quiet_slow] * 3 + [OK] * 3))
     assert minute_trigger(ex, "latency").status == "pass"
 

@@ -124,6 +124,7 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
     # -- aggregates (SQL) -----------------------------------------------------------------
     api = q.daily_api(export, start, end, ranking_timeout_ms=crit.ranking_timeout_ms)
     avail = q.availability(export, start, end, min_requests=rules.UPTIME_MIN_MINUTE_REQUESTS)
+    trigger_minutes = q.availability(export, start, end, min_requests=crit.min_minute_requests)
     minutes = q.minute_series(export, start, end, min_requests=crit.min_minute_requests)
     err_runs = q.minute_runs(export, start, end, metric="error_rate", threshold=trig.error_rate,
                              min_requests=crit.min_minute_requests,
@@ -163,8 +164,8 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
         by_id[cid] = from_stat(cid, stat, plan, day, stats_missing)
     criteria = tuple(by_id[cid] for cid in CRITERION_IDS)
     triggers = (
-        rules.trigger_error_rate(err_runs, avail, plan, day),
-        rules.trigger_latency(lat_runs, avail, plan, day),
+        rules.trigger_error_rate(err_runs, trigger_minutes, plan, day),
+        rules.trigger_latency(lat_runs, trigger_minutes, plan, day),
         rules.trigger_privacy(tickets, plan, day),
         rules.trigger_db(baseline, len(db_series), db_runs, plan, day),
         rules.trigger_critical_bug(tickets, plan, day),

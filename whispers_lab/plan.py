@@ -109,6 +109,7 @@ class Criteria:
     support_ticket_rate_ratio: float
     srm_p_value: float
     min_minute_requests: int
+    min_day_requests: int
     min_group_users: int
     telemetry_min_hourly_events: int
     max_weight_version_conflicts: int

@@ -105,10 +105,10 @@ def threshold(plan: Plan, criterion: str, day: int) -> float | None:
 def min_day_requests(plan: Plan, rate_threshold: float | None = None) -> int:
     """Fewest requests on which a daily rate or mean is judged.
 
-    At least ``criteria.min_minute_requests``; for a rate budget ``b`` also at least ``1 / b``,
+    At least ``criteria.min_day_requests``; for a rate budget ``b`` also at least ``1 / b``,
     so that the observed rate can resolve the budget (with fewer requests a single event moves
     the rate from 0 to above the budget)."""
-    n = plan.criteria.min_minute_requests
+    n = plan.criteria.min_day_requests
     if rate_threshold is not None and rate_threshold > 0:
         n = max(n, math.ceil(round(1.0 / rate_threshold, 9)))
     return int(n)

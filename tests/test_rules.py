@@ -332,6 +332,7 @@ def test_ticket_triggers(export_of):
     bug = export_of(support_tickets=_tickets([("bug", "critical", True)]))
     p, b, c = _ticket_results(bug)
     assert p.status == "pass" and b.fired and c.status == "fail" and c.kind == "criterion"
+    assert "t0" in b.reason and b.details["ticket_ids"] == ["t0"]
 
 
 def test_tickets_only_count_on_their_day(export_of):

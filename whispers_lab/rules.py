@@ -409,7 +409,11 @@ def critical_bugs(tickets: Mapping[str, Any] | None, plan: Plan, day: int) -> Cr
 def from_stat(cid: str, stat: StatResult | None, plan: Plan, day: int,
               missing_reason: str | None = None) -> CriterionResult:
     """Map a :class:`StatResult` onto the criterion ``cid``: its status (which already applies
-    the plan threshold) is kept, value = estimate, CI / p-value / n / method in details."""
+    the plan threshold) is kept, value = estimate, CI / p-value / n / method in details.
+
+    Where the plan's threshold is on the p-value (``srm``: flagged when p < srm_p_value) the
+    value is the p-value, so value and threshold are on one scale; the estimate (the observed
+    treatment share) goes to details."""
     limit = threshold(plan, cid, day)
     if stat is None:
         return _criterion(cid, None, limit, "no_data",
@@ -419,6 +423,9 @@ def from_stat(cid: str, stat: StatResult | None, plan: Plan, day: int,
                                "metric": stat.metric}
     if stat.details:
         details["stat"] = dict(stat.details)
+    if SPECS[cid].unit == "p-value":
+        details["estimate"] = stat.estimate
+        return _criterion(cid, stat.p_value, limit, stat.status, stat.sentence, **details)
     return _criterion(cid, stat.estimate, stat.threshold if stat.threshold is not None else limit,
                       stat.status, stat.sentence, **details)
 
@@ -496,14 +503,14 @@ def trigger_latency(runs: pd.DataFrame, avail: Mapping[str, Any], plan: Plan,
                            lambda x: f"{_num(x)} ms", plan, day)
 
 
-def _ticket_trigger(tid: str, tickets: Mapping[str, Any] | None, key: str, limit: int,
-                    what: str, plan: Plan, day: int) -> CriterionResult:
+def _ticket_trigger(tid: str, tickets: Mapping[str, Any] | None, key: str, ids_key: str,
+                    limit: int, what: str, plan: Plan, day: int) -> CriterionResult:
     if tickets is None:
         return _trigger(tid, None, limit, "no_data",
                         f"The export has no support_tickets table; {what} cannot be seen.",
                         "tickets")
     count = int(tickets.get(key) or 0)
-    ids = list(tickets.get(f"{key}_ids") or [])
+    ids = list(tickets.get(ids_key) or [])
     if count > limit:
         return _trigger(tid, count, limit, "fail",
                         f"Rollback trigger: {count} {what} on {_day(plan, day)} "
@@ -514,14 +521,15 @@ def _ticket_trigger(tid: str, tickets: Mapping[str, Any] | None, key: str, limit
 
 def trigger_privacy(tickets: Mapping[str, Any] | None, plan: Plan, day: int) -> CriterionResult:
     """Fires on more than ``triggers.privacy_tickets`` privacy tickets about whispers."""
-    return _ticket_trigger("trigger_privacy", tickets, "privacy", plan.triggers.privacy_tickets,
+    return _ticket_trigger("trigger_privacy", tickets, "privacy", "privacy_ids",
+                           plan.triggers.privacy_tickets,
                            "privacy ticket(s) about whispers", plan, day)
 
 
 def trigger_critical_bug(tickets: Mapping[str, Any] | None, plan: Plan,
                          day: int) -> CriterionResult:
     """Fires on more than ``triggers.critical_bugs`` critical bug tickets about whispers."""
-    return _ticket_trigger("trigger_critical_bug", tickets, "critical_bugs",
+    return _ticket_trigger("trigger_critical_bug", tickets, "critical_bugs", "critical_bug_ids",
                            plan.triggers.critical_bugs, "critical bug ticket(s) about whispers",
                            plan, day)
 

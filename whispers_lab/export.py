@@ -281,6 +281,39 @@ def write_export(tables: Mapping[str, Any], path: str | Path, *, parquet: bool |
     return p
 
 
+def write_partitioned_export(tables: Mapping[str, Any], folder: str | Path) -> Path:
+    """Write a Parquet export with every timed table partitioned by UTC date
+    (``<table>/date=YYYY-MM-DD/*.parquet``, Hive style), atomically.
+
+    This is the layout for exports too large for one file: :func:`open_export` reads it with
+    DuckDB's Hive partitioning, and queries that filter on time read only what they need.
+    Tables without a time column (``ranking_candidates``) are written as one file.
+    """
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    con = connect()
+    try:
+        for name, frame in tables.items():
+            con.register("__frame", frame)
+            time_col = CONTRACT[name].time_column if name in CONTRACT else None
+            if time_col:
+                out = sql_string(str(tmp / name))
+                con.execute(f"COPY (SELECT *, CAST({sql_ident(time_col)} AS DATE) AS date FROM __frame) "
+                            f"TO {out} (FORMAT parquet, PARTITION_BY (date))")
+            else:
+                out = sql_string(str(tmp / f"{name}.parquet"))
+                con.execute(f"COPY (SELECT * FROM __frame) TO {out} (FORMAT parquet)")
+            con.unregister("__frame")
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        con.close()
+    return target
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

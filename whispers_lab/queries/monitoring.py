@@ -111,6 +111,25 @@ def minute_series(export: Export, start: dt.datetime, end: dt.datetime, *,
                               "min_requests": min_requests})
 
 
+#: Gaps-and-islands over a CTE ``flagged(minute, value, above)``: one row per run of consecutive
+#: flagged minutes above the level (start, end, minutes, minutes_in_window, peak) that reaches
+#: into the day (``$day_lo``). Shared by the API triggers and the database trigger.
+_ISLANDS = """islands AS (
+        SELECT *, row_number() OVER (ORDER BY minute)
+                  - row_number() OVER (PARTITION BY above ORDER BY minute) AS island
+        FROM flagged
+    )
+    SELECT min(minute) AS start,
+           max(minute) + INTERVAL 1 MINUTE AS "end",
+           count(*) AS minutes,
+           count(*) FILTER (WHERE minute >= $day_lo) AS minutes_in_window,
+           max(value) AS peak
+    FROM islands WHERE above
+    GROUP BY island
+    HAVING max(minute) >= $day_lo
+    ORDER BY start"""
+
+
 def minute_runs(export: Export, start: dt.datetime, end: dt.datetime, *, metric: MinuteMetric,
                 threshold: float, min_requests: int, lookback_minutes: int = 60) -> pd.DataFrame:
     """Runs of consecutive counted minutes whose ``metric`` is strictly above ``threshold``.
@@ -126,24 +145,11 @@ def minute_runs(export: Export, start: dt.datetime, end: dt.datetime, *, metric:
     value = "errors / requests" if metric == "error_rate" else "avg_duration_ms"
     query = f"""
     WITH {_MINUTES_CTE},
-    counted AS (
+    flagged AS (
         SELECT minute, {value} AS value, ({value}) > $threshold AS above
         FROM minutes WHERE requests >= $min_requests
     ),
-    islands AS (
-        SELECT *, row_number() OVER (ORDER BY minute)
-                  - row_number() OVER (PARTITION BY above ORDER BY minute) AS island
-        FROM counted
-    )
-    SELECT min(minute) AS start,
-           max(minute) + INTERVAL 1 MINUTE AS "end",
-           count(*) AS minutes,
-           count(*) FILTER (WHERE minute >= $day_lo) AS minutes_in_window,
-           max(value) AS peak
-    FROM islands WHERE above
-    GROUP BY island
-    HAVING max(minute) >= $day_lo
-    ORDER BY start
+    {_ISLANDS}
     """
     return export.sql(query, {
         "endpoint": WHISPERS_ENDPOINT, "lo": start - dt.timedelta(minutes=lookback_minutes),
@@ -361,20 +367,7 @@ def db_runs(export: Export, start: dt.datetime, end: dt.datetime, *, limit_ms: f
     query = f"""
     WITH {_DB_MINUTES_CTE},
     flagged AS (SELECT minute, p95_query_ms AS value, p95_query_ms > $limit AS above FROM db),
-    islands AS (
-        SELECT *, row_number() OVER (ORDER BY minute)
-                  - row_number() OVER (PARTITION BY above ORDER BY minute) AS island
-        FROM flagged
-    )
-    SELECT min(minute) AS start,
-           max(minute) + INTERVAL 1 MINUTE AS "end",
-           count(*) AS minutes,
-           count(*) FILTER (WHERE minute >= $day_lo) AS minutes_in_window,
-           max(value) AS peak
-    FROM islands WHERE above
-    GROUP BY island
-    HAVING max(minute) >= $day_lo
-    ORDER BY start
+    {_ISLANDS}
     """
     return export.sql(query, {"lo": start - dt.timedelta(minutes=lookback_minutes), "hi": end,
                               "day_lo": start, "limit": float(limit_ms)})

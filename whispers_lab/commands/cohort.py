@@ -31,6 +31,7 @@ from ..cohort import (
     reason_counts,
 )
 from ..plan import load_plan
+from . import options
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -194,8 +195,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="users file (.csv or .parquet) with columns "
                              + ", ".join(ASSIGNMENT_COLUMNS))
     parser.add_argument("--day", required=True, type=int, metavar="N", help="rollout day (0 = start)")
-    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
-                        help="plan TOML (default: the packaged whispers canary plan)")
+    options.add_plan(parser)
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="output file (.csv or .parquet), written atomically")
     parser.set_defaults(func=run)

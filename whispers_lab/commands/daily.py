@@ -12,9 +12,8 @@ import datetime as dt
 import sys
 from pathlib import Path
 
-from ..paths import REPORTS_DIR
 from ..report.daily import run_daily
-from ..report.runner import DEFAULT_CELL_TIMEOUT_S
+from . import options
 
 
 def _date(text: str) -> dt.date:
@@ -43,12 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--exports", required=True, type=Path, metavar="DIR",
                         help="folder the daily exports land in")
-    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
-                        help="plan TOML (default: the packaged whispers canary plan)")
-    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
-                        help=f"report folder (default: {REPORTS_DIR})")
+    options.add_plan(parser)
+    options.add_report_dir(parser)
     parser.add_argument("--today", type=_date, default=None, metavar="YYYY-MM-DD",
                         help="pretend today is this UTC date (testing; default: today)")
-    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
-                        help="seconds one notebook cell may run (default: %(default)s)")
+    options.add_timeout(parser)
     parser.set_defaults(func=run)

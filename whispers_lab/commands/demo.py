@@ -15,8 +15,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from ..errors import WhispersLabError
-from ..paths import DATA_DIR, REPORTS_DIR
+from ..paths import DATA_DIR
 from ..plan import load_plan
+from . import options
 
 #: Default size: large enough for stable daily statistics, small enough that the whole demo
 #: (simulation + 15 reports on 2 workers) stays under 3 minutes on a 2-core machine.
@@ -102,11 +103,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="simulated users (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
                         help="random seed (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
-                        help=f"report folder (default: {REPORTS_DIR})")
+    options.add_report_dir(parser)
     parser.add_argument("--workers", type=_positive, default=2, metavar="W",
                         help="report processes in parallel (default: %(default)s)")
-    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
-                        help="plan TOML (default: the packaged whispers canary plan)")
+    options.add_plan(parser)
     parser.set_defaults(func=run)
 

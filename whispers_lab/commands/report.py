@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..paths import REPORTS_DIR
-from ..report.runner import DEFAULT_CELL_TIMEOUT_S, write_report
+from ..report.runner import write_report
+from . import options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,10 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="export: DuckDB file or folder of Parquet files")
     parser.add_argument("--day", required=True, type=int, metavar="N",
                         help="rollout day to report (0 = the plan's start date)")
-    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
-                        help="plan TOML (default: the packaged whispers canary plan)")
-    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
-                        help=f"report folder (default: {REPORTS_DIR})")
-    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
-                        help="seconds one notebook cell may run (default: %(default)s)")
+    options.add_plan(parser)
+    options.add_report_dir(parser)
+    options.add_timeout(parser)
     parser.set_defaults(func=run)

@@ -13,6 +13,7 @@ import time
 
 from ..simulate import SCENARIOS, read_truth, simulate_to
 from ..simulate.scenarios import SimulationError
+from . import options
 
 
 def _positive_int(text: str) -> int:
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="last simulated rollout day (default: the plan's last_day)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="plant a problem; repeat to combine")
-    p.add_argument("--plan", default=None, metavar="FILE", help="plan TOML (default: packaged plan)")
+    options.add_plan(p)
     p.set_defaults(func=run)
 
 

@@ -1,0 +1,25 @@
+"""Options several sub-commands share, declared once so their names, defaults and help agree."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..paths import REPORTS_DIR
+
+
+def add_plan(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                        help="plan TOML (default: the packaged whispers canary plan)")
+
+
+def add_report_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=REPORTS_DIR, metavar="DIR",
+                        help=f"report folder (default: {REPORTS_DIR})")
+
+
+def add_timeout(parser: argparse.ArgumentParser) -> None:
+    from ..report.runner import DEFAULT_CELL_TIMEOUT_S
+
+    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                        help="seconds one notebook cell may run (default: %(default)s)")

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from whispers_lab.atomic import replace_dir
 from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_export
 from whispers_lab.plan import load_plan
 from whispers_lab.report import charts, privacy, tables
 from whispers_lab.report.index import DECISION_STYLE, index_html
-from whispers_lab.report.runner import replace_dir, write_error_report
+from whispers_lab.report.runner import write_error_report
 from whispers_lab.simulate import simulate_to
 
 from factories import valid_tables

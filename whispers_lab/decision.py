@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .atomic import write_text_atomic
 from .plan import TRIGGER_IDS, FlagValue, Phase, Plan
 from .results import CriterionResult
 
@@ -158,11 +159,7 @@ class Decision:
         text = json.dumps(self.to_dict(generated_at), indent=2, ensure_ascii=False,
                           allow_nan=False) + "\n"
         if path is not None:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(p)
+            write_text_atomic(path, text)
         return text
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from .atomic import replace_dir
 from .contract import CONTRACT, TABLES, Table
 from .errors import ExportError
 
@@ -255,7 +256,7 @@ def write_export(tables: Mapping[str, Any], path: str | Path, *, parquet: bool |
                     target = sql_string(str(tmp / f"{name}.parquet"))
                     con.execute(f"COPY (SELECT * FROM __frame) TO {target} (FORMAT parquet)")
                     con.unregister("__frame")
-                _replace_dir(tmp, p)
+                replace_dir(tmp, p)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -305,20 +306,10 @@ def write_partitioned_export(tables: Mapping[str, Any], folder: str | Path) -> P
                 out = sql_string(str(tmp / f"{name}.parquet"))
                 con.execute(f"COPY (SELECT * FROM __frame) TO {out} (FORMAT parquet)")
             con.unregister("__frame")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         con.close()
     return target
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)

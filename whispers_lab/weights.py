@@ -22,7 +22,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import WhispersLabError
 
 #: The five ranking signals, in the order of :func:`weights_vector` and of the columns of
@@ -194,22 +194,7 @@ def save_weights(weights: Weights, path: str | os.PathLike[str]) -> Path:
     """
     if not isinstance(weights, Weights):
         raise TypeError(f"save_weights needs a Weights, got {type(weights).__name__}")
-    p = Path(path)
-    text = weights.to_json(indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    return write_text_atomic(path, weights.to_json(indent=2) + "\n")
 
 
 # -- the production fallback rule -------------------------------------------------------------

@@ -8,8 +8,6 @@ Parquet (by the ``--out`` extension), atomically. The summary printed names no u
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..atomic import atomic_path
 from ..cohort import (
     ASSIGNMENT_COLUMNS,
     ENGAGEMENT_SCORE,
@@ -147,19 +146,11 @@ def write_assignments(assigned: pd.DataFrame, path: str | Path) -> Path:
         "variant": pa.array(assigned["variant"]).cast(pa.string()),
         "reason": pa.array(assigned["reason"]).cast(pa.string()),
     })
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         if kind == "parquet":
             pq.write_table(table, tmp)
         else:
             pacsv.write_csv(table, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 

@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..plan import Plan
-from .runner import day_dir_name, utc_stamp, write_text_atomic
+from .runner import day_dir_name, utc_stamp
 
 _DAY_DIR = re.compile(r"^day-(\d{2,})$")
 

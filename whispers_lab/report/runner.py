@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomic import replace_dir
 from ..errors import ReportError, WhispersLabError
 from ..export import open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -81,40 +82,6 @@ def check_day(plan: Plan, day: int) -> None:
 
 # ---------------------------------------------------------------------------------------
 # atomic publication
-
-
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Move the complete folder ``tmp`` to ``target``, replacing any previous one.
-
-    Two renames on the same file system: the old folder is moved aside, the new one into
-    place, then the old one deleted. A reader sees the old or the new complete folder (or,
-    for the instant between the renames, none), never a mixture."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            os.replace(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_tmp_dir(out_dir: Path, day: int) -> Path:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_text_atomic
 from ..plan import Plan
 from .clicks import model_description
 from .feedback import healthy_rating_mean
@@ -88,20 +88,7 @@ def truth_path(export_path: str | os.PathLike[str]) -> Path:
 
 def write_truth(truth: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(truth, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    return write_text_atomic(path, json.dumps(truth, indent=2, sort_keys=False) + "\n")
 
 
 def read_truth(path: str | os.PathLike[str]) -> dict[str, Any]:

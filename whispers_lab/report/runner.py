@@ -249,7 +249,9 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
         try:
             parameters = {"export_path": str(export_file), "day": int(day),
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
-                          "out_dir": str(tmp)}
+                          # absolute: the kernel runs inside tmp, where a relative --out
+                          # would point nowhere
+                          "out_dir": os.path.abspath(tmp)}
             try:
                 execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
             except ReportError as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -356,6 +357,16 @@ def status_counts(entries: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
+#: ASCII punctuation Markdown may act on (except ``&<>"'``, which HTML escaping handles).
+_MD_PUNCT = re.compile(r"""([!#-%(-/:;=?@\[-`{-~])""")
+
+
+def _md_literal(text: Any) -> str:
+    """``text`` shown literally inside Markdown: no emphasis, link, code span or raw HTML can
+    come out of it (a file name is data, e.g. ``a`<img onerror=...>`.duckdb``)."""
+    return html.escape(_MD_PUNCT.sub(r"\\\1", str(text)))
+
+
 def about_markdown(doc: Mapping[str, Any], plan: Plan, *, export_name: str,
                    data_end: Any = None) -> str:
     """The closing paragraph: where the figures come from (file name only, no paths)."""
@@ -363,10 +374,10 @@ def about_markdown(doc: Mapping[str, Any], plan: Plan, *, export_name: str,
 
     end = f"{data_end:%Y-%m-%d %H:%M} UTC" if data_end is not None else "unknown"
     return "\n".join([
-        f"- **Data**: export `{export_name}`, holding data up to {end}. Only data up to the "
-        f"end of day {doc.get('day')} is used, as it was known that evening.",
-        f"- **Plan**: {plan.name} (`{Path(plan.source).name}`); day 0 is "
-        f"{plan.start_date.isoformat()}; all times are UTC.",
+        f"- **Data**: export <code>{_md_literal(export_name)}</code>, holding data up to {end}. "
+        f"Only data up to the end of day {doc.get('day')} is used, as it was known that evening.",
+        f"- **Plan**: {_md_literal(plan.name)} (<code>{_md_literal(Path(plan.source).name)}"
+        f"</code>); day 0 is {plan.start_date.isoformat()}; all times are UTC.",
         f"- **Decision** computed {doc.get('generated_at')}; the machine-readable version is "
         f"`decision.json` next to this page, and the timeline of all days is in `index.html` "
         f"one folder up.",

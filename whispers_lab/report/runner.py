@@ -32,7 +32,7 @@ from typing import Any
 
 from ..atomic import replace_dir
 from ..errors import ReportError, WhispersLabError
-from ..export import open_export
+from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
 from ..plan import Plan, load_plan
 from . import privacy
@@ -211,15 +211,22 @@ def notebook_to_html(nb: Any, title: str) -> str:
 FAILED_DIR = ".failed"
 
 
-def keep_failed_notebook(notebook: Path, out_dir: Path, day: int) -> Path | None:
+def keep_failed_notebook(notebook: Path, out_dir: Path, day: int,
+                         export: Export | None = None) -> Path | None:
     """Move the notebook of a failed run (papermill saved it with the error) to
     ``<out_dir>/.failed/day-NN-<UTC time>.ipynb``: not published, but a readable record of
-    what went wrong. None when there is nothing to keep."""
+    what went wrong. With ``export``, every id of the export in it is redacted first (the
+    error may quote an example value, e.g. a repeated user id). None when there is nothing
+    to keep."""
     if not notebook.is_file():
         return None
     folder = out_dir / FAILED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{day_dir_name(day)}-{utc_now():%Y%m%dT%H%M%S}.ipynb"
+    if export is not None:
+        content, _ = privacy.redact(export, json.loads(notebook.read_text(encoding="utf-8")))
+        notebook.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n",
+                            encoding="utf-8")
     os.replace(notebook, target)
     return target
 
@@ -258,7 +265,7 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
                 message, _ = privacy.redact(export, str(exc))
-                kept = keep_failed_notebook(tmp / "report.ipynb", out, day)
+                kept = keep_failed_notebook(tmp / "report.ipynb", out, day, export)
                 if kept is not None:
                     message += f" (failed notebook kept at {kept})"
                 raise ReportError(message) from None

@@ -264,8 +264,15 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
             except ReportError as exc:
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
-                message, _ = privacy.redact(export, str(exc))
-                kept = keep_failed_notebook(tmp / "report.ipynb", out, day, export)
+                try:
+                    message, _ = privacy.redact(export, str(exc))
+                    kept = keep_failed_notebook(tmp / "report.ipynb", out, day, export)
+                except Exception as unreadable:  # the ids cannot be read (corrupt data blocks)
+                    message = (f"the report failed and the export cannot be read back to keep "
+                               f"its ids out of the error, so the details are withheld "
+                               f"({type(unreadable).__name__}: {_first_line(str(unreadable))}); "
+                               f"`whispers-lab validate` shows them")
+                    kept = None
                 if kept is not None:
                     message += f" (failed notebook kept at {kept})"
                 raise ReportError(message) from None

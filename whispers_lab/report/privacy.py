@@ -93,9 +93,35 @@ def id_lengths(export: Export) -> list[int]:
     return sorted(int(x) for x in frame["n"].dropna().tolist())
 
 
+#: Ids longer than this are not looked for as tokens (a text of n characters has about n
+#: candidate tokens of each length, so long lengths cost n * length memory) and could be taken
+#: for embedded base64; the few such ids are fetched and searched for in the raw text instead.
+LONG_ID_CHARS = 128
+
+
+def _long_matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], set[str]]:
+    """(text name, id column) -> ids longer than :data:`LONG_ID_CHARS` found in that text,
+    searched for in the unstripped text with the same word-boundary rule as tokens."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for t, c in ID_COLUMNS:
+        if not export.has(t):
+            continue
+        frame = export.sql(f"SELECT DISTINCT {sql_ident(c)} AS v FROM {sql_ident(t)} "
+                           f"WHERE length({sql_ident(c)}) > {LONG_ID_CHARS}")
+        for value in frame["v"].tolist():
+            pattern = re.compile(r"(?<![A-Za-z0-9])" + re.escape(str(value)) + r"(?![A-Za-z0-9])")
+            for name, text in texts.items():
+                if pattern.search(text):
+                    key = (str(name), "memory_id" if c == "whisper_id" else c)
+                    out.setdefault(key, set()).add(str(value))
+    return out
+
+
 def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], set[str]]:
     """(text name, id column) -> the ids of that column found in that text."""
     lengths = id_lengths(export)
+    out = _long_matches(export, texts) if lengths and lengths[-1] > LONG_ID_CHARS else {}
+    lengths = [n for n in lengths if n <= LONG_ID_CHARS]
     names: list[str] = []
     tokens: list[str] = []
     for name, text in texts.items():
@@ -103,7 +129,7 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
         names.extend([name] * len(found))
         tokens.extend(found)
     if not tokens:
-        return {}
+        return out
     view = "__privacy_tokens"
     export.register(view, pa.table({"file": pa.array(names, pa.string()),
                                     "token": pa.array(tokens, pa.string())}))
@@ -114,12 +140,11 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
             for t, c in ID_COLUMNS if export.has(t)
         ]
         if not parts:
-            return {}
+            return out
         frame = export.sql("SELECT DISTINCT file, col, token FROM (" + " UNION ALL ".join(parts)
                            + ")")
     finally:
         export.con.unregister(view)
-    out: dict[tuple[str, str], set[str]] = {}
     for file, col, token in frame.itertuples(index=False):
         # whisper_id values are memory ids: report them under one name
         key = (str(file), "memory_id" if col == "whisper_id" else str(col))

@@ -69,8 +69,8 @@ class Export:
         return None if row is None else row[0]
 
     def arrow(self, query: str, params: Sequence[Any] | None = None):
-        cur = self.con.execute(query, params) if params is not None else self.con.execute(query)
-        return cur.arrow()
+        """Run a query and return a pyarrow Table (DuckDB 2 has no ``arrow()`` on a result)."""
+        return self.con.sql(query, params=params).to_arrow_table()
 
     def register(self, name: str, frame: Any) -> None:
         """Make a DataFrame / Arrow table queryable as ``name`` (e.g. cohort assignments)."""

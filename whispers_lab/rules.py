@@ -222,7 +222,8 @@ def ranking_timeouts(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionR
     n = int(api.get("ranked_requests") or 0)
     count = int(api.get("ranking_timeouts") or 0)
     timeout = plan.criteria.ranking_timeout_ms
-    details = {"ranked_requests": n, "timeout_ms": timeout, "max_ranking_ms": api.get("max_ranking_ms")}
+    details = {"ranked_requests": n, "timeout_ms": timeout, "max_ranking_ms": api.get("max_ranking_ms"),
+               "users": api.get("ranked_users")}
     if n == 0:
         return _criterion(cid, None, limit, "no_data",
                           f"No whispers request with a ranking time on {_day(plan, day)}.", **details)
@@ -314,14 +315,15 @@ def _rate(cid: str, events: int, n: int, what: str, denominator: str, plan: Plan
 def error_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
     """Daily share of ``/api/whispers/context`` requests with status >= 400 (the plan's SQL)."""
     return _rate("error_rate", int(api.get("errors") or 0), int(api.get("requests") or 0),
-                 "the error rate", "whispers requests", plan, day)
+                 "the error rate", "whispers requests", plan, day, users=api.get("users"))
 
 
 def weight_fallback_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
     """Share of whispers requests with a weight_source that used the fallback weights."""
     return _rate("weight_fallback_rate", int(api.get("fallbacks") or 0),
                  int(api.get("weight_requests") or 0), "the weight fallback rate",
-                 "whispers requests with a weight source", plan, day)
+                 "whispers requests with a weight source", plan, day,
+                 users=api.get("weight_users"))
 
 
 def _latency(cid: str, value: float | None, n: int, what: str, plan: Plan, day: int,
@@ -346,7 +348,7 @@ def _latency(cid: str, value: float | None, n: int, what: str, plan: Plan, day: 
 def avg_response_ms(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
     """Daily mean duration of whispers requests."""
     return _latency("avg_response_ms", api.get("avg_duration_ms"), int(api.get("requests") or 0),
-                    "the average response time", plan, day)
+                    "the average response time", plan, day, users=api.get("users"))
 
 
 def uptime(avail: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:

@@ -186,9 +186,14 @@ def daily_api(export: Export, start: dt.datetime, end: dt.datetime, *,
     requests, errors, error_rate, avg_duration_ms, p95_duration_ms, ranked_requests (ranking_ms
     set), ranking_timeouts (ranking_ms strictly above ``ranking_timeout_ms``), max_ranking_ms,
     weight_requests (weight_source set), fallbacks (weight_source = 'fallback'),
-    fallback_rate."""
+    fallback_rate; users, ranked_users, weight_users: distinct users behind requests,
+    ranked_requests and weight_requests (the report withholds figures of fewer than
+    ``criteria.min_group_users`` users)."""
     query = f"""
     SELECT count(*) AS requests,
+           count(DISTINCT user_id) AS users,
+           count(DISTINCT user_id) FILTER (WHERE ranking_ms IS NOT NULL) AS ranked_users,
+           count(DISTINCT user_id) FILTER (WHERE weight_source IS NOT NULL) AS weight_users,
            count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
            count(*) FILTER (WHERE status >= {ERROR_STATUS}) / nullif(count(*), 0) AS error_rate,
            avg(duration_ms) AS avg_duration_ms,

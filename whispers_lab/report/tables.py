@@ -70,6 +70,10 @@ ROLE_WORDS: dict[str, str] = {"required": "must pass", "watched": "watched",
 #: two groups (treatment and control): the smaller one counts. ``stat.`` reads the statistics
 #: package's own details.
 USER_COUNT_KEYS: dict[str, tuple[str | tuple[str, str], ...]] = {
+    "error_rate": ("users",),
+    "avg_response_ms": ("users",),
+    "weight_fallback_rate": ("users",),
+    "ranking_timeouts": ("users",),
     "weight_persistence": ("multi_device_users",),
     "cue_cooldown": ("users",),
     "relevance": ("stat.users",),
@@ -79,7 +83,10 @@ USER_COUNT_KEYS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "support_tickets": (("stat.users_t", "stat.users_c"),),
     "srm": (("stat.n_treatment", "stat.n_control"), ("n_treatment", "n_control")),
 }
-#: Criteria computed from requests whose user count the details do not give: a request count
+#: Criteria over all of the day's whispers requests whose details give no user count of their
+#: own: the users behind the day's requests (the ``error_rate`` entry's count) stand for them.
+DAY_REQUEST_CRITERIA: tuple[str, ...] = ("uptime", "p95_response_ms")
+#: Criteria computed from requests, for documents without a user count: a request count
 #: below the minimum proves the users are too few (each user makes at least one request).
 REQUEST_COUNT_KEYS: dict[str, str] = {
     "error_rate": "n", "avg_response_ms": "n", "p95_response_ms": "n",
@@ -119,9 +126,13 @@ def user_count(entry: Mapping[str, Any]) -> int | None:
     return None
 
 
-def suppressed(entry: Mapping[str, Any], min_users: int) -> bool:
-    """Whether the entry's value rests on fewer than ``min_users`` users (but more than none)."""
+def suppressed(entry: Mapping[str, Any], min_users: int, day_users: int | None = None) -> bool:
+    """Whether the entry's value rests on fewer than ``min_users`` users (but more than none).
+    ``day_users``: the users behind the day's whispers requests (see
+    :data:`DAY_REQUEST_CRITERIA`)."""
     n = user_count(entry)
+    if n is None and day_users is not None and str(entry.get("id")) in DAY_REQUEST_CRITERIA:
+        n = day_users
     if n is None and str(entry.get("id")) in REQUEST_COUNT_KEYS:
         requests = _lookup(entry.get("details") or {}, REQUEST_COUNT_KEYS[str(entry.get("id"))])
         n = None if requests is None or requests >= min_users else int(requests)
@@ -254,10 +265,12 @@ def suppress_small_groups(doc: Mapping[str, Any], min_users: int) -> dict[str, A
     reasons and notes quoting that reason."""
     out = dict(doc)
     replacements: dict[str, str] = {}
+    day_users = next((user_count(e) for e in doc.get("criteria") or []
+                      if e.get("id") == "error_rate"), None)
     for key in ("criteria", "triggers"):
         entries = []
         for entry in doc.get(key) or []:
-            if suppressed(entry, min_users):
+            if suppressed(entry, min_users, day_users):
                 hidden = dict(entry)
                 hidden["value"] = None
                 hidden["suppressed"] = True

@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WhispersLabError as exc:
         print(f"whispers-lab {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # the file system refused: unwritable --out, a path under a file...
+        print(f"whispers-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"whispers-lab {args.command}: interrupted", file=sys.stderr)
         return 130

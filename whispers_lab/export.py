@@ -46,6 +46,8 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
         config["memory_limit"] = memory_limit
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")
+    # no progress bar on a terminal: scheduled runs log plain lines only
+    con.execute("SET enable_progress_bar = false")
     return con
 
 

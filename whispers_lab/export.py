@@ -46,8 +46,13 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
         config["memory_limit"] = memory_limit
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")
-    # no progress bar on a terminal: scheduled runs log plain lines only
-    con.execute("SET enable_progress_bar = false")
+    # no progress bar on a terminal: scheduled runs log plain lines only. Inside a Jupyter
+    # kernel without ipywidgets (the report notebook) DuckDB refuses any change to the
+    # setting, and shows no bar there anyway.
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass
     return con
 
 

@@ -1,0 +1,248 @@
+"""Interrupted and concurrent runs, and output folders that cannot be written.
+
+``whispers-lab report`` runs as a subprocess (``python -m whispers_lab.cli``) and is killed
+(SIGKILL, once SIGTERM) at seeded random points of its run; the published report of the day and
+the index must stay readable (the same bytes, or a complete new version), no partial file may
+appear under a published name, the orphaned kernel must go away, and the next run must publish.
+Two ``daily`` runs at once: the second refuses with the lock message and publishes nothing (in
+particular no ERROR page over the first run's report); every file and log line of the winner is
+scanned for ids of the export. Papermill runs about seven times here (four of them killed early).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import nbformat
+import pytest
+
+from whispers_lab.cli import main
+from whispers_lab.contract import TABLES
+from whispers_lab.plan import load_plan
+from whispers_lab.report import privacy
+from whispers_lab.report.runner import DECISIONS, REPORT_FILES, day_dir_name
+from whispers_lab.simulate import simulate_to
+
+PLAN = load_plan()
+DAY = 4
+TODAY = (PLAN.start_date + dt.timedelta(days=DAY + 1)).isoformat()
+SEED = 20261201
+ID_COLUMNS = ("user_id", "device_id", "request_id", "memory_id", "whisper_id")
+
+
+@pytest.fixture(scope="module")
+def export_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path, _ = simulate_to(tmp_path_factory.mktemp("sim") / "rollout.duckdb", users=1000, seed=5,
+                          through_day=DAY + 1)
+    return path
+
+
+def _start(*args: object) -> subprocess.Popen:
+    """``whispers-lab ARGS`` in its own process group (so that the group can be signalled)."""
+    return subprocess.Popen([sys.executable, "-m", "whispers_lab.cli", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _report(export: Path, out: Path) -> subprocess.Popen:
+    return _start("report", "--export", export, "--day", DAY, "--out", out)
+
+
+def _published(out: Path) -> dict[str, bytes]:
+    """Every file under a published (non-hidden) name, relative path -> bytes."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        rel = path.relative_to(out)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            files[str(rel)] = path.read_bytes()
+    return files
+
+
+def _assert_complete(out: Path) -> None:
+    """The published report of DAY and the index are whole and readable."""
+    files = _published(out)
+    folder = day_dir_name(DAY)
+    assert sorted(files) == sorted([f"{folder}/{n}" for n in REPORT_FILES] + ["index.html"])
+    doc = json.loads(files[f"{folder}/decision.json"])
+    assert doc["day"] == DAY and doc["decision"] in DECISIONS and doc["decision"] != "ERROR"
+    assert files[f"{folder}/report.html"].rstrip().endswith(b"</html>")
+    nbformat.reads(files[f"{folder}/report.ipynb"].decode("utf-8"), as_version=4)
+    index = files["index.html"].decode("utf-8")
+    assert index.rstrip().endswith("</html>") and f"{folder}/report.html" in index
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Pids of processes working inside ``folder`` (the report and its kernel run in the
+    temporary report folder): only processes this module started can be there."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd == str(folder) or cwd.startswith(str(folder) + os.sep):
+            pids.append(int(proc.name))
+    return pids
+
+
+def _wait_for_orphans(folder: Path, seconds: float = 20.0) -> list[int]:
+    """Wait until no process works in ``folder``; kill (by pid) and return any that stay."""
+    deadline = time.monotonic() + seconds
+    while (left := _processes_in(folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left
+
+
+def _export_ids(export: Path) -> set[str]:
+    ids: set[str] = set()
+    con = duckdb.connect(str(export), read_only=True)
+    try:
+        for table in TABLES:
+            for col in table.columns:
+                if col.name in ID_COLUMNS:
+                    ids.update(r[0] for r in con.execute(
+                        f'SELECT DISTINCT "{col.name}" FROM "{table.name}" '
+                        f'WHERE "{col.name}" IS NOT NULL').fetchall())
+    finally:
+        con.close()
+    return ids
+
+
+def _assert_no_ids(texts: dict[str, str], ids: set[str]) -> None:
+    for name, text in texts.items():
+        words = set(re.findall(r"[A-Za-z0-9]+", privacy.strip_embedded_binary(text)))
+        assert not words & ids, f"{name} holds ids of the export"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_killed_runs_leave_the_published_report_intact(export_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    started = time.monotonic()
+    first = _report(export_path, out)
+    _, err = first.communicate(timeout=300)
+    duration = time.monotonic() - started
+    assert first.returncode == 0, err
+    _assert_complete(out)
+
+    rng = random.Random(SEED)
+    # three SIGKILLs spread over the run (start-up, notebook, conversion/publication) and one
+    # SIGTERM (what cron or systemd send on a timeout), at seeded random points
+    points = [(signal.SIGKILL, duration * rng.uniform(0.05, 0.25)),
+              (signal.SIGKILL, duration * rng.uniform(0.35, 0.65)),
+              (signal.SIGKILL, duration * rng.uniform(0.8, 1.0)),
+              (signal.SIGTERM, duration * rng.uniform(0.3, 0.7))]
+    for sig, after in points:
+        before = _published(out)
+        run = _report(export_path, out)
+        time.sleep(after)
+        if run.poll() is None:
+            os.killpg(run.pid, sig)
+        run.communicate(timeout=300)
+        now = _published(out)
+        assert sorted(now) == sorted(before), (sig, after)
+        day_files = [f"{day_dir_name(DAY)}/{n}" for n in REPORT_FILES]
+        if any(now[f] != before[f] for f in day_files):  # it got as far as publishing:
+            assert all(now[f] != before[f] for f in day_files), (sig, after)  # all new
+        _assert_complete(out)
+        # leftovers of a killed run only under hidden temporary names
+        assert all(p.name.startswith(".") for p in out.iterdir()
+                   if p.name not in (day_dir_name(DAY), "index.html"))
+    assert _wait_for_orphans(out) == [], "a kernel outlived its killed report run"
+
+    final = _report(export_path, out)
+    text, err = final.communicate(timeout=300)
+    assert final.returncode == 0 and "Traceback" not in text + err, err
+    _assert_complete(out)
+    assert _published(out)[f"{day_dir_name(DAY)}/decision.json"] != before[
+        f"{day_dir_name(DAY)}/decision.json"]
+
+
+def test_two_daily_runs_at_once(export_path: Path, tmp_path: Path) -> None:
+    """The second run refuses while the first holds the lock and publishes nothing; the first
+    publishes a real decision. Every file and log line of the run is free of export ids."""
+    exports, out = tmp_path / "exports", tmp_path / "reports"
+    exports.mkdir()
+    os.symlink(export_path, exports / "rollout.duckdb")
+    first = _start("daily", "--exports", exports, "--out", out, "--today", TODAY)
+    lock = out / ".daily.lock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and first.poll() is None:
+        if lock.is_file() and lock.read_text().strip() == str(first.pid):
+            break
+        time.sleep(0.05)
+    assert first.poll() is None, "the first run ended before the second could start"
+    second = subprocess.run([sys.executable, "-m", "whispers_lab.cli", "daily", "--exports",
+                             str(exports), "--out", str(out), "--today", TODAY],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1 and second.stdout == ""
+    assert f"another daily run holds the lock (pid {first.pid})" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert not (out / day_dir_name(DAY)).exists()  # the refused run published nothing
+    log_out, log_err = first.communicate(timeout=300)
+    assert first.returncode == 0, log_err
+    assert f"daily: day {DAY}:" in log_out
+    _assert_complete(out)
+    assert _wait_for_orphans(out) == []
+    # privacy of everything the scheduled job wrote: report files, index, its log lines
+    texts = {str(p.relative_to(out)): p.read_text(encoding="utf-8", errors="replace")
+             for p in out.rglob("*") if p.is_file()}
+    texts |= {"stdout": log_out, "stderr": log_err, "refused stderr": second.stderr}
+    assert "index.html" in texts and f"{day_dir_name(DAY)}/report.ipynb" in texts
+    _assert_no_ids(texts, _export_ids(export_path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o555 does not stop "
+                    "root's writes; tests/test_hardening.py::test_unwritable_out_is_a_one_line_"
+                    "error covers the refusal with a folder under a regular file")
+@pytest.mark.parametrize("command", ["report", "daily"])
+def test_read_only_output_folder(command: str, export_path: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "reports"
+    out.mkdir()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    os.symlink(export_path, exports / "rollout.duckdb")
+    out.chmod(0o555)
+    try:
+        args = (["--export", export_path, "--day", DAY] if command == "report"
+                else ["--exports", exports, "--today", TODAY])
+        code = main([command, *map(str, args), "--out", str(out)])
+        _, err = capsys.readouterr()
+        assert code == 1 and "Permission denied" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+        assert list(out.iterdir()) == []
+    finally:
+        out.chmod(0o755)
+
+
+def test_unwritable_index_is_a_one_line_error(export_path: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A target the run cannot replace (root-proof: ``index.html`` is a folder). The day's
+    report is complete and published first; the index cannot be, and the run says so on one
+    line and exits 1."""
+    out = tmp_path / "reports"
+    (out / "index.html").mkdir(parents=True)
+    code = main(["report", "--export", str(export_path), "--day", str(DAY), "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "index.html" in err and "Is a directory" in err
+    folder = out / day_dir_name(DAY)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
+    assert not [p for p in out.iterdir() if p.name.startswith(".day-")]

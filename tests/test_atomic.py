@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whispers_lab.atomic import atomic_path, replace_dir, write_text_atomic
+from whispers_lab.atomic import atomic_path, replace_dir, restore_interrupted, write_text_atomic
 
 
 def test_write_replaces_whole_file(tmp_path):
@@ -35,3 +35,15 @@ def test_replace_dir_swaps_complete_folders(tmp_path):
     replace_dir(new, target)
     assert [p.name for p in target.iterdir()] == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["day-09"]
+
+
+def test_restore_after_a_kill_between_the_two_renames(tmp_path):
+    target = tmp_path / "day-09"
+    # the state a kill leaves after the first rename: the old report aside, no new one in place
+    old = tmp_path / ".day-09.old-123-456"
+    old.mkdir()
+    (old / "report.html").write_text("previous")
+    assert restore_interrupted(target)
+    assert (target / "report.html").read_text() == "previous"
+    assert not old.exists()
+    assert not restore_interrupted(target)  # nothing to do when the target exists

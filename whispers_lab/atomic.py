@@ -63,3 +63,19 @@ def replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+def restore_interrupted(target: Path) -> bool:
+    """Undo a :func:`replace_dir` that was killed between its two renames.
+
+    Then ``target`` is missing and the previous folder sits beside it as
+    ``.<name>.old-*``: move the newest such folder back. Returns whether one was restored.
+    Call it before publishing again, so a kill at the worst instant loses nothing."""
+    if target.exists():
+        return False
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    olds = [p for p in olds if p.is_dir()]
+    if not olds:
+        return False
+    os.replace(olds[-1], target)
+    return True

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import replace_dir
+from ..atomic import replace_dir, restore_interrupted
 from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -251,6 +251,9 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
     # starts; the notebook validates the contract (once) and its error comes back verbatim.
+    # a run killed between the two renames of a previous publication left the old report
+    # under a hidden name: put it back first, so it stays the day's report if this run fails
+    restore_interrupted(out / day_dir_name(day))
     with open_export(export_file, validate=False) as export:
         tmp = make_tmp_dir(out, day)
         try:
@@ -376,6 +379,7 @@ def write_error_report(out_dir: str | Path, day: int, plan: Plan, reason: str, *
     beside it as ``previous-report.html`` / ``previous-decision.json``, clearly superseded."""
     out = Path(out_dir)
     target = out / day_dir_name(day)
+    restore_interrupted(target)  # the previous report, if a kill hid it, is carried over below
     tmp = make_tmp_dir(out, day)
     try:
         previous_note = ""

@@ -6,6 +6,8 @@ import datetime as dt
 
 import pandas as pd
 
+from whispers_lab.stats.sufficient import regression_from_units
+
 T0 = dt.datetime(2026, 12, 1, 10, 0, 0)
 
 
@@ -74,3 +76,18 @@ def valid_tables() -> dict[str, pd.DataFrame]:
         "ranking_candidates": candidates, "feedback": feedback, "support_tickets": tickets,
         "db_metrics": db_metrics,
     }
+
+
+def cuped_cells(groups) -> pd.DataFrame:
+    """{stratum: (y_t, x_t, y_c, x_c)} -> the per-stratum suffixed aggregates the CUPED code reads
+    (n, sums, sums of squares and the cross-product, per arm), as the SQL would produce them."""
+    rows = []
+    for s, (yt, xt, yc, xc) in groups.items():
+        row = {"stratum": s}
+        for suffix, y, x in (("t", yt, xt), ("c", yc, xc)):
+            r = regression_from_units(y, x)
+            row |= {f"n_{suffix}": r.n, f"sum_y_{suffix}": r.sum_y, f"sum_y2_{suffix}": r.sum_y2,
+                    f"sum_x_{suffix}": r.sum_x, f"sum_x2_{suffix}": r.sum_x2,
+                    f"sum_xy_{suffix}": r.sum_xy}
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -30,8 +30,10 @@ from whispers_lab.stats.rates import (
 )
 from whispers_lab.stats.settings import StatSettings
 from whispers_lab.stats.srm import srm_test
-from whispers_lab.stats.sufficient import ratio_from_units, regression_from_units
+from whispers_lab.stats.sufficient import ratio_from_units
 from whispers_lab.weights import Weights
+
+from factories import cuped_cells
 
 PLAN = load_plan()
 S = StatSettings()
@@ -174,18 +176,9 @@ def test_stratified_difference_ci_sign_and_scale(rows, k) -> None:
 
 
 def _cuped_cells(strata: list[tuple[np.ndarray, ...]], swap: bool = False) -> pd.DataFrame:
-    rows = []
-    for i, (yt, xt, yc, xc) in enumerate(strata):
-        if swap:
-            yt, xt, yc, xc = yc, xc, yt, xt
-        row = {"stratum": i}
-        for suffix, y, x in (("t", yt, xt), ("c", yc, xc)):
-            r = regression_from_units(y, x)
-            row |= {f"n_{suffix}": r.n, f"sum_y_{suffix}": r.sum_y, f"sum_y2_{suffix}": r.sum_y2,
-                    f"sum_x_{suffix}": r.sum_x, f"sum_x2_{suffix}": r.sum_x2,
-                    f"sum_xy_{suffix}": r.sum_xy}
-        rows.append(row)
-    return pd.DataFrame(rows)
+    groups = {i: ((yc, xc, yt, xt) if swap else (yt, xt, yc, xc))
+              for i, (yt, xt, yc, xc) in enumerate(strata)}
+    return cuped_cells(groups)
 
 
 @st.composite

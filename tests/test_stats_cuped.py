@@ -8,21 +8,10 @@ import pytest
 import statsmodels.api as sm
 
 from whispers_lab.stats.cuped import cuped_difference
-from whispers_lab.stats.sufficient import regression_from_units
 
+from factories import cuped_cells
 
-def _cells(groups):
-    """groups: {stratum: (y_t, x_t, y_c, x_c)} -> per-stratum suffixed aggregate frame."""
-    rows = []
-    for s, (yt, xt, yc, xc) in groups.items():
-        row = {"stratum": s}
-        for suffix, y, x in (("t", yt, xt), ("c", yc, xc)):
-            r = regression_from_units(y, x)
-            row |= {f"n_{suffix}": r.n, f"sum_y_{suffix}": r.sum_y, f"sum_y2_{suffix}": r.sum_y2,
-                    f"sum_x_{suffix}": r.sum_x, f"sum_x2_{suffix}": r.sum_x2,
-                    f"sum_xy_{suffix}": r.sum_xy}
-        rows.append(row)
-    return pd.DataFrame(rows)
+_cells = cuped_cells
 
 
 def _draw(rng, n, effect=0.0):

@@ -256,17 +256,7 @@ def write_export(tables: Mapping[str, Any], path: str | Path, *, parquet: bool |
     con = connect()
     try:
         if as_parquet:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.tmp-", dir=p.parent))
-            try:
-                for name, frame in tables.items():
-                    con.register("__frame", frame)
-                    target = sql_string(str(tmp / f"{name}.parquet"))
-                    con.execute(f"COPY (SELECT * FROM __frame) TO {target} (FORMAT parquet)")
-                    con.unregister("__frame")
-                replace_dir(tmp, p)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            _write_parquet_folder(con, tables, p, partition_by_date=False)
         else:
             fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
             os.close(fd)
@@ -299,13 +289,23 @@ def write_partitioned_export(tables: Mapping[str, Any], folder: str | Path) -> P
     """
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     con = connect()
+    try:
+        _write_parquet_folder(con, tables, target, partition_by_date=True)
+    finally:
+        con.close()
+    return target
+
+
+def _write_parquet_folder(con: duckdb.DuckDBPyConnection, tables: Mapping[str, Any], target: Path,
+                          *, partition_by_date: bool) -> None:
+    """Build the folder beside ``target`` and swap it in; remove it on any error."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         for name, frame in tables.items():
             con.register("__frame", frame)
             time_col = CONTRACT[name].time_column if name in CONTRACT else None
-            if time_col:
+            if partition_by_date and time_col:
                 out = sql_string(str(tmp / name))
                 con.execute(f"COPY (SELECT *, CAST({sql_ident(time_col)} AS DATE) AS date FROM __frame) "
                             f"TO {out} (FORMAT parquet, PARTITION_BY (date))")
@@ -317,6 +317,3 @@ def write_partitioned_export(tables: Mapping[str, Any], folder: str | Path) -> P
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        con.close()
-    return target

@@ -84,12 +84,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if counts.get("ERROR") else 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -99,12 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "go/no-go report of every rollout day plus the index, printing one line per "
                     "day. Open OUT/index.html afterwards.",
     )
-    parser.add_argument("--users", type=_positive, default=DEFAULT_USERS, metavar="N",
+    parser.add_argument("--users", type=options.int_at_least(1), default=DEFAULT_USERS, metavar="N",
                         help="simulated users (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S",
                         help="random seed (default: %(default)s)")
     options.add_report_dir(parser)
-    parser.add_argument("--workers", type=_positive, default=2, metavar="W",
+    parser.add_argument("--workers", type=options.int_at_least(1), default=2, metavar="W",
                         help="report processes in parallel (default: %(default)s)")
     options.add_plan(parser)
     parser.set_defaults(func=run)

@@ -23,3 +23,19 @@ def add_timeout(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
                         help="seconds one notebook cell may run (default: %(default)s)")
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type`` for whole numbers >= ``minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

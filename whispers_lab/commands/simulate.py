@@ -16,26 +16,6 @@ from ..simulate.scenarios import SimulationError
 from . import options
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _day(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     names = ", ".join(SCENARIOS)
     p = sub.add_parser(
@@ -45,13 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "<export>.truth.json. Same arguments, same data.",
         epilog=f"scenarios: {names}. Each takes day=N plus its own keys, e.g. "
                "error_spike:day=9,start=14:00,minutes=15,level=0.08 (see docs/simulator.md).")
-    p.add_argument("--users", type=_positive_int, required=True, help="number of users")
+    p.add_argument("--users", type=options.int_at_least(1), required=True, help="number of users")
     p.add_argument("--seed", type=int, required=True, help="random seed")
     p.add_argument("--start-date", default=None, metavar="YYYY-MM-DD",
                    help="rollout day 0 (default: the plan's start_date)")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="DuckDB file, or a folder for Parquet when it ends in '/'")
-    p.add_argument("--through-day", type=_day, default=None, metavar="D",
+    p.add_argument("--through-day", type=options.int_at_least(0), default=None, metavar="D",
                    help="last simulated rollout day (default: the plan's last_day)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="plant a problem; repeat to combine")

@@ -144,6 +144,26 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
     db_runs = (q.db_runs(export, start, end, limit_ms=db_limit, lookback_minutes=RUN_LOOKBACK_MINUTES)
                if db_limit is not None else pd.DataFrame(columns=["start", "end", "minutes", "peak"]))
 
+    # -- threshold criteria over their windows (tolerance region, clustered intervals) ------
+    windows: dict[int, dict[str, Any]] = {}
+
+    def window(cid: str) -> tuple[dict[str, Any], int]:
+        first = plan.window_start(cid, day)
+        if first not in windows:
+            windows[first] = q.api_window(export, plan.day_start(first), end)
+        return windows[first], first
+
+    err_win, err_from = window("error_rate")
+    fb_win, fb_from = window("weight_fallback_rate")
+    avg_win, avg_from = window("avg_response_ms")
+    p95_win, p95_from = window("p95_response_ms")
+    p95_ends = q.api_quantiles(export, plan.day_start(p95_from), end,
+                               rules.p95_probabilities(p95_win, plan))
+    up_from = plan.window_start("uptime", day)
+    up_avail = (avail if up_from == day else
+                q.availability(export, plan.day_start(up_from), end,
+                               min_requests=rules.UPTIME_MIN_MINUTE_REQUESTS))
+
     # -- statistics ------------------------------------------------------------------------
     stats, stats_missing = _stat_results(export, day, plan)
 
@@ -153,10 +173,11 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
         "ranking_timeouts": rules.ranking_timeouts(api, plan, day),
         "weight_persistence": rules.weight_persistence(weights, plan, day),
         "cue_cooldown": rules.cue_cooldown(cues, plan, day),
-        "error_rate": rules.error_rate(api, plan, day),
-        "avg_response_ms": rules.avg_response_ms(api, plan, day),
-        "weight_fallback_rate": rules.weight_fallback_rate(api, plan, day),
-        "uptime": rules.uptime(avail, plan, day),
+        "error_rate": rules.error_rate(err_win, plan, day, err_from),
+        "avg_response_ms": rules.avg_response_ms(avg_win, plan, day, avg_from),
+        "p95_response_ms": rules.p95_response_ms(p95_win, p95_ends, plan, day, p95_from),
+        "weight_fallback_rate": rules.weight_fallback_rate(fb_win, plan, day, fb_from),
+        "uptime": rules.uptime(up_avail, plan, day, up_from),
         "critical_bugs": rules.critical_bugs(tickets, plan, day),
     }
     for cid in STAT_CRITERIA:

@@ -116,15 +116,52 @@ class Criteria:
     max_cue_cooldown_violations: int
 
 
+SPENDING_NAMES: tuple[str, ...] = ("obrien_fleming", "pocock", "hsd", "power")
+MARGIN_RULES: tuple[str, ...] = ("absolute", "relative", "smaller", "both")
+#: Threshold criteria judged with a tolerance region over a cumulative window.
+THRESHOLD_CRITERIA: tuple[str, ...] = (
+    "error_rate", "avg_response_ms", "p95_response_ms", "weight_fallback_rate", "uptime",
+    "ctr", "feedback_score", "relevance",
+)
+#: Windows a threshold criterion can be judged over (see docs/rules.md).
+WINDOWS: tuple[str, ...] = ("day", "phase", "audience")
+#: Criteria with a deterioration ("is it worse?") test.
+DETERIORATION_CRITERIA: tuple[str, ...] = ("retention", "support_tickets")
+
+
 @dataclass(frozen=True)
 class Retention:
     k_days: tuple[int, ...]
     primary_k: int
     margin: float
     relative_margin: float
+    margin_rule: Literal["absolute", "relative", "smaller", "both"]
     alpha: float
-    sequential: Literal["obrien_fleming", "pocock"]
-    planned_looks: int
+    power: float
+    spending: Literal["obrien_fleming", "pocock", "hsd", "power"]
+    spending_param: float | None
+    covariate_days: int
+    cuped: bool
+
+
+@dataclass(frozen=True)
+class Deterioration:
+    """The family of "is it worse?" tests sharing one alpha over all looks."""
+
+    alpha: float
+    tests: tuple[str, ...]
+    spending: Literal["obrien_fleming", "pocock", "hsd", "power"]
+    spending_param: float | None
+    rollback_on_harm: bool
+
+
+@dataclass(frozen=True)
+class Design:
+    """What the plan expects of the user base: the design power is computed for it."""
+
+    expected_users: int
+    daily_active_share: float
+    d1_return_rate: float
 
 
 @dataclass(frozen=True)
@@ -152,6 +189,10 @@ class Plan:
     phases: tuple[Phase, ...]
     criteria: Criteria
     retention: Retention
+    deterioration: Deterioration
+    tolerance: Mapping[str, float]
+    windows: Mapping[str, str]
+    design: Design
     triggers: Triggers
     cue_cooldown_minutes: float
     rollback_monitor_minutes: int
@@ -193,6 +234,23 @@ class Plan:
     def beta_first_day(self) -> int | None:
         days = [p.first_day for p in self.phases if p.audience == "beta"]
         return min(days) if days else None
+
+    def required_from(self, criterion: str) -> int | None:
+        """First day on which a phase requires ``criterion`` (None: never required)."""
+        days = [p.first_day for p in self.phases if criterion in p.required]
+        return min(days) if days else None
+
+    def window_start(self, criterion: str, day: int) -> int:
+        """First day of the cumulative window ``criterion`` is judged over on ``day``:
+        the day itself, the current phase's first day, or the first day of the current
+        phase's audience (the first percentage day for every percentage phase)."""
+        kind = self.windows.get(criterion, "day")
+        phase = self.phase_for_day(day)
+        if kind == "phase":
+            return phase.first_day
+        if kind == "audience":
+            return min(p.first_day for p in self.phases if p.audience == phase.audience)
+        return day
 
     def threshold(self, criterion: str, day: int) -> float:
         """The threshold of ``criterion`` in force on ``day`` (phase override, else default)."""
@@ -285,18 +343,7 @@ def _id_list(reader: _Reader, name: str, known: tuple[str, ...]) -> tuple[str, .
     return tuple(values)
 
 
-def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
-    """Validate a parsed TOML mapping into a :class:`Plan`."""
-    top = _Reader(data, "", source)
-    version = top.number("version", integer=True)
-    if version != 1:
-        raise top.fail("version", f"must be 1 (the only plan format this lab reads), got {version}")
-    name = top.get("name", str)
-    start = top.get("start_date", dt.date)
-    if isinstance(start, dt.datetime):
-        raise top.fail("start_date", "must be a date without a time (YYYY-MM-DD)")
-    last_day = top.number("last_day", lo=0, integer=True)
-
+def _parse_assignment(top: _Reader) -> Assignment:
     a = top.table("assignment")
     assignment = Assignment(
         salt=a.get("salt", str),
@@ -306,7 +353,10 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     if not assignment.salt.strip():
         raise a.fail("salt", "must not be empty")
     a.done()
+    return assignment
 
+
+def _parse_beta(top: _Reader) -> Beta:
     b = top.table("beta")
     beta = Beta(
         min_users=b.number("min_users", lo=1, integer=True),
@@ -319,54 +369,66 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     if beta.min_users > beta.max_users:
         raise b.fail("min_users", f"({beta.min_users}) contradicts max_users ({beta.max_users})")
     b.done()
+    return beta
 
+
+def _parse_flags(top: _Reader) -> dict[str, FlagValue]:
     f = top.table("flags")
     flags = _flags(f)
     missing = [n for n in FLAG_NAMES if n not in flags]
     if missing:
         raise f.fail(missing[0], "is missing")
+    return flags
 
-    known = CRITERION_IDS
+
+def _parse_phase(raw: Any, i: int, flags: Mapping[str, FlagValue], source: str) -> Phase:
+    p = _Reader(raw, f"phases[{i}]", source)
+    audience = p.get("audience", str)
+    if audience not in AUDIENCES:
+        raise p.fail("audience", f"must be one of {', '.join(AUDIENCES)}, got {audience!r}")
+    thresholds_reader = _Reader(p.get("thresholds", dict, {}), p.key("thresholds"), source)
+    thresholds = {}
+    for key in list(thresholds_reader.data):
+        if key not in Criteria.__dataclass_fields__:
+            raise thresholds_reader.fail(key, "is not a criterion threshold in [criteria]")
+        thresholds[key] = thresholds_reader.number(key, lo=0.0)
+    phase_flags = dict(flags)
+    phase_flags.update(_flags(_Reader(p.get("flags", dict, {}), p.key("flags"), source)))
+    phase = Phase(
+        id=p.get("id", str),
+        name=p.get("name", str),
+        first_day=p.number("first_day", lo=0, integer=True),
+        last_day=p.number("last_day", lo=0, integer=True),
+        audience=audience,
+        percentage=p.number("percentage", lo=0.0, hi=100.0),
+        environment=p.get("environment", str),
+        required=_id_list(p, "required", CRITERION_IDS),
+        watched=_id_list(p, "watched", CRITERION_IDS),
+        thresholds=thresholds,
+        flags=phase_flags,
+    )
+    p.done()
+    if phase.first_day > phase.last_day:
+        raise p.fail("first_day", f"({phase.first_day}) is after last_day ({phase.last_day})")
+    if phase.audience == "percentage" and phase.percentage <= 0:
+        raise p.fail("percentage", "must be > 0 for a percentage phase")
+    if phase.audience != "percentage" and phase.percentage != 0:
+        raise p.fail("percentage", f"must be 0 for a {phase.audience} phase")
+    both = set(phase.required) & set(phase.watched)
+    if both:
+        raise p.fail("watched", f"repeats required criterion {sorted(both)[0]!r}")
+    return phase
+
+
+def _parse_phases(top: _Reader, flags: Mapping[str, FlagValue], last_day: int,
+                  source: str) -> tuple[Phase, ...]:
     raw_phases = top.get("phases", list)
     if not raw_phases:
         raise top.fail("phases", "must list at least one phase")
     phases: list[Phase] = []
     for i, raw in enumerate(raw_phases):
+        phase = _parse_phase(raw, i, flags, source)
         p = _Reader(raw, f"phases[{i}]", source)
-        audience = p.get("audience", str)
-        if audience not in AUDIENCES:
-            raise p.fail("audience", f"must be one of {', '.join(AUDIENCES)}, got {audience!r}")
-        thresholds_reader = _Reader(p.get("thresholds", dict, {}), p.key("thresholds"), source)
-        thresholds = {}
-        for key in list(thresholds_reader.data):
-            if key not in Criteria.__dataclass_fields__:
-                raise thresholds_reader.fail(key, "is not a criterion threshold in [criteria]")
-            thresholds[key] = thresholds_reader.number(key, lo=0.0)
-        phase_flags = dict(flags)
-        phase_flags.update(_flags(_Reader(p.get("flags", dict, {}), p.key("flags"), source)))
-        phase = Phase(
-            id=p.get("id", str),
-            name=p.get("name", str),
-            first_day=p.number("first_day", lo=0, integer=True),
-            last_day=p.number("last_day", lo=0, integer=True),
-            audience=audience,
-            percentage=p.number("percentage", lo=0.0, hi=100.0),
-            environment=p.get("environment", str),
-            required=_id_list(p, "required", known),
-            watched=_id_list(p, "watched", known),
-            thresholds=thresholds,
-            flags=phase_flags,
-        )
-        p.done()
-        if phase.first_day > phase.last_day:
-            raise p.fail("first_day", f"({phase.first_day}) is after last_day ({phase.last_day})")
-        if phase.audience == "percentage" and phase.percentage <= 0:
-            raise p.fail("percentage", "must be > 0 for a percentage phase")
-        if phase.audience != "percentage" and phase.percentage != 0:
-            raise p.fail("percentage", f"must be 0 for a {phase.audience} phase")
-        both = set(phase.required) & set(phase.watched)
-        if both:
-            raise p.fail("watched", f"repeats required criterion {sorted(both)[0]!r}")
         if phases:
             prev = phases[-1]
             if phase.first_day != prev.last_day + 1:
@@ -388,7 +450,10 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     order = [AUDIENCES.index(ph.audience) for ph in phases]
     if order != sorted(order):
         raise top.fail("phases", "must go internal -> beta -> percentage")
+    return tuple(phases)
 
+
+def _parse_criteria(top: _Reader) -> Criteria:
     c = top.table("criteria")
     prob = {"error_rate", "weight_fallback_rate", "uptime", "ctr", "relevance", "srm_p_value"}
     values: dict[str, Any] = {}
@@ -400,26 +465,107 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     if not 1.0 <= criteria.feedback_score <= 5.0:
         raise c.fail("feedback_score", f"must be within the 1..5 rating scale, got {criteria.feedback_score}")
     c.done()
+    return criteria
 
+
+def _spending(reader: _Reader, name: str, param_name: str) -> tuple[Any, float | None]:
+    kind = reader.get(name, str)
+    if kind not in SPENDING_NAMES:
+        raise reader.fail(name, f"must be one of {', '.join(SPENDING_NAMES)}, got {kind!r}")
+    param = reader.get(param_name, float, None)
+    if param is not None and kind not in ("hsd", "power"):
+        raise reader.fail(param_name, f"only applies to the 'hsd' and 'power' families, not {kind!r}")
+    if kind == "power" and param is not None and param <= 0:
+        raise reader.fail(param_name, f"must be > 0 for the power family, got {param}")
+    return kind, param
+
+
+def _parse_retention(top: _Reader) -> Retention:
     r = top.table("retention")
     k_days = r.get("k_days", list)
     if not k_days or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in k_days):
         raise r.fail("k_days", f"must be a non-empty list of integers >= 1, got {k_days!r}")
+    spending, param = _spending(r, "spending", "spending_param")
     retention = Retention(
         k_days=tuple(k_days),
         primary_k=r.number("primary_k", lo=1, integer=True),
         margin=r.number("margin", lo=0.0, hi=1.0, lo_open=True),
         relative_margin=r.number("relative_margin", lo=0.0, hi=1.0, lo_open=True),
+        margin_rule=r.get("margin_rule", str),
         alpha=r.number("alpha", lo=0.0, hi=0.5, lo_open=True),
-        sequential=r.get("sequential", str),
-        planned_looks=r.number("planned_looks", lo=1, integer=True),
+        power=r.number("power", lo=0.5, hi=1.0, lo_open=True),
+        spending=spending,
+        spending_param=param,
+        covariate_days=r.number("covariate_days", lo=1, hi=60, integer=True),
+        cuped=r.get("cuped", bool),
     )
     if retention.primary_k not in retention.k_days:
         raise r.fail("primary_k", f"({retention.primary_k}) is not one of k_days {list(retention.k_days)}")
-    if retention.sequential not in ("obrien_fleming", "pocock"):
-        raise r.fail("sequential", f"must be 'obrien_fleming' or 'pocock', got {retention.sequential!r}")
+    if retention.margin_rule not in MARGIN_RULES:
+        raise r.fail("margin_rule", f"must be one of {', '.join(MARGIN_RULES)}, got "
+                                    f"{retention.margin_rule!r}")
     r.done()
+    return retention
 
+
+def _parse_deterioration(top: _Reader) -> Deterioration:
+    d = top.table("deterioration")
+    spending, param = _spending(d, "spending", "spending_param")
+    tests = d.get("tests", list)
+    for t in tests:
+        if t not in DETERIORATION_CRITERIA:
+            raise d.fail("tests", f"lists {t!r}, which has no deterioration test (known: "
+                                  f"{', '.join(DETERIORATION_CRITERIA)})")
+    if len(set(tests)) != len(tests) or not tests:
+        raise d.fail("tests", "must list each deterioration test once, at least one")
+    out = Deterioration(alpha=d.number("alpha", lo=0.0, hi=0.5, lo_open=True),
+                        tests=tuple(tests), spending=spending, spending_param=param,
+                        rollback_on_harm=d.get("rollback_on_harm", bool))
+    d.done()
+    return out
+
+
+def _parse_named_numbers(top: _Reader, name: str, known: tuple[str, ...]) -> dict[str, float]:
+    t = top.table(name)
+    out = {}
+    for key in list(t.data):
+        if key not in known:
+            raise t.fail(key, f"is not a threshold criterion (known: {', '.join(known)})")
+        out[key] = t.number(key, lo=0.0)
+    missing = [k for k in known if k not in out]
+    if missing:
+        raise t.fail(missing[0], "is missing")
+    t.done()
+    return out
+
+
+def _parse_windows(top: _Reader) -> dict[str, str]:
+    t = top.table("windows")
+    out = {}
+    for key in list(t.data):
+        if key not in THRESHOLD_CRITERIA:
+            raise t.fail(key, f"is not a threshold criterion (known: {', '.join(THRESHOLD_CRITERIA)})")
+        value = t.get(key, str)
+        if value not in WINDOWS:
+            raise t.fail(key, f"must be one of {', '.join(WINDOWS)}, got {value!r}")
+        out[key] = value
+    missing = [k for k in THRESHOLD_CRITERIA if k not in out]
+    if missing:
+        raise t.fail(missing[0], "is missing")
+    t.done()
+    return out
+
+
+def _parse_design(top: _Reader) -> Design:
+    d = top.table("design")
+    out = Design(expected_users=d.number("expected_users", lo=1, integer=True),
+                 daily_active_share=d.number("daily_active_share", lo=0.0, hi=1.0, lo_open=True),
+                 d1_return_rate=d.number("d1_return_rate", lo=0.0, hi=1.0, lo_open=True))
+    d.done()
+    return out
+
+
+def _parse_triggers(top: _Reader, criteria: Criteria) -> Triggers:
     t = top.table("triggers")
     triggers = Triggers(
         error_rate=t.number("error_rate", lo=0.0, hi=1.0),
@@ -439,22 +585,50 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     if triggers.avg_response_ms < criteria.avg_response_ms:
         raise t.fail("avg_response_ms", f"({triggers.avg_response_ms}) is below the budget "
                                         f"criteria.avg_response_ms ({criteria.avg_response_ms}): contradictory")
+    return triggers
 
-    m = top.table("maya")
-    cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
-    m.done()
 
+def _parse_rollback(top: _Reader, source: str) -> tuple[int, dict[str, FlagValue]]:
     rb = top.table("rollback")
     monitor = rb.number("monitor_minutes", lo=1, integer=True)
     rollback_flags = _flags(_Reader(rb.get("flags", dict), rb.key("flags"), source))
     if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
         raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
     rb.done()
-    top.done()
+    return monitor, rollback_flags
 
+
+def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
+    """Validate a parsed TOML mapping into a :class:`Plan` (one small validator per section)."""
+    top = _Reader(data, "", source)
+    version = top.number("version", integer=True)
+    if version != 1:
+        raise top.fail("version", f"must be 1 (the only plan format this lab reads), got {version}")
+    name = top.get("name", str)
+    start = top.get("start_date", dt.date)
+    if isinstance(start, dt.datetime):
+        raise top.fail("start_date", "must be a date without a time (YYYY-MM-DD)")
+    last_day = top.number("last_day", lo=0, integer=True)
+    assignment = _parse_assignment(top)
+    beta = _parse_beta(top)
+    flags = _parse_flags(top)
+    phases = _parse_phases(top, flags, last_day, source)
+    criteria = _parse_criteria(top)
+    retention = _parse_retention(top)
+    deterioration = _parse_deterioration(top)
+    tolerance = _parse_named_numbers(top, "tolerance", THRESHOLD_CRITERIA)
+    windows = _parse_windows(top)
+    design = _parse_design(top)
+    triggers = _parse_triggers(top, criteria)
+    m = top.table("maya")
+    cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
+    m.done()
+    monitor, rollback_flags = _parse_rollback(top, source)
+    top.done()
     return Plan(
         version=version, name=name, start_date=start, last_day=last_day, assignment=assignment,
-        beta=beta, flags=flags, phases=tuple(phases), criteria=criteria, retention=retention,
+        beta=beta, flags=flags, phases=phases, criteria=criteria, retention=retention,
+        deterioration=deterioration, tolerance=tolerance, windows=windows, design=design,
         triggers=triggers, cue_cooldown_minutes=cooldown, rollback_monitor_minutes=monitor,
         rollback_flags=rollback_flags, source=source,
     )

@@ -56,9 +56,26 @@ class StatResult:
         return _clean(asdict(self))
 
 
+#: Reason codes of a result (docs/decision-schema.md): why it passed, blocked or is unsure.
+REASON_CODES: tuple[str, ...] = (
+    "pass", "harm_detected", "threshold_missed", "not_demonstrated", "check_failed",
+    "trigger_fired", "assignment_broken", "insufficient_evidence", "untrustworthy", "no_data",
+)
+
+
+def default_code(status: str, kind: str = "criterion") -> str:
+    """The reason code a status implies when the rule gave none."""
+    if status == "fail":
+        return "trigger_fired" if kind == "trigger" else "check_failed"
+    return {"pass": "pass", "inconclusive": "insufficient_evidence"}.get(status, "no_data")
+
+
 @dataclass(frozen=True)
 class CriterionResult:
-    """One go/no-go criterion or rollback trigger evaluated for one day."""
+    """One go/no-go criterion or rollback trigger evaluated for one day.
+
+    ``code``: the reason code (:data:`REASON_CODES`); empty means the one the status implies
+    (:func:`default_code`), filled in on construction."""
 
     id: str
     kind: Kind
@@ -68,6 +85,13 @@ class CriterionResult:
     reason: str
     unit: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.code:
+            object.__setattr__(self, "code", default_code(self.status, self.kind))
+        elif self.code not in REASON_CODES:
+            raise ValueError(f"unknown reason code {self.code!r} for {self.id}")
 
     @property
     def fired(self) -> bool:

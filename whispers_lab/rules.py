@@ -26,10 +26,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
+from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from .plan import Plan
-from .results import CriterionResult, StatResult, Status
+from .results import REASON_CODES, CriterionResult, StatResult, Status
+from .stats.rates import (
+    proportion_vs_threshold,
+    quantile_vs_threshold,
+    ratio_vs_threshold,
+    threshold_status,
+    woodruff_se,
+)
+from .stats.settings import StatSettings
+from .stats.sufficient import RatioStat
 
 Direction = Literal["max", "min"]
 
@@ -66,7 +76,7 @@ SPECS: dict[str, CriterionSpec] = {s.id: s for s in (
 
 #: Criteria whose numbers come from the statistics package (``experiment_results``).
 STAT_CRITERIA: tuple[str, ...] = (
-    "relevance", "feedback_score", "ctr", "retention", "support_tickets", "srm", "p95_response_ms",
+    "relevance", "feedback_score", "ctr", "retention", "support_tickets", "srm",
 )
 
 
@@ -148,9 +158,10 @@ def _day(plan: Plan, day: int) -> str:
 
 
 def _criterion(cid: str, value: float | None, limit: float | None, status: Status, reason: str,
-               **details: Any) -> CriterionResult:
+               _code: str = "", **details: Any) -> CriterionResult:
     return CriterionResult(id=cid, kind="criterion", value=value, threshold=limit, status=status,
-                           reason=reason, unit=SPECS[cid].unit, details=dict(details))
+                           reason=reason, unit=SPECS[cid].unit, details=dict(details),
+                           code=_code)
 
 
 def _wilson(events: int, n: int) -> tuple[float | None, float | None]:
@@ -290,98 +301,159 @@ def cue_cooldown(cues: Mapping[str, Any], plan: Plan, day: int) -> CriterionResu
                       **details)
 
 
-def _rate(cid: str, events: int, n: int, what: str, denominator: str, plan: Plan,
-          day: int, **extra: Any) -> CriterionResult:
-    limit = threshold(plan, cid, day)
-    lo, hi = _wilson(events, n)
-    details = {"events": events, "n": n, "ci_low": lo, "ci_high": hi, "ci_method": "wilson",
-               **extra}
+def _window_text(plan: Plan, day: int, window_from: int | None) -> str:
+    if window_from is None or window_from == day:
+        return _day(plan, day)
+    return f"days {window_from}-{day} ({plan.day_start(window_from).date()} to " \
+           f"{plan.day_start(day).date()})"
+
+
+def _from_window_stat(cid: str, stat: StatResult, plan: Plan, day: int,
+                      window_from: int | None, **extra: Any) -> CriterionResult:
+    """A window statistic (already judged by the tolerance region) as a criterion."""
+    details: dict[str, Any] = {"ci_low": stat.ci_low, "ci_high": stat.ci_high,
+                               "p_value": stat.p_value, "n": stat.n, "method": stat.method,
+                               "window_from": window_from if window_from is not None else day,
+                               "window_to": day, "tolerance": plan.tolerance.get(cid, 0.0),
+                               **{k: v for k, v in stat.details.items() if k != "code"}, **extra}
+    reason = stat.sentence
+    if window_from is not None and window_from != day:
+        reason += f" Judged over {_window_text(plan, day, window_from)}."
+    return _criterion(cid, stat.estimate, threshold(plan, cid, day), stat.status, reason,
+                      _code=stat.details.get("code", ""), **details)
+
+
+def _window_ratio(win: Mapping[str, Any], prefix: str) -> RatioStat:
+    vals = [win.get(f"{prefix}_{k}") for k in ("n", "num", "den", "num2", "den2", "numden")]
+    if vals[0] is None or not vals[0] or vals[2] is None:
+        return RatioStat(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    return RatioStat(int(vals[0]), *(float(v or 0.0) for v in vals[1:]))
+
+
+def _stat_settings(plan: Plan) -> StatSettings:
+    return StatSettings.from_plan(plan)
+
+
+def error_rate(win: Mapping[str, Any], plan: Plan, day: int,
+               window_from: int | None = None) -> CriterionResult:
+    """Share of ``/api/whispers/context`` requests with status >= 400 over the criterion's
+    window (the plan's SQL), judged by its upper bound: Wilson on the effective number of
+    requests (clustered by minute), tolerance region."""
+    cid = "error_rate"
+    stat = proportion_vs_threshold(cid, _window_ratio(win, "errors"), threshold(plan, cid, day),
+                                   _stat_settings(plan), "The error rate",
+                                   tolerance=plan.tolerance.get(cid, 0.0), direction="max",
+                                   unit="minute")
+    if stat.status == "no_data":
+        return _criterion(cid, None, threshold(plan, cid, day), "no_data",
+                          f"No whispers requests on {_window_text(plan, day, window_from)}.")
+    return _from_window_stat(cid, stat, plan, day, window_from, events=stat.details["positive"],
+                             users=win.get("users"))
+
+
+def weight_fallback_rate(win: Mapping[str, Any], plan: Plan, day: int,
+                         window_from: int | None = None) -> CriterionResult:
+    """Share of whispers requests with a weight source that used the fallback weights, judged
+    like the error rate."""
+    cid = "weight_fallback_rate"
+    stat = proportion_vs_threshold(cid, _window_ratio(win, "fallbacks"),
+                                   threshold(plan, cid, day), _stat_settings(plan),
+                                   "The weight fallback rate",
+                                   tolerance=plan.tolerance.get(cid, 0.0), direction="max",
+                                   unit="minute")
+    if stat.status == "no_data":
+        return _criterion(cid, None, threshold(plan, cid, day), "no_data",
+                          f"No whispers request with a weight source on "
+                          f"{_window_text(plan, day, window_from)}.")
+    return _from_window_stat(cid, stat, plan, day, window_from, users=win.get("users"))
+
+
+def avg_response_ms(win: Mapping[str, Any], plan: Plan, day: int,
+                    window_from: int | None = None) -> CriterionResult:
+    """Mean duration of whispers requests over the window: ratio of sums clustered by minute
+    (delta method, t interval), judged by its upper bound with the tolerance region."""
+    cid = "avg_response_ms"
+    stat = ratio_vs_threshold(cid, _window_ratio(win, "duration"), threshold(plan, cid, day),
+                              "max", _stat_settings(plan), "The average response time",
+                              unit="minutes", fmt="{:.1f} ms",
+                              tolerance=plan.tolerance.get(cid, 0.0))
+    if stat.status == "no_data":
+        return _criterion(cid, None, threshold(plan, cid, day), "no_data",
+                          f"No whispers requests on {_window_text(plan, day, window_from)}.")
+    return _from_window_stat(cid, stat, plan, day, window_from, requests=win.get("requests"),
+                             users=win.get("users"))
+
+
+def p95_response_ms(win: Mapping[str, Any], ends: Sequence[float | None], plan: Plan, day: int,
+                    window_from: int | None = None) -> CriterionResult:
+    """p95 of the endpoint's durations over the window with a Woodruff interval whose
+    standard error is clustered by minute and by user (the larger), judged by its upper bound
+    with the tolerance region. ``ends``: the quantiles at :func:`p95_probabilities`."""
+    cid = "p95_response_ms"
+    thr = threshold(plan, cid, day)
+    n = int(win.get("requests") or 0)
+    est = win.get("quantile")
+    se, deff = woodruff_se(_window_ratio(win, "qm"), _window_ratio(win, "qu"), 0.95, n)
+    lo = ends[0] if len(ends) > 0 else None
+    hi = ends[1] if len(ends) > 1 else None
+    stat = quantile_vs_threshold(cid, n, est, lo, hi, int(win.get("qm_num") or 0), 0.95, thr,
+                                 _stat_settings(plan), "The p95 latency of /api/whispers/context",
+                                 tolerance=plan.tolerance.get(cid, 0.0),
+                                 method="Woodruff interval, clustered by minute and by user",
+                                 extra={"se_share": se, "design_effect": deff})
+    if stat.status == "no_data":
+        return _criterion(cid, None, thr, "no_data",
+                          f"No whispers requests on {_window_text(plan, day, window_from)}.")
+    return _from_window_stat(cid, stat, plan, day, window_from, users=win.get("users"))
+
+
+def p95_probabilities(win: Mapping[str, Any], plan: Plan) -> list[float]:
+    """Probabilities whose quantiles bound the p95 (Woodruff): ``0.95 -+ z se``."""
+    n = int(win.get("requests") or 0)
     if n == 0:
-        return _criterion(cid, None, limit, "no_data",
-                          f"No {denominator} on {_day(plan, day)}.", **details)
-    value = events / n
-    need = min_day_requests(plan, limit)
-    if n < need:
-        return _criterion(cid, value, limit, "inconclusive",
-                          f"Only {n} {denominator} on {_day(plan, day)} (need {need}); {what} "
-                          f"{_pct(value)} cannot be judged against {_pct(limit)}.", **details)
-    status = _compare(value, limit, "max")
-    verdict = "within" if status == "pass" else "above"
-    return _criterion(cid, value, limit, status,
-                      f"{what.capitalize()} {_pct(value, 2)} ({events:,} of {n:,} {denominator}) "
-                      f"is {verdict} the {_pct(limit)} budget.", **details)
+        return []
+    se, _ = woodruff_se(_window_ratio(win, "qm"), _window_ratio(win, "qu"), 0.95, n)
+    z = float(stats.norm.isf(_stat_settings(plan).alpha))
+    return [0.95 - z * se, 0.95 + z * se]
 
 
-def error_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
-    """Daily share of ``/api/whispers/context`` requests with status >= 400 (the plan's SQL)."""
-    return _rate("error_rate", int(api.get("errors") or 0), int(api.get("requests") or 0),
-                 "the error rate", "whispers requests", plan, day, users=api.get("users"))
-
-
-def weight_fallback_rate(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
-    """Share of whispers requests with a weight_source that used the fallback weights."""
-    return _rate("weight_fallback_rate", int(api.get("fallbacks") or 0),
-                 int(api.get("weight_requests") or 0), "the weight fallback rate",
-                 "whispers requests with a weight source", plan, day,
-                 users=api.get("weight_users"))
-
-
-def _latency(cid: str, value: float | None, n: int, what: str, plan: Plan, day: int,
-             **extra: Any) -> CriterionResult:
-    limit = threshold(plan, cid, day)
-    details = {"n": n, **extra}
-    if n == 0 or value is None:
-        return _criterion(cid, None, limit, "no_data",
-                          f"No whispers requests on {_day(plan, day)}.", **details)
-    need = min_day_requests(plan)
-    if n < need:
-        return _criterion(cid, value, limit, "inconclusive",
-                          f"Only {n} whispers request(s) on {_day(plan, day)} (need {need}); "
-                          f"{what} {_num(value)} ms cannot be judged.", **details)
-    status = _compare(value, limit, "max")
-    verdict = "within" if status == "pass" else "above"
-    return _criterion(cid, value, limit, status,
-                      f"{what.capitalize()} {_num(value)} ms over {n:,} requests is {verdict} the "
-                      f"{_num(limit)} ms budget.", **details)
-
-
-def avg_response_ms(api: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
-    """Daily mean duration of whispers requests."""
-    return _latency("avg_response_ms", api.get("avg_duration_ms"), int(api.get("requests") or 0),
-                    "the average response time", plan, day, users=api.get("users"))
-
-
-def uptime(avail: Mapping[str, Any], plan: Plan, day: int) -> CriterionResult:
+def uptime(avail: Mapping[str, Any], plan: Plan, day: int,
+           window_from: int | None = None) -> CriterionResult:
     """Share of counted minutes in which the endpoint was up, i.e. fewer than half of the
-    minute's requests got a server error (status >= 500). Which minutes count is the caller's
-    ``min_requests`` in :func:`queries.monitoring.availability`; :func:`evaluate_day` counts
-    every minute with traffic (:data:`UPTIME_MIN_MINUTE_REQUESTS`). Minutes without traffic are
-    neither up nor down."""
+    minute's requests got a server error (status >= 500), over the window. Minutes without
+    traffic are neither up nor down. Judged with a Wilson interval on the minutes and the
+    tolerance region: pass when the lower bound clears ``uptime - tolerance``, fail when the
+    upper bound is below ``uptime``."""
     cid = "uptime"
     limit = threshold(plan, cid, day)
     observed = int(avail.get("observed_minutes") or 0)
     counted = int(avail.get("counted_minutes") or 0)
     down = int(avail.get("down_minutes") or 0)
+    tol = plan.tolerance.get(cid, 0.0)
+    where = _window_text(plan, day, window_from)
     details = {"observed_minutes": observed, "counted_minutes": counted, "down_minutes": down,
-               "min_minute_requests": plan.criteria.min_minute_requests}
+               "min_minute_requests": plan.criteria.min_minute_requests, "tolerance": tol,
+               "window_from": window_from if window_from is not None else day, "window_to": day}
     if observed == 0:
-        return _criterion(cid, None, limit, "no_data",
-                          f"No whispers requests on {_day(plan, day)}.", **details)
+        return _criterion(cid, None, limit, "no_data", f"No whispers requests on {where}.",
+                          **details)
     if counted == 0:
         return _criterion(cid, None, limit, "inconclusive",
-                          f"No minute of {_day(plan, day)} had {plan.criteria.min_minute_requests}"
+                          f"No minute of {where} had {plan.criteria.min_minute_requests}"
                           f" or more requests; uptime cannot be measured.", **details)
     value = 1.0 - down / counted
-    need = min_uptime_minutes(limit)
-    if counted < need and _compare(value, limit, "min") == "pass":
-        return _criterion(cid, value, limit, "inconclusive",
-                          f"Only {counted} minute(s) had enough traffic (need {need}) to show "
-                          f"uptime of {_pct(limit)}; observed {_pct(value, 2)}.", **details)
-    status = _compare(value, limit, "min")
-    verdict = "meets" if status == "pass" else "is below"
-    return _criterion(cid, value, limit, status,
-                      f"Uptime {_pct(value, 2)} ({down} down of {counted:,} counted minutes) "
-                      f"{verdict} the {_pct(limit)} target.", **details)
+    alpha = _stat_settings(plan).alpha
+    lo, hi = proportion_confint(counted - down, counted, alpha=2 * alpha, method="wilson")
+    details |= {"ci_low": float(lo), "ci_high": float(hi), "ci_method": "wilson"}
+    status = threshold_status(float(lo), float(hi), limit, "min", tol)
+    text = (f"Uptime {_pct(value, 2)} ({down} down of {counted:,} counted minutes on {where}; "
+            f"{1 - 2 * alpha:.0%} CI {_pct(lo, 2)} to {_pct(hi, 2)})")
+    verdict = {"pass": f"meets the {_pct(limit)} target (tolerance {_pct(tol, 1)}).",
+               "fail": f"is shown below the {_pct(limit)} target.",
+               "inconclusive": f"cannot yet be shown to meet the {_pct(limit)} target: too "
+                               f"few minutes or too many down."}[status]
+    return _criterion(cid, value, limit, status, f"{text} {verdict}",
+                      _code={"fail": "threshold_missed"}.get(status, ""), **details)
 
 
 def critical_bugs(tickets: Mapping[str, Any] | None, plan: Plan, day: int) -> CriterionResult:
@@ -425,11 +497,15 @@ def from_stat(cid: str, stat: StatResult | None, plan: Plan, day: int,
                                "metric": stat.metric}
     if stat.details:
         details["stat"] = dict(stat.details)
+    code = str(stat.details.get("code", "")) if stat.details else ""
+    if code not in REASON_CODES:
+        code = ""
     if SPECS[cid].unit == "p-value":
         details["estimate"] = stat.estimate
-        return _criterion(cid, stat.p_value, limit, stat.status, stat.sentence, **details)
+        return _criterion(cid, stat.p_value, limit, stat.status, stat.sentence, _code=code,
+                          **details)
     return _criterion(cid, stat.estimate, stat.threshold if stat.threshold is not None else limit,
-                      stat.status, stat.sentence, **details)
+                      stat.status, stat.sentence, _code=code, **details)
 
 
 # ---------------------------------------------------------------------------------------

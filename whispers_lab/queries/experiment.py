@@ -1,23 +1,21 @@
 """Experiment SQL: the sufficient statistics behind :mod:`whispers_lab.stats`.
 
-Every function returns a small aggregated frame (per variant, per stratum, per day), never a row
-per user, except :func:`canary_units`, which returns at most ``max_units`` users per arm drawn by
-a seeded hash. Half-open windows ``[lo, hi)`` of naive UTC timestamps; rollout days are
+Every function returns a small aggregated frame (per stage, stratum, arm, day), never a row per
+user, except :func:`canary_units`, which returns at most ``max_units`` users per arm drawn by a
+seeded hash. Half-open windows ``[lo, hi)`` of naive UTC timestamps; rollout days are
 ``date_diff('day', start_date, CAST(ts AS DATE))``.
 
 The cohort (reason and first enabled day of every user, from :mod:`whispers_lab.cohort`) is
 registered by the caller as the relation :data:`COHORT_RELATION` with columns
 ``user_id, reason, first_enabled_day`` (DOUBLE, ``inf`` = never); see :func:`register_cohort`.
 
-Population of every randomised comparison ("units"): users with an exposure in
-``[rollout start, hi)`` who are in the users table, not internal and not beta (cohort reasons
-``internal`` / ``beta`` are excluded: those users were selected, not randomised). A unit's
-stratum ``e`` is the rollout day of its first exposure; its analysis variant is the one first
-served; ``f`` is the rollout day on which the plan enables it (``inf`` = never).
-
-:func:`materialize_units` computes the units once per analysis (one pass over the app opens)
-into the temporary table :data:`UNITS_TABLE`; the retention, survival, SRM, ticket and canary
-queries read it, so call it first (after :func:`register_cohort`).
+Randomised users: users in ``users`` whose cohort reason is neither ``internal`` nor ``beta``
+(those were selected, not randomised). :func:`materialize_randomised` reads the app opens once
+into :data:`RANDOMISED_TABLE` (one row per randomised user with a bit mask of active days);
+:func:`materialize_stage_units` turns it into the staggered-adoption units of
+:data:`STAGE_TABLE` (one row per user and stage day); cells, cross-stage pairs, survival, tickets
+and the canary population read those tables, so call them in that order after
+:func:`register_cohort`. See ``docs/statistics.md`` for the design.
 """
 
 from __future__ import annotations
@@ -28,12 +26,14 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..contract import WHISPERS_ENDPOINT
+from ..errors import WhispersLabError
 from ..export import Export
 
 COHORT_RELATION = "wl_cohort"
-UNITS_TABLE = "wl_units"
-#: Widest span of rollout days (pre-period included) the 64-bit day mask of a user can hold.
-MAX_MASK_DAYS = 62
+RANDOMISED_TABLE = "wl_randomised"
+STAGE_TABLE = "wl_stage_units"
+#: Widest span of rollout days (pre-period included) the 128-bit activity mask of a user holds.
+MAX_MASK_DAYS = 126
 EXCLUDED_REASONS: tuple[str, ...] = ("internal", "beta")
 ERROR_STATUS = 400  # an error is status >= 400, as the plan's dashboard counts it
 
@@ -54,87 +54,249 @@ def register_cohort(export: Export, cohort: pd.DataFrame) -> None:
     export.register(COHORT_RELATION, frame)
 
 
-def _units_cte(start: dt.date) -> str:
-    """CTEs ``first_exp`` and ``units`` straight from the exposures (parameters $t0, $hi)."""
-    excluded = ", ".join(f"'{r}'" for r in EXCLUDED_REASONS)
-    return f"""
-    first_exp AS (
-        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-        FROM exposures
-        WHERE exposed_at >= $t0 AND exposed_at < $hi
-        GROUP BY user_id
-    ),
-    units AS (
-        SELECT f.user_id, f.variant,
-               date_diff('day', DATE '{start.isoformat()}', CAST(f.first_at AS DATE)) AS e,
-               c.first_enabled_day AS f_day
-        FROM first_exp f
-        JOIN {COHORT_RELATION} c ON c.user_id = f.user_id
-        WHERE c.reason NOT IN ({excluded})
-    )"""
-
-
 def _day_expr(start: dt.date, col: str) -> str:
     return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
 
 
-def materialize_units(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
-                      preperiod_days: int) -> int:
-    """Create the temporary table :data:`UNITS_TABLE`, one row per randomised unit:
-    ``user_id, variant, e, f_day, x, gap``. ``x``: active days (days with an app_open) in the
-    ``preperiod_days`` days before the rollout start; ``gap``: days from ``e`` to the first
-    later day with an app_open before ``hi`` (NULL: none). Returns the number of units.
+def _excluded_sql() -> str:
+    return ", ".join(f"'{r}'" for r in EXCLUDED_REASONS)
 
-    App opens are read once: each user's active days become the bits of one 64-bit mask (bit
-    ``d + preperiod_days`` for rollout day d), so the work is one grouping of the opens by user
-    and a join of one row per user. Longer spans than :data:`MAX_MASK_DAYS` fall back to a join
-    on distinct (user, day) pairs (same result, slower)."""
+
+def _int_values(values: Sequence[int]) -> str:
+    return ", ".join(f"({int(v)})" for v in sorted(set(values)))
+
+
+def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base_day: int
+                           ) -> int:
+    """Create the temporary table :data:`RANDOMISED_TABLE`, one row per randomised user (in
+    ``users``, cohort reason neither internal nor beta): ``user_id, f_day`` (rollout day the
+    state enables the user, ``inf`` = never), ``signup_day`` and ``m``, the user's active days
+    (days with an ``app_open``) from ``base_day`` to the day before ``hi`` as the bits of one
+    128-bit integer (bit ``d - base_day`` for rollout day d). Users without any app open have
+    ``m = 0``; they still count as randomised (tickets, SRM denominators).
+
+    App opens are read once, grouped by user; everything later is bit arithmetic on one row
+    per user. Returns the number of randomised users. Raises :class:`WhispersLabError` when the
+    span from ``base_day`` to the last day exceeds :data:`MAX_MASK_DAYS`."""
     last = (hi.date() - start).days - 1
-    pre = dt.datetime.combine(start, dt.time()) - dt.timedelta(days=preperiod_days)
-    opens = f"""
-    opens AS (
+    if last - base_day + 1 > MAX_MASK_DAYS:
+        raise WhispersLabError(
+            f"the analysis spans rollout days {base_day}..{last} ({last - base_day + 1} days); "
+            f"the activity mask holds at most {MAX_MASK_DAYS} days")
+    lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=base_day)
+    q = f"""
+    CREATE OR REPLACE TEMP TABLE {RANDOMISED_TABLE} AS
+    WITH opens AS (
         SELECT user_id, {_day_expr(start, 'created_at')} AS d
         FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $pre AND created_at < $hi
-    )"""
-    if preperiod_days + last + 1 <= MAX_MASK_DAYS:
-        body = """
-        masks AS (
-            SELECT user_id, bit_or(CAST(1 AS UBIGINT) << CAST(d + $pdays AS UBIGINT)) AS m
-            FROM opens GROUP BY user_id
-        ),
-        shifted AS (
-            SELECT u.*, coalesce(k.m, CAST(0 AS UBIGINT)) AS m,
-                   coalesce(k.m, CAST(0 AS UBIGINT)) >> CAST(u.e + $pdays + 1 AS UBIGINT) AS after
-            FROM units u LEFT JOIN masks k ON k.user_id = u.user_id
-        )
-        SELECT user_id, variant, e, f_day,
-               bit_count(m & ((CAST(1 AS UBIGINT) << CAST($pdays AS UBIGINT)) - 1)) AS x,
-               CASE WHEN after = 0 THEN NULL
-                    ELSE bit_count(~greatest(after, 1) & (greatest(after, 1) - 1)) + 1 END AS gap
-        FROM shifted"""
-    else:
-        body = """
-        od AS (SELECT DISTINCT user_id, d FROM opens)
-        SELECT u.user_id, any_value(u.variant) AS variant, any_value(u.e) AS e,
-               any_value(u.f_day) AS f_day,
-               count(od.d) FILTER (WHERE od.d < 0) AS x,
-               min(od.d) FILTER (WHERE od.d > u.e) - any_value(u.e) AS gap
-        FROM units u LEFT JOIN od ON od.user_id = u.user_id
-        GROUP BY u.user_id"""
-    params = {"t0": t0, "hi": hi, "pre": pre}
-    if "$pdays" in body:
-        params["pdays"] = int(preperiod_days)
-    export.sql(f"CREATE OR REPLACE TEMP TABLE {UNITS_TABLE} AS "
-               f"WITH {_units_cte(start)}, {opens}, {body}", params)
-    return int(export.scalar(f"SELECT count(*) FROM {UNITS_TABLE}"))
+        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
+    ),
+    masks AS (
+        SELECT user_id, bit_or(CAST(1 AS HUGEINT) << CAST(d - $base AS INTEGER)) AS m
+        FROM opens GROUP BY user_id
+    )
+    SELECT c.user_id, c.first_enabled_day AS f_day,
+           coalesce({_day_expr(start, 'u.signup_at')}, $base) AS signup_day,
+           coalesce(k.m, CAST(0 AS HUGEINT)) AS m
+    FROM {COHORT_RELATION} c
+    JOIN users u ON u.user_id = c.user_id
+    LEFT JOIN masks k ON k.user_id = c.user_id
+    WHERE c.reason NOT IN ({_excluded_sql()})
+    """
+    export.sql(q, {"lo": lo, "hi": hi, "base": int(base_day)})
+    return int(export.scalar(f"SELECT count(*) FROM {RANDOMISED_TABLE}"))
+
+
+def enabled_day_counts(export: Export) -> pd.DataFrame:
+    """Randomised users per enabling day: ``f_day`` (``inf`` = never), ``n``."""
+    return export.sql(f"SELECT f_day, count(*) AS n FROM {RANDOMISED_TABLE} "
+                      f"GROUP BY f_day ORDER BY f_day")
+
+
+def materialize_stage_units(export: Export, stages: Sequence[int], base_day: int,
+                            covariate_days: int, k_values: Sequence[int], last_day: int) -> int:
+    """Create :data:`STAGE_TABLE`: one row per (randomised user, stage day s) for every user
+    not enabled before s who is active on or after s (through ``last_day``).
+
+    Columns: ``user_id, f_day, s, a`` (first active day on or after s), ``x`` (active days in
+    the ``covariate_days`` days before s: the CUPED covariate, untouched by whispers because
+    nobody in the row was enabled before s), ``gap`` (days from a to the next active day, NULL:
+    none yet) and ``y_<k>`` for each k (1 if active on a day in ``[a + 1, a + k]``, else 0).
+    Whether the window ``[a + 1, a + k]`` has closed (``a + k <= day``) is for the caller.
+
+    The arm is not stored: in stage s a row is treatment when ``f_day = s`` and control for
+    window k when ``f_day > a + k`` (not enabled through the end of its outcome window);
+    other rows (enabled during their window) take part in neither arm. Returns the row count.
+    """
+    st = [int(s) for s in stages if int(s) <= last_day]
+    if not st:
+        export.sql(f"CREATE OR REPLACE TEMP TABLE {STAGE_TABLE} AS SELECT NULL::VARCHAR AS user_id,"
+                   f" NULL::DOUBLE AS f_day, NULL::INTEGER AS s, NULL::INTEGER AS a, "
+                   f"NULL::INTEGER AS x, NULL::INTEGER AS gap"
+                   + "".join(f", NULL::INTEGER AS y_{int(k)}" for k in sorted(set(k_values)))
+                   + " WHERE false")
+        return 0
+    if min(st) - covariate_days < base_day:
+        raise WhispersLabError(f"covariate window starts on day {min(st) - covariate_days}, "
+                               f"before the activity mask (day {base_day})")
+    ys = "".join(
+        f""",
+               CAST(((m >> CAST(a + 1 - $base AS INTEGER))
+                     & CAST({(1 << int(k)) - 1} AS HUGEINT)) <> 0 AS INTEGER) AS y_{int(k)}"""
+        for k in sorted(set(k_values)))
+    q = f"""
+    CREATE OR REPLACE TEMP TABLE {STAGE_TABLE} AS
+    WITH st(s) AS (VALUES {_int_values(st)}),
+    su AS (
+        SELECT r.user_id, r.f_day, st.s, r.m,
+               r.m >> CAST(st.s - $base AS INTEGER) AS after_s
+        FROM {RANDOMISED_TABLE} r CROSS JOIN st
+        WHERE r.f_day >= st.s
+    ),
+    sa AS (
+        SELECT user_id, f_day, s, m,
+               s + bit_count(~after_s & (after_s - 1)) AS a,
+               bit_count((m >> CAST(s - $cov - $base AS INTEGER))
+                         & ((CAST(1 AS HUGEINT) << $cov) - 1)) AS x
+        FROM su WHERE after_s <> 0
+    ),
+    nx AS (SELECT *, m >> CAST(a + 1 - $base AS INTEGER) AS later FROM sa)
+    SELECT user_id, f_day, CAST(s AS INTEGER) AS s, CAST(a AS INTEGER) AS a,
+           CAST(x AS INTEGER) AS x,
+           CASE WHEN later = 0 THEN NULL
+                ELSE CAST(bit_count(~later & (later - 1)) + 1 AS INTEGER) END AS gap{ys}
+    FROM nx
+    """
+    export.sql(q, {"base": int(base_day), "cov": int(covariate_days)})
+    return int(export.scalar(f"SELECT count(*) FROM {STAGE_TABLE}"))
+
+
+def _arm_units(k_values: Sequence[int], last_day: int) -> str:
+    """SELECT of (user, k, s, a, arm, y, x) rows with a closed window and an arm."""
+    ks = sorted(set(int(k) for k in k_values))
+    y_case = "CASE ks.k " + " ".join(f"WHEN {k} THEN g.y_{k}" for k in ks) + " END"
+    return f"""
+    WITH ks(k) AS (VALUES {_int_values(ks)})
+    SELECT g.user_id, ks.k, g.s, g.a,
+           CASE WHEN g.f_day = g.s THEN 'treatment' ELSE 'control' END AS arm,
+           {y_case} AS y, g.x
+    FROM {STAGE_TABLE} g CROSS JOIN ks
+    WHERE g.a + ks.k <= {int(last_day)}
+      AND (g.f_day = g.s OR g.f_day > g.a + ks.k)
+    """
+
+
+def stage_cells(export: Export, k_values: Sequence[int], last_day: int) -> pd.DataFrame:
+    """Per (k, s, a, arm) of the stage units with a closed window by ``last_day``:
+    ``n, sum_y, sum_yy, sum_x, sum_xx, sum_xy`` (y the Dk outcome, x the covariate).
+
+    The outcome of a closed window does not depend on the analysis day, so one call gives every
+    earlier look's cells too (keep ``a <= day - k``)."""
+    q = f"""
+    SELECT k, s, a, arm, count(*) AS n,
+           sum(y)::DOUBLE AS sum_y, sum(y * y)::DOUBLE AS sum_yy,
+           sum(x)::DOUBLE AS sum_x, sum(x * x)::DOUBLE AS sum_xx, sum(x * y)::DOUBLE AS sum_xy
+    FROM ({_arm_units(k_values, last_day)})
+    GROUP BY ALL ORDER BY k, s, a, arm
+    """
+    return export.sql(q)
+
+
+def stage_pairs(export: Export, k_values: Sequence[int], last_day: int) -> pd.DataFrame:
+    """Cross-products of the users who sit in two cells of different stages (same k): per
+    (k, s1, a1, arm1, s2, a2, arm2) with ``s1 < s2``: ``n`` and the sums ``y1, y2, x1, x2,
+    y1y2, y1x2, x1y2, x1x2`` over those users. They give the covariance between the cells'
+    means (the same user is control in one stage and treatment or control in a later one)."""
+    q = f"""
+    WITH u AS ({_arm_units(k_values, last_day)})
+    SELECT u1.k, u1.s AS s1, u1.a AS a1, u1.arm AS arm1, u2.s AS s2, u2.a AS a2,
+           u2.arm AS arm2, count(*) AS n,
+           sum(u1.y)::DOUBLE AS y1, sum(u2.y)::DOUBLE AS y2,
+           sum(u1.x)::DOUBLE AS x1, sum(u2.x)::DOUBLE AS x2,
+           sum(u1.y * u2.y)::DOUBLE AS y1y2, sum(u1.y * u2.x)::DOUBLE AS y1x2,
+           sum(u1.x * u2.y)::DOUBLE AS x1y2, sum(u1.x * u2.x)::DOUBLE AS x1x2
+    FROM u u1 JOIN u u2 ON u1.user_id = u2.user_id AND u1.k = u2.k AND u1.s < u2.s
+    GROUP BY ALL ORDER BY ALL
+    """
+    return export.sql(q)
+
+
+def preperiod_lags(export: Export, base_day: int, k_values: Sequence[int] = (1,)
+                   ) -> pd.DataFrame:
+    """Arrivals and returns before the rollout (nobody randomised is enabled yet, so nothing
+    here can depend on the outcome): for every pseudo-start day ``p`` in ``[base_day, -1]``,
+    the number of randomised users whose first active day on or after p is ``p + lag``
+    (before day 0), and for each k how many of them returned within k days (``returned_<k>``,
+    NULL when that window reaches day 0): ``p, lag, users, returned_<k>...``."""
+    days = list(range(int(base_day), 0))
+    ks = sorted(set(int(k) for k in k_values))
+    if not days:
+        return pd.DataFrame({"p": [], "lag": [], "users": [], **{f"returned_{k}": [] for k in ks}})
+    rets = "".join(
+        f""",
+           CASE WHEN p + lag + {k} <= -1 THEN
+               sum(CASE WHEN ((w >> CAST(lag + 1 AS INTEGER)) & CAST({(1 << k) - 1} AS HUGEINT))
+                             <> 0 THEN 1 ELSE 0 END) END AS returned_{k}"""
+        for k in ks)
+    q = f"""
+    WITH ps(p) AS (VALUES {_int_values(days)}),
+    w AS (
+        SELECT ps.p, (r.m >> CAST(ps.p - $base AS INTEGER))
+                     & ((CAST(1 AS HUGEINT) << CAST(-ps.p AS INTEGER)) - 1) AS w
+        FROM {RANDOMISED_TABLE} r CROSS JOIN ps
+    ),
+    l AS (SELECT p, w, CAST(bit_count(~w & (w - 1)) AS INTEGER) AS lag FROM w WHERE w <> 0)
+    SELECT p, lag, count(*) AS users{rets}
+    FROM l GROUP BY p, lag ORDER BY p, lag
+    """
+    return export.sql(q, {"base": int(base_day)})
+
+
+def stage_survival_cells(export: Export, last_day: int) -> pd.DataFrame:
+    """Days to return after the first active day a of each stage: per (arm, stratum = s * 1000
+    + a, time, event) the number of stage units. Follow-up runs from a to the last full day the
+    unit is observed in its arm: ``last_day`` for treatment (``f = s``), ``min(last_day, f - 1)``
+    for control (enabled later). Units without follow-up are left out."""
+    q = f"""
+    WITH per AS (
+        SELECT CASE WHEN f_day = s THEN 'treatment' ELSE 'control' END AS variant,
+               s, a, a + gap AS r,
+               CASE WHEN f_day = s THEN $last::DOUBLE ELSE least($last::DOUBLE, f_day - 1) END AS c
+        FROM {STAGE_TABLE}
+    )
+    SELECT variant, s * 1000 + a AS stratum,
+           CAST(CASE WHEN r IS NOT NULL AND r <= c THEN r - a ELSE c - a END AS BIGINT) AS time,
+           CASE WHEN r IS NOT NULL AND r <= c THEN 1 ELSE 0 END AS event,
+           count(*) AS n
+    FROM per WHERE c > a
+    GROUP BY ALL ORDER BY variant, stratum, time, event
+    """
+    return export.sql(q, {"last": int(last_day)})
+
+
+def srm_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime) -> pd.DataFrame:
+    """Randomised users by the rollout day of their first exposure since ``t0`` and the variant
+    they were first served: ``day, n_t, n_c``."""
+    q = f"""
+    WITH first_exp AS (
+        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
+        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+    )
+    SELECT {_day_expr(start, 'f.first_at')} AS day,
+           count(*) FILTER (WHERE f.variant = 'treatment') AS n_t,
+           count(*) FILTER (WHERE f.variant = 'control') AS n_c
+    FROM first_exp f JOIN {COHORT_RELATION} c ON c.user_id = f.user_id
+    WHERE c.reason NOT IN ({_excluded_sql()})
+    GROUP BY 1 ORDER BY 1
+    """
+    return export.sql(q, {"t0": t0, "hi": hi})
 
 
 def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime
                      ) -> dict[str, int]:
     """Counts that qualify the randomised population: exposed users unknown to the cohort,
-    excluded (internal / beta) users, and units first served against the plan."""
-    excluded = ", ".join(f"'{r}'" for r in EXCLUDED_REASONS)
+    excluded (internal / beta) users, and users first served against the plan."""
+    excluded = _excluded_sql()
     q = f"""
     WITH first_exp AS (
         SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
@@ -157,70 +319,6 @@ def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.dat
     """
     row = export.sql(q, {"t0": t0, "hi": hi}).iloc[0]
     return {k: int(v) for k, v in row.items()}
-
-
-def retention_cells(export: Export, k_values: Sequence[int], last_day: int) -> pd.DataFrame:
-    """Per (k, stratum e, variant) of the materialised units: n, sum_y (retained), sum_x,
-    sum_x2, sum_xy, where y = 1 if the unit has an app_open on a rollout day in
-    ``[e + 1, e + k]`` and x = its pre-period active days.
-
-    A unit is counted for k when its window has closed by the end of ``last_day``
-    (``e + k <= last_day``) and, for a control unit, before the plan switches it to treatment
-    (``e + k + 1 <= f``). The outcome does not depend on the analysis day once the window is
-    closed, so one call gives every earlier day's cells too (keep strata ``e <= day - k``)."""
-    ks = ", ".join(f"({int(k)})" for k in sorted(set(k_values)))
-    q = f"""
-    WITH ks(k) AS (VALUES {ks})
-    SELECT ks.k, p.e AS stratum, p.variant,
-           count(*) AS n,
-           sum(CASE WHEN p.gap <= ks.k THEN 1 ELSE 0 END)::DOUBLE AS sum_y,
-           sum(p.x)::DOUBLE AS sum_x,
-           sum(p.x * p.x)::DOUBLE AS sum_x2,
-           sum(CASE WHEN p.gap <= ks.k THEN p.x ELSE 0 END)::DOUBLE AS sum_xy
-    FROM {UNITS_TABLE} p CROSS JOIN ks
-    WHERE p.e + ks.k <= $last
-      AND (p.variant = 'treatment' OR p.e + ks.k + 1 <= p.f_day)
-    GROUP BY ks.k, p.e, p.variant
-    ORDER BY ks.k, p.e, p.variant
-    """
-    return export.sql(q, {"last": int(last_day)})
-
-
-def survival_cells(export: Export, last_day: int) -> pd.DataFrame:
-    """Days to return: per (variant, stratum, time, event), the number of units.
-
-    Follow-up of a unit runs from its exposure day e to the last full day it is observed in its
-    analysis variant, ``C = min(last_day, f - 1)`` for control (``f`` = switch day) and
-    ``last_day`` for treatment. Event: first app_open on a day in ``(e, C]``, at time
-    ``day - e``; otherwise censored at ``C - e``. Units with no follow-up (``C <= e``) are left
-    out."""
-    q = f"""
-    WITH per_unit AS (
-        SELECT variant, e, e + gap AS r,
-               CASE WHEN variant = 'control' THEN least($last::DOUBLE, f_day - 1)
-                    ELSE $last::DOUBLE END AS c
-        FROM {UNITS_TABLE}
-    )
-    SELECT variant, e AS stratum,
-           CAST(CASE WHEN r IS NOT NULL AND r <= c THEN r - e ELSE c - e END AS BIGINT) AS time,
-           CASE WHEN r IS NOT NULL AND r <= c THEN 1 ELSE 0 END AS event,
-           count(*) AS n
-    FROM per_unit
-    WHERE c > e
-    GROUP BY ALL
-    ORDER BY variant, stratum, time, event
-    """
-    return export.sql(q, {"last": int(last_day)})
-
-
-def srm_counts(export: Export) -> pd.DataFrame:
-    """Units by first-exposure day and first-served variant: day, n_t, n_c."""
-    return export.sql(f"""
-    SELECT e AS day,
-           count(*) FILTER (WHERE variant = 'treatment') AS n_t,
-           count(*) FILTER (WHERE variant = 'control') AS n_c
-    FROM {UNITS_TABLE} GROUP BY e ORDER BY e
-    """)
 
 
 def ratio_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataFrame:
@@ -288,52 +386,62 @@ def feedback_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataF
     return export.sql(q, {"lo": lo, "hi": hi})
 
 
-def ticket_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
-                  lo_day: int) -> pd.DataFrame:
-    """Support tickets and user-days per planned variant and rollout day, randomised units,
-    days ``[lo_day, last day]``: day, variant, users, user_days, tickets.
+def ticket_days(export: Export, start: dt.date, lo_day: int, last_day: int) -> pd.DataFrame:
+    """Support tickets and user-days of the randomised users per rollout day and planned arm,
+    days ``[lo_day, last_day]``: ``day, arm, users, tickets``.
 
-    A unit contributes the days from its first exposure day on; a day counts as treatment when
-    the plan has enabled the unit (``f <= day``), else control (intention to treat by plan).
-    Tickets without a user id cannot be attributed and are not counted. User-days come from the
-    units grouped by (e, f), never from a row per user-day."""
+    Intention to treat by the state in force: on day d a user is treatment when ``f_day <= d``,
+    else control; every randomised user signed up by day d counts, active or not (a rate ratio
+    is unaffected by users who can file no ticket in either arm). Tickets without a user id
+    cannot be attributed and are not counted. User-days come from users grouped by
+    (f_day, signup_day), never from a row per user-day."""
+    if last_day < lo_day:
+        return pd.DataFrame({"day": [], "arm": [], "users": [], "tickets": []})
     q = f"""
     WITH days AS (SELECT unnest(range($lo_day, $last + 1)) AS d),
-    groups AS (SELECT e, f_day, count(*) AS n FROM {UNITS_TABLE} GROUP BY e, f_day),
+    g AS (SELECT f_day, signup_day, count(*) AS n FROM {RANDOMISED_TABLE} GROUP BY ALL),
     ud AS (
-        SELECT d.d AS day, CASE WHEN g.f_day <= d.d THEN 'treatment' ELSE 'control' END AS variant,
+        SELECT d.d AS day, CASE WHEN g.f_day <= d.d THEN 'treatment' ELSE 'control' END AS arm,
                sum(g.n) AS users
-        FROM groups g JOIN days d ON d.d >= g.e
+        FROM g JOIN days d ON g.signup_day <= d.d
         GROUP BY ALL
     ),
     tk AS (
         SELECT {_day_expr(start, 't.created_at')} AS day,
-               CASE WHEN u.f_day <= {_day_expr(start, 't.created_at')} THEN 'treatment'
-                    ELSE 'control' END AS variant,
+               CASE WHEN r.f_day <= {_day_expr(start, 't.created_at')} THEN 'treatment'
+                    ELSE 'control' END AS arm,
                count(*) AS tickets
-        FROM support_tickets t JOIN {UNITS_TABLE} u ON u.user_id = t.user_id
-        WHERE t.created_at >= $t0 AND t.created_at < $hi
-          AND {_day_expr(start, 't.created_at')} >= greatest(u.e, $lo_day)
+        FROM support_tickets t JOIN {RANDOMISED_TABLE} r ON r.user_id = t.user_id
+        WHERE t.created_at >= $lo AND t.created_at < $hi
         GROUP BY ALL
     )
-    SELECT ud.day, ud.variant, ud.users, ud.users::DOUBLE AS user_days,
-           coalesce(tk.tickets, 0)::BIGINT AS tickets
-    FROM ud LEFT JOIN tk USING (day, variant)
-    ORDER BY ud.day, ud.variant
+    SELECT ud.day, ud.arm, ud.users::DOUBLE AS users, coalesce(tk.tickets, 0)::BIGINT AS tickets
+    FROM ud LEFT JOIN tk USING (day, arm)
+    ORDER BY ud.day, ud.arm
     """
-    last = (hi.date() - start).days - 1
-    return export.sql(q, {"t0": t0, "hi": hi, "lo_day": int(lo_day), "last": int(last)})
+    lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=int(lo_day))
+    hi = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=int(last_day) + 1)
+    return export.sql(q, {"lo_day": int(lo_day), "last": int(last_day), "lo": lo, "hi": hi})
 
 
-def ticket_users(export: Export, lo_day: int, last_day: int) -> dict[str, int]:
-    """Distinct randomised units that contributed user-days to each planned variant."""
+def preperiod_ticket_rate(export: Export, start: dt.date, first_day: int) -> dict[str, float]:
+    """Tickets and user-days of the randomised users on days ``[first_day, -1]`` (before anyone
+    randomised is enabled): the baseline rate that projects the ticket test's information."""
+    if first_day >= 0:
+        return {"tickets": 0.0, "user_days": 0.0}
     q = f"""
-    SELECT count(*) FILTER (WHERE f_day <= $last) AS users_t,
-           count(*) FILTER (WHERE f_day > greatest(e, $lo_day)) AS users_c
-    FROM {UNITS_TABLE} WHERE e <= $last
+    WITH days AS (SELECT unnest(range($first, 0)) AS d),
+    g AS (SELECT signup_day, count(*) AS n FROM {RANDOMISED_TABLE} GROUP BY ALL)
+    SELECT (SELECT coalesce(sum(g.n), 0) FROM g JOIN days ON g.signup_day <= days.d)::DOUBLE
+               AS user_days,
+           (SELECT count(*) FROM support_tickets t JOIN {RANDOMISED_TABLE} r
+                ON r.user_id = t.user_id
+            WHERE t.created_at >= $lo AND t.created_at < $hi)::DOUBLE AS tickets
     """
-    row = export.sql(q, {"lo_day": int(lo_day), "last": int(last_day)}).iloc[0]
-    return {"users_t": int(row["users_t"]), "users_c": int(row["users_c"])}
+    lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=int(first_day))
+    hi = dt.datetime.combine(start, dt.time())
+    row = export.sql(q, {"first": int(first_day), "lo": lo, "hi": hi}).iloc[0]
+    return {"tickets": float(row["tickets"]), "user_days": float(row["user_days"])}
 
 
 def latency_summary(export: Export, lo: dt.datetime, hi: dt.datetime, q: float,
@@ -380,7 +488,7 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
     q = f"""
     WITH pop AS (
         SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
-        FROM {UNITS_TABLE} WHERE e <= $day
+        FROM {RANDOMISED_TABLE}
     ),
     api AS (
         SELECT user_id, avg(duration_ms) AS duration_ms,
@@ -414,7 +522,7 @@ def canary_population(export: Export, lo: dt.datetime, hi: dt.datetime, day: int
     q = f"""
     WITH pop AS (
         SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
-        FROM {UNITS_TABLE} WHERE e <= $day
+        FROM {RANDOMISED_TABLE}
     ),
     active AS (
         SELECT DISTINCT user_id FROM api_logs

@@ -212,6 +212,78 @@ def daily_api(export: Export, start: dt.datetime, end: dt.datetime, *,
                                    "timeout": float(ranking_timeout_ms)}))
 
 
+def api_window(export: Export, start: dt.datetime, end: dt.datetime, *, q: float = 0.95
+               ) -> dict[str, Any]:
+    """Clustered sums of ``/api/whispers/context`` over ``[start, end)`` for the threshold
+    criteria judged over a window (error rate, fallback rate, mean duration, the q-quantile).
+
+    Clusters are UTC minutes (requests of one minute share the load). Per metric ``<m>``:
+    ``<m>_n`` clusters, ``<m>_num``, ``<m>_den``, ``<m>_num2``, ``<m>_den2``, ``<m>_numden``
+    (sums over clusters of the per-cluster numerator, denominator, their squares and product):
+    ``errors`` (status >= 400 / requests), ``fallbacks`` (weight_source 'fallback' / requests
+    with a weight source), ``duration`` (sum of duration_ms / requests). For the quantile:
+    ``quantile`` (continuous) and the Woodruff pieces: per-minute and per-user clustered sums of
+    ``#{duration <= quantile}`` over requests (``qm_*`` and ``qu_*``, same suffixes; requests
+    without a user form one cluster each). Also ``requests`` and ``users``."""
+    query = """
+    WITH r AS (
+        SELECT date_trunc('minute', "timestamp") AS minute, user_id, status, duration_ms,
+               weight_source, row_number() OVER () AS rid
+        FROM api_logs
+        WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+    ),
+    qv AS (SELECT quantile_cont(duration_ms, $q) AS quantile FROM r),
+    pm AS (
+        SELECT minute, count(*)::DOUBLE AS n,
+               count(*) FILTER (WHERE status >= 400)::DOUBLE AS err,
+               count(weight_source)::DOUBLE AS wreq,
+               count(*) FILTER (WHERE weight_source = 'fallback')::DOUBLE AS fb,
+               sum(duration_ms) AS dur,
+               count(*) FILTER (WHERE duration_ms <= (SELECT quantile FROM qv))::DOUBLE AS below
+        FROM r GROUP BY minute
+    ),
+    pu AS (
+        SELECT count(*)::DOUBLE AS n,
+               count(*) FILTER (WHERE duration_ms <= (SELECT quantile FROM qv))::DOUBLE AS below
+        FROM r GROUP BY coalesce(user_id, 'request:' || CAST(rid AS VARCHAR))
+    )
+    SELECT (SELECT count(*) FROM r) AS requests,
+           (SELECT count(DISTINCT user_id) FROM r) AS users,
+           (SELECT quantile FROM qv) AS quantile,
+           count(*) AS errors_n, sum(err) AS errors_num, sum(n) AS errors_den,
+           sum(err * err) AS errors_num2, sum(n * n) AS errors_den2, sum(err * n) AS errors_numden,
+           count(*) FILTER (WHERE wreq > 0) AS fallbacks_n, sum(fb) AS fallbacks_num,
+           sum(wreq) AS fallbacks_den, sum(fb * fb) AS fallbacks_num2,
+           sum(wreq * wreq) AS fallbacks_den2, sum(fb * wreq) AS fallbacks_numden,
+           count(*) AS duration_n, sum(dur) AS duration_num, sum(n) AS duration_den,
+           sum(dur * dur) AS duration_num2, sum(n * n) AS duration_den2,
+           sum(dur * n) AS duration_numden,
+           count(*) AS qm_n, sum(below) AS qm_num, sum(n) AS qm_den, sum(below * below) AS qm_num2,
+           sum(n * n) AS qm_den2, sum(below * n) AS qm_numden,
+           (SELECT count(*) FROM pu) AS qu_n, (SELECT sum(below) FROM pu) AS qu_num,
+           (SELECT sum(n) FROM pu) AS qu_den, (SELECT sum(below * below) FROM pu) AS qu_num2,
+           (SELECT sum(n * n) FROM pu) AS qu_den2, (SELECT sum(below * n) FROM pu) AS qu_numden
+    FROM pm
+    """
+    return _row(export.sql(query, {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end,
+                                   "q": float(q)}))
+
+
+def api_quantiles(export: Export, start: dt.datetime, end: dt.datetime,
+                  probabilities: list[float]) -> list[float | None]:
+    """Continuous quantiles of the endpoint's durations at ``probabilities`` (Woodruff ends)."""
+    if not probabilities:
+        return []
+    probs = [min(max(float(p), 0.0), 1.0) for p in probabilities]
+    row = export.sql(
+        """SELECT quantile_cont(duration_ms, $p) AS v FROM api_logs
+           WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi""",
+        {"endpoint": WHISPERS_ENDPOINT, "lo": start, "hi": end, "p": probs}).iloc[0]["v"]
+    if row is None or (not isinstance(row, (list, tuple, np.ndarray)) and pd.isna(row)):
+        return [None] * len(probs)
+    return [None if v is None or pd.isna(v) else float(v) for v in list(row)]
+
+
 def weight_persistence(export: Export, start: dt.datetime, end: dt.datetime) -> dict[str, Any]:
     """Weights seen per user across devices over ``[start, end)``.
 

@@ -4,38 +4,43 @@
 through the end of rollout day N (``plan.day_start(N + 1)`` exclusive); nothing later is read.
 SQL lives in :mod:`whispers_lab.queries.experiment`; everything here is arithmetic on the small
 frames it returns. No statistic raises on thin data: it returns ``no_data`` / ``inconclusive``
-with a sentence, and a missing number is never a pass.
+with a sentence and a reason code, and a missing number is never a pass.
+
+The schedule (which buckets are enabled on which day, and the final look) comes from the plan's
+calendar unless the caller passes the rollout's actual state (:class:`.design.Schedule`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .. import cohort
 from ..export import Export
 from ..plan import Plan
 from ..queries import experiment as q
 from ..results import StatResult
+from . import design as dz
 from . import power as pw
 from .canary import canary_metric
-from .rates import (
-    order_statistic_ranks,
-    proportion_vs_threshold,
-    quantile_vs_threshold,
-    ratio_vs_threshold,
-    ticket_rate_ratio,
+from .rates import proportion_vs_threshold, ratio_vs_threshold
+from .retention import (
+    RetentionAnalysis,
+    StagedData,
+    analyse_retention,
+    baseline_rate,
+    daily_accrual,
 )
-from .retention import analyse_retention, daily_accrual, empty_cells
 from .settings import StatSettings
 from .srm import srm_test
 from .sufficient import RatioStat, ratio_from_row
 from .survival import survival_comparison
+from .tickets import schedule_user_days, ticket_result
 
 #: Shared metrics of the canary comparison: (metric id, column, harmful direction, label).
 CANARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
@@ -54,10 +59,10 @@ class ExperimentResults:
     settings: StatSettings
     srm: StatResult
     retention: StatResult
+    retention_unadjusted: StatResult
     retention_relative: StatResult
     retention_by_k: dict[int, StatResult]
     retention_history: pd.DataFrame
-    cuped: StatResult
     survival: StatResult
     survival_curves: pd.DataFrame
     ctr: StatResult
@@ -65,21 +70,24 @@ class ExperimentResults:
     feedback_score: StatResult
     relevance: StatResult
     support_tickets: StatResult
-    p95_response_ms: StatResult
+    ticket_history: pd.DataFrame
     canary: list[StatResult]
     power: pd.DataFrame
+    design: dict[str, Any] = field(default_factory=dict)
     population: dict[str, Any] = field(default_factory=dict)
 
     def all_results(self) -> list[StatResult]:
-        out = [self.srm, self.retention, self.retention_relative]
+        out = [self.srm, self.retention, self.retention_unadjusted, self.retention_relative]
         out += [r for k, r in sorted(self.retention_by_k.items()) if r is not self.retention]
-        out += [self.cuped, self.survival, self.ctr, self.ctr_requests, self.feedback_score,
-                self.relevance, self.support_tickets, self.p95_response_ms, *self.canary]
+        out += [self.survival, self.ctr, self.ctr_requests, self.feedback_score,
+                self.relevance, self.support_tickets, *self.canary]
         return out
 
     def summary(self) -> pd.DataFrame:
-        """One row per result: metric, status, estimate, ci_low, ci_high, p_value, n, sentence."""
-        return pd.DataFrame([{"metric": r.metric, "status": r.status, "estimate": r.estimate,
+        """One row per result: metric, status, code, estimate, ci_low, ci_high, p_value, n,
+        threshold, sentence."""
+        return pd.DataFrame([{"metric": r.metric, "status": r.status,
+                              "code": r.details.get("code"), "estimate": r.estimate,
                               "ci_low": r.ci_low, "ci_high": r.ci_high, "p_value": r.p_value,
                               "n": r.n, "threshold": r.threshold, "sentence": r.sentence}
                              for r in self.all_results()])
@@ -88,12 +96,13 @@ class ExperimentResults:
         return {"day": self.day, "phase": self.phase_id,
                 "results": [r.to_dict() for r in self.all_results()],
                 "power": self.power.replace({np.inf: None}).to_dict(orient="records"),
-                "population": self.population}
+                "design": self.design, "population": self.population}
 
 
-def _first_look(plan: Plan) -> int | None:
-    stages = plan.percentage_stages()
-    return stages[0][0] if stages else None
+def plan_schedule(plan: Plan) -> dz.Schedule:
+    """The plan's calendar as a schedule: stage days of the percentage phases, final look on
+    the plan's last day (the schedule if every day is GO)."""
+    return dz.Schedule(tuple(d for d, _ in plan.percentage_stages()), plan.last_day)
 
 
 def _ratio(frame: pd.DataFrame, metric: str) -> RatioStat:
@@ -104,20 +113,46 @@ def _ratio(frame: pd.DataFrame, metric: str) -> RatioStat:
 
 
 def _phase_text(plan: Plan, day: int) -> str:
-    ph = plan.phase_for_day(day)
-    return f" ({ph.name})"
+    return f" ({plan.phase_for_day(day).name})"
+
+
+def base_day(plan: Plan, settings: StatSettings, schedule: dz.Schedule) -> int:
+    """First day of the activity masks: the pre-period start, or earlier when a covariate
+    window needs it."""
+    first_stage = min(schedule.stages) if schedule.stages else 0
+    return min(-settings.preperiod_days, first_stage - settings.covariate_days)
+
+
+def staged_data(export: Export, plan: Plan, settings: StatSettings, schedule: dz.Schedule,
+                obs_day: int, hi: Any) -> StagedData:
+    """Materialise the randomised users and stage units and aggregate them (SQL)."""
+    b = base_day(plan, settings, schedule)
+    n_users = q.materialize_randomised(export, plan.start_date, hi, b)
+    ks = sorted(set(settings.k_days) | {settings.primary_k})
+    q.materialize_stage_units(export, schedule.stages, b, settings.covariate_days, ks, obs_day)
+    cells = q.stage_cells(export, ks, obs_day)
+    pairs = q.stage_pairs(export, ks, obs_day)
+    lags = q.preperiod_lags(export, b, ks)
+    max_lag = max(schedule.final_day - (min(schedule.stages) if schedule.stages else 0), 1) + 1
+    profile = dz.arrival_profile(lags, n_users, max_lag)
+    shares = dz.ArmShares.from_counts(q.enabled_day_counts(export))
+    baseline = {k: baseline_rate(lags, k) for k in ks}
+    return StagedData(cells, pairs, schedule, profile, shares, n_users,
+                      {k: v for k, v in baseline.items() if v is not None})
 
 
 def experiment_results(export: Export, day: int, plan: Plan,
-                       settings: StatSettings | None = None) -> ExperimentResults:
+                       settings: StatSettings | None = None,
+                       schedule: dz.Schedule | None = None) -> ExperimentResults:
     """Every treatment-vs-control statistic for rollout ``day`` (see module doc)."""
     s = settings or StatSettings.from_plan(plan)
+    sched = schedule or plan_schedule(plan)
     phase = plan.phase_for_day(day)
-    start: dt.date = plan.start_date
-    t0, lo, hi = plan.day_start(0), plan.day_start(day), plan.day_start(day + 1)
-    first_look = _first_look(plan)
+    start = plan.start_date
+    t0, hi = plan.day_start(0), plan.day_start(day + 1)
+    first_look = min(sched.stages) if sched.stages else None
 
-    # -- cohort: reasons and switch days of every user --------------------------------------
+    # -- cohort: reasons and enabling days of every user ---------------------------------------
     users = q.users_for_assignment(export)
     assigned = cohort.assign(users, day, plan)
     q.register_cohort(export, assigned)
@@ -129,58 +164,67 @@ def experiment_results(export: Export, day: int, plan: Plan,
     obs_day = day if data_end is None else min(day, plan.day_of(pd.Timestamp(data_end)))
     obs_note = (f" The export's events end on day {obs_day}, so retention windows are judged "
                 f"as of day {obs_day}." if obs_day < day else "")
-    q.materialize_units(export, start, t0, hi, s.preperiod_days)
+    data = staged_data(export, plan, s, sched, obs_day, hi)
     population: dict[str, Any] = {"day": day, "phase": phase.id, "beta_users": beta_users,
-                                  "observed_through_day": obs_day, **quality}
+                                  "observed_through_day": obs_day,
+                                  "randomised_known": data.n_users, **quality}
 
     # -- SRM ---------------------------------------------------------------------------------
-    counts = q.srm_counts(export)
+    counts = q.srm_counts(export, start, t0, hi)
     counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
     counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share
                          for d in counts["day"]]
     srm = srm_test(counts, s, day)
     srm_flag = srm.status == "fail"
 
-    # -- retention (every k), CUPED, history --------------------------------------------------
-    ks = sorted(set(s.k_days) | {s.primary_k})
-    cells_all = q.retention_cells(export, ks, obs_day)
-    by_k: dict[int, Any] = {}
-    for k in ks:
-        cells = cells_all.loc[cells_all["k"] == k].drop(columns="k")
-        if cells.empty:
-            cells = empty_cells()
-        by_k[k] = analyse_retention(cells, k, obs_day, first_look, s, srm_flag=srm_flag,
-                                    srm_sentence=srm.sentence, phase_text=_phase_text(plan, day),
-                                    beta_users=beta_users, look_offset=max(k - s.primary_k, 0))
+    # -- retention (every k) -------------------------------------------------------------------
+    by_k: dict[int, RetentionAnalysis] = {}
+    for k in sorted(set(s.k_days) | {s.primary_k}):
+        by_k[k] = analyse_retention(data, k, obs_day, s, primary=k == s.primary_k,
+                                    srm_flag=srm_flag, srm_sentence=srm.sentence,
+                                    phase_text=_phase_text(plan, day), beta_users=beta_users)
     if obs_note:
         for a in by_k.values():
-            for name in ("absolute", "relative", "cuped"):
+            for name in ("result", "unadjusted", "relative"):
                 object.__setattr__(a, name, _with_note(getattr(a, name), obs_note,
                                                        {"observed_through_day": obs_day}))
     primary = by_k[s.primary_k]
+    for cohort_stage in data.cells["s"].unique() if len(data.cells) else []:
+        population.setdefault("stage_units", {})[int(cohort_stage)] = int(
+            data.cells.loc[(data.cells["s"] == cohort_stage)
+                           & (data.cells["k"] == s.primary_k), "n"].sum())
 
-    # -- survival -----------------------------------------------------------------------------
-    surv = survival_comparison(q.survival_cells(export, obs_day), s, obs_day)
+    # -- survival (exploratory) ------------------------------------------------------------------
+    surv = survival_comparison(q.stage_survival_cells(export, obs_day), s, obs_day)
 
-    # -- CTR (the day), feedback (since day 0) -----------------------------------------------
-    ratios = q.ratio_units(export, lo, hi)
+    # -- CTR, feedback, relevance over their windows ------------------------------------------
+    ctr_from = plan.window_start("ctr", day)
+    ratios = q.ratio_units(export, plan.day_start(ctr_from), hi)
     ctr_thr = plan.threshold("ctr", day)
+    win_txt = (f" (days {ctr_from}-{day})" if ctr_from != day else f" (day {day})")
     ctr = ratio_vs_threshold("ctr", _ratio(ratios, "ctr"), ctr_thr, "min", s,
-                             "Whispers click-through rate (clicks per impression)")
+                             f"Whispers click-through rate{win_txt}",
+                             tolerance=plan.tolerance["ctr"])
     ctr_req = ratio_vs_threshold("ctr_requests", _ratio(ratios, "ctr_requests"), ctr_thr, "min",
-                                 s, "Share of whispers requests with at least one click")
-    fb = q.feedback_units(export, t0, hi)
+                                 s, f"Share of whispers requests with a click{win_txt}",
+                                 tolerance=plan.tolerance["ctr"])
+    fb_from = plan.window_start("feedback_score", day)
+    rel_from = plan.window_start("relevance", day)
+    fb = q.feedback_units(export, plan.day_start(fb_from), hi)
+    fb_rel = fb if rel_from == fb_from else q.feedback_units(export, plan.day_start(rel_from), hi)
     has_feedback = export.has("feedback")
     feedback = ratio_vs_threshold("feedback_score", _ratio(fb, "feedback_score"),
                                   plan.threshold("feedback_score", day), "min", s,
-                                  "Mean feedback rating (since day 0)", fmt="{:.2f}")
-    relevance = proportion_vs_threshold("relevance", _ratio(fb, "relevance"),
+                                  f"Mean feedback rating (days {fb_from}-{day})", fmt="{:.2f}",
+                                  tolerance=plan.tolerance["feedback_score"])
+    relevance = proportion_vs_threshold("relevance", _ratio(fb_rel, "relevance"),
                                         plan.threshold("relevance", day), s,
-                                        "Share of feedback rating whispers relevant (since day 0)")
+                                        f"Share of feedback rating whispers relevant (days "
+                                        f"{rel_from}-{day})",
+                                        tolerance=plan.tolerance["relevance"])
     if not has_feedback:
         feedback = _missing_table(feedback, "feedback")
         relevance = _missing_table(relevance, "feedback")
-
     if phase.audience == "beta":
         note = (f" Beta phase: these are the {beta_users} selected beta user(s), chosen for "
                 f"engagement; they do not represent all users.")
@@ -188,26 +232,24 @@ def experiment_results(export: Export, day: int, plan: Plan,
                                              (ctr, ctr_req, feedback, relevance))
 
     # -- support tickets ------------------------------------------------------------------------
-    tickets = _tickets(export, plan, s, day, start, t0, hi, first_look)
-
-    # -- p95 latency of the whispers endpoint (the day) ------------------------------------------
-    p95 = _p95(export, plan, s, day, lo, hi)
+    tickets, ticket_hist = _tickets(export, plan, s, day, sched, first_look)
 
     # -- canary ----------------------------------------------------------------------------------
-    canary = _canary(export, s, day, lo, hi, first_look)
+    canary = _canary(export, s, day, plan.day_start(day), hi, first_look)
 
-    # -- power -----------------------------------------------------------------------------------
-    power = _power(s, day, phase.audience, beta_users, primary, by_k, ctr, feedback, relevance,
-                   tickets, canary)
+    # -- design and power -----------------------------------------------------------------------
+    design = design_summary(plan, s, sched, data, primary, day)
+    power = _power(s, day, phase.audience, beta_users, primary, data, sched, ctr, feedback,
+                   relevance, tickets, canary, plan)
 
     return ExperimentResults(
-        day=day, phase_id=phase.id, settings=s, srm=srm, retention=primary.absolute,
-        retention_relative=primary.relative,
-        retention_by_k={k: a.absolute for k, a in by_k.items()},
-        retention_history=primary.history, cuped=primary.cuped, survival=surv.test,
+        day=day, phase_id=phase.id, settings=s, srm=srm, retention=primary.result,
+        retention_unadjusted=primary.unadjusted, retention_relative=primary.relative,
+        retention_by_k={k: a.result for k, a in by_k.items()},
+        retention_history=primary.history, survival=surv.test,
         survival_curves=surv.curves, ctr=ctr, ctr_requests=ctr_req, feedback_score=feedback,
-        relevance=relevance, support_tickets=tickets, p95_response_ms=p95, canary=canary,
-        power=power, population=population,
+        relevance=relevance, support_tickets=tickets, ticket_history=ticket_hist, canary=canary,
+        power=power, design=design, population=population,
     )
 
 
@@ -218,63 +260,34 @@ def _with_note(r: StatResult, note: str, extra: dict[str, Any]) -> StatResult:
 
 def _missing_table(r: StatResult, table: str) -> StatResult:
     return StatResult(r.metric, None, None, None, None, 0, r.method, "no_data",
-                      f"The export has no {table} table.", r.threshold, r.details)
+                      f"The export has no {table} table.", r.threshold,
+                      r.details | {"code": "no_data"})
 
 
-def _tickets(export: Export, plan: Plan, s: StatSettings, day: int, start: dt.date,
-             t0: dt.datetime, hi: dt.datetime, first_look: int | None) -> StatResult:
+def _tickets(export: Export, plan: Plan, s: StatSettings, day: int, sched: dz.Schedule,
+             first_look: int | None) -> tuple[StatResult, pd.DataFrame]:
     thr = plan.threshold("support_ticket_rate_ratio", day)
     if first_look is None or day < first_look:
         return StatResult("support_tickets", None, None, None, None, 0,
                           "Poisson rate ratio per user-day", "no_data",
                           f"Day {day}: no randomised treatment arm yet (beta users were "
                           f"selected, not randomised), so ticket rates cannot be compared.",
-                          thr, {"first_look_day": first_look})
-    tc = q.ticket_counts(export, start, t0, hi, first_look)
-    users = q.ticket_users(export, first_look, day)
-    agg = tc.groupby("variant")[["user_days", "tickets"]].sum()
-
-    def get(v: str, c: str) -> float:
-        return float(agg.loc[v, c]) if v in agg.index else 0.0
-
-    res = ticket_rate_ratio(int(get("treatment", "tickets")), get("treatment", "user_days"),
-                            int(get("control", "tickets")), get("control", "user_days"), thr, s,
-                            users["users_t"], users["users_c"],
-                            has_table=export.has("support_tickets"))
-    # sensitivity: Mantel-Haenszel rate ratio stratified by calendar day
-    wide = tc.pivot_table(index="day", columns="variant", values=["user_days", "tickets"],
-                          aggfunc="sum", fill_value=0)
-    if ("user_days", "treatment") in wide and ("user_days", "control") in wide:
-        tt, ct = wide[("user_days", "treatment")], wide[("user_days", "control")]
-        a, b = wide[("tickets", "treatment")], wide[("tickets", "control")]
-        tot = tt + ct
-        num, den = float((a * ct / tot).sum()), float((b * tt / tot).sum())
-        res.details["rate_ratio_mh_by_day"] = num / den if den > 0 else None
-    return res
+                          thr, {"first_look_day": first_look, "code": "no_data"}), pd.DataFrame()
+    days = q.ticket_days(export, plan.start_date, first_look, day)
+    pre = q.preperiod_ticket_rate(export, plan.start_date, -s.preperiod_days)
+    rate = pre["tickets"] / pre["user_days"] if pre["user_days"] > 0 else 0.0
+    future = schedule_user_days(q.enabled_day_counts(export), first_look, sched.final_day)
+    return ticket_result(days, first_look, day, sched.final_day, future, rate, thr, s,
+                         has_table=export.has("support_tickets"))
 
 
-def _p95(export: Export, plan: Plan, s: StatSettings, day: int, lo: dt.datetime,
-         hi: dt.datetime) -> StatResult:
-    thr = plan.threshold("p95_response_ms", day)
-    summ = q.latency_summary(export, lo, hi, 0.95, thr)
-    n = summ["n"]
-    low = high = None
-    if n > 0:
-        r_lo, r_hi = order_statistic_ranks(n, 0.95, s.alpha)
-        vals = q.latency_order_statistics(export, lo, hi, [r_lo, r_hi])
-        low = vals.get(r_lo) if r_lo >= 1 else None
-        high = vals.get(r_hi) if r_hi <= n else None
-    return quantile_vs_threshold("p95_response_ms", n, summ["estimate"], low, high,
-                                 summ["n_below"], 0.95, thr, s,
-                                 "p95 latency of /api/whispers/context")
-
-
-def _canary(export: Export, s: StatSettings, day: int, lo: dt.datetime, hi: dt.datetime,
+def _canary(export: Export, s: StatSettings, day: int, lo: Any, hi: Any,
             first_look: int | None) -> list[StatResult]:
     if first_look is None or day < first_look:
         return [StatResult(m, None, None, None, None, 0, "Mann-Whitney U / Hodges-Lehmann",
                            "no_data", f"{label}: no randomised treated users on day {day} "
-                           f"(beta users are selected, not randomised).", None, {"day": day})
+                           f"(beta users are selected, not randomised).", None,
+                           {"day": day, "code": "no_data"})
                 for m, _, _, label in CANARY_METRICS]
     units = q.canary_units(export, lo, hi, day, s.canary_max_units, s.seed)
     popn = q.canary_population(export, lo, hi, day)
@@ -286,52 +299,166 @@ def _canary(export: Export, s: StatSettings, day: int, lo: dt.datetime, hi: dt.d
     return out
 
 
-def _power(s: StatSettings, day: int, audience: str, beta_users: int, primary: Any,
-           by_k: dict[int, Any], ctr: StatResult, feedback: StatResult, relevance: StatResult,
-           tickets: StatResult, canary: list[StatResult]) -> pd.DataFrame:
+# ---------------------------------------------------------------------------------------
+# design and power
+
+
+def design_summary(plan: Plan, s: StatSettings, sched: dz.Schedule, data: StagedData,
+                   primary: RetentionAnalysis, day: int) -> dict[str, Any]:
+    """What the design promises: the power to pass retention by the first day the plan
+    requires it, for the plan's expected size and for the traffic observed so far."""
+    req = plan.required_from("retention")
+    margin = float(primary.result.threshold) * -1 if primary.result.threshold is not None \
+        else s.margin
+    out: dict[str, Any] = {"required_from": req, "final_day": sched.final_day,
+                           "stages": list(sched.stages), "margin": margin,
+                           "spending": s.sequential, "spending_param": s.sequential_param,
+                           "harm_spending": s.harm_sequential, "harm_alpha": s.harm_alpha,
+                           "deterioration_alpha": s.deterioration_alpha}
+    if req is None or not sched.stages:
+        return out
+    d = plan.design
+    exp_shares = dz.ArmShares.from_counts(_plan_enabled_counts(plan, sched))
+    exp_profile = dz.assumed_profile(d.daily_active_share, sched.final_day + 1)
+    var = d.d1_return_rate * (1 - d.d1_return_rate)
+    out["expected"] = design_power(sched, s.primary_k, exp_profile, exp_shares,
+                                   d.expected_users, var, margin, s, req)
+    out["expected"]["users"] = d.expected_users
+    hist = primary.history
+    if data.n_users > 0 and len(hist) and hist["information"].gt(0).any():
+        last = hist.loc[hist["information"] > 0].iloc[-1]
+        obs_var = float(last["se"]) ** 2 * float(last["weight"]) if last["weight"] > 0 else var
+        out["observed"] = design_power(sched, s.primary_k, data.profile, data.shares,
+                                       data.n_users, obs_var, margin, s, req)
+        out["observed"]["users"] = data.n_users
+    return out
+
+
+def _plan_enabled_counts(plan: Plan, sched: dz.Schedule) -> pd.DataFrame:
+    """Expected shares of the randomised users per enabling day, from the plan's buckets."""
+    a = plan.assignment
+    open_buckets = a.buckets - a.holdout_buckets
+    thresholds = [cohort.stage_threshold(p, plan) for _, p in plan.percentage_stages()]
+    prev = 0
+    rows = []
+    for s_day, thr in zip(sched.stages, thresholds, strict=False):
+        rows.append((float(s_day), max(thr - prev, 0)))
+        prev = max(prev, thr)
+    rows.append((math.inf, open_buckets - prev + a.holdout_buckets))
+    return pd.DataFrame(rows, columns=["f_day", "n"])
+
+
+def design_power(sched: dz.Schedule, k: int, profile: np.ndarray, shares: dz.ArmShares,
+                 n_users: float, outcome_var: float, margin: float, s: StatSettings,
+                 by_day: int) -> dict[str, Any]:
+    """Chance that a rollout with no effect passes non-inferiority by ``by_day`` (and by the
+    final day), from the expected information at every look of the schedule."""
+    days = list(range(min(sched.stages) + k, sched.final_day + 1))
+    w = []
+    for d in days:
+        w.append(sum(dz.expected_weight(st, a, k, profile, shares, n_users)
+                     for st, a in dz.strata_through(sched, k, d)))
+    w_arr = np.asarray(w, dtype=float)
+    keep = w_arr > 0
+    if not keep.any() or not outcome_var > 0:
+        return {"power_by_day": None, "power_final": None, "information": []}
+    days_k = [d for d, ok in zip(days, keep, strict=True) if ok]
+    info = w_arr[keep] / outcome_var
+    frac = w_arr[keep] / w_arr[keep][-1]
+    b = dz.sequential.boundaries(info, frac, s.alpha, s.sequential, s.sequential_param)
+    cum = dz.crossing_probability(b, info, margin)
+    by = [c for d, c in zip(days_k, cum, strict=True) if d <= by_day]
+    return {"power_by_day": float(by[-1]) if by else 0.0, "power_final": float(cum[-1]),
+            "by_day": by_day, "days": days_k, "boundaries": [float(x) for x in b],
+            "cumulative_power": [float(x) for x in cum],
+            "se_by_day": [float(math.sqrt(1 / i)) for i in info]}
+
+
+def _power(s: StatSettings, day: int, audience: str, beta_users: int,
+           primary: RetentionAnalysis, data: StagedData, sched: dz.Schedule, ctr: StatResult,
+           feedback: StatResult, relevance: StatResult, tickets: StatResult,
+           canary: list[StatResult], plan: Plan) -> pd.DataFrame:
     rows: list[pw.PowerRow] = []
     beta_note = (f"Day {day} is in the beta phase: {beta_users} selected user(s), no randomised "
                  f"control; this comparison cannot be judged." if audience == "beta" else "")
-    for k, a in sorted(by_k.items()):
-        d = a.absolute.details
-        se = d.get("se")
-        hist = a.history
-        info = float(hist["information"].iloc[-1]) if len(hist) else 0.0
-        m = pw.mde(se, s.alpha, s.power) if se else math.inf
-        note = beta_note or (a.absolute.sentence if a.absolute.status == "no_data" else
-                             f"smallest drop excludable with {s.power:.0%} power: "
-                             f"{100 * m:.2f} pp vs margin {100 * s.margin:.1f} pp")
-        rows.append(pw.PowerRow(f"retention_d{k}", "difference", a.absolute.n,
-                                se, m, s.margin, info, daily_accrual(hist), note))
-    for r, scale in ((ctr, "share"), (feedback, "rating"), (relevance, "share")):
-        se = r.details.get("se")
-        if se is None and r.ci_low is not None and r.ci_high is not None:
-            se = (r.ci_high - r.ci_low) / (2 * 1.6448536269514722)
-        m = pw.mde(se, s.alpha, s.power) if se else math.inf
-        target = (abs(r.estimate - r.threshold) if r.estimate is not None and
-                  r.threshold is not None else None)
-        note = (f"{r.n} user(s): distances from the {r.threshold} target smaller than "
-                f"{m:.3g} cannot be resolved" if math.isfinite(m) else
-                f"{r.n} user(s): cannot be judged")
-        if audience == "beta" and r.metric in ("feedback_score", "relevance"):
-            note = (f"Beta: only {r.n} user(s) answered; " + note)
-        per_day = None if r.metric == "ctr" else (r.n / max(day + 1, 1))
-        rows.append(pw.PowerRow(r.metric, scale, r.n, se, m,
-                                target if target else None, float(r.n), per_day, note))
+    z_g = float(stats.norm.ppf(s.guardrail_power))
+    # retention: MDE of the harm test; days until the pass boundary is within reach
+    r = primary.result
+    hist = primary.history
+    se = r.details.get("se") if r.details else None
+    margin = -float(r.threshold) if r.threshold is not None else s.margin
+    b_h = r.details.get("harm_boundary") if r.details else None
+    b_h = float(b_h) if b_h is not None and math.isfinite(float(b_h)) else float(
+        stats.norm.isf(s.harm_alpha))
+    if se and math.isfinite(se) and se > 0:
+        m_harm = (b_h + float(stats.norm.ppf(s.power))) * se
+        note = beta_note or (f"a drop of {100 * m_harm:.2f} pp would be shown with "
+                             f"{s.power:.0%} power today; the pass needs the lower bound above "
+                             f"-{100 * margin:.2f} pp")
+        if r.status != "pass":
+            note += "; " + _retention_days_needed(data, sched, primary, margin, s, day)
+        rows.append(pw.PowerRow(r.metric, "difference", r.n, se, m_harm, margin,
+                                float(hist["information"].iloc[-1]) if len(hist) else 0.0,
+                                daily_accrual(hist), note))
+    else:
+        rows.append(pw.PowerRow(r.metric, "difference", r.n, None, math.inf, margin, 0.0, None,
+                                beta_note or r.sentence))
+    for res, scale in ((ctr, "share"), (feedback, "rating"), (relevance, "share")):
+        se_r = res.details.get("se")
+        if se_r is None and res.ci_low is not None and res.ci_high is not None:
+            se_r = (res.ci_high - res.ci_low) / (2 * float(stats.norm.isf(s.alpha)))
+        m = (float(stats.norm.isf(s.alpha)) + z_g) * se_r if se_r else math.inf
+        tol = plan.tolerance.get(res.metric, 0.0)
+        gap = (abs(res.estimate - (res.threshold - tol)) if res.estimate is not None and
+               res.threshold is not None else None)
+        note = (f"{res.n} user(s): distances from the {res.threshold} target smaller than "
+                f"{m:.3g} cannot be resolved with {s.guardrail_power:.0%} power"
+                if math.isfinite(m) else f"{res.n} user(s): cannot be judged")
+        if audience == "beta" and res.metric in ("feedback_score", "relevance"):
+            note = f"Beta: only {res.n} user(s) answered; " + note
+        rows.append(pw.PowerRow(res.metric, scale, res.n, se_r, m, gap if gap else None,
+                                float(res.n), None, note))
     mde_rr = tickets.details.get("mde_rate_ratio")
     rows.append(pw.PowerRow(
         "support_tickets", "rate ratio", tickets.n, None,
         mde_rr if mde_rr is not None else math.inf, s.max_informative_rate_ratio,
-        float(tickets.n), None,
-        beta_note or (f"detectable increase: {mde_rr:.2f}x" if mde_rr and math.isfinite(mde_rr)
-                      else tickets.sentence)))
-    for r in canary:
-        d = r.details
-        se = None
-        if r.ci_low and r.ci_high and r.estimate:
-            se = (math.log(r.ci_high) - math.log(r.ci_low)) / (2 * 1.6448536269514722)
-        m = math.exp(pw.mde(se, s.alpha, s.power)) if se else math.inf
+        float(tickets.details.get("information") or 0.0), None,
+        beta_note or (f"detectable increase with {s.power:.0%} power: {mde_rr:.2f}x"
+                      if mde_rr and math.isfinite(mde_rr) else tickets.sentence)))
+    for c in canary:
+        d = c.details
+        se_c = None
+        if c.ci_low and c.ci_high and c.estimate:
+            se_c = (math.log(c.ci_high) - math.log(c.ci_low)) / (2 * float(stats.norm.isf(s.alpha)))
+        m = math.exp(pw.mde(se_c, s.alpha, s.power)) if se_c else math.inf
         band = s.canary_band[1] if d.get("harm") == "increase" else 1 / s.canary_band[0]
-        rows.append(pw.PowerRow(r.metric, "ratio", r.n, se, m, band, float(r.n), None,
+        rows.append(pw.PowerRow(c.metric, "ratio", c.n, se_c, m, band, float(c.n), None,
                                 beta_note or f"detectable ratio {m:.3f} vs band {band:.2f}"))
     return pw.power_table(rows)
+
+
+def _retention_days_needed(data: StagedData, sched: dz.Schedule, primary: RetentionAnalysis,
+                           margin: float, s: StatSettings, day: int) -> str:
+    """How long until a rollout with no effect would pass with the guardrail power, at the
+    traffic and schedule observed so far (the projected information by day)."""
+    hist = primary.history.loc[primary.history["information"] > 0]
+    if hist.empty:
+        return "no information yet"
+    last = hist.iloc[-1]
+    var = float(last["se"]) ** 2 * float(last["weight"])
+    b = float(last["boundary"]) if math.isfinite(float(last["boundary"])) else float(
+        stats.norm.isf(s.alpha))
+    need_info = dz.information_for_power(b, margin, s.guardrail_power)
+    k = int(last["k"])
+    est = primary.history
+    obs = est.iloc[-1]
+    w_now = float(obs["weight"])
+    for d in range(day + 1, sched.final_day + 1):
+        w_d = w_now + sum(dz.expected_weight(st, a, k, data.profile, data.shares, data.n_users)
+                          for st, a in dz.strata_through(sched, k, d) if a > day - k)
+        if w_d / var >= need_info:
+            return f"about {d - day} more day(s) at this traffic (by day {d})"
+    w_final = float(obs["weight_max"]) if math.isfinite(float(obs["weight_max"])) else w_now
+    factor = need_info * var / w_final if w_final > 0 else math.inf
+    return (f"not reachable by the final day {sched.final_day} at this traffic: about "
+            f"{factor:.1f}x the users would be needed")

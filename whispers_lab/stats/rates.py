@@ -1,10 +1,15 @@
 """Plan metrics judged against a threshold: CTR, feedback, relevance, tickets, p95 latency.
 
-Rule shared by all: the interval is the two-sided ``1 - 2 alpha`` interval. A metric that must
-stay above its threshold ("min") passes when the interval's lower end is above it and fails when
-its upper end is below it; a metric that must stay below ("max") the other way round;
-otherwise it is inconclusive. No data gives ``no_data``; too few units gives ``inconclusive``
-with a sentence that says so. A pass is never returned on missing data.
+Rule shared by all, a tolerance region (one burden of proof for every threshold): the interval
+is the two-sided ``1 - 2 alpha`` interval and ``tolerance`` (delta, from the plan's
+``[tolerance]``) widens the pass side. A metric that must stay above its threshold ("min")
+passes when the interval's lower end is above ``threshold - delta`` and fails when its upper
+end is below ``threshold`` (shown to miss it); a metric that must stay below ("max") passes when
+the upper end is below ``threshold + delta`` and fails when the lower end is above
+``threshold``; otherwise it is inconclusive. A rate is therefore judged by its upper bound,
+never its point estimate. No data gives ``no_data``; too few units gives ``inconclusive`` with a
+sentence that says so. A pass is never returned on missing data. Every result carries a reason
+code in ``details["code"]`` (pass, threshold_missed, insufficient_evidence, no_data).
 """
 
 from __future__ import annotations
@@ -24,33 +29,61 @@ from .sufficient import RatioStat
 Direction = Literal["min", "max"]
 
 
-def threshold_status(low: float, high: float, threshold: float, direction: Direction) -> Status:
-    """pass / fail / inconclusive of an interval against a threshold (see module doc)."""
+CODE_OF_STATUS: dict[str, str] = {"pass": "pass", "fail": "threshold_missed",
+                                  "inconclusive": "insufficient_evidence", "no_data": "no_data"}
+
+
+def threshold_status(low: float, high: float, threshold: float, direction: Direction,
+                     tolerance: float = 0.0) -> Status:
+    """pass / fail / inconclusive of an interval against a threshold with a tolerance region
+    (see module doc; ``tolerance = 0`` is the plain rule)."""
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return "inconclusive"
     if direction == "min":
-        return "pass" if low > threshold else "fail" if high < threshold else "inconclusive"
-    return "pass" if high < threshold else "fail" if low > threshold else "inconclusive"
+        return ("pass" if low > threshold - tolerance else "fail" if high < threshold
+                else "inconclusive")
+    return ("pass" if high < threshold + tolerance else "fail" if low > threshold
+            else "inconclusive")
 
 
 def _verdict(status: Status, what: str, est: str, lo: str, hi: str, thr: str,
-             direction: Direction, level: float) -> str:
+             direction: Direction, level: float, tol: str = "") -> str:
     side = "above" if direction == "min" else "below"
+    other = "below" if direction == "min" else "above"
+    region = f" (tolerance {tol})" if tol else ""
     if status == "pass":
-        return f"{what} is {est} ({level:.0%} CI {lo} to {hi}), clearly {side} the {thr} target."
+        return (f"{what} is {est} ({level:.0%} CI {lo} to {hi}): the interval is {side} the "
+                f"{thr} target{region}.")
     if status == "fail":
-        other = "below" if direction == "min" else "above"
-        return f"{what} is {est} ({level:.0%} CI {lo} to {hi}), clearly {other} the {thr} target."
-    return (f"{what} is {est} ({level:.0%} CI {lo} to {hi}); the interval still contains the "
-            f"{thr} target, so it is not yet shown to be {side} it.")
+        return (f"{what} is {est} ({level:.0%} CI {lo} to {hi}): shown to be {other} the {thr} "
+                f"target.")
+    return (f"{what} is {est} ({level:.0%} CI {lo} to {hi}); the interval still reaches past the "
+            f"{thr} target{region}, so it is not yet shown to be {side} it.")
+
+
+def _coded(r: StatResult) -> StatResult:
+    """The result with its reason code in the details."""
+    if "code" in r.details:
+        return r
+    return StatResult(r.metric, r.estimate, r.ci_low, r.ci_high, r.p_value, r.n, r.method,
+                      r.status, r.sentence, r.threshold,
+                      r.details | {"code": CODE_OF_STATUS[r.status]})
 
 
 def ratio_vs_threshold(metric: str, stat: RatioStat, threshold: float, direction: Direction,
                        settings: StatSettings, what: str, unit: str = "users",
-                       fmt: str = "{:.1%}") -> StatResult:
+                       fmt: str = "{:.1%}", tolerance: float = 0.0) -> StatResult:
     """A clustered ratio (delta method, t with n - 1 df) against a threshold."""
+    return _coded(_ratio_vs_threshold(metric, stat, threshold, direction, settings, what, unit,
+                                      fmt, tolerance))
+
+
+def _ratio_vs_threshold(metric: str, stat: RatioStat, threshold: float, direction: Direction,
+                        settings: StatSettings, what: str, unit: str, fmt: str,
+                        tolerance: float) -> StatResult:
     method = f"ratio of sums over {unit}, delta-method (cluster-robust) t interval"
-    details = {"clusters": stat.n, "numerator": stat.sum_num, "denominator": stat.sum_den}
+    details = {"clusters": stat.n, "numerator": stat.sum_num, "denominator": stat.sum_den,
+               "tolerance": tolerance}
     if stat.n == 0 or stat.sum_den == 0:
         return StatResult(metric, None, None, None, None, 0, method, "no_data",
                           f"No data for {what.lower()} yet.", threshold, details)
@@ -69,20 +102,31 @@ def ratio_vs_threshold(metric: str, stat: RatioStat, threshold: float, direction
     lo, hi = est - tq * se, est + tq * se
     tstat = (est - threshold) / se
     p = float(stats.t.sf(tstat, stat.n - 1) if direction == "min" else stats.t.cdf(tstat, stat.n - 1))
-    status = threshold_status(lo, hi, threshold, direction)
+    status = threshold_status(lo, hi, threshold, direction, tolerance)
     sentence = _verdict(status, what, fmt.format(est), fmt.format(lo), fmt.format(hi),
-                        fmt.format(threshold), direction, settings.ci_level)
+                        fmt.format(threshold), direction, settings.ci_level,
+                        fmt.format(tolerance) if tolerance else "")
     return StatResult(metric, est, lo, hi, p, stat.n, method, status, sentence, threshold,
                       details | {"se": se, "design_effect": stat.design_effect})
 
 
 def proportion_vs_threshold(metric: str, stat: RatioStat, threshold: float,
-                            settings: StatSettings, what: str) -> StatResult:
-    """A share of answers (e.g. 'relevant') against a minimum: Wilson interval and exact
-    binomial test, on the effective sample size ``answers / design effect`` when users gave
-    several answers (Kish), so repeated answers of one user do not count as independent."""
+                            settings: StatSettings, what: str, tolerance: float = 0.0,
+                            direction: Direction = "min", unit: str = "user") -> StatResult:
+    """A share of events (a 'relevant' answer, an error, a fallback) against a minimum or a
+    maximum: Wilson interval and exact binomial test, on the effective sample size
+    ``events / design effect`` when a cluster (a user, a minute) holds several events (Kish),
+    so correlated events do not count as independent."""
+    return _coded(_proportion_vs_threshold(metric, stat, threshold, settings, what, tolerance,
+                                           direction, unit))
+
+
+def _proportion_vs_threshold(metric: str, stat: RatioStat, threshold: float,
+                             settings: StatSettings, what: str, tolerance: float,
+                             direction: Direction, unit: str) -> StatResult:
     method = "Wilson interval, exact binomial test (effective n = answers / design effect)"
-    details = {"users": stat.n, "answers": stat.sum_den, "positive": stat.sum_num}
+    details = {"clusters": stat.n, "users": stat.n, "answers": stat.sum_den,
+               "positive": stat.sum_num, "tolerance": tolerance, "cluster_unit": unit}
     if stat.n == 0 or stat.sum_den == 0:
         return StatResult(metric, None, None, None, None, 0, method, "no_data",
                           f"No answers for {what.lower()} yet.", threshold, details)
@@ -94,16 +138,18 @@ def proportion_vs_threshold(metric: str, stat: RatioStat, threshold: float,
     lo, hi = proportion_confint(x_eff, n_eff, alpha=1 - settings.ci_level, method="wilson")
     n_int = max(round(n_eff), 1)
     x_int = round(p_hat * n_int)
-    p = float(stats.binomtest(x_int, n_int, threshold, alternative="greater").pvalue)
+    alternative = "greater" if direction == "min" else "less"
+    p = float(stats.binomtest(x_int, n_int, threshold, alternative=alternative).pvalue)
     details |= {"design_effect": deff, "effective_n": n_eff}
     if stat.n < settings.min_group_users:
         return StatResult(metric, p_hat, float(lo), float(hi), p, stat.n, method, "inconclusive",
-                          f"{what} is {p_hat:.0%} from {int(stat.sum_den)} answer(s) of only "
-                          f"{stat.n} user(s) (fewer than {settings.min_group_users}); it cannot "
-                          f"be judged against {threshold:.0%}.", threshold, details)
-    status = threshold_status(float(lo), float(hi), threshold, "min")
-    sentence = _verdict(status, what, f"{p_hat:.1%}", f"{lo:.1%}", f"{hi:.1%}",
-                        f"{threshold:.0%}", "min", settings.ci_level)
+                          f"{what} is {p_hat:.1%} from {int(stat.sum_den)} event(s) of only "
+                          f"{stat.n} {unit}(s) (fewer than {settings.min_group_users}); it cannot "
+                          f"be judged against {threshold:.1%}.", threshold, details)
+    status = threshold_status(float(lo), float(hi), threshold, direction, tolerance)
+    sentence = _verdict(status, what, f"{p_hat:.2%}", f"{lo:.2%}", f"{hi:.2%}",
+                        f"{threshold:.1%}", direction, settings.ci_level,
+                        f"{tolerance:.1%}" if tolerance else "")
     return StatResult(metric, p_hat, float(lo), float(hi), p, stat.n, method, status, sentence,
                       threshold, details)
 
@@ -204,25 +250,29 @@ def order_statistic_ranks(n: int, q: float, alpha: float) -> tuple[int, int]:
 
 def quantile_vs_threshold(metric: str, n: int, estimate: float | None, low: float | None,
                           high: float | None, n_below: int, q: float, threshold: float,
-                          settings: StatSettings, what: str) -> StatResult:
+                          settings: StatSettings, what: str, tolerance: float = 0.0,
+                          method: str = "order-statistic (binomial) interval and exact "
+                                        "binomial test",
+                          extra: dict | None = None) -> StatResult:
     """A quantile (e.g. p95 latency) against a maximum. ``low``/``high`` are the order
     statistics at :func:`order_statistic_ranks` (None when the rank is 0 / n + 1).
     The p-value tests H0: quantile >= threshold with ``n_below = #{X < threshold}`` against
     Binomial(n, q)."""
-    method = "order-statistic (binomial) interval and exact binomial test"
-    details = {"requests": n, "below_threshold": n_below, "q": q}
+    details = {"requests": n, "below_threshold": n_below, "q": q, "tolerance": tolerance,
+               **(extra or {})}
     if n == 0 or estimate is None:
-        return StatResult(metric, None, None, None, None, 0, method, "no_data",
-                          f"No {what.lower()} data for the day.", threshold, details)
+        return _coded(StatResult(metric, None, None, None, None, 0, method, "no_data",
+                                 f"No {what.lower()} data in the window.", threshold, details))
     lo = -math.inf if low is None else float(low)
     hi = math.inf if high is None else float(high)
     p = float(stats.binom.sf(n_below - 1, n, q))
-    status = threshold_status(lo, hi, threshold, "max")
+    status = threshold_status(lo, hi, threshold, "max", tolerance)
     fmt = "{:.0f} ms"
     sentence = _verdict(status, what, fmt.format(estimate), fmt.format(lo), fmt.format(hi),
-                        fmt.format(threshold), "max", settings.ci_level)
-    return StatResult(metric, float(estimate), lo, hi, p, n, method, status, sentence, threshold,
-                      details)
+                        fmt.format(threshold), "max", settings.ci_level,
+                        fmt.format(tolerance) if tolerance else "")
+    return _coded(StatResult(metric, float(estimate), lo, hi, p, n, method, status, sentence,
+                             threshold, details))
 
 
 def quantile_ci_from_sorted(values: np.ndarray, q: float, alpha: float) -> tuple[float, float]:
@@ -233,3 +283,20 @@ def quantile_ci_from_sorted(values: np.ndarray, q: float, alpha: float) -> tuple
     lo = x[lo_r - 1] if lo_r >= 1 else -math.inf
     hi = x[hi_r - 1] if hi_r <= n else math.inf
     return float(lo), float(hi)
+
+
+def woodruff_se(by_minute: RatioStat, by_user: RatioStat, q: float, n: int) -> tuple[float, float]:
+    """Standard error of the empirical distribution function at the estimated q-quantile, for
+    Woodruff's (1952) quantile interval ``[Q(q - z se), Q(q + z se)]``: the larger of the
+    delta-method (cluster-robust) standard errors of ``#{X <= Q(q)} / n`` clustered by minute
+    and by user, never below the independent binomial ``sqrt(q (1 - q) / n)``. Also returns the
+    design effect (that variance over the binomial one). ``n = 0`` gives (nan, nan)."""
+    if n <= 0:
+        return math.nan, math.nan
+    binom = q * (1.0 - q) / n
+    var = binom
+    for st in (by_minute, by_user):
+        v = st.var_of_ratio if st.n >= 2 else math.nan
+        if math.isfinite(v):
+            var = max(var, v)
+    return math.sqrt(var), var / binom

@@ -1,327 +1,352 @@
-"""Dk retention, treatment vs control: stratified non-inferiority with daily sequential looks.
+"""Dk retention, treatment vs control: staggered adoption, CUPED, a pass and a harm boundary.
 
-Pure functions over the per-(stratum, variant) cells of
-:func:`whispers_lab.queries.experiment.retention_cells`; see ``docs/statistics.md`` for the
-window, censoring and switch rules. For each analysis day D (one look per day from the first
-percentage day for ``planned_looks`` days) the strata with closed windows (``e <= D - k``) give
-the stratified difference (:mod:`.noninferiority`); its effective sample size is the
-information that drives Lan-DeMets spending (:mod:`.sequential`). The reported interval of the
-result is the sequential (repeated) interval; the naive one is in the details and the history.
+Pure functions over the stage cells and cross-stage pairs of
+:mod:`whispers_lab.queries.experiment` (the design is in :mod:`.staggered`; the schedule,
+information and boundaries in :mod:`.design`). On every analysis day D the strata with a closed
+window (``a + k <= D``) give the CUPED-adjusted estimate, its standard error and information.
+Two one-sided group-sequential tests watch it from the first day with data to the schedule's
+final day:
+
+* **non-inferiority** (the guardrail, the plan's pass): H0 ``diff <= -margin``; passes when
+  ``(diff + margin) / se`` reaches the pass boundary (alpha spending ``plan.retention.spending``,
+  one-sided ``plan.retention.alpha``). Once passed it stays passed;
+* **deterioration** (harm): H0 ``diff >= 0``; harm is shown when ``-diff / se`` reaches the harm
+  boundary (``plan.deterioration``: a share of one family-wise alpha, spent early). Harm
+  overrides a pass and stays.
+
+If the final look comes without a pass, non-inferiority was not demonstrated with the evidence
+the schedule allowed: the result fails with the code ``not_demonstrated`` (never an
+"inconclusive" that lasts forever). The margin in force is fixed before the first look from the
+plan and the pre-rollout baseline (:func:`margin_in_force`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from ..results import StatResult, Status
-from . import sequential
-from .cuped import cuped_difference
-from .noninferiority import (
-    TwoArmEstimate,
-    ni_p_value,
-    noninferiority_status,
-    ratio_interval,
-    stratified_difference,
-    z_interval,
-)
+from . import design as dz
 from .settings import StatSettings
+from .staggered import StaggeredEstimate, empty_cells, empty_pairs, estimate
 
 HISTORY_COLUMNS: tuple[str, ...] = (
     "day", "k", "look", "n_treatment", "n_control", "mean_treatment", "mean_control", "diff",
-    "se", "naive_low", "naive_high", "information", "fraction", "alpha_spent", "boundary",
-    "seq_low", "seq_high", "ratio", "ratio_naive_low", "ratio_naive_high", "ratio_seq_low",
-    "ratio_seq_high", "status", "relative_status",
+    "se", "diff_unadjusted", "se_unadjusted", "naive_low", "naive_high", "information",
+    "weight", "weight_max", "fraction", "boundary", "harm_boundary", "seq_low", "seq_high",
+    "z_pass", "z_harm", "status", "code",
 )
 
-
-def strata_frame(cells: pd.DataFrame, max_stratum: int | None = None) -> pd.DataFrame:
-    """Pivot cells (stratum, variant, n, sum_y, sum_x, sum_x2, sum_xy) to one row per stratum
-    with ``<field>_t`` / ``<field>_c`` columns plus the ``sum_t`` / ``sum_c`` aliases."""
-    fields = ["n", "sum_y", "sum_x", "sum_x2", "sum_xy"]
-    c = cells if max_stratum is None else cells[cells["stratum"] <= max_stratum]
-    if len(c) == 0:
-        cols = [f"{f}_{s}" for s in ("t", "c") for f in [*fields, "sum_y2"]]
-        return pd.DataFrame(columns=["stratum", *cols, "sum_t", "sum_c"], dtype=float)
-    wide = c.pivot_table(index="stratum", columns="variant", values=fields, aggfunc="sum",
-                         fill_value=0)
-    out = pd.DataFrame(index=wide.index)
-    for f in fields:
-        for v, s in (("treatment", "t"), ("control", "c")):
-            out[f"{f}_{s}"] = (wide[(f, v)].astype(float) if (f, v) in wide.columns
-                               else 0.0)
-    out["sum_y2_t"], out["sum_y2_c"] = out["sum_y_t"], out["sum_y_c"]  # 0/1 outcome
-    out["sum_t"], out["sum_c"] = out["sum_y_t"], out["sum_y_c"]
-    return out.reset_index()
+#: Reason codes of a retention result (see docs/decision-schema.md).
+CODES = ("pass", "harm_detected", "not_demonstrated", "insufficient_evidence", "no_data",
+         "untrustworthy")
 
 
-def look_days(first_look: int, settings: StatSettings) -> list[int]:
-    return list(range(first_look, first_look + settings.planned_looks))
+@dataclass(frozen=True, eq=False)
+class StagedData:
+    """Everything the retention analysis reads, already aggregated."""
+
+    cells: pd.DataFrame
+    pairs: pd.DataFrame
+    schedule: dz.Schedule
+    profile: np.ndarray          # arrival profile A(L) per randomised user
+    shares: dz.ArmShares
+    n_users: int                 # randomised users
+    baseline: dict[int, float] = field(default_factory=dict)   # pre-rollout Dk rate per k
+
+    @classmethod
+    def empty(cls, schedule: dz.Schedule) -> StagedData:
+        return cls(empty_cells(), empty_pairs(), schedule, np.zeros(1), dz.ArmShares(
+            np.zeros(0), np.zeros(0)), 0, {})
 
 
 @dataclass(frozen=True, eq=False)
 class RetentionAnalysis:
     k: int
-    absolute: StatResult
-    relative: StatResult
-    cuped: StatResult
-    history: pd.DataFrame
+    result: StatResult           # the decision: CUPED-adjusted (or as the plan says)
+    unadjusted: StatResult       # the same design without CUPED, for reference
+    relative: StatResult         # the difference relative to the control mean
+    history: pd.DataFrame        # one row per look
 
 
 def _pp(x: float) -> str:
     return f"{100 * x:+.2f} pp"
 
 
-def _history(cells: pd.DataFrame, k: int, day: int, first_look: int,
-             settings: StatSettings) -> tuple[pd.DataFrame, dict[int, TwoArmEstimate]]:
-    looks = look_days(first_look, settings)
-    days = list(range(first_look, day + 1))
-    ests: dict[int, TwoArmEstimate] = {}
-    info = []
-    for d in days:
-        est = stratified_difference(strata_frame(cells, d - k))
-        ests[d] = est
-        enough = est.ok and min(est.n_t, est.n_c) >= settings.min_group_users
-        info.append(est.weight if enough else 0.0)
-    seq_days = [d for d in days if d in looks]
-    design = sequential.monitor(info[:len(seq_days)], settings.planned_looks, settings.alpha,
-                                settings.sequential)
+def margin_in_force(settings: StatSettings, baseline: float | None) -> tuple[float, str]:
+    """The absolute non-inferiority margin the plan's ``margin_rule`` sets, and a sentence.
+
+    ``absolute``: ``margin``; ``relative``: ``relative_margin x baseline``; ``smaller`` and
+    ``both`` (both must hold, i.e. the smaller binds): the smaller of the two. The baseline is
+    the pre-rollout Dk return rate, so the margin is fixed before the first look. Without a
+    baseline the absolute margin is used and the sentence says so."""
+    m_abs = settings.margin
+    rule = settings.margin_rule
+    if rule == "absolute":
+        return m_abs, f"absolute margin {_pp(-m_abs)[1:]}"
+    if baseline is None or not baseline > 0:
+        return m_abs, (f"absolute margin {_pp(-m_abs)[1:]} (no pre-rollout baseline to apply the "
+                       f"{settings.relative_margin:.0%} relative margin to)")
+    m_rel = settings.relative_margin * baseline
+    rel_txt = (f"{settings.relative_margin:.0%} of the pre-rollout baseline {baseline:.1%} = "
+               f"{100 * m_rel:.2f} pp")
+    if rule == "relative":
+        return m_rel, f"relative margin: {rel_txt}"
+    if m_rel < m_abs:
+        return m_rel, f"margin {100 * m_rel:.2f} pp: the smaller of {100 * m_abs:.1f} pp and {rel_txt}"
+    return m_abs, f"margin {100 * m_abs:.1f} pp: the smaller of it and {rel_txt}"
+
+
+def baseline_rate(lags: pd.DataFrame, k: int) -> float | None:
+    """Pre-rollout Dk return rate of users entering a pseudo-stage (from
+    :func:`queries.experiment.preperiod_lags`): returned / entered over closed windows."""
+    col = f"returned_{k}"
+    if lags is None or lags.empty or col not in lags:
+        return None
+    closed = lags[col].notna()
+    users = float(lags.loc[closed, "users"].sum())
+    return float(lags.loc[closed, col].sum()) / users if users > 0 else None
+
+
+@dataclass(frozen=True)
+class _Look:
+    day: int
+    est: StaggeredEstimate
+    weight_max: float
+    final: bool
+
+
+def _looks(data: StagedData, k: int, day: int, settings: StatSettings) -> list[_Look]:
+    """Every day from the first closed window to ``day`` with the estimate and projection."""
+    sched = data.schedule
+    if not sched.stages:
+        return []
+    out = []
+    for d in range(min(sched.stages) + k, day + 1):
+        est = estimate(data.cells, data.pairs, k, d, adjust=settings.cuped)
+        w_max = dz.projected_max_weight(est.strata, d, k, sched, data.profile, data.shares,
+                                        data.n_users)
+        out.append(_Look(d, est, w_max, d >= sched.final_day))
+    return out
+
+
+def retention_history(data: StagedData, k: int, day: int, margin: float,
+                      settings: StatSettings) -> pd.DataFrame:
+    """One row per day from the first closed window to ``day``: estimate, information,
+    fraction, both boundaries, the sequential bounds and the status on that day.
+
+    A day is a look when both arms have at least ``min_group_users`` units, the information
+    grew, and it is not after the final look; other days show the estimate only."""
+    looks = _looks(data, k, day, settings)
     z_naive = float(stats.norm.isf(settings.alpha))
     rows = []
-    for i, d in enumerate(days):
-        est = ests[d]
-        in_design = i < len(design)
-        b = float(design["boundary"].iloc[i]) if in_design else math.nan
-        naive = z_interval(est.diff, est.se, z_naive)
-        seq = z_interval(est.diff, est.se, b) if in_design and info[i] > 0 else None
-        rnaive = ratio_interval(est.log_ratio, est.se_log_ratio, z_naive)
-        rseq = ratio_interval(est.log_ratio, est.se_log_ratio, b) if seq is not None else None
+    look_idx: list[int] = []
+    prev_info = 0.0
+    final_seen = False
+    for i, lk in enumerate(looks):
+        e = lk.est
+        usable = e.ok and min(e.n_t, e.n_c) >= settings.min_group_users
+        is_look = usable and not final_seen and e.information > prev_info * (1 + 1e-9)
+        if usable and lk.final and not final_seen:
+            is_look, final_seen = True, True
+        if is_look:
+            look_idx.append(i)
+            prev_info = max(prev_info, e.information)
         rows.append({
-            "day": d, "k": k, "look": i + 1 if in_design else None,
-            "n_treatment": est.n_t, "n_control": est.n_c, "mean_treatment": est.mean_t,
-            "mean_control": est.mean_c, "diff": est.diff, "se": est.se,
-            "naive_low": naive.low, "naive_high": naive.high, "information": info[i],
-            "fraction": float(design["fraction"].iloc[i]) if in_design else math.nan,
-            "alpha_spent": float(design["alpha_spent"].iloc[i]) if in_design else math.nan,
-            "boundary": b,
-            "seq_low": seq.low if seq else math.nan, "seq_high": seq.high if seq else math.nan,
-            "ratio": math.exp(est.log_ratio) if math.isfinite(est.log_ratio) else math.nan,
-            "ratio_naive_low": rnaive.low, "ratio_naive_high": rnaive.high,
-            "ratio_seq_low": rseq.low if rseq else math.nan,
-            "ratio_seq_high": rseq.high if rseq else math.nan,
-            "status": (noninferiority_status(seq.low, seq.high, -settings.margin)
-                       if seq and info[i] > 0 else "no_data"),
-            "relative_status": (noninferiority_status(rseq.low, rseq.high,
-                                                      1 - settings.relative_margin)
-                                if rseq and info[i] > 0 else "no_data"),
+            "day": lk.day, "k": k, "look": len(look_idx) if is_look else None,
+            "n_treatment": e.n_t, "n_control": e.n_c, "mean_treatment": e.mean_t,
+            "mean_control": e.mean_c, "diff": e.diff, "se": e.se,
+            "diff_unadjusted": e.diff_unadjusted, "se_unadjusted": e.se_unadjusted,
+            "naive_low": e.diff - z_naive * e.se if usable else math.nan,
+            "naive_high": e.diff + z_naive * e.se if usable else math.nan,
+            "information": e.information if usable else 0.0, "weight": e.weight,
+            "weight_max": lk.weight_max, "fraction": math.nan, "boundary": math.nan,
+            "harm_boundary": math.nan, "seq_low": math.nan, "seq_high": math.nan,
+            "z_pass": (e.diff + margin) / e.se if usable else math.nan,
+            "z_harm": -e.diff / e.se if usable else math.nan,
+            "status": "no_data", "code": "no_data",
         })
     hist = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-    if len(hist) > len(design) and len(design):
-        # after the final planned look the verdict stays the final look's
-        final = hist.iloc[len(design) - 1]
-        hist.loc[hist.index[len(design):], "status"] = final["status"]
-        hist.loc[hist.index[len(design):], "relative_status"] = final["relative_status"]
-    return hist, ests
+    if not look_idx:
+        return hist
+    lk_rows = hist.iloc[look_idx]
+    frac = dz.information_fractions(lk_rows["weight"], lk_rows["weight_max"],
+                                    [looks[i].final for i in look_idx])
+    info = lk_rows["information"].to_numpy(float)
+    ni = dz.monitor_one_sided(lk_rows["z_pass"], info, frac, settings.alpha,
+                              settings.sequential, settings.sequential_param)
+    harm = dz.monitor_one_sided(lk_rows["z_harm"], info, frac, settings.harm_alpha,
+                                settings.harm_sequential, settings.harm_sequential_param)
+    for j, i in enumerate(look_idx):
+        hist.loc[i, ["fraction", "boundary", "harm_boundary"]] = [frac[j], ni.boundary[j],
+                                                                  harm.boundary[j]]
+    # carry the latest boundaries to days that are not looks, for the intervals shown
+    hist[["boundary", "harm_boundary"]] = hist[["boundary", "harm_boundary"]].ffill()
+    se = hist["se"].to_numpy(float)
+    diff = hist["diff"].to_numpy(float)
+    hist["seq_low"] = np.where(np.isfinite(hist["boundary"]), diff - hist["boundary"] * se,
+                               -np.inf)
+    hist["seq_high"] = np.where(np.isfinite(hist["harm_boundary"]),
+                                diff + hist["harm_boundary"] * se, np.inf)
+    final_i = next((i for i in look_idx if looks[i].final), None)
+    position = {i: j for j, i in enumerate(look_idx)}
+    passed = harmed = started = False
+    for i in range(len(hist)):
+        if i in position:
+            j = position[i]
+            passed = passed or bool(ni.crossed[j])
+            harmed = harmed or bool(harm.crossed[j])
+            started = True
+        if not started:
+            continue
+        status, code = _verdict(passed, harmed, final_i is not None and i >= final_i)
+        hist.loc[i, ["status", "code"]] = [status, code]
+    return hist
 
 
-def _no_randomised(metric: str, k: int, day: int, first_look: int, why: str,
-                   threshold: float, details: dict) -> StatResult:
-    return StatResult(metric, None, None, None, None, 0, "stratified non-inferiority",
-                      "no_data", why, threshold, details | {"k": k, "first_look_day": first_look})
+def _verdict(passed: bool, harmed: bool, final_done: bool) -> tuple[Status, str]:
+    if harmed:
+        return "fail", "harm_detected"
+    if passed:
+        return "pass", "pass"
+    if final_done:
+        return "fail", "not_demonstrated"
+    return "inconclusive", "insufficient_evidence"
 
 
-def analyse_retention(cells: pd.DataFrame, k: int, day: int, first_look: int | None,
-                      settings: StatSettings, *, srm_flag: bool = False,
-                      srm_sentence: str = "", phase_text: str = "",
-                      beta_users: int = 0, look_offset: int = 0) -> RetentionAnalysis:
-    """Absolute and relative non-inferiority of Dk retention on ``day``, CUPED, and history.
+def _no_data(metric: str, why: str, threshold: float, details: dict, method: str) -> StatResult:
+    return StatResult(metric, None, None, None, None, 0, method, "no_data", why, threshold,
+                      details | {"code": "no_data"})
 
-    ``cells``: rows of one k (stratum, variant, n, sum_y, sum_x, sum_x2, sum_xy).
-    ``first_look``: the first percentage day (None: the plan has no randomised phase).
-    ``look_offset``: the k's looks start ``look_offset`` days after ``first_look`` (a secondary
-    k is shifted by ``k - primary_k`` so its windows can close within its looks)."""
+
+def analyse_retention(data: StagedData, k: int, day: int, settings: StatSettings, *,
+                      primary: bool = True, srm_flag: bool = False, srm_sentence: str = "",
+                      phase_text: str = "", beta_users: int = 0) -> RetentionAnalysis:
+    """Dk retention on ``day`` (see module doc). ``primary``: the plan's decision metric (a
+    secondary k is reported with its naive interval only: its windows close after the
+    rollout)."""
     metric = f"retention_d{k}"
-    margin, rel_bound = settings.margin, 1 - settings.relative_margin
-    method = (f"D{k} retention, difference stratified by exposure day (MH weights), Wald; "
-              f"Lan-DeMets {settings.sequential.replace('_', '-')} spending over "
-              f"{settings.planned_looks} daily looks")
-    rel_method = method.replace("difference", "ratio (delta method on the log)")
-    base = {"k": k, "margin": margin, "relative_margin": settings.relative_margin,
-            "alpha": settings.alpha, "sequential": settings.sequential}
+    baseline = data.baseline.get(k)
+    margin, margin_txt = margin_in_force(settings, baseline)
+    adj = "CUPED-adjusted " if settings.cuped else ""
+    method = (f"D{k} retention, staggered adoption (intention to treat per stage day, strata "
+              f"stage x first visit, MH weights, user-clustered variance), {adj}estimate; "
+              f"{settings.sequential} spending for the pass boundary, "
+              f"{settings.harm_sequential} spending for the harm boundary")
+    base = {"k": k, "margin": margin, "margin_rule": settings.margin_rule,
+            "margin_text": margin_txt, "baseline": baseline, "alpha": settings.alpha,
+            "harm_alpha": settings.harm_alpha, "spending": settings.sequential,
+            "harm_spending": settings.harm_sequential, "final_day": data.schedule.final_day,
+            "stages": list(data.schedule.stages)}
+    sched = data.schedule
     empty_hist = pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    if first_look is None or day < first_look:
-        why = (f"Day {day}{phase_text}: there is no randomised comparison yet"
-               + (f"; the {beta_users} beta user(s) were selected for engagement, not "
-                  f"randomised, so their retention says nothing about the effect"
+    first = (min(sched.stages) + k) if sched.stages else None
+    if first is None or day < first:
+        why = (f"Day {day}{phase_text}: no randomised D{k} window has closed yet"
+               + (f"; the {beta_users} beta user(s) were selected for engagement, not randomised"
                   if beta_users else "")
-               + (f". Randomised looks start on day {first_look}." if first_look is not None
-                  else "."))
-        res = _no_randomised(metric, k, day, first_look or -1, why, -margin, base)
-        rel = _no_randomised(metric + "_relative", k, day, first_look or -1, why, rel_bound, base)
-        cup = _no_randomised(metric + "_cuped", k, day, first_look or -1, why, -margin, base)
-        return RetentionAnalysis(k, res, rel, cup, empty_hist)
-
-    start_look = first_look + look_offset
-    if day < start_look:
-        why = (f"D{k} retention on day {day}: its daily looks run from day {start_look} to day "
-               f"{start_look + settings.planned_looks - 1}; no {k}-day window of a treated user "
-               f"has closed yet.")
-        res = StatResult(metric, None, None, None, None, 0, method, "no_data", why, -margin,
-                         base | {"first_look_day": start_look})
-        rel = StatResult(metric + "_relative", None, None, None, None, 0, rel_method, "no_data",
-                         why, rel_bound, base | {"first_look_day": start_look})
-        cup = StatResult(metric + "_cuped", None, None, None, None, 0, method, "no_data", why,
-                         -margin, base | {"first_look_day": start_look})
-        return RetentionAnalysis(k, res, rel, cup, empty_hist)
-    first_look = start_look
-    hist, ests = _history(cells, k, day, first_look, settings)
-    looks = look_days(first_look, settings)
-    last_look = looks[-1]
-    # after the final planned look the sequential verdict is frozen at that look: the result's
-    # estimate and intervals are the final look's; today's estimate goes into the details
-    decision_day = min(day, last_look)
-    drow = hist.loc[hist["day"] == decision_day].iloc[0]
-    row = drow
-    est = ests[decision_day]
-    today = ests[day]
+               + (f". The first one closes on day {first}." if first is not None else
+                  "; the plan has no percentage stage."))
+        res = _no_data(metric, why, -margin, base | {"first_look_day": first}, method)
+        return RetentionAnalysis(k, res, _no_data(metric + "_unadjusted", why, -margin, base,
+                                                  method),
+                                 _no_data(metric + "_relative", why, 1 - margin, base, method),
+                                 empty_hist)
+    hist = retention_history(data, k, day, margin, settings)
+    row = hist.iloc[-1]
+    est = estimate(data.cells, data.pairs, k, day, adjust=settings.cuped)
+    z_naive = float(stats.norm.isf(settings.alpha))
     details = base | {
-        "day": day, "look": None if pd.isna(drow["look"]) else int(drow["look"]),
-        "planned_looks": settings.planned_looks, "decision_day": decision_day,
+        "day": day, "look": None if pd.isna(row["look"]) else int(row["look"]),
+        "looks_so_far": int(hist["look"].notna().sum()),
         "n_treatment": est.n_t, "n_control": est.n_c, "strata": est.n_strata,
         "mean_treatment": est.mean_t, "mean_control": est.mean_c, "se": est.se,
+        "diff_unadjusted": est.diff_unadjusted, "se_unadjusted": est.se_unadjusted,
+        "theta": est.theta, "corr_xy": est.corr_xy,
+        "variance_reduction": est.variance_reduction, "weight": est.weight,
+        "weight_max": row["weight_max"], "information_fraction": row["fraction"],
+        "boundary": row["boundary"], "harm_boundary": row["harm_boundary"],
         "naive_low": row["naive_low"], "naive_high": row["naive_high"],
-        "boundary": drow["boundary"], "alpha_spent": drow["alpha_spent"],
-        "information_fraction": drow["fraction"], "untrustworthy": srm_flag,
-        "diff_today": today.diff, "n_today": today.n_t + today.n_c,
+        "untrustworthy": srm_flag,
     }
-    if min(est.n_t, est.n_c) < settings.min_group_users or not est.ok:
+    if not (est.ok and min(est.n_t, est.n_c) >= settings.min_group_users):
         why = (f"D{k} retention on day {day}: only {est.n_t} treated and {est.n_c} control "
-               f"users have a closed {k}-day window in shared exposure days (at least "
+               f"user-stage units have a closed {k}-day window in shared strata (at least "
                f"{settings.min_group_users} per arm needed); it cannot be judged yet.")
         res = StatResult(metric, None, None, None, None, est.n_t + est.n_c, method, "no_data",
-                         why, -margin, details)
-        rel = StatResult(metric + "_relative", None, None, None, None, est.n_t + est.n_c,
-                         rel_method, "no_data", why, rel_bound, details)
-        cup = StatResult(metric + "_cuped", None, None, None, None, est.n_t + est.n_c,
-                         method, "no_data", why, -margin, details)
-        return RetentionAnalysis(k, res, rel, cup, hist)
-
-    seq_low, seq_high = float(drow["seq_low"]), float(drow["seq_high"])
-    status: Status = noninferiority_status(seq_low, seq_high, -margin)
+                         why, -margin, details | {"code": "no_data"})
+        return RetentionAnalysis(k, res, res, res, hist)
+    status: Status = row["status"] if primary else "inconclusive"
+    code = row["code"] if primary else "insufficient_evidence"
+    lo, hi = float(row["seq_low"]), float(row["seq_high"])
+    diff_txt = (f"treatment {est.mean_t:.1%} vs control {est.mean_c:.1%}, {adj.lower()}"
+                f"difference {_pp(est.diff)} (sequential bounds {_pp(lo)} / {_pp(hi)}; naive "
+                f"{settings.ci_level:.0%} CI {_pp(row['naive_low'])} to {_pp(row['naive_high'])})")
+    look_txt = (f"look {int(row['look'])}" if not pd.isna(row["look"]) else "no new look today")
+    look_txt += f", information fraction {float(row['fraction']) if not pd.isna(row['fraction']) else 0:.0%}"
+    sentence = {
+        "pass": f"D{k} retention is non-inferior: {diff_txt}; the lower bound is above the "
+                f"{_pp(-margin)} margin ({margin_txt}; {look_txt}).",
+        "harm_detected": f"D{k} retention is worse with treatment: {diff_txt}; the harm "
+                         f"boundary was crossed, so the drop is shown ({look_txt}).",
+        "not_demonstrated": f"D{k} retention was not shown non-inferior by the final look on day "
+                            f"{sched.final_day}: {diff_txt}; the lower bound still reaches the "
+                            f"{_pp(-margin)} margin.",
+        "insufficient_evidence": f"D{k} retention is not yet shown non-inferior: {diff_txt}; the "
+                                 f"lower bound still reaches {_pp(-margin)} ({look_txt}).",
+    }.get(code, f"D{k} retention: {diff_txt}.")
+    if code == "pass" and row["naive_high"] < 0:
+        sentence += " The point estimate is below zero but no drop is shown yet; harm is still watched."
+    if not primary:
+        sentence = (f"D{k} retention (secondary, naive interval): difference {_pp(est.diff)}, "
+                    f"{settings.ci_level:.0%} CI {_pp(row['naive_low'])} to "
+                    f"{_pp(row['naive_high'])}.")
+        lo, hi = float(row["naive_low"]), float(row["naive_high"])
+    res_status, res_code = status, code
+    if srm_flag and code != "harm_detected":
+        res_status, res_code = "inconclusive", "untrustworthy"
+        sentence = (f"Untrustworthy because of a sample-ratio mismatch ({srm_sentence}); "
+                    f"without it the verdict would be '{status}'. " + sentence)
+    from .noninferiority import ni_p_value
     p = ni_p_value(est.diff, est.se, -margin)
-    frozen = day > last_look
-    look_txt = (f"look {int(drow['look'])} of {settings.planned_looks}" if not frozen else
-                f"final look on day {last_look}; later days are shown with naive intervals only")
-    diff_txt = (f"treatment {est.mean_t:.1%} vs control {est.mean_c:.1%}, difference "
-                f"{_pp(est.diff)} (sequential {settings.ci_level:.0%} CI {_pp(seq_low)} to "
-                f"{_pp(seq_high)}; naive {_pp(row['naive_low'])} to {_pp(row['naive_high'])})")
-    harm = math.isfinite(seq_high) and seq_high < 0
-    details["harm_shown"] = bool(harm)
-    if status == "pass":
-        sentence = (f"D{k} retention is non-inferior: {diff_txt}, above the "
-                    f"{_pp(-margin)} margin ({look_txt}).")
-        if harm:
-            sentence += " Retention is lower, significantly, but by less than the margin."
-    elif status == "fail":
-        sentence = (f"D{k} retention is worse by more than the margin: {diff_txt}, entirely "
-                    f"below {_pp(-margin)} ({look_txt}).")
-    else:
-        sentence = (f"D{k} retention is not yet shown non-inferior: {diff_txt}; the interval "
-                    f"still reaches {_pp(-margin)} ({look_txt}).")
-    if frozen:
-        sentence += (f" On day {day} the difference is {_pp(today.diff)} (naive interval "
-                     f"only).")
-    res_status, res_sentence = status, sentence
-    if srm_flag:
-        res_status = "inconclusive"
-        res_sentence = (f"Untrustworthy because of a sample-ratio mismatch ({srm_sentence}); "
-                        f"without it the verdict would be '{status}'. " + sentence)
-    absolute = StatResult(metric, est.diff, seq_low, seq_high, p, est.n_t + est.n_c, method,
-                          res_status, res_sentence, -margin, details | {"status_before_srm": status})
-
-    # relative
-    ratio = float(drow["ratio"])
-    r_lo, r_hi = float(drow["ratio_seq_low"]), float(drow["ratio_seq_high"])
-    r_status: Status = noninferiority_status(r_lo, r_hi, rel_bound)
-    r_p = ni_p_value(est.log_ratio, est.se_log_ratio, math.log(rel_bound))
-    r_txt = (f"treatment/control {float(row['ratio']):.3f} (sequential "
-             f"{settings.ci_level:.0%} CI {r_lo:.3f} to {r_hi:.3f}; naive "
-             f"{row['ratio_naive_low']:.3f} to {row['ratio_naive_high']:.3f})")
-    r_sentence = {
-        "pass": f"D{k} retention is non-inferior relative to control: {r_txt}, above {rel_bound:.2f}.",
-        "fail": f"D{k} retention is more than {settings.relative_margin:.0%} below control: {r_txt}.",
-        "inconclusive": f"D{k} relative retention not yet shown above {rel_bound:.2f}: {r_txt}.",
-    }[r_status]
-    r_res_status = r_status
-    if srm_flag:
-        r_res_status = "inconclusive"
-        r_sentence = f"Untrustworthy because of a sample-ratio mismatch; would be '{r_status}'. " + r_sentence
-    relative = StatResult(metric + "_relative", ratio, r_lo, r_hi, r_p, est.n_t + est.n_c,
-                          rel_method, r_res_status, r_sentence, rel_bound,
-                          details | {"ratio_naive_low": row["ratio_naive_low"],
-                                     "ratio_naive_high": row["ratio_naive_high"],
-                                     "status_before_srm": r_status})
-    cup = cuped_result(cells, k, decision_day, float(drow["boundary"]),
-                       settings, srm_flag, details)
-    return RetentionAnalysis(k, absolute, relative, cup, hist)
-
-
-def cuped_result(cells: pd.DataFrame, k: int, day: int, boundary: float,
-                 settings: StatSettings, srm_flag: bool, base: dict) -> StatResult:
-    """CUPED-adjusted Dk difference on ``day``, judged with the same sequential boundary."""
-    metric = f"retention_d{k}_cuped"
-    method = ("CUPED on pre-period active days (pooled within-cell theta), stratified "
-              "difference, sequential boundary of the primary analysis")
-    c = cuped_difference(strata_frame(cells, day - k))
-    margin = settings.margin
-    if not c.ok:
-        return StatResult(metric, None, None, None, None, c.unadjusted.n_t + c.unadjusted.n_c,
-                          method, "inconclusive",
-                          "CUPED cannot adjust: the pre-period covariate has no variance "
-                          "(no pre-period activity in the export?).", -margin,
-                          base | {"theta": None})
-    a = c.adjusted
-    naive = z_interval(a.diff, a.se, float(stats.norm.isf(settings.alpha)))
-    seq = z_interval(a.diff, a.se, boundary) if math.isfinite(boundary) else z_interval(
-        a.diff, a.se, math.inf)
-    status: Status = noninferiority_status(seq.low, seq.high, -margin)
-    width_gain = 1 - a.se / c.unadjusted.se if c.unadjusted.se > 0 else math.nan
-    gain = (f"cuts the variance by {c.variance_reduction:.0%} (interval {width_gain:.0%} "
-            f"narrower)" if c.variance_reduction > 0 else
-            f"does not help here (variance {-c.variance_reduction:+.0%}: the covariate predicts "
-            f"too little for this sample)")
-    sentence = (f"CUPED on pre-period activity (theta {c.theta:.3f}, correlation "
-                f"{c.corr_xy:.2f}) {gain}: adjusted difference {_pp(a.diff)}, sequential "
-                f"CI {_pp(seq.low)} to {_pp(seq.high)} -> {status}.")
-    res_status = status
-    if srm_flag:
-        res_status = "inconclusive"
-        sentence = "Untrustworthy because of a sample-ratio mismatch. " + sentence
-    return StatResult(metric, a.diff, seq.low, seq.high, ni_p_value(a.diff, a.se, -margin),
-                      a.n_t + a.n_c, method, res_status, sentence, -margin,
-                      base | {"theta": c.theta, "corr_xy": c.corr_xy,
-                              "variance_reduction": c.variance_reduction,
-                              "interval_narrowing": width_gain, "se_adjusted": a.se,
-                              "se_unadjusted": c.unadjusted.se,
-                              "diff_unadjusted": c.unadjusted.diff, "naive_low": naive.low,
-                              "naive_high": naive.high, "status_before_srm": status})
-
-
-def empty_cells() -> pd.DataFrame:
-    return pd.DataFrame({"stratum": pd.Series(dtype="int64"),
-                         "variant": pd.Series(dtype="object"),
-                         **{c: pd.Series(dtype="float64")
-                            for c in ("n", "sum_y", "sum_x", "sum_x2", "sum_xy")}})
+    result = StatResult(metric, est.diff, lo, hi, p, est.n_t + est.n_c, method, res_status,
+                        sentence, -margin, details | {"code": res_code,
+                                                      "status_before_srm": status})
+    # unadjusted (reference) and relative (display)
+    un_lo = est.diff_unadjusted - z_naive * est.se_unadjusted
+    un_hi = est.diff_unadjusted + z_naive * est.se_unadjusted
+    unadjusted = StatResult(
+        metric + "_unadjusted", est.diff_unadjusted, un_lo, un_hi,
+        ni_p_value(est.diff_unadjusted, est.se_unadjusted, -margin), est.n_t + est.n_c,
+        method.replace(adj, "unadjusted "), "inconclusive",
+        f"Without CUPED the difference is {_pp(est.diff_unadjusted)} (naive "
+        f"{settings.ci_level:.0%} CI {_pp(un_lo)} to {_pp(un_hi)}); CUPED on the "
+        f"{settings.covariate_days} days before each stage "
+        + (f"cuts the variance by {est.variance_reduction:.0%}." if est.variance_reduction > 0
+           else "does not help here."),
+        -margin, {"code": "reference", "se": est.se_unadjusted})
+    rel = est.relative
+    mc = est.mean_c
+    r_lo = 1 + lo / mc if mc > 0 and math.isfinite(lo) else math.nan
+    r_hi = 1 + hi / mc if mc > 0 and math.isfinite(hi) else math.nan
+    relative = StatResult(
+        metric + "_relative", 1 + rel if math.isfinite(rel) else None,
+        r_lo if math.isfinite(r_lo) else None, r_hi if math.isfinite(r_hi) else None, None,
+        est.n_t + est.n_c, "the difference and its sequential bounds over the control mean",
+        res_status, f"Relative to control: {1 + rel:.3f} (sequential bounds {r_lo:.3f} / "
+        f"{r_hi:.3f}); the decision uses the absolute {margin_txt}.",
+        1 - margin / mc if mc > 0 else None, {"code": res_code})
+    return RetentionAnalysis(k, result, unadjusted, relative, hist)
 
 
 def daily_accrual(history: pd.DataFrame) -> float:
-    """Recent daily increase of the information (effective sample size), for power."""
+    """Recent daily increase of the information (1 / variance), for power."""
     info = history["information"].to_numpy(float) if len(history) else np.zeros(0)
-    info = info[np.isfinite(info)]
+    info = info[np.isfinite(info) & (info > 0)]
     if info.size == 0:
         return 0.0
     if info.size == 1:

@@ -7,7 +7,10 @@ alpha spending fixes that. The cumulative type-I error allowed by information fr
 
 * O'Brien-Fleming type: ``alpha(t) = 2 - 2 * Phi(z_{1 - alpha/2} / sqrt(t))`` (spends almost
   nothing early, nearly the full ``alpha`` at the end);
-* Pocock type: ``alpha(t) = alpha * ln(1 + (e - 1) * t)``.
+* Pocock type: ``alpha(t) = alpha * ln(1 + (e - 1) * t)``;
+* Hwang-Shih-DeCani (1990) family: ``alpha(t) = alpha (1 - exp(-gamma t)) / (1 - exp(-gamma))``
+  (``gamma = 0``: linear; ``gamma = -4`` behaves like O'Brien-Fleming, ``gamma = 1`` like Pocock);
+* Kim-DeMets power family: ``alpha(t) = alpha * t ** rho``.
 
 At look k the upper boundary ``b_k`` solves
 ``P(Z_1 < b_1, ..., Z_{k-1} < b_{k-1}, Z_k >= b_k) = alpha(t_k) - alpha(t_{k-1})``
@@ -29,17 +32,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from .settings import SpendingName
 
 _GRID = 401          # Simpson points per look (odd)
 _TAIL = 10.0          # the grid spans +-10 standard deviations
 _NO_INFO = 1e-9       # relative information increment below which a look adds nothing
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
-def spending(t: float | np.ndarray, alpha: float, kind: SpendingName) -> np.ndarray:
-    """Cumulative one-sided alpha spent by information fraction ``t`` (0 at t=0, alpha at t=1)."""
+#: Default parameter of the parametric families (``hsd``: gamma, ``power``: rho).
+DEFAULT_PARAM: dict[str, float] = {"hsd": -4.0, "power": 3.0}
+
+
+def spending(t: float | np.ndarray, alpha: float, kind: SpendingName,
+             param: float | None = None) -> np.ndarray:
+    """Cumulative one-sided alpha spent by information fraction ``t`` (0 at t=0, alpha at t=1).
+
+    ``param`` is gamma of the Hwang-Shih-DeCani family (``kind="hsd"``) or rho of the power family
+    (``kind="power"``); the other kinds take none."""
     t = np.clip(np.asarray(t, dtype=float), 0.0, 1.0)
     out = np.zeros_like(t)
     pos = t > 0
@@ -48,6 +60,17 @@ def spending(t: float | np.ndarray, alpha: float, kind: SpendingName) -> np.ndar
         out[pos] = 2.0 * stats.norm.sf(z / np.sqrt(t[pos]))
     elif kind == "pocock":
         out[pos] = alpha * np.log1p((math.e - 1.0) * t[pos])
+    elif kind == "hsd":
+        gamma = DEFAULT_PARAM["hsd"] if param is None else float(param)
+        if abs(gamma) < 1e-12:
+            out[pos] = alpha * t[pos]
+        else:
+            out[pos] = alpha * np.expm1(-gamma * t[pos]) / math.expm1(-gamma)
+    elif kind == "power":
+        rho = DEFAULT_PARAM["power"] if param is None else float(param)
+        if rho <= 0:
+            raise ValueError(f"the power family needs rho > 0, got {rho}")
+        out[pos] = alpha * t[pos] ** rho
     else:  # pragma: no cover - the plan validates the name
         raise ValueError(f"unknown spending function {kind!r}")
     return np.minimum(out, alpha)
@@ -83,7 +106,7 @@ def _exit_prob(state: _State | None, b: float, info: float, drift: float) -> flo
         return float(np.sum((state.w * state.f)[mask]))
     mean = (state.z * math.sqrt(state.info) + drift * delta) / math.sqrt(info)
     sd = math.sqrt(delta / info)
-    return float(np.sum(state.w * state.f * stats.norm.sf((b - mean) / sd)))
+    return float(np.sum(state.w * state.f * special.ndtr((mean - b) / sd)))
 
 
 def _advance(state: _State | None, b: float, info: float, drift: float) -> _State:
@@ -92,7 +115,7 @@ def _advance(state: _State | None, b: float, info: float, drift: float) -> _Stat
     hi = min(b, centre + _TAIL) if math.isfinite(b) else centre + _TAIL
     z, w = _simpson(centre - _TAIL, hi)
     if state is None:
-        f = stats.norm.pdf(z - centre)
+        f = np.exp(-0.5 * (z - centre) ** 2) / _SQRT_2PI
     else:
         delta = info - state.info
         if delta <= _NO_INFO * info:
@@ -100,13 +123,14 @@ def _advance(state: _State | None, b: float, info: float, drift: float) -> _Stat
         else:
             mean = (state.z * math.sqrt(state.info) + drift * delta) / math.sqrt(info)
             sd = math.sqrt(delta / info)
-            kernel = stats.norm.pdf((z[:, None] - mean[None, :]) / sd) / sd
+            u = (z[:, None] - mean[None, :]) / sd
+            kernel = np.exp(-0.5 * u * u) / (sd * _SQRT_2PI)
             f = kernel @ (state.w * state.f)
     return _State(z, w, f, info)
 
 
 def boundaries(information: Sequence[float], fractions: Sequence[float], alpha: float,
-               kind: SpendingName) -> np.ndarray:
+               kind: SpendingName, param: float | None = None) -> np.ndarray:
     """Upper z-boundaries of a one-sided Lan-DeMets design.
 
     ``information``: statistical information (or any quantity proportional to it, such as the
@@ -116,7 +140,7 @@ def boundaries(information: Sequence[float], fractions: Sequence[float], alpha: 
     """
     info = np.asarray(information, dtype=float)
     frac = np.maximum.accumulate(np.clip(np.asarray(fractions, dtype=float), 0.0, 1.0))
-    cum = spending(frac, alpha, kind)
+    cum = spending(frac, alpha, kind, param)
     out = np.full(info.size, np.inf)
     state: _State | None = None
     spent = 0.0

@@ -1,0 +1,214 @@
+"""Support tickets: a rate ratio stratified by calendar day, watched by a sequential harm test.
+
+"No increase in support tickets". Each rollout day is its own randomised comparison: the users
+enabled by that day (treatment) against the others, every randomised user counting one
+user-day (intention to treat). The treated share moves from under 10% to 95% during the
+rollout, so pooling days would let day-of-week and time-since-exposure effects leak into the
+ratio; every statistic here is stratified by day instead.
+
+* **Test of an increase** (the deterioration test): conditional on each day's ticket total
+  ``M_d``, the treated count is Binomial(``M_d``, ``pi_d``) under "no increase", with
+  ``pi_d = r N_td / (r N_td + N_cd)`` (``r`` the plan's tolerated ratio, 1). The stratified
+  score statistic ``Z = sum(T_d - M_d pi_d) / sqrt(sum M_d pi_d (1 - pi_d))`` (the person-time
+  Mantel-Haenszel test) is monitored over the daily looks with a share of the deterioration
+  alpha (:mod:`.design`); its information is the variance ``V = sum M_d pi_d (1 - pi_d)``.
+* **Estimate and interval**: Poisson regression with a fixed effect per day and the log
+  user-days as offset (statsmodels GLM): the common rate ratio and its Wald interval, naive and
+  at the harm boundary.
+* **Status**: fail when the harm boundary is crossed (an increase is shown); pass when it is not
+  and the test could see an increase of ``max_informative_rate_ratio`` with the configured power
+  (``exp((b + z_power) / sqrt(V))``); otherwise inconclusive: "no increase shown" from a handful
+  of tickets proves nothing.
+
+The projected maximum information uses the pre-rollout ticket rate and the schedule's user-days,
+never a ticket of the rollout itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+from ..results import StatResult
+from . import design as dz
+from .settings import StatSettings
+
+METHOD = ("Poisson rate ratio per user-day stratified by day (GLM with day effects); stratified "
+          "conditional score test of an increase, sequential over the daily looks")
+
+
+def wide_days(days: pd.DataFrame) -> pd.DataFrame:
+    """``day, arm, users, tickets`` -> one row per day: ``day, n_t, n_c, t, c``."""
+    if days is None or days.empty:
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("day", "n_t", "n_c", "t", "c")})
+    w = days.pivot_table(index="day", columns="arm", values=["users", "tickets"],
+                         aggfunc="sum", fill_value=0)
+    out = pd.DataFrame({"day": w.index.astype(int)})
+    for col, (val, arm) in {"n_t": ("users", "treatment"), "n_c": ("users", "control"),
+                            "t": ("tickets", "treatment"), "c": ("tickets", "control")}.items():
+        out[col] = w[(val, arm)].to_numpy(float) if (val, arm) in w.columns else 0.0
+    return out.reset_index(drop=True)
+
+
+def score_statistic(wide: pd.DataFrame, ratio: float = 1.0) -> tuple[float, float]:
+    """Stratified conditional score statistic of an increase and its information V."""
+    if wide.empty:
+        return math.nan, 0.0
+    nt, nc = wide["n_t"].to_numpy(float), wide["n_c"].to_numpy(float)
+    t, c = wide["t"].to_numpy(float), wide["c"].to_numpy(float)
+    ok = (nt > 0) & (nc > 0)
+    m = t + c
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pi = np.where(ok, ratio * nt / (ratio * nt + nc), 0.0)
+    u = float(((t - m * pi) * ok).sum())
+    v = float((m * pi * (1 - pi) * ok).sum())
+    return (u / math.sqrt(v) if v > 0 else math.nan), v
+
+
+def poisson_ratio(wide: pd.DataFrame) -> tuple[float, float]:
+    """log rate ratio and its standard error from a Poisson GLM with a fixed effect per day
+    (offset log user-days). Days lacking an arm or without any ticket carry no information and
+    are left out; (nan, nan) when nothing is left or the treated arm has no ticket."""
+    w = wide.loc[(wide["n_t"] > 0) & (wide["n_c"] > 0) & ((wide["t"] + wide["c"]) > 0)]
+    if w.empty or float(w["t"].sum()) == 0 or float(w["c"].sum()) == 0:
+        return math.nan, math.nan
+    k = len(w)
+    y = np.concatenate([w["t"].to_numpy(float), w["c"].to_numpy(float)])
+    expo = np.concatenate([w["n_t"].to_numpy(float), w["n_c"].to_numpy(float)])
+    treat = np.concatenate([np.ones(k), np.zeros(k)])
+    day_fx = np.vstack([np.eye(k), np.eye(k)])
+    x = np.column_stack([treat, day_fx])
+    fit = sm.GLM(y, x, family=sm.families.Poisson(), offset=np.log(expo)).fit()
+    return float(fit.params[0]), float(fit.bse[0])
+
+
+def projected_information(wide: pd.DataFrame, day: int, final_day: int,
+                          future_users: pd.DataFrame, baseline_rate: float, ratio: float = 1.0
+                          ) -> float:
+    """Information V the test will have by ``final_day``: observed V plus, for each later day,
+    ``rate x (N_t + N_c) x pi (1 - pi)`` with the pre-rollout ticket rate and the schedule's
+    user-days (``future_users``: ``day, n_t, n_c``)."""
+    _, v = score_statistic(wide.loc[wide["day"] <= day], ratio)
+    fut = future_users.loc[(future_users["day"] > day) & (future_users["day"] <= final_day)]
+    if fut.empty or not baseline_rate > 0:
+        return v
+    nt, nc = fut["n_t"].to_numpy(float), fut["n_c"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pi = np.where((nt > 0) & (nc > 0), ratio * nt / (ratio * nt + nc), 0.0)
+    return v + float((baseline_rate * (nt + nc) * pi * (1 - pi)).sum())
+
+
+def ticket_history(days: pd.DataFrame, first_look: int, day: int, final_day: int,
+                   future_users: pd.DataFrame, baseline_rate: float, threshold: float,
+                   settings: StatSettings) -> pd.DataFrame:
+    """One row per look day in ``[first_look, min(day, final_day)]``: cumulative tickets and
+    user-days, z, information, fraction, harm boundary, crossed."""
+    wide = wide_days(days)
+    rows = []
+    for d in range(first_look, min(day, final_day) + 1):
+        cum = wide.loc[wide["day"] <= d]
+        z, v = score_statistic(cum, threshold)
+        vmax = projected_information(wide, d, final_day, future_users, baseline_rate, threshold)
+        rows.append({"day": d, "tickets_t": float(cum["t"].sum()), "tickets_c": float(cum["c"].sum()),
+                     "user_days_t": float(cum["n_t"].sum()), "user_days_c": float(cum["n_c"].sum()),
+                     "z": z, "information": v, "information_max": vmax, "final": d >= final_day})
+    hist = pd.DataFrame(rows, columns=["day", "tickets_t", "tickets_c", "user_days_t",
+                                       "user_days_c", "z", "information", "information_max",
+                                       "final"])
+    hist["fraction"] = math.nan
+    hist["boundary"] = math.nan
+    hist["crossed"] = False
+    looks = hist.index[(hist["information"] > 0) & np.isfinite(hist["z"])]
+    if len(looks) == 0:
+        return hist
+    lk = hist.loc[looks]
+    frac = dz.information_fractions(lk["information"], lk["information_max"], lk["final"])
+    mon = dz.monitor_one_sided(lk["z"], lk["information"], frac, settings.harm_alpha,
+                               settings.harm_sequential, settings.harm_sequential_param)
+    hist.loc[looks, "fraction"] = frac
+    hist.loc[looks, "boundary"] = mon.boundary
+    hist.loc[looks, "crossed"] = mon.crossed
+    return hist
+
+
+def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
+                  future_users: pd.DataFrame, baseline_rate: float, threshold: float,
+                  settings: StatSettings, has_table: bool = True) -> tuple[StatResult, pd.DataFrame]:
+    """The support-ticket criterion on ``day`` and its look history (see module doc)."""
+    metric = "support_tickets"
+    wide = wide_days(days)
+    cum = wide.loc[wide["day"] <= day]
+    count_t, count_c = int(cum["t"].sum()), int(cum["c"].sum())
+    ud_t, ud_c = float(cum["n_t"].sum()), float(cum["n_c"].sum())
+    details = {"tickets_t": count_t, "tickets_c": count_c, "user_days_t": ud_t,
+               "user_days_c": ud_c, "days": len(cum), "harm_alpha": settings.harm_alpha,
+               "spending": settings.harm_sequential, "baseline_rate": baseline_rate}
+    n = round(cum["n_t"].max() + cum["n_c"].max()) if len(cum) else 0
+    if not has_table:
+        return StatResult(metric, None, None, None, None, n, METHOD, "no_data",
+                          "The export has no support_tickets table.", threshold,
+                          details | {"code": "no_data"}), pd.DataFrame()
+    if ud_t <= 0 or ud_c <= 0:
+        return StatResult(metric, None, None, None, None, n, METHOD, "no_data",
+                          "One arm has no user-days yet, so ticket rates cannot be compared.",
+                          threshold, details | {"code": "no_data"}), pd.DataFrame()
+    hist = ticket_history(days, first_look, day, final_day, future_users, baseline_rate,
+                          threshold, settings)
+    crossed = bool(hist["crossed"].any())
+    b_now = hist["boundary"].dropna()
+    b = float(b_now.iloc[-1]) if len(b_now) else float(stats.norm.isf(settings.harm_alpha))
+    z, v = score_statistic(cum, threshold)
+    z_pow = float(stats.norm.ppf(settings.power))
+    mde = math.exp((b + z_pow) / math.sqrt(v)) * threshold if v > 0 else math.inf
+    log_rr, se = poisson_ratio(cum)
+    z_naive = float(stats.norm.isf(settings.alpha))
+    if math.isfinite(log_rr):
+        est = math.exp(log_rr)
+        lo, hi = math.exp(log_rr - z_naive * se), math.exp(log_rr + z_naive * se)
+        seq_lo = math.exp(log_rr - b * se)
+    else:
+        est = (count_t / ud_t) / (count_c / ud_c) if count_c > 0 else (math.inf if count_t else None)
+        lo = hi = seq_lo = None
+    p = float(stats.norm.sf(z)) if math.isfinite(z) else None
+    details |= {"z": z, "information": v, "boundary": b, "mde_rate_ratio": mde,
+                "sequential_low": seq_lo, "crude_ratio": ((count_t / ud_t) / (count_c / ud_c)
+                                                          if count_c > 0 else None)}
+    est_txt = f"{est:.2f}" if est is not None and math.isfinite(est) else "n/a"
+    ci_txt = (f" ({settings.ci_level:.0%} CI {lo:.2f} to {hi:.2f})" if lo is not None else "")
+    text = (f"Support tickets per user-day, treatment/control stratified by day = {est_txt}"
+            f"{ci_txt}; {count_t} vs {count_c} tickets over {ud_t:,.0f} vs {ud_c:,.0f} user-days")
+    if crossed:
+        first = int(hist.loc[hist["crossed"], "day"].iloc[0])
+        return StatResult(metric, est, lo, hi, p, n, METHOD, "fail",
+                          f"{text}: an increase is shown (harm boundary crossed on day {first}).",
+                          threshold, details | {"code": "harm_detected", "first_crossing": first}), hist
+    if count_t + count_c == 0:
+        return StatResult(metric, None, None, None, None, n, METHOD, "inconclusive",
+                          f"No support tickets in either arm over {ud_t + ud_c:,.0f} user-days: "
+                          f"too few events to show there is no increase.", threshold,
+                          details | {"code": "insufficient_evidence"}), hist
+    if mde <= settings.max_informative_rate_ratio:
+        return StatResult(metric, est, lo, hi, p, n, METHOD, "pass",
+                          f"{text}: no increase is shown, and an increase of {mde:.2f}x would "
+                          f"have been detected with {settings.power:.0%} power.", threshold,
+                          details | {"code": "pass"}), hist
+    return StatResult(metric, est, lo, hi, p, n, METHOD, "inconclusive",
+                      f"{text}: no increase is shown, but only an increase of {mde:.1f}x or more "
+                      f"could be detected yet, so that proves little.", threshold,
+                      details | {"code": "insufficient_evidence"}), hist
+
+
+def schedule_user_days(counts: pd.DataFrame, first_day: int, final_day: int) -> pd.DataFrame:
+    """User-days per arm the schedule implies for days ``first_day..final_day``: ``day, n_t,
+    n_c`` from the randomised users per enabling day (``f_day, n``)."""
+    days = np.arange(first_day, final_day + 1)
+    if counts is None or counts.empty:
+        return pd.DataFrame({"day": days, "n_t": 0.0, "n_c": 0.0})
+    f = counts["f_day"].to_numpy(float)
+    n = counts["n"].to_numpy(float)
+    n_t = np.array([n[f <= d].sum() for d in days])
+    return pd.DataFrame({"day": days, "n_t": n_t, "n_c": n.sum() - n_t})

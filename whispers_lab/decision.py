@@ -2,7 +2,10 @@
 
 :func:`decide` is a pure function of the day's criterion and trigger results and the plan:
 
-1. ``ROLLBACK`` if any trigger fired (status ``fail``), in every phase.
+1. ``ROLLBACK`` if any trigger fired (status ``fail``), in every phase; and, when the plan's
+   ``deterioration.rollback_on_harm`` is on, if harm is shown (reason code ``harm_detected``)
+   on a criterion the plan requires in any phase: proven harm on a metric the rollout can
+   never pass is not a reason to wait at the current audience.
 2. ``NO_GO`` if anything blocks the day:
 
    * a criterion the phase *requires* that does not pass (fail, inconclusive, no_data, or
@@ -18,6 +21,10 @@
      response criteria judge those days instead.
 
 3. ``GO`` otherwise.
+
+Every result carries a reason code (``results.REASON_CODES``) and so does the decision
+(:data:`DECISION_CODES`): a hold says whether harm was detected, a criterion failed, or the
+evidence is not there yet.
 
 The next step follows the plan: on GO the audience of day + 1 (continue the phase, or advance to
 the next phase on its first day; after the last day, stay at 100%); on NO_GO hold the current
@@ -42,7 +49,20 @@ Verdict = Literal["GO", "NO_GO", "ROLLBACK"]
 Action = Literal["continue", "advance", "complete", "hold", "rollback"]
 Role = Literal["required", "watched", "info"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Why the decision is what it is, worst first.
+DECISION_CODES: tuple[str, ...] = ("trigger_fired", "harm_detected", "criterion_failed",
+                                   "not_enough_evidence", "all_pass")
+#: Result codes that mean "not enough evidence yet" (not a failure).
+EVIDENCE_CODES: frozenset[str] = frozenset({"insufficient_evidence", "untrustworthy", "no_data"})
+#: Plain words of each decision code for reports.
+DECISION_CODE_TEXT: dict[str, str] = {
+    "trigger_fired": "rollback trigger fired",
+    "harm_detected": "harm detected",
+    "criterion_failed": "a criterion failed",
+    "not_enough_evidence": "not enough evidence yet",
+    "all_pass": "all criteria pass",
+}
 #: Worst first: a decision with a lower rank is more conservative.
 VERDICT_RANK: dict[str, int] = {"ROLLBACK": 0, "NO_GO": 1, "GO": 2}
 #: Triggers that are only watched (not required) in phases without a percentage audience.
@@ -112,6 +132,18 @@ class Decision:
     plan_source: str = ""
     plan_version: int = 1
     notes: tuple[str, ...] = field(default=())
+    code: str = "all_pass"
+    harm: tuple[str, ...] = ()
+
+    @property
+    def code_text(self) -> str:
+        """The decision code in plain words ("held: not enough evidence yet")."""
+        words = DECISION_CODE_TEXT.get(self.code, self.code)
+        if self.decision == "NO_GO":
+            return f"held: {words}"
+        if self.decision == "ROLLBACK":
+            return f"rolled back: {words}"
+        return words
 
     @property
     def criteria(self) -> tuple[CriterionResult, ...]:
@@ -126,8 +158,9 @@ class Decision:
         return {"id": d["id"], "kind": d["kind"], "role": self.roles.get(r.id, "info"),
                 "value": d["value"], "threshold": d["threshold"], "status": d["status"],
                 "fired": r.fired if r.kind == "trigger" else None,
-                "blocking": r.id in self.blocking or r.id in self.fired,
-                "reason": d["reason"], "unit": d["unit"], "details": d["details"]}
+                "blocking": r.id in self.blocking or r.id in self.fired or r.id in self.harm,
+                "code": r.code, "reason": d["reason"], "unit": d["unit"],
+                "details": d["details"]}
 
     def to_dict(self, generated_at: dt.datetime | None = None) -> dict[str, Any]:
         """The ``decision.json`` document (see docs/decision-schema.md)."""
@@ -144,10 +177,13 @@ class Decision:
                       "environment": self.phase.environment,
                       "first_day": self.phase.first_day, "last_day": self.phase.last_day},
             "decision": self.decision,
+            "reason_code": self.code,
+            "reason_text": self.code_text,
             "next_step": self.next_step.to_dict(),
             "reasons": list(self.reasons),
             "blocking": list(self.blocking),
             "fired": list(self.fired),
+            "harm": list(self.harm),
             "notes": list(self.notes),
             "criteria": [self._entry(r) for r in self.criteria],
             "triggers": [self._entry(r) for r in self.triggers],
@@ -264,16 +300,33 @@ def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision
         reasons.append(f"Required {cid} was not evaluated (no result).")
     blocking_ids = tuple(dict.fromkeys(blocking))
     reasons = fired_reasons + reasons
+    by_id = {r.id: r for r in results}
+    harm = tuple(r.id for r in results if r.kind == "criterion" and r.code == "harm_detected"
+                 and plan.deterioration.rollback_on_harm and plan.required_from(r.id) is not None)
 
     verdict: Verdict
-    if fired:
+    if fired or harm:
         verdict = "ROLLBACK"
-        reasons.insert(0, f"{len(fired)} rollback trigger(s) fired: {', '.join(fired)}.")
+        if harm:
+            reasons.insert(0, f"Harm shown on {', '.join(harm)}, which the plan requires: "
+                              f"roll back (plan: deterioration.rollback_on_harm).")
+        if fired:
+            reasons.insert(0, f"{len(fired)} rollback trigger(s) fired: {', '.join(fired)}.")
+        code = "trigger_fired" if fired else "harm_detected"
     elif blocking_ids:
         verdict = "NO_GO"
-        reasons.insert(0, f"{len(blocking_ids)} item(s) block the day: {', '.join(blocking_ids)}.")
+        codes = [by_id[b].code if b in by_id else "no_data" for b in blocking_ids]
+        if "harm_detected" in codes:
+            code = "harm_detected"
+        elif any(c not in EVIDENCE_CODES for c in codes):
+            code = "criterion_failed"
+        else:
+            code = "not_enough_evidence"
+        reasons.insert(0, f"{len(blocking_ids)} item(s) block the day "
+                          f"({DECISION_CODE_TEXT[code]}): {', '.join(blocking_ids)}.")
     else:
         verdict = "GO"
+        code = "all_pass"
         n_req = len(phase.required)
         reasons.insert(0, f"All {n_req} required criteria of {phase.name} pass, no watched "
                           f"criterion fails and no rollback trigger fired.")
@@ -281,4 +334,5 @@ def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision
     return Decision(day=day, date=plan.day_start(day).date(), phase=phase, decision=verdict,
                     next_step=step, reasons=tuple(reasons), results=results, roles=roles,
                     blocking=blocking_ids, fired=fired, plan_name=plan.name,
-                    plan_source=plan.source, plan_version=plan.version, notes=tuple(notes))
+                    plan_source=plan.source, plan_version=plan.version, notes=tuple(notes),
+                    code=code, harm=harm)

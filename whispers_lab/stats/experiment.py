@@ -174,7 +174,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
     counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share
                          for d in counts["day"]]
-    srm = srm_test(counts, s, day)
+    srm = srm_coded(srm_test(counts, s, day))
     srm_flag = srm.status == "fail"
 
     # -- retention (every k) -------------------------------------------------------------------
@@ -251,6 +251,13 @@ def experiment_results(export: Export, day: int, plan: Plan,
         relevance=relevance, support_tickets=tickets, ticket_history=ticket_hist, canary=canary,
         power=power, design=design, population=population,
     )
+
+
+def srm_coded(r: StatResult) -> StatResult:
+    """The SRM result with its reason code: a failed split means the assignment is broken."""
+    code = {"pass": "pass", "fail": "assignment_broken", "inconclusive":
+            "insufficient_evidence"}.get(r.status, "no_data")
+    return _with_note(r, "", {"code": code})
 
 
 def _with_note(r: StatResult, note: str, extra: dict[str, Any]) -> StatResult:

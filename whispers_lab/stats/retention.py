@@ -181,31 +181,34 @@ def retention_history(data: StagedData, k: int, day: int, margin: float,
                               settings.sequential, settings.sequential_param)
     harm = dz.monitor_one_sided(lk_rows["z_harm"], info, frac, settings.harm_alpha,
                                 settings.harm_sequential, settings.harm_sequential_param)
-    for j, i in enumerate(look_idx):
-        hist.loc[i, ["fraction", "boundary", "harm_boundary"]] = [frac[j], ni.boundary[j],
-                                                                  harm.boundary[j]]
+    n = len(hist)
+    fraction = np.full(n, np.nan)
+    b_ni = np.full(n, np.nan)
+    b_harm = np.full(n, np.nan)
+    fraction[look_idx], b_ni[look_idx], b_harm[look_idx] = frac, ni.boundary, harm.boundary
     # carry the latest boundaries to days that are not looks, for the intervals shown
-    hist[["boundary", "harm_boundary"]] = hist[["boundary", "harm_boundary"]].ffill()
+    b_ni = pd.Series(b_ni).ffill().to_numpy()
+    b_harm = pd.Series(b_harm).ffill().to_numpy()
     se = hist["se"].to_numpy(float)
     diff = hist["diff"].to_numpy(float)
-    hist["seq_low"] = np.where(np.isfinite(hist["boundary"]), diff - hist["boundary"] * se,
-                               -np.inf)
-    hist["seq_high"] = np.where(np.isfinite(hist["harm_boundary"]),
-                                diff + hist["harm_boundary"] * se, np.inf)
+    with np.errstate(invalid="ignore"):
+        seq_low = np.where(np.isfinite(b_ni), diff - b_ni * se, -np.inf)
+        seq_high = np.where(np.isfinite(b_harm), diff + b_harm * se, np.inf)
     final_i = next((i for i in look_idx if looks[i].final), None)
     position = {i: j for j, i in enumerate(look_idx)}
+    status = np.array(hist["status"], dtype=object)
+    code = np.array(hist["code"], dtype=object)
     passed = harmed = started = False
-    for i in range(len(hist)):
+    for i in range(n):
         if i in position:
             j = position[i]
             passed = passed or bool(ni.crossed[j])
             harmed = harmed or bool(harm.crossed[j])
             started = True
-        if not started:
-            continue
-        status, code = _verdict(passed, harmed, final_i is not None and i >= final_i)
-        hist.loc[i, ["status", "code"]] = [status, code]
-    return hist
+        if started:
+            status[i], code[i] = _verdict(passed, harmed, final_i is not None and i >= final_i)
+    return hist.assign(fraction=fraction, boundary=b_ni, harm_boundary=b_harm, seq_low=seq_low,
+                       seq_high=seq_high, status=status, code=code)
 
 
 def _verdict(passed: bool, harmed: bool, final_done: bool) -> tuple[Status, str]:

@@ -147,9 +147,7 @@ def estimate(cells: pd.DataFrame, pairs: pd.DataFrame, k: int, day: int,
                            "n_t": nt_s[good], "n_c": nc_s[good], "w": w_s[good]})
     lam_t = np.where(treat, w, 0.0)
     lam_c = np.where(treat, 0.0, w)
-    index = {(int(s), int(a), arm): i for i, (s, a, arm) in
-             enumerate(zip(c["s"], c["a"], c["arm"], strict=True))}
-    pr = _pairs_for(pairs, k, index)
+    pr = _pairs_for(pairs, k, _cell_keys(c["s"], c["a"], c["arm"]))
 
     def moments(th: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean_r = (sy - th * sx) / n
@@ -195,22 +193,121 @@ def estimate(cells: pd.DataFrame, pairs: pd.DataFrame, k: int, day: int,
     )
 
 
-def _pairs_for(pairs: pd.DataFrame, k: int, index: dict[tuple[int, int, str], int]
-               ) -> tuple[np.ndarray, ...] | None:
-    """Pair rows of window k whose two cells are both in ``index``, as aligned arrays."""
+def _cell_keys(s: pd.Series, a: pd.Series, arm: pd.Series) -> np.ndarray:
+    return (s.to_numpy(np.int64) * 100_000 + a.to_numpy(np.int64)) * 2 + (
+        arm.to_numpy(dtype=object) == "treatment")
+
+
+def _pairs_for(pairs: pd.DataFrame, k: int, keys: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """Pair rows of window k whose two cells are both among ``keys`` (the selected cells'
+    :func:`_cell_keys`, in cell order), as arrays aligned with the cell positions."""
     if pairs is None or pairs.empty:
         return None
     p = pairs.loc[pairs["k"] == k]
     if p.empty:
         return None
-    i = np.array([index.get((int(s), int(a), arm), -1) for s, a, arm in
-                  zip(p["s1"], p["a1"], p["arm1"], strict=True)])
-    j = np.array([index.get((int(s), int(a), arm), -1) for s, a, arm in
-                  zip(p["s2"], p["a2"], p["arm2"], strict=True)])
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+
+    def position(key: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(sorted_keys, key)
+        at = np.minimum(at, sorted_keys.size - 1)
+        return np.where(sorted_keys[at] == key, order[at], -1)
+
+    i = position(_cell_keys(p["s1"], p["a1"], p["arm1"]))
+    j = position(_cell_keys(p["s2"], p["a2"], p["arm2"]))
     ok = (i >= 0) & (j >= 0)
     if not ok.any():
         return None
-    p = p.loc[ok]
-    cols = [p[c].to_numpy(float) for c in ("n", "y1", "y2", "x1", "x2", "y1y2", "y1x2",
-                                            "x1y2", "x1x2")]
+    cols = [p[c].to_numpy(float)[ok] for c in ("n", "y1", "y2", "x1", "x2", "y1y2", "y1x2",
+                                                "x1y2", "x1x2")]
     return (i[ok], j[ok], *cols)
+
+
+# ---------------------------------------------------------------------------------------
+# the same cells from per-user arrays (Monte Carlo studies; tested equal to the SQL)
+
+
+def cells_from_activity(active: np.ndarray, f_day: np.ndarray, stages: tuple[int, ...] | list[int],
+                        base_day: int, covariate_days: int, k_values: tuple[int, ...] | list[int],
+                        last_day: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage cells and cross-stage pairs (the frames of
+    :func:`whispers_lab.queries.experiment.stage_cells` / ``stage_pairs``) from a boolean
+    activity matrix ``active[user, day - base_day]`` covering days ``base_day..last_day`` and
+    each user's enabling day (``inf`` = never). Vectorised over users; used by the Monte Carlo
+    benchmark, and checked against the SQL on a simulated export."""
+    active = np.asarray(active, dtype=bool)
+    f = np.asarray(f_day, dtype=float)
+    n_days = last_day - base_day + 1
+    act = active[:, :n_days]
+    csum = np.concatenate([np.zeros((act.shape[0], 1), np.int32),
+                           np.cumsum(act, axis=1, dtype=np.int32)], axis=1)
+    rows_u: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+    cell_parts = []
+    ks = sorted(set(int(k) for k in k_values))
+    for s in (int(x) for x in stages if int(x) <= last_day):
+        si = s - base_day
+        after = act[:, si:]
+        has = after.any(axis=1) & (f >= s)
+        idx = np.flatnonzero(has)
+        a = s + np.argmax(after[idx], axis=1)
+        x = (csum[idx, si] - csum[idx, si - covariate_days]).astype(float)
+        for k in ks:
+            closed = a + k <= last_day
+            treat = f[idx] == s
+            ctrl = f[idx] > a + k
+            keep = closed & (treat | ctrl)
+            ai = a[keep] - base_day
+            y = ((csum[idx[keep], ai + k + 1] - csum[idx[keep], ai + 1]) > 0).astype(float)
+            arm = np.where(treat[keep], 1, 0)
+            users = idx[keep]
+            rows_u[(k, s)] = (users, a[keep], arm, y, x[keep])
+            cell_parts.append(_group_cells(k, s, a[keep], arm, y, x[keep]))
+    cells = (pd.concat(cell_parts, ignore_index=True) if cell_parts else empty_cells())
+    pair_parts = []
+    for k in ks:
+        st = sorted(s for kk, s in rows_u if kk == k)
+        for i, s1 in enumerate(st):
+            u1, a1, arm1, y1, x1 = rows_u[(k, s1)]
+            for s2 in st[i + 1:]:
+                u2, a2, arm2, y2, x2 = rows_u[(k, s2)]
+                common, i1, i2 = np.intersect1d(u1, u2, assume_unique=True, return_indices=True)
+                if common.size == 0:
+                    continue
+                pair_parts.append(_group_pairs(k, s1, s2, a1[i1], arm1[i1], y1[i1], x1[i1],
+                                               a2[i2], arm2[i2], y2[i2], x2[i2]))
+    pairs = pd.concat(pair_parts, ignore_index=True) if pair_parts else empty_pairs()
+    return cells.sort_values(["k", "s", "a", "arm"]).reset_index(drop=True), pairs
+
+
+def _group_cells(k: int, s: int, a: np.ndarray, arm: np.ndarray, y: np.ndarray,
+                 x: np.ndarray) -> pd.DataFrame:
+    key = a.astype(np.int64) * 2 + arm
+    uniq, inv = np.unique(key, return_inverse=True)
+
+    def total(v: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=v, minlength=uniq.size)
+
+    return pd.DataFrame({
+        "k": k, "s": s, "a": uniq // 2, "arm": np.where(uniq % 2 == 1, "treatment", "control"),
+        "n": np.bincount(inv, minlength=uniq.size), "sum_y": total(y), "sum_yy": total(y * y),
+        "sum_x": total(x), "sum_xx": total(x * x), "sum_xy": total(x * y)})
+
+
+def _group_pairs(k: int, s1: int, s2: int, a1: np.ndarray, arm1: np.ndarray, y1: np.ndarray,
+                 x1: np.ndarray, a2: np.ndarray, arm2: np.ndarray, y2: np.ndarray,
+                 x2: np.ndarray) -> pd.DataFrame:
+    key = ((a1.astype(np.int64) * 2 + arm1) * 100_000 + a2.astype(np.int64) * 2 + arm2)
+    uniq, inv = np.unique(key, return_inverse=True)
+
+    def total(v: np.ndarray) -> np.ndarray:
+        return np.bincount(inv, weights=v, minlength=uniq.size)
+
+    left, right = uniq // 100_000, uniq % 100_000
+    return pd.DataFrame({
+        "k": k, "s1": s1, "a1": left // 2,
+        "arm1": np.where(left % 2 == 1, "treatment", "control"), "s2": s2, "a2": right // 2,
+        "arm2": np.where(right % 2 == 1, "treatment", "control"),
+        "n": np.bincount(inv, minlength=uniq.size), "y1": total(y1), "y2": total(y2),
+        "x1": total(x1), "x2": total(x2), "y1y2": total(y1 * y2), "y1x2": total(y1 * x2),
+        "x1y2": total(x1 * y2), "x1x2": total(x1 * x2)})

@@ -1,0 +1,449 @@
+"""Monte Carlo error rates of the daily decision: healthy rollouts held, planted harms caught.
+
+    .venv/bin/python benchmarks/mc_decisions.py                      # the full study (long)
+    .venv/bin/python benchmarks/mc_decisions.py --users 100000 --reps 200 --effects null drop3
+    .venv/bin/python benchmarks/mc_decisions.py --populations steady churny late --users 100000
+
+Each replicate draws a user base and its daily activity from the simulator's activity model
+(:mod:`whispers_lab.simulate.activity`: a Beta daily-visit propensity, weekend factor, visits
+independent across days given the propensity, a treatment effect acting on the days after a
+user's first treated visit), assigns buckets uniformly (what the hash does), enables them on the
+plan's stage days, and draws what the decision reads: app opens (retention), support tickets,
+whispers impressions and clicks, survey answers, request errors and weight fallbacks, first
+exposures (SRM). The sufficient statistics are built with the package's own numpy twin of the
+SQL (:func:`whispers_lab.stats.staggered.cells_from_activity`, tested equal to the SQL), and the
+package's statistics, rules and :func:`whispers_lab.decision.decide` turn them into each day's
+decision for days 8-14. Latency, uptime and the operational checks are not drawn (they pass);
+the end-to-end benchmark (``e2e_healthy.py``) covers them on real exports.
+
+Effects (``--effects``): ``null`` (no effect on anything), ``lift`` (+1 pp daily return, the
+simulator's healthy default), ``drop3`` (-3 pp daily return probability after a user's first
+treated visit: a 3-point D1 drop), ``tickets2x`` (treated users file tickets at twice the rate).
+Populations (``--populations``): ``realistic`` (the simulator's defaults: at least 85% of the
+users active on days 8-14 were active on days 0-7), ``steady`` (busy users), ``churny`` (rare
+visitors), ``late`` (30% of users sign up during the rollout), ``heavy_tail`` (a few very active
+users among many dormant ones). ``--legacy`` also runs the first build's retention and ticket
+rules on the same draws, for before/after figures.
+
+Prints, per population, size and effect: replicates, the share held (NO_GO or ROLLBACK) on any
+of days 8-14 with its Monte Carlo standard error, the share held by day 11, 12 and 14, and what
+held it. Results go to ``benchmarks/results/mc_decisions.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from whispers_lab import cohort, rules  # noqa: E402
+from whispers_lab.decision import decide  # noqa: E402
+from whispers_lab.plan import CRITERION_IDS, TRIGGER_IDS, Plan, load_plan  # noqa: E402
+from whispers_lab.results import CriterionResult  # noqa: E402
+from whispers_lab.simulate.params import ModelParams  # noqa: E402
+from whispers_lab.stats import design as dz  # noqa: E402
+from whispers_lab.stats.experiment import plan_schedule, srm_coded  # noqa: E402
+from whispers_lab.stats.rates import proportion_vs_threshold, ratio_vs_threshold  # noqa: E402
+from whispers_lab.stats.retention import (  # noqa: E402
+    StagedData,
+    baseline_rate,
+    margin_in_force,
+    retention_history,
+)
+from whispers_lab.stats.settings import StatSettings  # noqa: E402
+from whispers_lab.stats.srm import srm_test  # noqa: E402
+from whispers_lab.stats.staggered import cells_from_activity  # noqa: E402
+from whispers_lab.stats.sufficient import RatioStat, ratio_from_units  # noqa: E402
+from whispers_lab.stats.tickets import schedule_user_days, ticket_result  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "mc_decisions.json"
+PRE = 14
+DAYS = range(8, 15)
+
+
+@dataclass(frozen=True)
+class Population:
+    name: str
+    beta: tuple[float, float]
+    late_share: float = 0.0        # users signing up uniformly over days 0..14
+    dormant_share: float = 0.0     # users with a tiny propensity (heavy tail)
+
+
+POPULATIONS: dict[str, Population] = {
+    "realistic": Population("realistic", ModelParams().activity_beta),
+    "steady": Population("steady", (4.0, 3.0)),
+    "churny": Population("churny", (0.6, 2.4)),
+    "late": Population("late", ModelParams().activity_beta, late_share=0.30),
+    "heavy_tail": Population("heavy_tail", (0.8, 0.8), dormant_share=0.5),
+}
+EFFECTS = ("null", "lift", "drop3", "tickets2x")
+
+
+def _weekend(plan: Plan, day: int) -> bool:
+    return (plan.start_date + pd.Timedelta(days=day)).weekday() >= 5
+
+
+def simulate_rollout(n: int, pop: Population, effect: str, plan: Plan, rng: np.random.Generator,
+                     params: ModelParams) -> dict[str, Any]:
+    """One rollout's per-user draws (days -PRE..14), vectorised over users."""
+    a, b = pop.beta
+    prop = rng.beta(a, b, n)
+    if pop.dormant_share:
+        dormant = rng.random(n) < pop.dormant_share
+        prop[dormant] = rng.beta(0.3, 12.0, int(dormant.sum()))
+    signup = np.full(n, -10 * PRE)
+    if pop.late_share:
+        late = rng.random(n) < pop.late_share
+        signup[late] = rng.integers(0, 15, int(late.sum()))
+    bucket = rng.integers(0, plan.assignment.buckets, n)
+    days_thr = [(d, cohort.stage_threshold(p, plan)) for d, p in plan.percentage_stages()]
+    f = np.full(n, np.inf)
+    for d, thr in reversed(days_thr):
+        f[bucket < thr] = d
+    f[bucket >= cohort.holdout_start(plan)] = np.inf
+    lift = {"lift": params.retention_lift, "drop3": -0.03}.get(effect, 0.0)
+    n_days = PRE + 15
+    active = np.zeros((n, n_days), dtype=bool)
+    treated_since = np.full(n, np.inf)
+    for i, d in enumerate(range(-PRE, 15)):
+        p = prop * (params.weekend_factor if _weekend(plan, d) else 1.0)
+        if lift:
+            p = p + lift * (treated_since < d)
+        p = np.clip(p, 0.0, params.max_daily_prob)
+        act = (rng.random(n) < p) & (signup <= d)
+        active[:, i] = act
+        newly = act & (f <= d) & ~np.isfinite(treated_since)
+        treated_since[newly] = d
+    return {"f": f, "active": active, "signup": signup, "rng": rng, "n": n}
+
+
+def _ticket_days(sim: dict[str, Any], effect: str, rate: float, plan: Plan,
+                 rng: np.random.Generator) -> tuple[pd.DataFrame, float]:
+    f, signup = sim["f"], sim["signup"]
+    rows = []
+    for d in DAYS:
+        known = signup <= d
+        for arm, mask in (("treatment", known & (f <= d)), ("control", known & (f > d))):
+            users = float(mask.sum())
+            mult = 2.0 if (effect == "tickets2x" and arm == "treatment") else 1.0
+            rows.append({"day": d, "arm": arm, "users": users,
+                         "tickets": int(rng.poisson(rate * mult * users))})
+    pre_users = float(sum((signup <= d).sum() for d in range(-PRE, 0)))
+    pre_tickets = float(rng.poisson(rate * pre_users))
+    return pd.DataFrame(rows), (pre_tickets / pre_users if pre_users else 0.0)
+
+
+def _engagement(sim: dict[str, Any], plan: Plan, rng: np.random.Generator,
+                params: ModelParams) -> dict[int, dict[str, Any]]:
+    """Per day: cumulative CTR / feedback / relevance stats and the day's request counts."""
+    f, active, n = sim["f"], sim["active"], sim["n"]
+    user_ctr = rng.beta(2.0, 8.0, n)   # mean 0.20 against the 15% target
+    imp = np.zeros(n)
+    clk = np.zeros(n)
+    rating_sum = np.zeros(n)
+    answers = np.zeros(n)
+    relevant = np.zeros(n)
+    probs = np.asarray(params.rating_probs) / sum(params.rating_probs)
+    out = {}
+    for d in DAYS:
+        i = d + PRE
+        treated = active[:, i] & (f <= d)
+        idx = np.flatnonzero(treated)
+        req = 1 + rng.poisson(1.0, idx.size)
+        shown = 6 * req
+        imp[idx] += shown
+        clk[idx] += rng.binomial(shown, user_ctr[idx])
+        ans = idx[rng.random(idx.size) < params.feedback_rate]
+        rating_sum[ans] += rng.choice(np.arange(1, 6), ans.size, p=probs)
+        answers[ans] += 1
+        relevant[ans] += rng.random(ans.size) < params.relevant_true
+        has_imp = imp > 0
+        has_ans = answers > 0
+        requests = float(req.sum())
+        errors = float(rng.binomial(int(requests), params.whispers_error_rate))
+        fallbacks = float(rng.binomial(int(requests), params.fallback_rate))
+        out[d] = {"ctr": ratio_from_units(clk[has_imp], imp[has_imp]),
+                  "feedback": ratio_from_units(rating_sum[has_ans], answers[has_ans]),
+                  "relevance": ratio_from_units(relevant[has_ans], answers[has_ans]),
+                  "requests": requests, "errors": errors, "fallbacks": fallbacks}
+    return out
+
+
+def _independent(events: float, n: float) -> RatioStat:
+    """Counts of independent requests as a ratio statistic (one request per cluster)."""
+    return RatioStat(int(n), events, n, events, n, events)
+
+
+def _srm(sim: dict[str, Any], plan: Plan, s: StatSettings, day: int) -> Any:
+    f, active = sim["f"], sim["active"]
+    rows = active[:, PRE:PRE + day + 1]
+    has = rows.any(axis=1)
+    e = np.argmax(rows, axis=1)[has]
+    treat = (f[has] <= e)
+    days = np.arange(day + 1)
+    n_t = np.bincount(e, weights=treat, minlength=day + 1)
+    n_all = np.bincount(e, minlength=day + 1)
+    frame = pd.DataFrame({"day": days, "n_t": n_t.astype(int), "n_c": (n_all - n_t).astype(int),
+                          "share_t": [cohort.expected_split(int(d), plan).treatment_share
+                                      for d in days]})
+    return srm_coded(srm_test(frame, s, day))
+
+
+def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
+    """One rollout: each day's decision and what held it."""
+    users, seed, pop_name, effect, rep, legacy = args
+    warnings.simplefilter("ignore")
+    plan = load_plan()
+    s = StatSettings.from_plan(plan)
+    params = ModelParams()
+    rng = np.random.default_rng([seed, rep, users, EFFECTS.index(effect),
+                                 list(POPULATIONS).index(pop_name)])
+    sim = simulate_rollout(users, POPULATIONS[pop_name], effect, plan, rng, params)
+    sched = plan_schedule(plan)
+    base = -PRE
+    cells, pairs = cells_from_activity(sim["active"], sim["f"], sched.stages, base,
+                                       s.covariate_days, [s.primary_k], 14)
+    lags = _preperiod_lags(sim["active"], base)
+    profile = dz.arrival_profile(lags, users, sched.final_day - min(sched.stages) + 1)
+    counts = pd.DataFrame({"f_day": sim["f"]}).value_counts().rename("n").reset_index()
+    shares = dz.ArmShares.from_counts(counts)
+    data = StagedData(cells, pairs, sched, profile, shares, users,
+                      {s.primary_k: baseline_rate(lags, s.primary_k)})
+    tickets, pre_rate = _ticket_days(sim, effect, params.ticket_rate, plan, rng)
+    future = schedule_user_days(counts, min(sched.stages), sched.final_day)
+    eng = _engagement(sim, plan, rng, params)
+    margin, _ = margin_in_force(s, data.baseline.get(s.primary_k))
+    hist = retention_history(data, s.primary_k, max(DAYS), margin, s).set_index("day")
+    out_days = {}
+    for d in DAYS:
+        if d in hist.index:
+            row = hist.loc[d]
+            ret = CriterionResult("retention", "criterion", float(row["diff"]), -margin,
+                                  row["status"], "drawn", code=row["code"])
+        else:
+            ret = CriterionResult("retention", "criterion", None, -margin, "no_data", "drawn")
+        tk, _ = ticket_result(tickets.loc[tickets["day"] <= d], min(sched.stages), d,
+                              sched.final_day, future, pre_rate,
+                              plan.threshold("support_ticket_rate_ratio", d), s)
+        e = eng[d]
+        first = plan.window_start("ctr", d)
+        agg = [eng[x] for x in range(plan.window_start("error_rate", d), d + 1) if x in eng]
+        req = sum(x["requests"] for x in agg)
+        results = {
+            "retention": ret,
+            "support_tickets": rules.from_stat("support_tickets", tk, plan, d),
+            "srm": rules.from_stat("srm", _srm(sim, plan, s, d), plan, d),
+            "ctr": rules.from_stat("ctr", ratio_vs_threshold(
+                "ctr", e["ctr"], plan.threshold("ctr", d), "min", s, f"CTR days {first}-{d}",
+                tolerance=plan.tolerance["ctr"]), plan, d),
+            "feedback_score": rules.from_stat("feedback_score", ratio_vs_threshold(
+                "feedback_score", e["feedback"], plan.threshold("feedback_score", d), "min", s,
+                "Feedback", fmt="{:.2f}", tolerance=plan.tolerance["feedback_score"]), plan, d),
+            "relevance": rules.from_stat("relevance", proportion_vs_threshold(
+                "relevance", e["relevance"], plan.threshold("relevance", d), s, "Relevance",
+                tolerance=plan.tolerance["relevance"]), plan, d),
+            "error_rate": rules.error_rate(_win("errors", sum(x["errors"] for x in agg), req),
+                                           plan, d),
+            "weight_fallback_rate": rules.weight_fallback_rate(
+                _win("fallbacks", sum(x["fallbacks"] for x in agg), req), plan, d),
+        }
+        crit = tuple(results.get(cid) or CriterionResult(cid, "criterion", 0.0, 0.0, "pass",
+                                                          "not drawn")
+                     for cid in CRITERION_IDS)
+        trig = tuple(CriterionResult(t, "trigger", 0.0, 0.0, "pass", "not drawn")
+                     for t in TRIGGER_IDS)
+        dec = decide(crit + trig, d, plan)
+        out_days[d] = {"decision": dec.decision, "code": dec.code,
+                       "blocking": list(dec.blocking) + list(dec.fired) + list(dec.harm)}
+        if legacy:
+            out_days[d]["legacy"] = _legacy_day(sim, tickets, e, plan, d)
+    return {"rep": rep, "days": out_days}
+
+
+def _win(prefix: str, events: float, n: float) -> dict[str, Any]:
+    st = _independent(events, n)
+    return {f"{prefix}_n": st.n, f"{prefix}_num": st.sum_num, f"{prefix}_den": st.sum_den,
+            f"{prefix}_num2": st.sum_num2, f"{prefix}_den2": st.sum_den2,
+            f"{prefix}_numden": st.sum_num_den, "requests": n}
+
+
+def _preperiod_lags(active: np.ndarray, base: int) -> pd.DataFrame:
+    """The numpy twin of ``queries.experiment.preperiod_lags`` (k = 1)."""
+    rows = []
+    for p in range(base, 0):
+        w = active[:, p - base:-base]
+        has = w.any(axis=1)
+        lag = np.argmax(w, axis=1)[has]
+        nxt = np.zeros(lag.size, dtype=bool)
+        ok = lag + 1 < w.shape[1]
+        rr = np.flatnonzero(has)
+        nxt[ok] = w[rr[ok], lag[ok] + 1]
+        for L in np.unique(lag):
+            m = lag == L
+            rows.append({"p": p, "lag": int(L), "users": int(m.sum()),
+                         "returned_1": float(nxt[m].sum()) if p + L + 1 <= -1 else np.nan})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# the first build's rules (for before/after), on the same draws
+
+
+def _legacy_day(sim: dict[str, Any], tickets: pd.DataFrame, e: dict[str, Any], plan: Plan,
+                d: int) -> dict[str, str]:
+    """The first build's verdicts: retention on first-exposure strata (a unit counts only when
+    first served after its enabling day; control switched before its window closed is dropped)
+    with O'Brien-Fleming spending over 7 calendar looks and a projected fraction; tickets pooled
+    over days with the exact conditional test at alpha each day; CTR on the day alone, passing
+    only when its lower bound clears the target."""
+    from scipy import stats as sst
+
+    from whispers_lab.stats import sequential
+    from whispers_lab.stats.noninferiority import stratified_difference
+    from whispers_lab.stats.rates import exact_rate_ratio_ci
+
+    f, active = sim["f"], sim["active"]
+    rows = active[:, PRE:PRE + d + 1]
+    has = rows.any(axis=1)
+    idx = np.flatnonzero(has)
+    e_day = np.argmax(rows[idx], axis=1)
+    treat = f[idx] <= e_day
+    info = []
+    ests = []
+    for look in range(9, d + 1):
+        closed = e_day + 1 <= look
+        keep = closed & (treat | (e_day + 2 <= f[idx]))
+        y = active[idx[keep], PRE + e_day[keep] + 1]
+        st = pd.DataFrame({"e": e_day[keep], "t": treat[keep], "y": y})
+        g = st.groupby(["e", "t"])["y"].agg(["size", "sum"]).unstack(fill_value=0)
+        frame = pd.DataFrame({"n_t": g[("size", True)] if ("size", True) in g else 0,
+                              "sum_t": g[("sum", True)] if ("sum", True) in g else 0,
+                              "n_c": g[("size", False)] if ("size", False) in g else 0,
+                              "sum_c": g[("sum", False)] if ("sum", False) in g else 0})
+        est = stratified_difference(frame)
+        ests.append(est)
+        info.append(est.weight if est.ok and min(est.n_t, est.n_c) >= 5 else 0.0)
+    status = {"retention": "no_data"}
+    if ests:
+        design = sequential.monitor(info, 7, 0.05, "obrien_fleming")
+        est = ests[-1]
+        b = float(design["boundary"].iloc[-1])
+        if info[-1] > 0 and est.ok:
+            lo, hi = est.diff - b * est.se, est.diff + b * est.se
+            status["retention"] = ("pass" if lo > -0.02 else "fail" if hi < -0.02
+                                   else "inconclusive")
+    cum = tickets.loc[tickets["day"] <= d].groupby("arm")[["users", "tickets"]].sum()
+    t_t, t_c = int(cum.loc["treatment", "tickets"]), int(cum.loc["control", "tickets"])
+    lo, _ = exact_rate_ratio_ci(t_t, float(cum.loc["treatment", "users"]), t_c,
+                                float(cum.loc["control", "users"]), 0.05)
+    status["support_tickets"] = "fail" if lo > 1.0 else "pass"
+    ctr = e["ctr"]
+    se = math.sqrt(ctr.var_of_ratio) if ctr.n > 1 else math.inf
+    status["ctr"] = "pass" if ctr.ratio - float(sst.t.isf(0.05, max(ctr.n - 1, 1))) * se > 0.15 \
+        else "inconclusive"
+    phase = plan.phase_for_day(d)
+    held = any((cid in phase.required and st != "pass") or (cid in phase.watched and st == "fail")
+               for cid, st in status.items())
+    return {"held": held, **status}
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+
+
+def summarise(runs: list[dict[str, Any]], legacy: bool) -> dict[str, Any]:
+    reps = len(runs)
+    held_any = np.array([any(r["days"][d]["decision"] != "GO" for d in DAYS) for r in runs])
+
+    def held_by(day: int) -> float:
+        return float(np.mean([any(r["days"][d]["decision"] != "GO" for d in DAYS if d <= day)
+                              for r in runs]))
+
+    causes: dict[str, int] = {}
+    for r in runs:
+        for d in DAYS:
+            for c in r["days"][d]["blocking"]:
+                causes[c] = causes.get(c, 0) + 1
+    out = {"reps": reps, "held_any": float(held_any.mean()),
+           "held_any_se": float(math.sqrt(held_any.mean() * (1 - held_any.mean()) / reps)),
+           "held_by_11": held_by(11), "held_by_12": held_by(12), "held_by_14": held_by(14),
+           "rolled_back_by_14": float(np.mean([any(r["days"][d]["decision"] == "ROLLBACK"
+                                                   for d in DAYS) for r in runs])),
+           "held_days_mean": float(np.mean([sum(r["days"][d]["decision"] != "GO" for d in DAYS)
+                                            for r in runs])),
+           "causes": dict(sorted(causes.items(), key=lambda kv: -kv[1]))}
+    if legacy:
+        out["legacy_held_any"] = float(np.mean([any(r["days"][d]["legacy"]["held"] for d in DAYS)
+                                                for r in runs]))
+        out["legacy_held_by_11"] = float(np.mean([any(r["days"][d]["legacy"]["held"]
+                                                      for d in DAYS if d <= 11) for r in runs]))
+        out["legacy_held_by_12"] = float(np.mean([any(r["days"][d]["legacy"]["held"]
+                                                      for d in DAYS if d <= 12) for r in runs]))
+        out["legacy_held_by_14"] = float(np.mean([any(r["days"][d]["legacy"]["held"]
+                                                      for d in DAYS) for r in runs]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, nargs="+", default=[20_000, 100_000, 1_000_000])
+    ap.add_argument("--reps", type=int, default=1000, help="healthy replicates per cell")
+    ap.add_argument("--harm-reps", type=int, default=None,
+                    help="replicates for drop3 / tickets2x (default: --reps)")
+    ap.add_argument("--effects", nargs="+", default=["null", "drop3", "tickets2x"],
+                    choices=EFFECTS)
+    ap.add_argument("--populations", nargs="+", default=["realistic"], choices=list(POPULATIONS))
+    ap.add_argument("--seed", type=int, default=20261202)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--legacy", action="store_true", help="also the first build's rules")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    table = []
+    started = time.time()
+    print(f"{'population':<11} {'users':>9} {'effect':<10} {'reps':>5} {'held any 8-14':>16} "
+          f"{'by 11':>6} {'by 12':>6} {'by 14':>6} {'rollback':>8}  causes (blocking days)"
+          + ("   legacy: any / by 11 / by 12 / by 14" if args.legacy else ""))
+    with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
+        for pop in args.populations:
+            for users in args.users:
+                for effect in args.effects:
+                    reps = args.reps if effect in ("null", "lift") else (args.harm_reps or args.reps)
+                    t = time.time()
+                    jobs = [(users, args.seed, pop, effect, r, args.legacy) for r in range(reps)]
+                    runs = list(pool.map(replicate, jobs, chunksize=max(1, reps // (4 * args.workers))))
+                    summ = summarise(runs, args.legacy)
+                    summ.update({"population": pop, "users": users, "effect": effect,
+                                 "seconds": time.time() - t})
+                    table.append(summ)
+                    causes = ", ".join(f"{k} {v}" for k, v in list(summ["causes"].items())[:4])
+                    line = (f"{pop:<11} {users:>9,} {effect:<10} {reps:>5} "
+                            f"{summ['held_any']:>8.3f} ±{summ['held_any_se']:.3f} "
+                            f"{summ['held_by_11']:>6.3f} {summ['held_by_12']:>6.3f} "
+                            f"{summ['held_by_14']:>6.3f} {summ['rolled_back_by_14']:>8.3f}  {causes}")
+                    if args.legacy:
+                        line += (f"   {summ['legacy_held_any']:.3f} / {summ['legacy_held_by_11']:.3f}"
+                                 f" / {summ['legacy_held_by_12']:.3f} / {summ['legacy_held_by_14']:.3f}")
+                    print(line, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"generated_in_s": time.time() - started, "seed": args.seed,
+                                    "rows": table}, indent=2) + "\n")
+    print(f"wrote {args.out} ({time.time() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

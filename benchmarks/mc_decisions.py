@@ -68,7 +68,11 @@ from whispers_lab.stats.settings import StatSettings  # noqa: E402
 from whispers_lab.stats.srm import srm_test  # noqa: E402
 from whispers_lab.stats.staggered import cells_from_activity  # noqa: E402
 from whispers_lab.stats.sufficient import RatioStat, ratio_from_units  # noqa: E402
-from whispers_lab.stats.tickets import schedule_user_days, ticket_result  # noqa: E402
+from whispers_lab.stats.tickets import (  # noqa: E402
+    schedule_user_days,
+    ticket_history,
+    ticket_result,
+)
 
 RESULTS = ROOT / "benchmarks" / "results" / "mc_decisions.json"
 PRE = 14
@@ -228,6 +232,8 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
     eng = _engagement(sim, plan, rng, params)
     margin, _ = margin_in_force(s, data.baseline.get(s.primary_k))
     hist = retention_history(data, s.primary_k, max(DAYS), margin, s).set_index("day")
+    t_hist = ticket_history(tickets, min(sched.stages), max(DAYS), sched.final_day, future,
+                            pre_rate, plan.threshold("support_ticket_rate_ratio", max(DAYS)), s)
     out_days = {}
     for d in DAYS:
         if d in hist.index:
@@ -238,7 +244,8 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
             ret = CriterionResult("retention", "criterion", None, -margin, "no_data", "drawn")
         tk, _ = ticket_result(tickets.loc[tickets["day"] <= d], min(sched.stages), d,
                               sched.final_day, future, pre_rate,
-                              plan.threshold("support_ticket_rate_ratio", d), s)
+                              plan.threshold("support_ticket_rate_ratio", d), s,
+                              history=t_hist)
         e = eng[d]
         first = plan.window_start("ctr", d)
         agg = [eng[x] for x in range(plan.window_start("error_rate", d), d + 1) if x in eng]

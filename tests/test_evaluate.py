@@ -131,9 +131,12 @@ def test_healthy_is_go_on_every_day_it_can_judge(healthy: dict[int, DayEvaluatio
                        if ev.decision.roles.get(r.id) != "info"), _describe(ev)
         if ev.decision.decision == "NO_GO":
             assert _unjudged_only(ev), _describe(ev)
-    # at this size the internal and beta days have enough data to be judged
+            assert ev.decision.code == "not_enough_evidence", _describe(ev)
+    # at this size the internal days and the end of the beta phase have enough data to be
+    # judged (the first beta days have too few requests to show the error rate within budget:
+    # held for lack of evidence, and the decision says so)
     go_days = [d for d, ev in healthy.items() if ev.decision.decision == "GO"]
-    assert set(range(0, 8)) <= set(go_days), [_describe(healthy[d]) for d in range(8)]
+    assert {0, 1, 2, 7} <= set(go_days), [_describe(healthy[d]) for d in range(8)]
 
 
 def test_healthy_go_advances_through_the_plan(healthy: dict[int, DayEvaluation]):
@@ -206,8 +209,10 @@ def test_no_go_scenarios_block_their_decision_day(no_go_case):
     expected = entry["expected"]
     assert ev is not None, f"{name}: the plan never requires {expected['criterion']}"
     result = ev.result(expected["criterion"])
-    assert ev.decision.decision == expected["decision"] == "NO_GO", _describe(ev)
-    assert expected["criterion"] in ev.decision.blocking
+    assert ev.decision.decision == expected["decision"] in ("NO_GO", "ROLLBACK"), _describe(ev)
+    assert expected["criterion"] in ev.decision.blocking + ev.decision.harm
+    if name == "retention_drop":   # harm shown on a required metric: rolled back, and says why
+        assert ev.decision.code == "harm_detected" and result.code == "harm_detected"
     if name in STAT_SCENARIOS:
         # the statistics may not yet have the power to call it a failure at this size; a
         # required criterion that is not shown to hold blocks the day all the same

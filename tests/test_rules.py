@@ -356,56 +356,102 @@ def _api_day(ex: Export, day: int = DAY) -> dict[str, Any]:
                        ranking_timeout_ms=PLAN.criteria.ranking_timeout_ms)
 
 
-def test_error_rate_criterion_boundaries(export_of):
-    at = export_of(api_logs=api_minutes(NOON, [(1000, 20, 40.0)]))       # 2.0%
-    above = export_of(api_logs=api_minutes(NOON, [(1000, 21, 40.0)]))    # 2.1%
-    r = rules.error_rate(_api_day(at), PLAN, DAY)
-    assert r.status == "pass" and r.value == pytest.approx(0.02) and r.threshold == 0.02
-    assert r.details["ci_low"] < 0.02 < r.details["ci_high"]
-    assert rules.error_rate(_api_day(above), PLAN, DAY).status == "fail"
+def _win(ex: Export, day: int = DAY) -> dict[str, Any]:
+    return q.api_window(ex, PLAN.day_start(day), PLAN.day_start(day + 1))
 
 
-def test_error_rate_needs_enough_requests(export_of):
-    need = rules.min_day_requests(PLAN, PLAN.criteria.error_rate)
-    assert need == 50
-    few = export_of(api_logs=api_minutes(NOON, [(need - 1, 0, 40.0)]))
-    enough = export_of(api_logs=api_minutes(NOON, [(need, 0, 40.0)]))
-    none = export_of()
-    assert rules.error_rate(_api_day(few), PLAN, DAY).status == "inconclusive"
-    assert rules.error_rate(_api_day(enough), PLAN, DAY).status == "pass"
-    r = rules.error_rate(_api_day(none), PLAN, DAY)
+def test_error_rate_is_judged_by_its_upper_bound_with_the_tolerance_region(export_of):
+    tol = PLAN.tolerance["error_rate"]
+    assert (PLAN.criteria.error_rate, tol) == (0.02, 0.005)
+
+    def rate(errors_per_minute: int, minutes: int = 20, n: int = 500):
+        ex = export_of(api_logs=api_minutes(NOON, [(n, errors_per_minute, 40.0)] * minutes))
+        return rules.error_rate(_win(ex), PLAN, DAY)
+
+    low = rate(1)                      # 0.2% of 10,000: upper bound far below 2%
+    assert low.status == "pass" and low.code == "pass" and low.threshold == 0.02
+    assert low.details["ci_high"] < 0.02 + tol
+    assert rate(11).status == "pass"   # 2.2%: within the tolerance, not shown above 2%
+    high = rate(13)                    # 2.6%: the lower bound is above 2%: shown to miss
+    assert high.status == "fail" and high.code == "threshold_missed"
+    assert high.details["ci_low"] > 0.02
+
+
+def test_a_rate_never_passes_on_its_point_estimate(export_of):
+    # 3 errors in 100 requests (a true 3% budget-breaker) and 0 errors in 100: neither passes
+    three = export_of(api_logs=api_minutes(NOON, [(10, 1, 40.0)] * 3 + [(10, 0, 40.0)] * 7))
+    none = export_of(api_logs=api_minutes(NOON, [(10, 0, 40.0)] * 10))
+    enough = export_of(api_logs=api_minutes(NOON, [(15, 0, 40.0)] * 10))
+    assert rules.error_rate(_win(three), PLAN, DAY).status == "inconclusive"
+    r = rules.error_rate(_win(none), PLAN, DAY)
+    assert r.status == "inconclusive" and r.code == "insufficient_evidence"
+    assert r.details["ci_high"] > 0.02 + PLAN.tolerance["error_rate"]
+    assert rules.error_rate(_win(enough), PLAN, DAY).status == "pass"   # 0 of 150
+    r = rules.error_rate(_win(export_of()), PLAN, DAY)
     assert r.status == "no_data" and r.value is None
 
 
-def test_avg_response_boundaries(export_of):
-    at = export_of(api_logs=api_minutes(NOON, [(50, 0, 100.0)]))
-    above = export_of(api_logs=api_minutes(NOON, [(50, 0, 100.5)]))
-    few = export_of(api_logs=api_minutes(NOON, [(MIN_REQ - 1, 0, 10.0)]))
-    assert rules.avg_response_ms(_api_day(at), PLAN, DAY).status == "pass"
-    assert rules.avg_response_ms(_api_day(above), PLAN, DAY).status == "fail"
-    assert rules.avg_response_ms(_api_day(few), PLAN, DAY).status == "inconclusive"
+def test_error_rate_counts_minutes_as_clusters(export_of):
+    # the same 2.2% overall, but all errors packed into a few minutes: the design effect
+    # widens the interval, so the tolerance region no longer passes it
+    spread = export_of(api_logs=api_minutes(NOON, [(500, 11, 40.0)] * 20))
+    packed = export_of(api_logs=api_minutes(NOON, [(500, 110, 40.0)] * 2
+                                            + [(500, 0, 40.0)] * 18))
+    s, p = rules.error_rate(_win(spread), PLAN, DAY), rules.error_rate(_win(packed), PLAN, DAY)
+    assert s.value == pytest.approx(p.value)
+    assert p.details["design_effect"] > 10 * s.details["design_effect"]
+    assert s.status == "pass" and p.status == "inconclusive"
 
 
-def _with_weights(n: int, fallbacks: int) -> dict[str, Any]:
-    api = api_minutes(NOON, [(n, 0, 40.0)])
-    source = np.full(n, "user", dtype=object)
-    source[:fallbacks] = "fallback"
+def test_avg_response_is_clustered_by_minute_with_the_tolerance_region(export_of):
+    def avg(durations):
+        ex = export_of(api_logs=api_minutes(NOON, [(50, 0, ms) for ms in durations]))
+        return rules.avg_response_ms(_win(ex), PLAN, DAY)
+
+    assert avg([90.0, 110.0] * 10).status == "pass"      # mean 100, upper bound < 110
+    r = avg([112.0, 118.0] * 10)                         # mean 115: shown above 100
+    assert r.status == "fail" and r.code == "threshold_missed"
+    assert avg([60.0, 150.0] * 3).status == "inconclusive"   # 6 noisy minutes
+    assert avg([90.0, 110.0]).status == "inconclusive"       # 2 minutes: too few clusters
+
+
+def _with_weights(n: int, fallbacks: int, minutes: int = 20) -> dict[str, Any]:
+    api = api_minutes(NOON, [(n, 0, 40.0)] * minutes)
+    source = np.full(n * minutes, "user", dtype=object)
+    for m in range(minutes):
+        source[m * n:m * n + fallbacks] = "fallback"
     api["weight_source"] = source
     return api
 
 
 def test_fallback_rate_uses_the_phase_threshold(export_of):
-    ex = export_of(api_logs=_with_weights(1000, 49))         # 4.9%
+    ex = export_of(api_logs=_with_weights(500, 24))          # 4.8%
     beta_day = 4
-    ex_beta = export_of(api_logs={**_with_weights(1000, 49),
-                                  "timestamp": _with_weights(1000, 49)["timestamp"]
+    ex_beta = export_of(api_logs={**_with_weights(500, 24),
+                                  "timestamp": _with_weights(500, 24)["timestamp"]
                                   - np.timedelta64(5, "D")})
-    beta = rules.weight_fallback_rate(_api_day(ex_beta, beta_day), PLAN, beta_day)
+    beta = rules.weight_fallback_rate(_win(ex_beta, beta_day), PLAN, beta_day)
     assert beta.threshold == 0.05 and beta.status == "pass"
-    rollout = rules.weight_fallback_rate(_api_day(ex), PLAN, DAY)
+    rollout = rules.weight_fallback_rate(_win(ex), PLAN, DAY)
     assert rollout.threshold == 0.02 and rollout.status == "fail"
     ex_no_source = export_of(api_logs=api_minutes(NOON, [(100, 0, 40.0)]))
-    assert rules.weight_fallback_rate(_api_day(ex_no_source), PLAN, DAY).status == "no_data"
+    assert rules.weight_fallback_rate(_win(ex_no_source), PLAN, DAY).status == "no_data"
+
+
+def test_p95_woodruff_interval_is_clustered_by_minute(export_of):
+    calm = [(100, 0, 60.0)] * 19 + [(100, 0, 140.0)]
+    ex = export_of(api_logs=api_minutes(NOON, calm * 3))
+    win = _win(ex)
+    ends = q.api_quantiles(ex, D0, D1, rules.p95_probabilities(win, PLAN))
+    r = rules.p95_response_ms(win, ends, PLAN, DAY)
+    assert r.details["design_effect"] > 1   # slow requests come in whole minutes
+    assert r.details["ci_low"] <= r.value <= r.details["ci_high"]
+    slow = export_of(api_logs=api_minutes(NOON, [(100, 0, 200.0)] * 60))
+    win = _win(slow)
+    r = rules.p95_response_ms(win, q.api_quantiles(slow, D0, D1,
+                                                   rules.p95_probabilities(win, PLAN)), PLAN, DAY)
+    assert r.status == "fail" and r.code == "threshold_missed"
+    assert rules.p95_response_ms(_win(export_of()), [], PLAN, DAY).status == "no_data"
 
 
 def test_ranking_timeouts_boundary(export_of):
@@ -425,9 +471,7 @@ def test_ranking_timeouts_boundary(export_of):
 # uptime
 
 
-def test_uptime_boundaries(export_of):
-    need = rules.min_uptime_minutes(PLAN.criteria.uptime)
-    assert need == 200
+def test_uptime_tolerance_region_on_counted_minutes(export_of):
     up = (MIN_REQ, 0, 40.0)
     down = (MIN_REQ, MIN_REQ // 2, 40.0)         # half the requests 5xx: down
     almost = (MIN_REQ, MIN_REQ // 2 - 1, 40.0)    # just under half: up
@@ -438,14 +482,16 @@ def test_uptime_boundaries(export_of):
         avail = q.availability(ex, D0, D1, min_requests=MIN_REQ)
         return rules.uptime(avail, PLAN, DAY)
 
-    assert uptime([up] * need).status == "pass"
-    assert uptime([up] * (need - 1)).status == "inconclusive"
-    r = uptime([up] * (need - 1) + [down])                   # 199/200 = 99.5%: at the target
-    assert r.status == "pass" and r.value == pytest.approx(0.995)
-    assert uptime([up] * (need - 2) + [down] * 2).status == "fail"
-    assert uptime([up] * (need - 1) + [almost]).value == 1.0
-    assert uptime([up] * (need - 1) + [down], error_status=404).value == 1.0   # 4xx: still up
-    assert uptime([up] * 10 + [down] * 2).status == "fail"    # failing even on few minutes
+    assert uptime([up] * 600).status == "pass"             # lower bound above 99.3%
+    r = uptime([up] * 200)                                  # all up, but too few minutes
+    assert r.status == "inconclusive" and r.code == "insufficient_evidence"
+    r = uptime([up] * 1199 + [down])
+    assert r.status == "pass" and r.value == pytest.approx(1199 / 1200)
+    assert uptime([up] * 300 + [down]).status == "inconclusive"   # 99.7%, but not shown
+    r = uptime([up] * 10 + [down] * 2)                      # shown below 99.5% on few minutes
+    assert r.status == "fail" and r.code == "threshold_missed"
+    assert uptime([up] * 599 + [almost]).value == 1.0
+    assert uptime([up] * 599 + [down], error_status=404).value == 1.0   # 4xx: still up
     assert uptime([(MIN_REQ - 1, MIN_REQ - 1, 40.0)] * 300).status == "inconclusive"
 
 

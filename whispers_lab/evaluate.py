@@ -100,6 +100,33 @@ def _uncovered(day: int, plan: Plan, end: dt.datetime | None) -> tuple[Criterion
     return tuple(out)
 
 
+#: Row of the statistics' power table that belongs to each criterion.
+POWER_ROWS: dict[str, str] = {"retention": "retention_d{k}", "ctr": "ctr",
+                              "feedback_score": "feedback_score", "relevance": "relevance",
+                              "support_tickets": "support_tickets"}
+
+
+def _with_power(result: CriterionResult, stats: Any) -> CriterionResult:
+    """The criterion with its power row (minimum detectable effect today, what it still
+    needs) in ``details["power"]``, for the report."""
+    if stats is None or result.id not in POWER_ROWS or stats.power is None:
+        return result
+    name = POWER_ROWS[result.id].format(k=stats.settings.primary_k)
+    rows = stats.power.loc[stats.power["metric"] == name]
+    if rows.empty:
+        return result
+    row = rows.iloc[0].replace({float("inf"): None}).to_dict()
+    power = {"mde": row.get("mde"), "target": row.get("target"), "note": row.get("note"),
+             "information": row.get("information")}
+    extra: dict[str, Any] = {"power": power}
+    if result.id == "retention" and getattr(stats, "design", None):
+        extra["design"] = stats.design
+    return CriterionResult(id=result.id, kind=result.kind, value=result.value,
+                           threshold=result.threshold, status=result.status,
+                           reason=result.reason, unit=result.unit,
+                           details=result.details | extra, code=result.code)
+
+
 def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
     """Evaluate rollout day ``day``: every criterion and trigger, the decision, chart series."""
     phase = plan.phase_for_day(day)
@@ -182,7 +209,7 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
     }
     for cid in STAT_CRITERIA:
         stat = getattr(stats, cid, None) if stats is not None else None
-        by_id[cid] = from_stat(cid, stat, plan, day, stats_missing)
+        by_id[cid] = _with_power(from_stat(cid, stat, plan, day, stats_missing), stats)
     criteria = tuple(by_id[cid] for cid in CRITERION_IDS)
     triggers = (
         rules.trigger_error_rate(err_runs, trigger_minutes, plan, day),

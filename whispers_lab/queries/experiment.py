@@ -537,3 +537,32 @@ def canary_population(export: Export, lo: dt.datetime, hi: dt.datetime, day: int
     """
     row = export.sql(q, {"lo": lo, "hi": hi, "day": int(day), "ep": endpoint}).iloc[0]
     return {k: int(v) for k, v in row.items()}
+
+
+def first_exposure_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
+                         base_day: int, k_values: Sequence[int], last_day: int) -> pd.DataFrame:
+    """The first build's retention cells, for comparison with the staggered design: per
+    (k, e, variant) with ``e`` the rollout day of a randomised user's first exposure since
+    ``t0`` and ``variant`` the one first served: ``n, sum_y`` (back within k days after e).
+    A unit counts when its window closed (``e + k <= last_day``) and, for control, before
+    the plan enabled it (``e + k + 1 <= f``). Needs :data:`RANDOMISED_TABLE`."""
+    ks = sorted(set(int(k) for k in k_values))
+    q = f"""
+    WITH ks(k) AS (VALUES {_int_values(ks)}),
+    first_exp AS (
+        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
+        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+    ),
+    u AS (
+        SELECT r.f_day, r.m, f.variant, {_day_expr(start, 'f.first_at')} AS e
+        FROM first_exp f JOIN {RANDOMISED_TABLE} r ON r.user_id = f.user_id
+    )
+    SELECT ks.k, u.e, u.variant, count(*) AS n,
+           sum(CASE WHEN ((u.m >> CAST(u.e + 1 - $base AS INTEGER))
+                          & ((CAST(1 AS HUGEINT) << ks.k) - 1)) <> 0 THEN 1 ELSE 0 END)::DOUBLE
+               AS sum_y
+    FROM u CROSS JOIN ks
+    WHERE u.e + ks.k <= $last AND (u.variant = 'treatment' OR u.e + ks.k + 1 <= u.f_day)
+    GROUP BY ALL ORDER BY ALL
+    """
+    return export.sql(q, {"t0": t0, "hi": hi, "base": int(base_day), "last": int(last_day)})

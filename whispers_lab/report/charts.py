@@ -270,8 +270,9 @@ def retention_chart(history: Any, margin: float, min_users: int,
                     title: str = "Retention: treatment minus control, with confidence intervals"
                     ) -> Figure:
     """Daily looks at the retention difference (treatment - control): the estimate, the naive
-    95% interval (thin) and the sequential interval that accounts for looking every day
-    (thick), against the non-inferiority margin (treatment may be at most ``margin`` worse)."""
+    interval (thin) and the sequential bounds that account for looking every day (thick: its
+    lower end must clear the non-inferiority margin for a pass; its upper end below zero shows
+    harm), against the margin (treatment may be at most ``margin`` worse)."""
     frame = retention_frame(history)
     if frame.empty or "diff" not in frame or frame["diff"].isna().all():
         return _empty("No retention comparison yet: retention is compared from the first "
@@ -294,10 +295,10 @@ def retention_chart(history: Any, margin: float, min_users: int,
     if {"seq_low", "seq_high"} <= set(frame):
         lo, hi = frame["seq_low"].astype(float), frame["seq_high"].astype(float)
         ax.vlines(x, lo, hi.fillna(np.nanmax(est) + 1), color=BLUE, lw=6, alpha=0.35,
-                  label="sequential interval (valid under daily looks)")
+                  label="sequential bounds: pass bound (low), harm bound (high)")
     if {"naive_low", "naive_high"} <= set(frame):
         ax.vlines(x, frame["naive_low"].astype(float), frame["naive_high"].astype(float),
-                  color="#374151", lw=1.2, label="naive 95% interval (one look)")
+                  color="#374151", lw=1.2, label="naive interval (one look)")
     ax.plot(x, est, "o", color=BLUE, ms=5, label="estimate")
     ax.axhline(0, color="#374151", lw=0.8)
     ax.axhline(-margin, color=RED, ls="--", lw=1.2,

@@ -66,7 +66,10 @@ def _summary(doc: dict[str, Any]) -> str:
     if doc.get("decision") == "ERROR":
         return "Run failed, no decision: " + str(doc.get("error") or "unknown error")
     reasons = doc.get("reasons") or []
-    return str(reasons[0]) if reasons else ""
+    first = str(reasons[0]) if reasons else ""
+    if doc.get("decision") in ("NO_GO", "ROLLBACK") and doc.get("reason_text"):
+        return f"{str(doc['reason_text']).capitalize()}. {first}"
+    return first
 
 
 def _next_step(doc: dict[str, Any]) -> str:

@@ -66,6 +66,15 @@ STATUS_STYLE: dict[str, tuple[str, str]] = {
 ROLE_WORDS: dict[str, str] = {"required": "must pass", "watched": "watched",
                               "info": "for information"}
 
+#: Plain words of each result's reason code (shown under its status).
+CODE_WORDS: dict[str, str] = {
+    "pass": "", "harm_detected": "harm detected", "threshold_missed": "shown to miss the target",
+    "not_demonstrated": "not shown by the final look", "check_failed": "check failed",
+    "trigger_fired": "", "assignment_broken": "assignment broken",
+    "insufficient_evidence": "not enough evidence yet",
+    "untrustworthy": "untrustworthy (sample-ratio mismatch)", "no_data": "",
+}
+
 #: Where each criterion's details give the number of users its value rests on. A pair means
 #: two groups (treatment and control): the smaller one counts. ``stat.`` reads the statistics
 #: package's own details.
@@ -228,7 +237,11 @@ def decision_banner_html(doc: Mapping[str, Any], plan: Plan | None = None) -> st
              f"{_e(doc.get('day'))} ({_e(doc.get('date'))}) &middot; {_e(phase.get('name', ''))}"
              f"</div>",
              f"<div style='font-size:30px;font-weight:700;margin:4px 0'>{_e(label)}</div>",
-             f"<div style='font-size:17px'>{_e(headline)}</div></div>"]
+             f"<div style='font-size:17px'>{_e(headline)}</div>"]
+    if verdict in ("NO_GO", "ROLLBACK") and doc.get("reason_text"):
+        parts.append(f"<div style='font-size:15px;margin-top:4px;font-weight:600'>"
+                     f"{_e(str(doc['reason_text']).capitalize())}</div>")
+    parts.append("</div>")
     if step:
         action = str(step.get("action"))
         when = f"day {_e(step.get('day'))}"
@@ -313,18 +326,25 @@ def criteria_rows(doc: Mapping[str, Any], min_users: int) -> list[dict[str, str]
         colour, word = STATUS_STYLE.get(status, STATUS_STYLE["no_data"])
         if entry.get("kind") == "trigger":
             word = {"fail": "FIRED", "pass": "quiet"}.get(status, word)
+        code_words = CODE_WORDS.get(str(entry.get("code") or ""), "")
         hidden = bool(entry.get("suppressed")) or suppressed(entry, min_users)
         value = (f"withheld (fewer than {min_users} users)" if hidden
                  else format_value(entry.get("value"), str(entry.get("unit") or "")))
         reason = (f"Computed from fewer than {min_users} users: the figures are withheld to "
                   f"protect their privacy." if hidden else _e(entry.get("reason", "")))
+        power = (entry.get("details") or {}).get("power") if not hidden else None
+        if isinstance(power, Mapping) and power.get("note"):
+            reason += (f"<br><span style='color:#374151;font-size:12px'><em>Power:</em> "
+                       f"{_e(power['note'])}</span>")
         rows.append({
             "id": rid,
             "label": _e(LABELS.get(rid, rid)),
             "role": _e(ROLE_WORDS.get(str(entry.get("role")), str(entry.get("role")))),
             "value": value,
             "threshold": format_threshold(entry),
-            "status": _pill(colour, word),
+            "status": _pill(colour, word) + (
+                f"<br><span style='font-size:11px;color:#374151'>{_e(code_words)}</span>"
+                if code_words else ""),
             "reason": reason,
             "blocking": "yes" if entry.get("blocking") else "",
         })
@@ -396,3 +416,45 @@ def about_markdown(doc: Mapping[str, Any], plan: Plan, *, export_name: str,
         f"one folder up.",
         "- Produced by `whispers-lab report` from the notebook `daily_report.ipynb`.",
     ])
+
+
+def _pct0(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.0f}%"
+
+
+def design_html(doc: Mapping[str, Any], plan: Plan) -> str:
+    """How the day's statistical decisions are made and what they can promise: the error
+    rates in words, the design power for the plan's expected size and for the traffic seen
+    so far (from the retention entry's ``details.design``)."""
+    entry = next((e for e in doc.get("criteria") or [] if e.get("id") == "retention"), None)
+    design = ((entry or {}).get("details") or {}).get("design") or {}
+    d, r = plan.deterioration, plan.retention
+    tests = ", ".join(d.tests)
+    lines = [
+        "<ul>",
+        f"<li><strong>Harm</strong> (&ldquo;is it worse?&rdquo;: {_e(tests)}): all these tests "
+        f"together, over every day of the rollout, raise a false alarm in at most "
+        f"{100 * d.alpha:.1f}% of rollouts that do no harm. Harm shown on a metric the plan "
+        f"requires {'rolls the rollout back' if d.rollback_on_harm else 'holds the rollout'}."
+        "</li>",
+        f"<li><strong>Retention passes</strong> when it is shown to be at most the margin worse "
+        f"than control; a rollout that is in fact worse by the margin passes by mistake at most "
+        f"{100 * r.alpha:.0f}% of the time, however many days are looked at.</li>",
+        f"<li><strong>Targets</strong> (click-through, feedback, error rate, latency, uptime) "
+        f"pass when the {100 * (1 - 2 * r.alpha):.0f}% interval is on the right side of the "
+        f"target widened by a small tolerance, and fail only when it is entirely on the wrong "
+        f"side of the target itself; a rate is never judged on its point estimate.</li>",
+    ]
+    exp, obs = design.get("expected") or {}, design.get("observed") or {}
+    req = design.get("required_from")
+    if exp.get("power_by_day") is not None and req is not None:
+        lines.append(f"<li><strong>Design power</strong>: for the plan's expected size "
+                     f"({int(exp.get('users') or 0):,} users) a rollout with no effect passes "
+                     f"retention by day {req} (when the plan first requires it) with probability "
+                     f"{_pct0(exp['power_by_day'])}")
+        if obs.get("power_by_day") is not None:
+            lines[-1] += (f"; at the traffic seen so far ({int(obs.get('users') or 0):,} "
+                          f"randomised users) {_pct0(obs['power_by_day'])}")
+        lines[-1] += ".</li>"
+    lines.append("</ul>")
+    return "\n".join(lines)

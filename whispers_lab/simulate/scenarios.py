@@ -67,7 +67,7 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
                 "window", "cue_cooldown", "NO_GO"),
     ScenarioDef("retention_drop", "from `day`, the daily return probability of users already "
                 "served treatment drops by `size` (absolute)", {"day": _D, "size": 0.08},
-                "from_day", "retention", "NO_GO"),
+                "from_day", "retention", "ROLLBACK"),
     ScenarioDef("ctr_drop", "from `day`, true relevance is multiplied by `factor`",
                 {"day": _D, "factor": 0.4}, "from_day", "ctr", "NO_GO"),
     ScenarioDef("low_feedback", "from `day`, survey answers have mean rating ~`rating` and "

@@ -168,14 +168,22 @@ def ticket_history(days: pd.DataFrame, first_look: int, day: int, final_day: int
 
 def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
                   future_users: pd.DataFrame, baseline_rate: float, threshold: float,
-                  settings: StatSettings, has_table: bool = True) -> tuple[StatResult, pd.DataFrame]:
-    """The support-ticket criterion on ``day`` and its look history (see module doc)."""
+                  settings: StatSettings, has_table: bool = True,
+                  history: pd.DataFrame | None = None) -> tuple[StatResult, pd.DataFrame]:
+    """The support-ticket criterion on ``day`` and its look history (see module doc).
+
+    ``history``: the :func:`ticket_history` of a later day of the same data, when the caller
+    has it (its rows up to ``day`` are this day's history: a look depends on earlier data
+    only)."""
     metric = "support_tickets"
     wide = wide_days(days)
     cum = wide.loc[wide["day"] <= day]
     count_t, count_c = int(cum["t"].sum()), int(cum["c"].sum())
     ud_t, ud_c = float(cum["n_t"].sum()), float(cum["n_c"].sum())
-    details = {"tickets_t": count_t, "tickets_c": count_c, "user_days_t": ud_t,
+    last = cum.iloc[-1] if len(cum) else None
+    details = {"users_t": int(last["n_t"]) if last is not None else 0,
+               "users_c": int(last["n_c"]) if last is not None else 0,
+               "tickets_t": count_t, "tickets_c": count_c, "user_days_t": ud_t,
                "user_days_c": ud_c, "days": len(cum), "harm_alpha": settings.harm_alpha,
                "spending": settings.harm_sequential, "baseline_rate": baseline_rate}
     n = round(cum["n_t"].max() + cum["n_c"].max()) if len(cum) else 0
@@ -187,8 +195,11 @@ def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
         return StatResult(metric, None, None, None, None, n, METHOD, "no_data",
                           "One arm has no user-days yet, so ticket rates cannot be compared.",
                           threshold, details | {"code": "no_data"}), pd.DataFrame()
-    hist = ticket_history(days, first_look, day, final_day, future_users, baseline_rate,
-                          threshold, settings)
+    if history is not None:
+        hist = history.loc[history["day"] <= day]
+    else:
+        hist = ticket_history(days, first_look, day, final_day, future_users, baseline_rate,
+                              threshold, settings)
     crossed = bool(hist["crossed"].any())
     b_now = hist["boundary"].dropna()
     b = float(b_now.iloc[-1]) if len(b_now) else float(stats.norm.isf(settings.harm_alpha))

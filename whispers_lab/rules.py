@@ -327,7 +327,8 @@ def _window_ratio(win: Mapping[str, Any], prefix: str) -> RatioStat:
     vals = [win.get(f"{prefix}_{k}") for k in ("n", "num", "den", "num2", "den2", "numden")]
     if vals[0] is None or not vals[0] or vals[2] is None:
         return RatioStat(0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    return RatioStat(int(vals[0]), *(float(v or 0.0) for v in vals[1:]))
+    # a NULL sum over present rows is a non-finite value in the data (NaN): keep it visible
+    return RatioStat(int(vals[0]), *(math.nan if v is None else float(v) for v in vals[1:]))
 
 
 def _stat_settings(plan: Plan) -> StatSettings:

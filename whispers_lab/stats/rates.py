@@ -88,6 +88,16 @@ def _ratio_vs_threshold(metric: str, stat: RatioStat, threshold: float, directio
         return StatResult(metric, None, None, None, None, 0, method, "no_data",
                           f"No data for {what.lower()} yet.", threshold, details)
     est = stat.ratio
+    if not math.isfinite(est):
+        if math.isnan(est):
+            return StatResult(metric, None, None, None, None, stat.n, method, "no_data",
+                              f"{what} is not a number: the data hold non-finite values.",
+                              threshold, details)
+        wrong = (est > threshold) if direction == "max" else (est < threshold)
+        return StatResult(metric, est, None, None, None, stat.n, method,
+                          "fail" if wrong else "inconclusive",
+                          f"{what} is infinite: the data hold non-finite values.", threshold,
+                          details)
     if stat.n < settings.min_group_users:
         return StatResult(metric, est, None, None, None, stat.n, method, "inconclusive",
                           f"{what} is {fmt.format(est)} but rests on only {stat.n} {unit} "

@@ -359,3 +359,38 @@ def test_start_date_and_through_day_options():
     assert tel.created_at.max() < pd.Timestamp("2027-03-05")
     assert sim.truth["start_date"] == "2027-03-01" and sim.truth["through_day"] == 3
     assert sim.plan.start_date == dt.date(2027, 3, 1)
+
+
+def _active_days(sim) -> pd.DataFrame:
+    t = sim.frame("telemetry")
+    t = t[t["event_type"] == "app_open"]
+    day = (pd.to_datetime(t["created_at"]).dt.normalize()
+           - pd.Timestamp(sim.plan.start_date)).dt.days
+    return pd.DataFrame({"user_id": t["user_id"], "day": day})
+
+
+def _share_active_before(sim) -> float:
+    """Share of the users active on days 8-14 who were active on days 0-7."""
+    a = _active_days(sim)
+    late = set(a.loc[a["day"].between(8, 14), "user_id"])
+    early = set(a.loc[a["day"].between(0, 7), "user_id"])
+    return len(late & early) / len(late)
+
+
+def test_the_default_user_base_was_active_before_the_percentage_phase(small_sim):
+    # a real app: nearly everyone active in the rollout was already active, and served
+    # control, before day 8 (statistics must not lean on late arrivals)
+    assert _share_active_before(small_sim) >= 0.85
+
+
+def test_late_signups_are_a_parameter_and_are_active_only_after_signing_up():
+    from whispers_lab.simulate.params import ModelParams
+
+    sim = simulate(2000, 3, params=ModelParams(late_signup_share=0.4))
+    assert _share_active_before(sim) < 0.85
+    users = sim.frame("users").set_index("user_id")["signup_at"]
+    a = _active_days(sim)
+    first = a.groupby("user_id")["day"].min()
+    signup_day = (users.loc[first.index].dt.normalize() - pd.Timestamp(sim.plan.start_date)).dt.days
+    assert (first > signup_day).all()
+    assert (signup_day >= 0).sum() > 500   # of ~800 late signups, most come back by day 14

@@ -9,9 +9,11 @@ should reach. Both are written atomically. See ``docs/simulator.md``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from ..simulate import SCENARIOS, read_truth, simulate_to
+from ..simulate.params import ModelParams
 from ..simulate.scenarios import SimulationError
 from . import options
 
@@ -35,16 +37,45 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="last simulated rollout day (default: the plan's last_day)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="plant a problem; repeat to combine")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a parameter of the healthy model (whispers_lab.simulate."
+                        "params.ModelParams), e.g. late_signup_share=0.3; repeatable")
     options.add_plan(p)
     p.set_defaults(func=run)
 
 
+def model_params(overrides: list[str]) -> ModelParams:
+    """``NAME=VALUE`` strings over the default model parameters (numbers only)."""
+    known = {f.name: f for f in dataclasses.fields(ModelParams)}
+    values: dict[str, float | int] = {}
+    for text in overrides:
+        name, sep, raw = text.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise SimulationError(f"--param {text!r}: expected NAME=VALUE with NAME one of the "
+                                  f"model parameters (e.g. late_signup_share)")
+        default = getattr(ModelParams(), name)
+        if not isinstance(default, int | float) or isinstance(default, bool):
+            raise SimulationError(f"--param {name}: only numeric parameters can be set here")
+        try:
+            values[name] = type(default)(raw.strip())
+        except ValueError:
+            raise SimulationError(f"--param {name}: {raw!r} is not a {type(default).__name__}"
+                                  ) from None
+    share = values.get("late_signup_share")
+    if share is not None and not 0.0 <= float(share) < 1.0:
+        raise SimulationError(f"--param late_signup_share must be in [0, 1), got {share}")
+    return dataclasses.replace(ModelParams(), **values)
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    params = model_params(args.param)
     try:
         export_path, truth_file = simulate_to(
             args.out, args.users, args.seed, start_date=args.start_date,
-            through_day=args.through_day, scenarios=args.scenario, plan=args.plan)
+            through_day=args.through_day, scenarios=args.scenario, plan=args.plan,
+            params=params)
     except OSError as exc:
         raise SimulationError(f"cannot write {args.out!r}: {exc}") from None
     elapsed = time.perf_counter() - t0

@@ -61,6 +61,8 @@ class Opens:
 def visit_probability(pop: Population, day: int, cal: Calendar, state: State,
                       params: ModelParams, scenarios: Sequence[Scenario]) -> np.ndarray:
     p = pop.propensity * (params.weekend_factor if cal.is_weekend(day) else 1.0)
+    if params.late_signup_share > 0:   # not signed up by the start of the day: not active yet
+        p = np.where(pop.signup_us >= cal.day_start_us(day), 0.0, p)
     after = state.treated_since < day
     p = p + params.retention_lift * after
     for s in active(scenarios, "retention_drop"):

@@ -42,6 +42,11 @@ class ModelParams:
     primary_device_share: float = 0.7      # share of opens on a user's first device
     signup_median_days: float = 180.0      # days before the pre-period (lognormal)
     signup_sigma: float = 0.8
+    late_signup_share: float = 0.0         # share of users who sign up during the rollout
+                                           #   (uniform over days 0..through_day); they are
+                                           #   active only from the day after signing up. With
+                                           #   0, over 85% of the users active on days 8-14 were
+                                           #   active on days 0-7 (a user base, not a launch)
 
     # -- activity ---------------------------------------------------------------------------
     weekend_factor: float = 1.12           # daily visit probability x this on Sat/Sun

@@ -83,6 +83,11 @@ def make_population(n: int, seed: int, cal: Calendar, params: ModelParams) -> Po
     n_devices = 1 + np.searchsorted(np.cumsum(p), rng.random(n) * (1 - 1e-12), side="right")
     days_before = rng.lognormal(np.log(params.signup_median_days), params.signup_sigma, n)
     signup_us = (cal.period_start_us - ((1.0 + days_before) * US_PER_DAY)).astype(np.int64)
+    if params.late_signup_share > 0:
+        late_rng = stream(seed, "late-signup")
+        late = late_rng.random(n) < params.late_signup_share
+        span = (cal.through_day + 1) * US_PER_DAY
+        signup_us[late] = cal.day0_us + (late_rng.random(int(late.sum())) * span).astype(np.int64)
     signup_us -= signup_us % 1_000_000  # whole seconds
     tuned = rng.random(n) < params.tuned_weight_share
     preset = np.where(tuned, 1 + rng.integers(0, len(WEIGHT_PRESETS) - 1, n), 0).astype(np.int8)

@@ -24,17 +24,14 @@ import pandas as pd
 from .atomic import replace_dir
 from .contract import CONTRACT, TABLES, Table
 from .errors import ExportError
+from .sql import sql_ident, sql_string
+from .validation import describe_source, validate_attached
+
+__all__ = ["Export", "attach", "connect", "create_canonical_views", "describe_source",
+           "empty_select", "open_export", "sql_ident", "sql_string", "write_export",
+           "write_partitioned_export"]
 
 DUCKDB_MAGIC = b"DUCK"
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal: the only way a path or user text enters SQL text."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_ident(name: str) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -184,15 +181,6 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    """Column name -> DuckDB type of ``src.<table>``."""
-    try:
-        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
-    except duckdb.Error as exc:
-        raise ExportError(f"table {table!r} cannot be read: {_first_line(exc)}") from None
-    return {r[0]: r[1] for r in rows}
-
-
 def _canonical_expr(name: str, logical: str, physical: str) -> str:
     col = sql_ident(name)
     if logical == "TIMESTAMP":
@@ -227,8 +215,6 @@ def empty_select(table: Table) -> str:
 
 def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None) -> Export:
     """Open an export read-only; validate it (raising ``ExportValidationError``) unless told not to."""
-    from .validation import validate_attached  # validation holds the rules; this module the I/O
-
     con, kind, found = attach(path, threads=threads)
     try:
         if validate:

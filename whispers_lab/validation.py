@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import duckdb
 
 from .contract import ACCEPTED_TYPES, CONTRACT, TABLES, Column, Table
-from .errors import ExportValidationError
-from .export import describe_source, sql_ident, sql_string
+from .errors import ExportError, ExportValidationError
+from .sql import sql_ident, sql_string
 
 EXAMPLE_CHARS = 60
 
@@ -38,6 +38,16 @@ class Problem:
         if self.example is not None:
             text += f" (e.g. {self.example})"
         return text
+
+
+def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """Column name -> DuckDB type of ``src.<table>``."""
+    try:
+        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"table {table!r} cannot be read: {first}") from None
+    return {r[0]: r[1] for r in rows}
 
 
 def _base_type(physical: str) -> str:

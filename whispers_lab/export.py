@@ -22,10 +22,15 @@ import duckdb
 import pandas as pd
 
 from .atomic import replace_dir
-from .contract import CONTRACT, TABLES, Table
+from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
 from .errors import ExportError
 from .sql import sql_ident, sql_string
-from .validation import describe_source, validate_attached
+from .validation import (
+    DUPLICATE_EVENTS_TABLE,
+    ValidationResult,
+    describe_source,
+    validate_attached,
+)
 
 __all__ = ["Export", "attach", "connect", "create_canonical_views", "describe_source",
            "empty_select", "open_export", "sql_ident", "sql_string", "write_export",
@@ -57,11 +62,18 @@ class Export:
     """An opened export. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, path: Path, kind: str, con: duckdb.DuckDBPyConnection,
-                 present: Sequence[str]) -> None:
+                 present: Sequence[str], validation: ValidationResult | None = None) -> None:
         self.path = path
         self.kind = kind
         self.con = con
         self.present = tuple(present)
+        #: what validation found (notices included); None when opened without validation
+        self.validation = validation
+
+    @property
+    def duplicate_events(self) -> int:
+        """Telemetry rows left out of the ``telemetry`` view as repeats of an earlier event."""
+        return int(self.scalar(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}"))
 
     # -- queries -----------------------------------------------------------------------
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -194,16 +206,67 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
     return f"CAST({col} AS {logical}) AS {col}"
 
 
+def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
+    """Fill the temporary table ``telemetry_duplicates`` with the ``event_id`` of every
+    telemetry row that repeats an earlier event under a new id: same
+    :data:`~whispers_lab.contract.DUPLICATE_EVENT_KEY` values and a ``created_at`` at most
+    :data:`~whispers_lab.contract.DUPLICATE_EVENT_SECONDS` after the previous such row (ties
+    in time broken by ``event_id``, so the first stays). One pass over the telemetry, once per
+    opened export; the ``telemetry`` view then leaves these rows out, so every query counts
+    each event once. Rows whose key columns are missing or unreadable get no deduplication
+    (validation reports those columns)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} (event_id VARCHAR)")
+    if "telemetry" not in present:
+        return
+    types = describe_source(con, "telemetry")
+    if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
+        return
+    ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
+    key = ", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY)
+    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    # Grouping on one 64-bit hash of the key is much cheaper than on four strings; a hash
+    # collision only puts two keys in one partition, where the exact comparison below
+    # (previous row of the same key) still separates them.
+    try:
+        con.execute(f"""
+            INSERT INTO {DUPLICATE_EVENTS_TABLE}
+            SELECT event_id FROM (
+                SELECT CAST(event_id AS VARCHAR) AS event_id, ts, k, {key},
+                       lag(ts) OVER w AS prev_ts,
+                       lag(struct_pack({key})) OVER w AS prev_key
+                FROM (SELECT *, {ts} AS ts, hash({key}) AS k FROM src.telemetry)
+                WINDOW w AS (PARTITION BY k ORDER BY ts, event_id)
+            )
+            WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
+              AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}
+              AND prev_key IS NOT DISTINCT FROM struct_pack({key})
+        """)
+    except duckdb.Error:  # unreadable telemetry: validation says so; count every row
+        con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+
+
 def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
-    """One view per contract table in ``main``: contract columns only, canonical types, UTC."""
+    """One view per contract table in ``main``: contract columns only, canonical types, UTC.
+    The ``telemetry`` view leaves out repeated events (:func:`create_duplicate_events`)."""
     for t in TABLES:
         if t.name in present:
             types = describe_source(con, t.name)
             cols = ", ".join(_canonical_expr(c.name, c.type, types.get(c.name, "")) for c in t.columns)
+            source = f"src.{sql_ident(t.name)}"
+            if t.name == "telemetry" and _has_rows(con, DUPLICATE_EVENTS_TABLE):
+                source += (f" WHERE event_id IS NULL OR event_id NOT IN "
+                           f"(SELECT event_id FROM {DUPLICATE_EVENTS_TABLE})")
             con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS "
-                        f"SELECT {cols} FROM src.{sql_ident(t.name)}")
+                        f"SELECT {cols} FROM {source}")
         else:
             con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS {empty_select(t)}")
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    try:
+        return con.execute(f"SELECT count(*) > 0 FROM {table}").fetchone()[0]
+    except duckdb.Error:
+        return False
 
 
 def empty_select(table: Table) -> str:
@@ -213,17 +276,23 @@ def empty_select(table: Table) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None) -> Export:
-    """Open an export read-only; validate it (raising ``ExportValidationError``) unless told not to."""
+def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None,
+                use_cache: bool = True) -> Export:
+    """Open an export read-only; validate it (raising ``ExportValidationError``) unless told
+    not to. Validation re-checks only what changed since the last validation of this export
+    (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything."""
     con, kind, found = attach(path, threads=threads)
     try:
+        create_duplicate_events(con, found)
+        result = None
         if validate:
-            validate_attached(con, found, source=str(path))
+            result = validate_attached(con, found, source=str(path), path=path, kind=kind,
+                                       use_cache=use_cache)
         create_canonical_views(con, found)
     except BaseException:
         con.close()
         raise
-    return Export(Path(path), kind, con, found)
+    return Export(Path(path), kind, con, found, result)
 
 
 # ---------------------------------------------------------------------------------------

@@ -110,22 +110,26 @@ def report_day(plan: Plan, today: dt.date) -> int:
 
 
 def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
-    """Raise :class:`ReportError` when the export ends before ``day`` begins (a stale export:
-    yesterday's export has not arrived)."""
+    """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
+    yesterday's export has not arrived). Judged on the rows' day distribution
+    (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
+    that a row stamped in the future does not make a stale export look current."""
     from ..export import open_export
-    from ..queries.monitoring import data_end
+    from ..queries.monitoring import export_extent
 
     with open_export(export_path, validate=False) as export:
-        end = data_end(export)
+        extent = export_extent(export)
     start = plan.day_start(day)
-    if end is None or end < start:
-        seen = "holds no events" if end is None else f"ends at {end:%Y-%m-%d %H:%M} UTC"
+    if not extent.covers(start.date()):
+        if extent.end is None:
+            seen = "holds no events"
+        else:
+            seen = f"ends at {extent.end:%Y-%m-%d %H:%M} UTC"
+            if extent.beyond_rows:
+                seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
+                         f"{max(extent.beyond):%Y-%m-%d})")
         raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
                           f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
-
-
-# ---------------------------------------------------------------------------------------
-# the job
 
 
 @dataclass(frozen=True)

@@ -234,3 +234,30 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
         holder.wait()
     assert remove_stale_temporaries(tmp_path) == [live]  # its holder is gone: stale now
     assert sorted(p.name for p in tmp_path.iterdir()) == [".daily.lock", "day-06"]
+
+
+def test_a_row_stamped_in_the_future_does_not_make_a_stale_export_current(
+        tmp_path: Path, export_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export holds days up to REPORT_DAY plus one event stamped three days later (a
+    device with a wrong clock): the day after REPORT_DAY has not arrived, whatever that row
+    says; validation flags the row."""
+    import duckdb
+
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    path = exports / "rollout.duckdb"
+    path.write_bytes(export_path.read_bytes())
+    stamp = PLAN.day_start(REPORT_DAY + 3) + dt.timedelta(hours=8)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO telemetry SELECT 'future-1', ?, user_id, device_id, 'app_open', "
+                "NULL, NULL, NULL FROM telemetry LIMIT 1", [stamp])
+    con.close()
+    later = (PLAN.start_date + dt.timedelta(days=REPORT_DAY + 4)).isoformat()  # reports +3
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", later])
+    err = capsys.readouterr().err
+    assert code == 1 and "has not arrived" in err, err
+    assert "ignoring 1 row(s) stamped after that" in err
+    doc = json.loads((out / f"day-{REPORT_DAY + 3:02d}" / "decision.json").read_text("utf-8"))
+    assert doc["decision"] == "ERROR" and "has not arrived" in doc["error"]
+    assert main(["validate", str(path)]) == 0
+    assert "1 row(s) stamped after the export's end" in capsys.readouterr().out

@@ -11,6 +11,7 @@ Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +29,10 @@ from .sql import sql_ident, sql_string
 from .validation import (
     DUPLICATE_EVENTS_TABLE,
     ValidationResult,
+    cache_dir,
+    checks_digest,
     describe_source,
+    list_units,
     validate_attached,
 )
 
@@ -206,43 +210,84 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
     return f"CAST({col} AS {logical}) AS {col}"
 
 
-def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
+def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
+                            path: str | Path | None = None, kind: str | None = None,
+                            use_cache: bool = True) -> None:
     """Fill the temporary table ``telemetry_duplicates`` with the ``event_id`` of every
     telemetry row that repeats an earlier event under a new id: same
     :data:`~whispers_lab.contract.DUPLICATE_EVENT_KEY` values and a ``created_at`` at most
     :data:`~whispers_lab.contract.DUPLICATE_EVENT_SECONDS` after the previous such row (ties
-    in time broken by ``event_id``, so the first stays). One pass over the telemetry, once per
-    opened export; the ``telemetry`` view then leaves these rows out, so every query counts
-    each event once. Rows whose key columns are missing or unreadable get no deduplication
-    (validation reports those columns)."""
+    in time broken by ``event_id``, so the first stays). The ``telemetry`` view then leaves
+    these rows out, so every query counts each event once.
+
+    Finding them takes a window over all of the telemetry (seconds at 25M rows), so with
+    ``path``/``kind`` the list is kept in the cache folder
+    (:func:`whispers_lab.validation.cache_dir`, ``duplicates/``) under the checksums of the
+    export's telemetry (:func:`whispers_lab.validation.list_units`): every later opening of the
+    same data reads it back. Rows whose key columns are missing or unreadable get no
+    deduplication (validation reports those columns)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} (event_id VARCHAR)")
     if "telemetry" not in present:
         return
     types = describe_source(con, "telemetry")
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         return
+    cached = _duplicates_cache_file(path, kind) if use_cache else None
+    if cached is not None and cached.is_file():
+        try:
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
+                        f"SELECT event_id FROM read_parquet({sql_string(str(cached))})")
+            return
+        except duckdb.Error:  # a damaged cache file: compute again
+            con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
     key = ", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY)
     within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
-    # Grouping on one 64-bit hash of the key is much cheaper than on four strings; a hash
-    # collision only puts two keys in one partition, where the exact comparison below
-    # (previous row of the same key) still separates them.
+    # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
+    # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
+    # only if their events fall within the same second.
     try:
         con.execute(f"""
             INSERT INTO {DUPLICATE_EVENTS_TABLE}
             SELECT event_id FROM (
-                SELECT CAST(event_id AS VARCHAR) AS event_id, ts, k, {key},
-                       lag(ts) OVER w AS prev_ts,
-                       lag(struct_pack({key})) OVER w AS prev_key
-                FROM (SELECT *, {ts} AS ts, hash({key}) AS k FROM src.telemetry)
-                WINDOW w AS (PARTITION BY k ORDER BY ts, event_id)
+                SELECT CAST(event_id AS VARCHAR) AS event_id, ts,
+                       lag(ts) OVER (PARTITION BY k ORDER BY ts, event_id) AS prev_ts
+                FROM (SELECT event_id, {ts} AS ts, hash({key}) AS k FROM src.telemetry)
             )
             WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
               AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}
-              AND prev_key IS NOT DISTINCT FROM struct_pack({key})
         """)
     except duckdb.Error:  # unreadable telemetry: validation says so; count every row
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+        return
+    if cached is not None:
+        _save_duplicates(con, cached)
+
+
+def _duplicates_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
+    root = cache_dir()
+    if path is None or kind not in ("duckdb", "parquet") or root is None:
+        return None
+    units = list_units(Path(path), str(kind), "telemetry")
+    digest = hashlib.sha256(checks_digest().encode())
+    for unit in units:
+        digest.update(f"{unit.name}:{unit.checksum};".encode())
+    return root / "duplicates" / f"{digest.hexdigest()[:40]}.parquet"
+
+
+def _save_duplicates(con: duckdb.DuckDBPyConnection, target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            con.execute(f"COPY {DUPLICATE_EVENTS_TABLE} TO {sql_string(tmp)} (FORMAT parquet)")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, duckdb.Error):  # the cache is a shortcut only
+        pass
 
 
 def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
@@ -283,7 +328,7 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
     (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything."""
     con, kind, found = attach(path, threads=threads)
     try:
-        create_duplicate_events(con, found)
+        create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache)
         result = None
         if validate:
             result = validate_attached(con, found, source=str(path), path=path, kind=kind,

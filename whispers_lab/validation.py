@@ -237,7 +237,8 @@ def list_units(path: Path, kind: str, table: str) -> list[Unit]:
     return units
 
 
-def _contract_digest() -> str:
+def checks_digest() -> str:
+    """Digest of the contract and of these checks: part of every cache key."""
     return hashlib.sha256(f"{CHECKS_VERSION}:{TABLES!r}:{DUPLICATE_EVENT_KEY!r}:"
                           f"{DUPLICATE_EVENT_SECONDS!r}".encode()).hexdigest()
 
@@ -267,7 +268,7 @@ def _load_manifest(path: Path | None) -> dict[str, Any]:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(doc, dict) or doc.get("contract") != _contract_digest():
+    if not isinstance(doc, dict) or doc.get("contract") != checks_digest():
         return {}
     units = doc.get("units")
     return units if isinstance(units, dict) else {}
@@ -276,7 +277,7 @@ def _load_manifest(path: Path | None) -> dict[str, Any]:
 def _save_manifest(path: Path | None, export_path: Path, units: Mapping[str, Any]) -> None:
     if path is None:
         return
-    doc = {"export": os.path.realpath(export_path), "contract": _contract_digest(),
+    doc = {"export": os.path.realpath(export_path), "contract": checks_digest(),
            "written_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat() + "Z",
            "units": dict(sorted(units.items()))}
     try:

@@ -112,13 +112,25 @@ minutes AS (
 def minute_series(export: Export, start: dt.datetime, end: dt.datetime, *,
                   min_requests: int) -> pd.DataFrame:
     """Per-minute series of ``/api/whispers/context`` over ``[start, end)`` (the plan's dashboard
-    query): minute, requests, avg_duration_ms, errors, server_errors, error_rate, counted.
+    query): minute, requests, users, avg_duration_ms, errors, server_errors, error_rate, counted.
 
     Only minutes with at least one request appear; ``counted`` marks minutes with at least
-    ``min_requests`` requests (the others are skipped by the run detection)."""
+    ``min_requests`` requests (the others are skipped by the run detection); ``users``: the
+    distinct users behind the minute's requests, so that a chart can withhold minutes of fewer
+    than ``criteria.min_group_users`` users."""
     query = f"""
-    WITH {_MINUTES_CTE}
-    SELECT minute, requests, avg_duration_ms, errors, server_errors,
+    WITH minutes AS (
+        SELECT date_trunc('minute', "timestamp") AS minute,
+               count(*) AS requests,
+               count(DISTINCT user_id) AS users,
+               avg(duration_ms) AS avg_duration_ms,
+               count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
+               count(*) FILTER (WHERE status >= {SERVER_ERROR_STATUS}) AS server_errors
+        FROM api_logs
+        WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+        GROUP BY 1
+    )
+    SELECT minute, requests, users, avg_duration_ms, errors, server_errors,
            errors / requests AS error_rate,
            requests >= $min_requests AS counted
     FROM minutes ORDER BY minute

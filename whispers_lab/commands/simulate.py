@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..progress import Progress
 from ..simulate import SCENARIOS, read_truth, simulate_to
 from ..simulate.scenarios import SimulationError
 from . import options
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         export_path, truth_file = simulate_to(
             args.out, args.users, args.seed, start_date=args.start_date,
-            through_day=args.through_day, scenarios=args.scenario, plan=args.plan)
+            through_day=args.through_day, scenarios=args.scenario, plan=args.plan,
+            progress=Progress("simulate"))
     except OSError as exc:
         raise SimulationError(f"cannot write {args.out!r}: {exc}") from None
     elapsed = time.perf_counter() - t0

@@ -63,15 +63,25 @@ def _export(users: int) -> Path:
 
 
 def _partitioned(duck: Path) -> Path:
+    """The DuckDB export as ``<table>/date=YYYY-MM-DD/*.parquet`` (the layout
+    ``whispers_lab.export.write_partitioned_export`` writes), made once and reused."""
     folder = duck.with_name(duck.stem + "-partitioned")
     if not folder.exists():
-        from whispers_lab.export import attach, write_partitioned_export
+        from whispers_lab.contract import CONTRACT
+        from whispers_lab.export import attach, sql_string
 
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
         con, _, found = attach(duck)
-        tables = {name: con.execute(f'SELECT * FROM src."{name}"').fetch_record_batch()
-                  for name in found}
-        write_partitioned_export(tables, folder)
+        for name in found:
+            col = CONTRACT[name].time_column
+            if col:
+                con.execute(f'COPY (SELECT *, CAST("{col}" AS DATE) AS date FROM src."{name}") '
+                            f"TO {sql_string(str(tmp / name))} (FORMAT parquet, PARTITION_BY (date))")
+            else:
+                con.execute(f'COPY src."{name}" TO {sql_string(str(tmp / (name + ".parquet")))} '
+                            f"(FORMAT parquet)")
         con.close()
+        os.replace(tmp, folder)
     return folder
 
 

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..plan import load_plan
+from ..progress import Progress
 from ..report.folder import FolderLock
 from ..report.runner import check_day, publish_stopped, write_report
 from ..report.stopping import RunStopped, stop_on_signals
@@ -28,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         with FolderLock(args.out, "report"):
             try:
                 result = write_report(args.export, args.day, plan_path=args.plan,
-                                      out_dir=args.out, timeout=args.timeout)
+                                      out_dir=args.out, timeout=args.timeout,
+                                      progress=Progress("report"))
             except RunStopped as stop:
                 # SIGTERM / SIGINT: nothing half-written is left; the day says it was stopped
                 publish_stopped(args.out, args.day, plan, stop, export_name=args.export.name)

@@ -33,6 +33,7 @@ from pathlib import Path
 from ..errors import ReportError, WhispersLabError
 from ..paths import REPORTS_DIR
 from ..plan import Plan, load_plan
+from ..progress import Progress, stage
 from .folder import LOCK_NAME, FolderLock, is_temp_name, utc_now
 from .runner import (
     DEFAULT_CELL_TIMEOUT_S,
@@ -148,7 +149,8 @@ class DailyOutcome:
 
 def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
               out_dir: str | Path | None = None, today: dt.date | None = None,
-              timeout: int = DEFAULT_CELL_TIMEOUT_S) -> DailyOutcome:
+              timeout: int = DEFAULT_CELL_TIMEOUT_S,
+              progress: Progress | None = None) -> DailyOutcome:
     """One scheduled run (see the module docstring). Raises :class:`ReportError` only when the
     lock is held; every other failure is published as the day's ERROR page and returned."""
     plan = load_plan(plan_path)
@@ -170,9 +172,10 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         try:
             export = newest_export(exports_dir)
             export_name = export.name
-            check_export_covers(export, plan, day)
+            with stage(progress, f"coverage of {export_name}"):
+                check_export_covers(export, plan, day)
             result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout,
-                                  command="daily")
+                                  command="daily", progress=progress)
         except RunStopped as stop:  # SIGTERM / SIGINT: the day says so, then the run ends
             publish_stopped(out, day, plan, stop, export_name=export_name)
             raise

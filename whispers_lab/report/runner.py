@@ -27,6 +27,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
 from ..plan import Plan, load_plan
+from ..progress import Progress, advance, stage
 from . import privacy, stopping
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
 from .index import write_index
@@ -84,7 +86,8 @@ STOP_GRACE_S = 15.0
 
 
 def execute_notebook(parameters: dict[str, Any], output: Path, *,
-                     timeout: int = DEFAULT_CELL_TIMEOUT_S, notebook: Path = NOTEBOOK) -> None:
+                     timeout: int = DEFAULT_CELL_TIMEOUT_S, notebook: Path = NOTEBOOK,
+                     on_cell: Callable[[], None] | None = None) -> None:
     """Run ``notebook`` with papermill into ``output``; raise :class:`ReportError` on failure
     (papermill has then saved the failed notebook, with its error, at ``output``).
 
@@ -99,7 +102,7 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
 
     def work() -> None:
         try:
-            _run_papermill(parameters, output, timeout, notebook, kernels)
+            _run_papermill(parameters, output, timeout, notebook, kernels, on_cell)
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
 
@@ -117,7 +120,7 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
 
 
 def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, notebook: Path,
-                   kernels: list[Any]) -> None:
+                   kernels: list[Any], on_cell: Callable[[], None] | None = None) -> None:
     import papermill
     from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
@@ -140,6 +143,7 @@ def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, noteb
             progress_bar=False, log_output=False, request_save_on_cell_execute=False,
             execution_timeout=timeout, cwd=str(output.parent), config=config,
             kernel_manager_class=TrackedKernelManager,
+            on_cell_executed=(lambda **_: on_cell()) if on_cell is not None else None,
             # the shutdown interrupt makes the kernel log a spurious "KeyboardInterrupt"
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
@@ -270,7 +274,7 @@ def keep_failed_notebook(notebook: Path, out_dir: Path, day: int,
 def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | None = None,
                  out_dir: str | Path | None = None, timeout: int = DEFAULT_CELL_TIMEOUT_S,
                  refresh_index: bool = True, lock: bool = True,
-                 command: str = "report") -> ReportResult:
+                 command: str = "report", progress: Progress | None = None) -> ReportResult:
     """Write ``<out_dir>/day-NN/`` (report.html, report.ipynb, decision.json) for ``day``.
 
     Holds the report folder's lock (:class:`~whispers_lab.report.folder.FolderLock`, the one
@@ -289,12 +293,22 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     if lock:
         with FolderLock(out, command):
             return _write_report(export_path, day, plan, plan_path, out, timeout,
-                                 refresh_index, started)
-    return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started)
+                                 refresh_index, started, progress)
+    return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started,
+                         progress)
+
+
+def _code_cells(notebook: Path) -> int | None:
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sum(1 for c in cells if c.get("cell_type") == "code") + 1  # + papermill's parameters
 
 
 def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str | Path | None,
-                  out: Path, timeout: int, refresh_index: bool, started: float) -> ReportResult:
+                  out: Path, timeout: int, refresh_index: bool, started: float,
+                  progress: Progress | None = None) -> ReportResult:
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
@@ -311,7 +325,10 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                           # would point nowhere
                           "out_dir": os.path.abspath(tmp)}
             try:
-                execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
+                with stage(progress, f"day {day} notebook", _code_cells(NOTEBOOK),
+                           "cells") as st:
+                    execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout,
+                                     on_cell=(lambda: advance(st)) if st is not None else None)
             except ReportError as exc:
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
@@ -337,10 +354,11 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
 
             import nbformat
 
-            nb = nbformat.read(tmp / "report.ipynb", as_version=4)
-            title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
-            page = notebook_to_html(nb, title)
-            (tmp / "report.html").write_text(page, encoding="utf-8")
+            with stage(progress, f"day {day} HTML"):
+                nb = nbformat.read(tmp / "report.ipynb", as_version=4)
+                title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
+                page = notebook_to_html(nb, title)
+                (tmp / "report.html").write_text(page, encoding="utf-8")
 
             network = privacy.network_references(page)
             if network:
@@ -355,7 +373,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             }
             decision_file.write_text(json.dumps(document, indent=2, ensure_ascii=False,
                                                 allow_nan=False) + "\n", encoding="utf-8")
-            leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
+            with stage(progress, f"day {day} privacy scan"):
+                leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
             if leaks:
                 raise ReportError(f"report for day {day} withheld: "
                                   + "; ".join(leak.sentence() for leak in leaks))

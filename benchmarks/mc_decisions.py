@@ -431,7 +431,13 @@ def main(argv: list[str] | None = None) -> int:
                     reps = args.reps if effect in ("null", "lift") else (args.harm_reps or args.reps)
                     t = time.time()
                     jobs = [(users, args.seed, pop, effect, r, args.legacy) for r in range(reps)]
-                    runs = list(pool.map(replicate, jobs, chunksize=max(1, reps // (4 * args.workers))))
+                    runs = []
+                    step = max(reps // 10, 1)
+                    for r in pool.map(replicate, jobs, chunksize=max(1, reps // (20 * args.workers))):
+                        runs.append(r)
+                        if len(runs) % step == 0 and len(runs) < reps:
+                            print(f"  ... {pop} {users:,} {effect}: {len(runs)}/{reps} "
+                                  f"({time.time() - t:.0f} s)", file=sys.stderr, flush=True)
                     summ = summarise(runs, args.legacy)
                     summ.update({"population": pop, "users": users, "effect": effect,
                                  "seconds": time.time() - t})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pandas as pd
 
@@ -91,3 +92,12 @@ def cuped_cells(groups) -> pd.DataFrame:
                     f"sum_xy_{suffix}": r.sum_xy}
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: A progress line of a long command in a log (``whispers_lab.progress``), not an error line.
+PROGRESS_LINE = re.compile(r"^(simulate|report|daily|demo): .* in \d+(\.\d+)? s( \(.*\))?$")
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of a command's stderr that are not progress lines."""
+    return [line for line in err.strip().splitlines() if not PROGRESS_LINE.match(line)]

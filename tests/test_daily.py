@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from whispers_lab.cli import main
+from whispers_lab.errors import ReportError
 from whispers_lab.plan import load_plan
 from whispers_lab.report.daily import (
     DailyLock,
@@ -100,9 +101,15 @@ def test_nothing_to_do_outside_the_rollout(tmp_path: Path, offset: int,
 # -- the lock ----------------------------------------------------------------------------------
 
 
-def test_a_second_run_is_refused_while_the_lock_is_held(tmp_path: Path,
+@pytest.mark.parametrize("command", ["daily", "report"])
+def test_a_second_run_is_refused_while_the_lock_is_held(command: str, tmp_path: Path,
+                                                        export_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``daily`` and a manual ``report`` take the same lock, so they never write the same
+    day at once: while a daily run holds it, either is refused and writes nothing."""
     out = tmp_path / "out"
+    args = (["daily", "--exports", str(tmp_path), "--today", TODAY] if command == "daily"
+            else ["report", "--export", str(export_path), "--day", str(REPORT_DAY)])
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
@@ -113,12 +120,13 @@ def test_a_second_run_is_refused_while_the_lock_is_held(tmp_path: Path,
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        code = main(["daily", "--exports", str(tmp_path), "--out", str(out), "--today", TODAY])
+        code = main([*args, "--out", str(out)])
         err = capsys.readouterr().err
         assert code == 1
         assert f"another daily run holds the lock (pid {holder.pid})" in err
         assert "Traceback" not in err
         assert not any(out.glob("day-*"))  # the refused run wrote nothing
+        assert sorted(p.name for p in out.iterdir()) == [".daily.lock"]
     finally:
         holder.kill()
         holder.wait()
@@ -189,10 +197,67 @@ def test_daily_reports_yesterday_from_the_newest_export(tmp_path: Path, export_p
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:
-    old = tmp_path / ".day-03.tmp-abc"
-    old.mkdir()
-    os.utime(old, (time.time() - 7 * 3600, time.time() - 7 * 3600))
-    fresh = tmp_path / ".day-04.tmp-def"  # maybe a report being written right now
-    fresh.mkdir()
-    assert remove_stale_temporaries(tmp_path) == [".day-03.tmp-abc"]
-    assert fresh.exists() and not old.exists()
+    """Taking the lock sweeps the staging folders that no live lock holder owns, whatever
+    their age; a folder staged by the live holder stays while it holds the lock."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    killed = tmp_path / f".day-03.tmp-{dead.stdout.strip()}-abc"  # its run was kill -9'd
+    killed.mkdir()
+    (killed / "report.ipynb").write_text("{", encoding="utf-8")  # a partial notebook
+    legacy = tmp_path / ".day-05.tmp-xyz"  # staged by an older version (no pid in the name)
+    legacy.mkdir()
+    hidden = tmp_path / ".day-06.old-1-2"  # killed between the two renames of a publication
+    hidden.mkdir()
+    (hidden / "decision.json").write_text("{}", encoding="utf-8")
+    (tmp_path / ".index.html.abc.tmp").write_text("<html", encoding="utf-8")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from whispers_lab.report.daily import DailyLock\n"
+         "from whispers_lab.report.folder import make_tmp_dir\n"
+         "from pathlib import Path\n"
+         f"with DailyLock({str(tmp_path)!r}) as lock:\n"
+         f"    print(make_tmp_dir(Path({str(tmp_path)!r}), 4).name, lock.swept, flush=True)\n"
+         "    time.sleep(30)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        live, swept = holder.stdout.readline().split(" ", 1)
+        assert swept.strip() == str(sorted([killed.name, legacy.name, ".index.html.abc.tmp"]))
+        assert not killed.exists() and not legacy.exists()
+        assert (tmp_path / "day-06" / "decision.json").is_file()  # the hidden day put back
+        with pytest.raises(ReportError, match="holds the lock"):
+            remove_stale_temporaries(tmp_path)
+        assert (tmp_path / live).is_dir()  # the live holder's staging folder stays
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_stale_temporaries(tmp_path) == [live]  # its holder is gone: stale now
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".daily.lock", "day-06"]
+
+
+def test_a_row_stamped_in_the_future_does_not_make_a_stale_export_current(
+        tmp_path: Path, export_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export holds days up to REPORT_DAY plus one event stamped three days later (a
+    device with a wrong clock): the day after REPORT_DAY has not arrived, whatever that row
+    says; validation flags the row."""
+    import duckdb
+
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    path = exports / "rollout.duckdb"
+    path.write_bytes(export_path.read_bytes())
+    stamp = PLAN.day_start(REPORT_DAY + 3) + dt.timedelta(hours=8)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO telemetry SELECT 'future-1', ?, user_id, device_id, 'app_open', "
+                "NULL, NULL, NULL FROM telemetry LIMIT 1", [stamp])
+    con.close()
+    later = (PLAN.start_date + dt.timedelta(days=REPORT_DAY + 4)).isoformat()  # reports +3
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", later])
+    err = capsys.readouterr().err
+    assert code == 1 and "has not arrived" in err, err
+    assert "ignoring 1 row(s) stamped after that" in err
+    doc = json.loads((out / f"day-{REPORT_DAY + 3:02d}" / "decision.json").read_text("utf-8"))
+    assert doc["decision"] == "ERROR" and "has not arrived" in doc["error"]
+    assert main(["validate", str(path)]) == 0
+    assert "1 row(s) stamped after the export's end" in capsys.readouterr().out

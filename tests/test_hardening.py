@@ -37,7 +37,7 @@ from whispers_lab.report import privacy, tables
 from whispers_lab.report.runner import REPORT_FILES, day_dir_name
 from whispers_lab.simulate import simulate
 
-from factories import T0, valid_tables
+from factories import T0, error_lines, valid_tables
 
 PLAN = load_plan()
 MIN_USERS = PLAN.criteria.min_group_users
@@ -247,7 +247,7 @@ def test_corrupt_files_on_validate_and_report(case, sim_path, tmp_path, capsys) 
         out = tmp_path / "reports"
         code, _, err = cli(capsys, "report", "--export", bad, "--day", 4, "--out", out)
         assert code == 1 and CORRUPT_MESSAGES[case] in err
-        assert len(err.strip().splitlines()) == 1
+        assert len(error_lines(err)) == 1
         assert not any(out.glob("day-*"))
 
 
@@ -276,7 +276,7 @@ def test_corrupt_data_block_fails_report_in_one_line(sim_path, tmp_path, capsys)
     assert code == 1 and "expected readable data" in err and "Corrupt database file" in err
     out = tmp_path / "reports"
     code, _, err = cli(capsys, "report", "--export", bad, "--day", 4, "--out", out)
-    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert code == 1 and len(error_lines(err)) == 1
     assert "cannot be read back" in err and "details are withheld" in err
     assert not any(out.glob("day-*"))
     assert not list(out.glob(".failed/*")) and not list(out.glob(".day-*"))
@@ -759,6 +759,6 @@ def test_unwritable_out_is_a_one_line_error(command, sim_path, tmp_path, capsys)
         args = (["--export", sim_path, "--day", 4] if command == "report"
                 else ["--exports", exports, "--today", "2026-12-06"])
         code, _, err = cli(capsys, command, *args, "--out", out)
-        assert code == 1 and len(err.strip().splitlines()) == 1
+        assert code == 1 and len(error_lines(err)) == 1
         assert ("Not a directory" in err) or ("File exists" in err)
     assert blocker.read_text() == "x"

@@ -30,8 +30,11 @@ from whispers_lab.cli import main
 from whispers_lab.contract import TABLES
 from whispers_lab.plan import load_plan
 from whispers_lab.report import privacy
+from whispers_lab.report.daily import DailyLock
 from whispers_lab.report.runner import DECISIONS, REPORT_FILES, day_dir_name
 from whispers_lab.simulate import simulate_to
+
+from factories import error_lines
 
 PLAN = load_plan()
 DAY = 4
@@ -56,6 +59,11 @@ def _start(*args: object) -> subprocess.Popen:
 
 def _report(export: Path, out: Path) -> subprocess.Popen:
     return _start("report", "--export", export, "--day", DAY, "--out", out)
+
+
+def _staging(out: Path) -> list[str]:
+    """Staging folders of report runs in ``out`` (``.day-NN.tmp-*``)."""
+    return sorted(p.name for p in out.glob(".day-*.tmp-*"))
 
 
 def _published(out: Path) -> dict[str, bytes]:
@@ -143,16 +151,19 @@ def test_killed_runs_leave_the_published_report_intact(export_path: Path, tmp_pa
 
     rng = random.Random(SEED)
     # three SIGKILLs spread over the run (start-up, notebook, conversion/publication) and one
-    # SIGTERM (what cron or systemd send on a timeout), at seeded random points
+    # SIGTERM to the whole process group (what cron or systemd send on a timeout) at seeded
+    # random points; a SIGTERM gets the day an ERROR page (see test_stopped_report_...), so
+    # it comes last and its own checks follow the loop
     points = [(signal.SIGKILL, duration * rng.uniform(0.05, 0.25)),
               (signal.SIGKILL, duration * rng.uniform(0.35, 0.65)),
-              (signal.SIGKILL, duration * rng.uniform(0.8, 1.0)),
-              (signal.SIGTERM, duration * rng.uniform(0.3, 0.7))]
+              (signal.SIGKILL, duration * rng.uniform(0.8, 1.0))]
+    staged = False
     for sig, after in points:
         before = _published(out)
         run = _report(export_path, out)
         time.sleep(after)
         if run.poll() is None:
+            staged |= bool(_staging(out))
             os.killpg(run.pid, sig)
         run.communicate(timeout=300)
         now = _published(out)
@@ -165,6 +176,27 @@ def test_killed_runs_leave_the_published_report_intact(export_path: Path, tmp_pa
         assert all(p.name.startswith(".") for p in out.iterdir()
                    if p.name not in (day_dir_name(DAY), "index.html"))
     assert _wait_for_orphans(out) == [], "a kernel outlived its killed report run"
+    # a SIGKILL leaves the run's staging folder behind (nothing can remove it then)
+    assert staged and _staging(out), "no killed run got as far as staging its report"
+
+    before = _published(out)
+    run = _report(export_path, out)
+    time.sleep(duration * rng.uniform(0.3, 0.7))
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    now = _published(out)
+    day_files = [f"{day_dir_name(DAY)}/{n}" for n in REPORT_FILES]
+    if run.returncode == 0 or json.loads(now[day_files[2]])["decision"] != "ERROR":
+        assert sorted(now) == sorted(before)  # it had finished, or got stopped in publishing
+        _assert_complete(out)
+    else:  # stopped: the day says so, the last report is kept beside it as superseded
+        assert run.returncode == 128 + signal.SIGTERM, err
+        doc = json.loads(now[day_files[2]])
+        assert "stopped by SIGTERM" in doc["error"]
+        assert now[f"{day_dir_name(DAY)}/previous-decision.json"] == before[day_files[2]]
+    assert _wait_for_orphans(out) == [], "a kernel outlived its stopped report run"
 
     final = _report(export_path, out)
     text, err = final.communicate(timeout=300)
@@ -172,6 +204,8 @@ def test_killed_runs_leave_the_published_report_intact(export_path: Path, tmp_pa
     _assert_complete(out)
     assert _published(out)[f"{day_dir_name(DAY)}/decision.json"] != before[
         f"{day_dir_name(DAY)}/decision.json"]
+    # the next run swept what the killed runs left: no staging folder remains
+    assert _staging(out) == []
 
 
 def test_two_daily_runs_at_once(export_path: Path, tmp_path: Path) -> None:
@@ -184,7 +218,7 @@ def test_two_daily_runs_at_once(export_path: Path, tmp_path: Path) -> None:
     lock = out / ".daily.lock"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and first.poll() is None:
-        if lock.is_file() and lock.read_text().strip() == str(first.pid):
+        if lock.is_file() and lock.read_text().split()[:1] == [str(first.pid)]:
             break
         time.sleep(0.05)
     assert first.poll() is None, "the first run ended before the second could start"
@@ -208,6 +242,69 @@ def test_two_daily_runs_at_once(export_path: Path, tmp_path: Path) -> None:
     _assert_no_ids(texts, _export_ids(export_path))
 
 
+def _wait_for_notebook(run: subprocess.Popen, out: Path, seconds: float = 120.0) -> None:
+    """Wait until ``run`` executes the report notebook (its staged report.ipynb exists)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and run.poll() is None:
+        if any((Path(p) / "report.ipynb").is_file() for p in out.glob(".day-*.tmp-*")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached its notebook: {run.communicate()}")
+
+
+def _assert_stopped(out: Path, run: subprocess.Popen, sig: signal.Signals,
+                    command: str) -> dict:
+    """``run`` ended on ``sig`` cleanly: exit 128 + sig, one line, the day's ERROR page says the
+    run was stopped, nothing half-written or staged, the lock free and empty, no kernel left."""
+    text, err = run.communicate(timeout=120)
+    assert run.returncode == 128 + sig, (run.returncode, text, err)
+    assert "Traceback" not in text + err and f"stopped by {sig.name}" in err, err
+    assert len(error_lines(err)) == 1, err
+    doc = json.loads((out / day_dir_name(DAY) / "decision.json").read_text(encoding="utf-8"))
+    assert doc["decision"] == "ERROR" and f"stopped by {sig.name}" in doc["error"]
+    page = (out / day_dir_name(DAY) / "report.html").read_text(encoding="utf-8")
+    assert page.rstrip().endswith("</html>") and f"stopped by {sig.name}" in page
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert index.rstrip().endswith("</html>") and "Run failed, no decision" in index
+    assert _staging(out) == [] and not list(out.glob(".*.tmp"))
+    assert (out / ".daily.lock").read_text() == ""  # released, no stale holder
+    with DailyLock(out):
+        pass
+    assert _wait_for_orphans(out) == [], f"a kernel outlived its stopped {command} run"
+    return doc
+
+
+def test_stopped_report_holds_the_lock_then_publishes_an_error_page(
+        export_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A manual ``report`` holds the lock ``daily`` takes (a daily run meanwhile is refused);
+    SIGTERM (cron's or systemd's timeout) stops it cleanly: the day shows an ERROR page saying
+    the run was stopped."""
+    out, exports = tmp_path / "reports", tmp_path / "exports"
+    exports.mkdir()
+    os.symlink(export_path, exports / "rollout.duckdb")
+    run = _report(export_path, out)
+    _wait_for_notebook(run, out)
+    assert (out / ".daily.lock").read_text().split() == [str(run.pid), "report"]
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", TODAY])
+    err = capsys.readouterr().err
+    assert code == 1 and f"another report run holds the lock (pid {run.pid})" in err
+    assert not (out / day_dir_name(DAY)).exists()  # the refused daily run wrote nothing
+    os.kill(run.pid, signal.SIGTERM)
+    doc = _assert_stopped(out, run, signal.SIGTERM, "report")
+    assert doc["report"]["export"] == export_path.name
+
+
+def test_stopped_daily_run_publishes_an_error_page(export_path: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of the scheduled job's notebook."""
+    out, exports = tmp_path / "reports", tmp_path / "exports"
+    exports.mkdir()
+    os.symlink(export_path, exports / "rollout.duckdb")
+    run = _start("daily", "--exports", exports, "--out", out, "--today", TODAY)
+    _wait_for_notebook(run, out)
+    os.kill(run.pid, signal.SIGINT)
+    _assert_stopped(out, run, signal.SIGINT, "daily")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o555 does not stop "
                     "root's writes; tests/test_hardening.py::test_unwritable_out_is_a_one_line_"
                     "error covers the refusal with a folder under a regular file")
@@ -226,7 +323,7 @@ def test_read_only_output_folder(command: str, export_path: Path, tmp_path: Path
         code = main([command, *map(str, args), "--out", str(out)])
         _, err = capsys.readouterr()
         assert code == 1 and "Permission denied" in err and "Traceback" not in err
-        assert len(err.strip().splitlines()) == 1
+        assert len(error_lines(err)) == 1
         assert list(out.iterdir()) == []
     finally:
         out.chmod(0o755)
@@ -241,7 +338,7 @@ def test_unwritable_index_is_a_one_line_error(export_path: Path, tmp_path: Path,
     (out / "index.html").mkdir(parents=True)
     code = main(["report", "--export", str(export_path), "--day", str(DAY), "--out", str(out)])
     _, err = capsys.readouterr()
-    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert code == 1 and "Traceback" not in err and len(error_lines(err)) == 1
     assert "index.html" in err and "Is a directory" in err
     folder = out / day_dir_name(DAY)
     assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)

@@ -21,6 +21,8 @@ from whispers_lab.report.index import collect_days, index_html
 from whispers_lab.report.runner import REPORT_FILES, day_dir_name
 from whispers_lab.simulate import simulate_to
 
+from factories import error_lines
+
 DAY = 9
 ID_COLUMNS = ("user_id", "device_id", "request_id", "memory_id", "whisper_id")
 
@@ -135,7 +137,7 @@ def test_day_outside_the_plan_is_a_one_line_error(export_path: Path, tmp_path: P
     err = capsys.readouterr().err
     assert code == 1
     assert "outside the rollout" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(error_lines(err)) == 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -184,4 +186,4 @@ def test_invalid_export_fails_with_the_contract_problems(export_path: Path, tmp_
     assert not (out / day_dir_name(4)).exists()
     kept = list((out / ".failed").glob("day-04-*.ipynb"))  # the failed run's record
     assert len(kept) == 1 and "failed notebook kept at" in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(error_lines(err)) == 1

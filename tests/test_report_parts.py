@@ -148,10 +148,10 @@ def test_charts_render_from_a_real_evaluation(evaluation) -> None:
     figures = [
         charts.minute_chart(ev.minute_series, ev.windows, metric="error_rate", budget=0.02,
                             trigger_level=t.error_rate, trigger_minutes=10, min_requests=20,
-                            title="e", percent=True),
+                            title="e", percent=True, min_users=5),
         charts.minute_chart(ev.minute_series, ev.windows, metric="avg_duration_ms", budget=100,
                             trigger_level=300, trigger_minutes=5, min_requests=20, title="l",
-                            percent=False),
+                            percent=False, min_users=5),
         charts.db_chart(ev.db_series, ev.db_limit_ms, ev.windows),
         charts.exposures_chart(ev.daily, 5, ev.day),
         charts.rates_chart(ev.daily, plan, ev.day, 5),
@@ -161,6 +161,45 @@ def test_charts_render_from_a_real_evaluation(evaluation) -> None:
     for fig in figures:
         assert isinstance(fig, Figure)
         assert charts.png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _drawn_values(fig: Figure) -> set[float]:
+    """Every y value drawn as a line or a scatter point in the figure's axes."""
+    values: set[float] = set()
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            values |= {round(float(v), 6) for v in line.get_ydata()}
+        for coll in ax.collections:
+            values |= {round(float(v), 6) for v in coll.get_offsets()[:, 1]}
+    return values
+
+
+def test_minute_charts_withhold_minutes_of_few_users(evaluation) -> None:
+    """A minute's error rate or latency resting on fewer users than the plan's minimum group
+    size is not drawn, like every other figure; the caption says how many were left out."""
+    ev, plan = evaluation
+    assert {"users", "requests"} <= set(ev.minute_series)
+    assert (ev.minute_series["users"] <= ev.minute_series["requests"]).all()
+    minutes = pd.DataFrame({
+        "minute": pd.to_datetime(["2026-12-10 10:00", "2026-12-10 10:01", "2026-12-10 10:02"]),
+        "requests": [40, 40, 40], "users": [3, 12, 30],
+        "avg_duration_ms": [777.0, 50.0, 60.0], "errors": [36, 0, 1], "server_errors": [0, 0, 0],
+        "error_rate": [0.9, 0.0, 0.025], "counted": [True, True, True]})
+    for metric, secret, shown in (("error_rate", 0.9, 0.025), ("avg_duration_ms", 777.0, 60.0)):
+        fig = charts.minute_chart(minutes, (), metric=metric, budget=0.02, trigger_level=0.05,
+                                  trigger_minutes=10, min_requests=20, title="t",
+                                  percent=metric == "error_rate",
+                                  min_users=plan.criteria.min_group_users)
+        drawn = _drawn_values(fig)
+        assert secret not in drawn and shown in drawn
+        texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+        assert f"1 minute(s) with fewer than {plan.criteria.min_group_users} users" in texts
+    few = minutes.assign(users=[1, 2, 3])
+    fig = charts.minute_chart(few, (), metric="error_rate", budget=0.02, trigger_level=0.05,
+                              trigger_minutes=10, min_requests=20, title="t", percent=True,
+                              min_users=5)
+    assert 0.9 not in _drawn_values(fig) and 0.025 not in _drawn_values(fig)
+    assert "withheld" in " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
 
 
 def test_charts_say_when_there_is_nothing_to_show() -> None:

@@ -83,3 +83,23 @@ def test_monitor_skips_looks_without_information_and_handles_a_repeated_look():
     assert d["alpha_spent"].iloc[-1] == pytest.approx(0.05)
     exits = seq.exit_probabilities(d["boundary"].to_numpy(), d["information"].to_numpy())
     assert exits.sum() == pytest.approx(0.05, abs=1e-6)
+
+
+def test_hwang_shih_decani_spending_matches_gsdesign():
+    # gsDesign's default design (gsDesign(k = 3, test.type = 1): sfHSD, gamma = -4, one-sided
+    # 0.025, equally spaced): upper bounds 3.0107, 2.5465, 1.9992
+    t = np.arange(1, 4) / 3
+    b = seq.boundaries(t, t, 0.025, "hsd", -4.0)
+    np.testing.assert_allclose(b, [3.0107, 2.5465, 1.9992], atol=0.0006)
+
+
+def test_parametric_spending_families():
+    t = np.linspace(0, 1, 11)
+    # HSD with gamma 0 is linear; the power family with rho 1 too
+    np.testing.assert_allclose(seq.spending(t, 0.05, "hsd", 0.0), 0.05 * t)
+    np.testing.assert_allclose(seq.spending(t, 0.05, "power", 1.0), 0.05 * t)
+    for kind, param in (("hsd", 1.0), ("hsd", -4.0), ("power", 3.0)):
+        s = seq.spending(t, 0.05, kind, param)
+        assert s[0] == 0 and s[-1] == pytest.approx(0.05) and np.all(np.diff(s) >= 0)
+    # gamma 1 spends early (Pocock-like), gamma -4 late (O'Brien-Fleming-like)
+    assert seq.spending(0.3, 0.05, "hsd", 1.0) > seq.spending(0.3, 0.05, "hsd", -4.0) * 5

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import WhispersLabError
+from .report.stopping import RunStopped
 
 #: Sub-command modules under ``whispers_lab.commands``, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -48,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the file system refused: unwritable --out, a path under a file...
         print(f"whispers-lab {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except RunStopped as stop:  # report / daily: cleaned up, the day's ERROR page says so
+        print(f"whispers-lab {args.command}: {stop}; nothing half-written was left",
+              file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"whispers-lab {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -230,6 +230,12 @@ DB_METRICS = Table(
     description="Database health, one row per minute.",
 )
 
+#: Telemetry rows that repeat an event under a new ``event_id``: same values in these columns
+#: and a ``created_at`` at most this many seconds after the previous such row. Counted once
+#: (the export's ``telemetry`` view leaves the repeats out); validation says how many.
+DUPLICATE_EVENT_KEY: tuple[str, ...] = ("user_id", "event_type", "request_id", "whisper_id")
+DUPLICATE_EVENT_SECONDS = 1.0
+
 TABLES: tuple[Table, ...] = (
     USERS, EXPOSURES, TELEMETRY, API_LOGS, RANKING_CANDIDATES, FEEDBACK, SUPPORT_TICKETS, DB_METRICS,
 )
@@ -268,6 +274,14 @@ def contract_markdown() -> str:
         for r in t.rules:
             out.append("")
             out.append(f"Rule `{r.id}`: {r.expected}.")
+        if t.name == "telemetry":
+            out.append("")
+            out.append("Repeated events: a row with the same "
+                       + ", ".join(f"`{c}`" for c in DUPLICATE_EVENT_KEY)
+                       + f" as an earlier row and a `created_at` at most "
+                       f"{DUPLICATE_EVENT_SECONDS:g} s later (under a new `event_id`) repeats "
+                       "that event: it is valid, counted once, and validation reports how many "
+                       "there are.")
         out.append("")
     return "\n".join(out)
 

@@ -11,6 +11,7 @@ Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -22,19 +23,24 @@ import duckdb
 import pandas as pd
 
 from .atomic import replace_dir
-from .contract import CONTRACT, TABLES, Table
+from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
 from .errors import ExportError
+from .sql import sql_ident, sql_string
+from .validation import (
+    DUPLICATE_EVENTS_TABLE,
+    ValidationResult,
+    cache_dir,
+    checks_digest,
+    describe_source,
+    list_units,
+    validate_attached,
+)
+
+__all__ = ["Export", "attach", "connect", "create_canonical_views", "describe_source",
+           "empty_select", "open_export", "sql_ident", "sql_string", "write_export",
+           "write_partitioned_export"]
 
 DUCKDB_MAGIC = b"DUCK"
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal: the only way a path or user text enters SQL text."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def sql_ident(name: str) -> str:
-    return '"' + str(name).replace('"', '""') + '"'
 
 
 def connect(threads: int | None = None, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
@@ -60,11 +66,18 @@ class Export:
     """An opened export. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, path: Path, kind: str, con: duckdb.DuckDBPyConnection,
-                 present: Sequence[str]) -> None:
+                 present: Sequence[str], validation: ValidationResult | None = None) -> None:
         self.path = path
         self.kind = kind
         self.con = con
         self.present = tuple(present)
+        #: what validation found (notices included); None when opened without validation
+        self.validation = validation
+
+    @property
+    def duplicate_events(self) -> int:
+        """Telemetry rows left out of the ``telemetry`` view as repeats of an earlier event."""
+        return int(self.scalar(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}"))
 
     # -- queries -----------------------------------------------------------------------
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -184,15 +197,6 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    """Column name -> DuckDB type of ``src.<table>``."""
-    try:
-        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
-    except duckdb.Error as exc:
-        raise ExportError(f"table {table!r} cannot be read: {_first_line(exc)}") from None
-    return {r[0]: r[1] for r in rows}
-
-
 def _canonical_expr(name: str, logical: str, physical: str) -> str:
     col = sql_ident(name)
     if logical == "TIMESTAMP":
@@ -206,16 +210,108 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
     return f"CAST({col} AS {logical}) AS {col}"
 
 
+def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
+                            path: str | Path | None = None, kind: str | None = None,
+                            use_cache: bool = True) -> None:
+    """Fill the temporary table ``telemetry_duplicates`` with the ``event_id`` of every
+    telemetry row that repeats an earlier event under a new id: same
+    :data:`~whispers_lab.contract.DUPLICATE_EVENT_KEY` values and a ``created_at`` at most
+    :data:`~whispers_lab.contract.DUPLICATE_EVENT_SECONDS` after the previous such row (ties
+    in time broken by ``event_id``, so the first stays). The ``telemetry`` view then leaves
+    these rows out, so every query counts each event once.
+
+    Finding them takes a window over all of the telemetry (seconds at 25M rows), so with
+    ``path``/``kind`` the list is kept in the cache folder
+    (:func:`whispers_lab.validation.cache_dir`, ``duplicates/``) under the checksums of the
+    export's telemetry (:func:`whispers_lab.validation.list_units`): every later opening of the
+    same data reads it back. Rows whose key columns are missing or unreadable get no
+    deduplication (validation reports those columns)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} (event_id VARCHAR)")
+    if "telemetry" not in present:
+        return
+    types = describe_source(con, "telemetry")
+    if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
+        return
+    cached = _duplicates_cache_file(path, kind) if use_cache else None
+    if cached is not None and cached.is_file():
+        try:
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
+                        f"SELECT event_id FROM read_parquet({sql_string(str(cached))})")
+            return
+        except duckdb.Error:  # a damaged cache file: compute again
+            con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+    ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
+    key = ", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY)
+    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
+    # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
+    # only if their events fall within the same second.
+    try:
+        con.execute(f"""
+            INSERT INTO {DUPLICATE_EVENTS_TABLE}
+            SELECT event_id FROM (
+                SELECT CAST(event_id AS VARCHAR) AS event_id, ts,
+                       lag(ts) OVER (PARTITION BY k ORDER BY ts, event_id) AS prev_ts
+                FROM (SELECT event_id, {ts} AS ts, hash({key}) AS k FROM src.telemetry)
+            )
+            WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
+              AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}
+        """)
+    except duckdb.Error:  # unreadable telemetry: validation says so; count every row
+        con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+        return
+    if cached is not None:
+        _save_duplicates(con, cached)
+
+
+def _duplicates_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
+    root = cache_dir()
+    if path is None or kind not in ("duckdb", "parquet") or root is None:
+        return None
+    units = list_units(Path(path), str(kind), "telemetry")
+    digest = hashlib.sha256(checks_digest().encode())
+    for unit in units:
+        digest.update(f"{unit.name}:{unit.checksum};".encode())
+    return root / "duplicates" / f"{digest.hexdigest()[:40]}.parquet"
+
+
+def _save_duplicates(con: duckdb.DuckDBPyConnection, target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            con.execute(f"COPY {DUPLICATE_EVENTS_TABLE} TO {sql_string(tmp)} (FORMAT parquet)")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, duckdb.Error):  # the cache is a shortcut only
+        pass
+
+
 def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
-    """One view per contract table in ``main``: contract columns only, canonical types, UTC."""
+    """One view per contract table in ``main``: contract columns only, canonical types, UTC.
+    The ``telemetry`` view leaves out repeated events (:func:`create_duplicate_events`)."""
     for t in TABLES:
         if t.name in present:
             types = describe_source(con, t.name)
             cols = ", ".join(_canonical_expr(c.name, c.type, types.get(c.name, "")) for c in t.columns)
+            source = f"src.{sql_ident(t.name)}"
+            if t.name == "telemetry" and _has_rows(con, DUPLICATE_EVENTS_TABLE):
+                source += (f" WHERE event_id IS NULL OR event_id NOT IN "
+                           f"(SELECT event_id FROM {DUPLICATE_EVENTS_TABLE})")
             con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS "
-                        f"SELECT {cols} FROM src.{sql_ident(t.name)}")
+                        f"SELECT {cols} FROM {source}")
         else:
             con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS {empty_select(t)}")
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    try:
+        return con.execute(f"SELECT count(*) > 0 FROM {table}").fetchone()[0]
+    except duckdb.Error:
+        return False
 
 
 def empty_select(table: Table) -> str:
@@ -225,19 +321,23 @@ def empty_select(table: Table) -> str:
     return f"SELECT {cols} WHERE false"
 
 
-def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None) -> Export:
-    """Open an export read-only; validate it (raising ``ExportValidationError``) unless told not to."""
-    from .validation import validate_attached  # validation holds the rules; this module the I/O
-
+def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None,
+                use_cache: bool = True) -> Export:
+    """Open an export read-only; validate it (raising ``ExportValidationError``) unless told
+    not to. Validation re-checks only what changed since the last validation of this export
+    (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything."""
     con, kind, found = attach(path, threads=threads)
     try:
+        create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache)
+        result = None
         if validate:
-            validate_attached(con, found, source=str(path))
+            result = validate_attached(con, found, source=str(path), path=path, kind=kind,
+                                       use_cache=use_cache)
         create_canonical_views(con, found)
     except BaseException:
         con.close()
         raise
-    return Export(Path(path), kind, con, found)
+    return Export(Path(path), kind, con, found, result)
 
 
 # ---------------------------------------------------------------------------------------

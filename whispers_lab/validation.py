@@ -3,20 +3,69 @@
 Every problem is collected before anything is raised: missing tables and columns, incompatible
 types, NULLs where forbidden, values out of domain (including NaN and infinity), broken row
 rules and duplicate keys. Each problem names the table, the column, what was expected, how many
-rows break it and one example. One scan per table checks all column rules together, plus one
-GROUP BY per unique key, so a 10-million-row export takes seconds.
+rows break it and one example.
+
+**One scan per table** checks every column and row rule, counts the distinct hashes of each
+unique key, checksums every value (so a corrupt data block cannot pass unread) and counts the
+rows per UTC day. Only when a key hash repeats does an exact ``GROUP BY`` on the key run, to
+name the duplicates.
+
+Beside problems, validation reports :class:`Notice`\\ s: data the lab accepts but handles
+specially. Telemetry events repeated under a new ``event_id`` (same user, type, request and
+whisper within :data:`~whispers_lab.contract.DUPLICATE_EVENT_SECONDS`) are counted once by
+every query (``whispers_lab.export`` builds the deduplicated view), and rows stamped beyond
+the export's own end (:mod:`whispers_lab.coverage`) never count as coverage.
+
+**Incremental validation.** An export is checked in *units*: each Parquet file (for a
+date-partitioned export, each ``<table>/date=YYYY-MM-DD/*.parquet``), or the whole DuckDB
+file. After a run, every unit of a table found clean is recorded with its checksum in a small
+JSON manifest in the cache folder (:func:`cache_dir`: ``$WHISPERS_LAB_CACHE``, else
+``$XDG_CACHE_HOME/whispers-lab``, else ``~/.cache/whispers-lab``; one file per export path under
+``validation/``). The next validation of the same export re-checks only the units whose checksum
+changed, plus the unique keys across changed and unchanged units (a join on the key columns,
+which DuckDB prunes to the changed key range). A unit's checksum is a SHA-256 of its name,
+size, modification and change times (ns), inode and Parquet footer (row counts, offsets and
+per-column statistics), so any rewrite, copy or append invalidates it; so does a new
+contract or a new version of these checks (:data:`CHECKS_VERSION`). ``whispers-lab validate
+--full`` ignores the manifest, and setting ``WHISPERS_LAB_CACHE`` to an empty string turns
+caching off. A file whose bytes rot on disk with all of the above unchanged is not re-read:
+run ``--full`` for an audit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import duckdb
 
-from .contract import ACCEPTED_TYPES, CONTRACT, TABLES, Column, Table
-from .errors import ExportValidationError
-from .export import describe_source, sql_ident, sql_string
+from .atomic import write_text_atomic
+from .contract import (
+    ACCEPTED_TYPES,
+    CONTRACT,
+    DUPLICATE_EVENT_KEY,
+    DUPLICATE_EVENT_SECONDS,
+    TABLES,
+    Column,
+    Table,
+)
+from .coverage import ACTIVITY_TABLES, extent_from_days, merge_days
+from .errors import ExportError, ExportValidationError
+from .sql import sql_ident, sql_string
+
+#: Bump when the checks change: every manifest written before is then ignored.
+CHECKS_VERSION = 2
+CACHE_ENV = "WHISPERS_LAB_CACHE"
+#: Temporary table (in the export's connection) of the telemetry rows that repeat an earlier
+#: event; created by ``whispers_lab.export`` and left out of its ``telemetry`` view.
+DUPLICATE_EVENTS_TABLE = "telemetry_duplicates"
+_UNIT = "__whispers_unit"
 
 EXAMPLE_CHARS = 60
 
@@ -38,6 +87,53 @@ class Problem:
         if self.example is not None:
             text += f" (e.g. {self.example})"
         return text
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something in the export that is not a contract problem but is handled specially."""
+
+    table: str
+    rule: str
+    rows: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"table {self.table!r}: {self.rows:,} {self.text}"
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    """Rows of a table as stored (repeated events included) and its time column's range."""
+
+    rows: int
+    first: dt.datetime | None
+    last: dt.datetime | None
+
+
+@dataclass
+class ValidationResult:
+    """Everything one validation found, and how much of the export it had to read."""
+
+    problems: list[Problem] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    units_checked: int = 0
+    units_reused: int = 0
+    tables: dict[str, TableSummary] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """Column name -> DuckDB type of ``src.<table>``."""
+    try:
+        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
+    except duckdb.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"table {table!r} cannot be read: {first}") from None
+    return {r[0]: r[1] for r in rows}
 
 
 def _base_type(physical: str) -> str:
@@ -79,8 +175,143 @@ def _column_checks(column: Column) -> list[tuple[str, str, str]]:
     return checks
 
 
-def _check_values(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]) -> list[Problem]:
-    """All column and row rules of one table in a single scan."""
+# ---------------------------------------------------------------------------------------
+# units and their checksums
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a table validated as a whole: one Parquet file, or a table of a DuckDB file."""
+
+    table: str
+    name: str
+    files: tuple[str, ...]
+    checksum: str
+
+
+def _stat_digest(h: Any, path: Path) -> None:
+    st = path.stat()
+    h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
+
+
+def _parquet_checksum(path: Path, name: str) -> str:
+    """SHA-256 of the file's name, size, times, inode and Parquet footer."""
+    h = hashlib.sha256(name.encode())
+    _stat_digest(h, path)
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            if size >= 12:
+                fh.seek(size - 8)
+                tail = fh.read(8)
+                length = int.from_bytes(tail[:4], "little")
+                if tail[4:] == b"PAR1" and 0 < length <= size - 12:
+                    fh.seek(size - 8 - length)
+                    h.update(fh.read(length))
+    except OSError:
+        pass
+    return h.hexdigest()
+
+
+def parquet_files(folder: Path, table: str) -> list[Path]:
+    """The Parquet files of ``table`` in an export folder, as :func:`whispers_lab.export.attach`
+    reads them: ``<table>.parquet``, else every ``<table>/**/*.parquet``."""
+    single = folder / f"{table}.parquet"
+    if single.is_file():
+        return [single]
+    sub = folder / table
+    return sorted(sub.rglob("*.parquet")) if sub.is_dir() else []
+
+
+def list_units(path: Path, kind: str, table: str) -> list[Unit]:
+    """The units of ``table`` in the export at ``path`` (``kind``: ``duckdb`` or ``parquet``)."""
+    if kind == "duckdb":
+        h = hashlib.sha256(b"duckdb")
+        _stat_digest(h, path)
+        return [Unit(table, table, (), h.hexdigest())]
+    units = []
+    for file in parquet_files(path, table):
+        name = file.relative_to(path).as_posix()
+        units.append(Unit(table, name, (str(file),), _parquet_checksum(file, name)))
+    return units
+
+
+def checks_digest() -> str:
+    """Digest of the contract and of these checks: part of every cache key."""
+    return hashlib.sha256(f"{CHECKS_VERSION}:{TABLES!r}:{DUPLICATE_EVENT_KEY!r}:"
+                          f"{DUPLICATE_EVENT_SECONDS!r}".encode()).hexdigest()
+
+
+def cache_dir() -> Path | None:
+    """Where validation manifests are kept (None: caching turned off, see the module doc)."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return Path(env).expanduser() if env.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "whispers-lab"
+
+
+def manifest_path(export_path: Path) -> Path | None:
+    """The manifest file of the export at ``export_path`` (None: caching off)."""
+    root = cache_dir()
+    if root is None:
+        return None
+    key = hashlib.sha256(os.path.realpath(export_path).encode()).hexdigest()[:32]
+    return root / "validation" / f"{key}.json"
+
+
+def _load_manifest(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict) or doc.get("contract") != checks_digest():
+        return {}
+    units = doc.get("units")
+    return units if isinstance(units, dict) else {}
+
+
+def _save_manifest(path: Path | None, export_path: Path, units: Mapping[str, Any]) -> None:
+    if path is None:
+        return
+    doc = {"export": os.path.realpath(export_path), "contract": checks_digest(),
+           "written_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat() + "Z",
+           "units": dict(sorted(units.items()))}
+    try:
+        write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    except OSError:  # the cache is only a shortcut: an unwritable one just means no shortcut
+        pass
+
+
+# ---------------------------------------------------------------------------------------
+# the scan
+
+
+def _source(table: Table, units: Sequence[Unit], kind: str) -> tuple[str, bool]:
+    """SQL to read ``units`` of ``table``, and whether it carries the unit column."""
+    if kind == "duckdb":
+        return f"src.{sql_ident(table.name)}", False
+    files = ", ".join(sql_string(f) for u in units for f in u.files)
+    return (f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
+            f"filename = {sql_string(_UNIT)})", True)
+
+
+@dataclass
+class _Scan:
+    rows: dict[str, int]  # unit name -> rows
+    bad: dict[str, int]  # unit name -> rows breaking some rule
+    days: dict[str, dict[dt.date, int]]
+    span: dict[str, tuple[dt.datetime | None, dt.datetime | None]]  # first and last time
+    keys_repeat: bool  # some key hash repeats within a unit
+    problems: list[Problem]
+
+
+def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
+          kind: str) -> _Scan:
+    """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:
@@ -89,9 +320,8 @@ def _check_values(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]
     for rule in table.rules:
         if set(rule.columns) <= usable:
             parts.append((None, rule.id, f"NOT ({rule.predicate})", rule.expected))
-    if not parts:
-        return []
-    selects = []
+    source, grouped = _source(table, units, kind)
+    selects = [f"{_UNIT} AS unit" if grouped else "NULL AS unit", "count(*) AS rows"]
     for i, (column, _, predicate, _) in enumerate(parts):
         shown = sql_ident(column) if column else "NULL"
         selects.append(f"count(*) FILTER (WHERE {predicate}) AS n{i}")
@@ -99,33 +329,84 @@ def _check_values(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]
     # Row-group statistics answer most predicates without reading the data, so a corrupt data
     # block would pass unseen; hashing every contract column reads (and checksums) all of it.
     everything = ", ".join(sql_ident(c.name) for c in table.columns if c.name in usable)
-    selects.append(f"bit_xor(hash({everything})) AS read_all")
-    row = con.execute(f"SELECT {', '.join(selects)} FROM src.{sql_ident(table.name)}").fetchone()
-    problems = []
+    selects.append(f"bit_xor(hash({everything})) AS read_all" if everything else "0 AS read_all")
+    keys = [k for k in table.unique if set(k) <= usable]
+    for j, key in enumerate(keys):
+        selects.append(f"count(DISTINCT hash({', '.join(sql_ident(c) for c in key)})) AS k{j}")
+    time_col = table.time_column if table.time_column in usable else None
+    if time_col:
+        t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
+        selects += [f"histogram(CAST({t} AS DATE)) AS days", f"min({t}) AS t_min",
+                    f"max({t}) AS t_max"]
+    else:
+        selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
+    query = f"SELECT {', '.join(selects)} FROM {source}" + (" GROUP BY ALL" if grouped else "")
+    result = con.execute(query).fetchall()
+    names = [d[0] for d in con.description]
+    by_file = {f: u.name for u in units for f in u.files}
+    scan = _Scan({}, {}, {}, {}, False, [])
+    totals = [0] * len(parts)
+    examples: list[Any] = [None] * len(parts)
+    for row in result:
+        rec = dict(zip(names, row, strict=True))
+        unit = by_file.get(rec["unit"], rec["unit"]) if grouped else units[0].name
+        rows = int(rec["rows"])
+        scan.rows[unit] = rows
+        scan.bad[unit] = 0
+        for i in range(len(parts)):
+            n = int(rec[f"n{i}"])
+            if n:
+                totals[i] += n
+                scan.bad[unit] += n
+                if examples[i] is None:
+                    examples[i] = rec[f"e{i}"]
+        for j in range(len(keys)):
+            if int(rec[f"k{j}"]) < rows:
+                scan.keys_repeat = True
+        scan.span[unit] = (rec["t_min"], rec["t_max"])
+        days = rec["days"] or {}
+        scan.days[unit] = {(d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d))): int(n)
+                           for d, n in dict(days).items() if d is not None}
     for i, (column, rule, _, expected) in enumerate(parts):
-        n = int(row[2 * i])
-        if n:
-            example = _example(row[2 * i + 1]) if column else None
-            if rule == "not_null":
-                example = "NULL"
-            problems.append(Problem(table.name, column or ",".join(
-                next(r for r in table.rules if r.id == rule).columns), rule, expected, n, example))
-    return problems
+        if totals[i]:
+            example = "NULL" if rule == "not_null" else (_example(examples[i]) if column else None)
+            scan.problems.append(Problem(table.name, column or ",".join(
+                next(r for r in table.rules if r.id == rule).columns), rule, expected, totals[i],
+                example))
+    return scan
+
+
+def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str],
+                        changed: Sequence[Unit], reused: Sequence[Unit], kind: str) -> bool:
+    """Whether a unique key may repeat across units (within a unit the scan saw it)."""
+    keys = [k for k in table.unique if set(k) <= usable]
+    if not keys or len(changed) + len(reused) <= 1:
+        return False
+    new, _ = _source(table, changed, kind)
+    for key in keys:
+        cols = ", ".join(sql_ident(c) for c in key)
+        if len(changed) > 1:
+            n = con.execute(f"SELECT count(*) - count(DISTINCT hash({cols})) FROM {new}").fetchone()[0]
+            if n:
+                return True
+        if reused:
+            # a join on the raw key: DuckDB pushes the changed units' key range into the scan
+            # of the others, so time-ordered ids read only the row groups that could match
+            old, _ = _source(table, reused, kind)
+            n = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM {new}) a "
+                            f"JOIN (SELECT {cols} FROM {old}) b USING ({cols})").fetchone()[0]
+            if n:
+                return True
+    return False
 
 
 def _check_unique(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]) -> list[Problem]:
+    """The exact duplicate keys of ``table`` (run only when a key hash repeats)."""
     problems = []
     for key in table.unique:
         if not set(key) <= usable:
             continue
         cols = ", ".join(sql_ident(c) for c in key)
-        # Grouping 64-bit hashes is cheaper than grouping strings; equal keys have equal hashes,
-        # so when no hash repeats there is no duplicate and the exact pass below is skipped.
-        colliding = con.execute(
-            f"SELECT count(*) FROM (SELECT hash({cols}) AS h FROM src.{sql_ident(table.name)} "
-            f"GROUP BY h HAVING count(*) > 1)").fetchone()[0]
-        if not colliding:
-            continue
         shown = " || ', ' || ".join(f"coalesce(CAST({sql_ident(c)} AS VARCHAR), 'NULL')" for c in key)
         row = con.execute(
             f"SELECT count(*), coalesce(sum(c), 0), first(k) FROM ("
@@ -139,49 +420,170 @@ def _check_unique(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]
     return problems
 
 
-def check_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> list[Problem]:
-    """Every contract problem of the export attached as ``src`` (empty list when valid)."""
-    problems: list[Problem] = []
+# ---------------------------------------------------------------------------------------
+# the whole export
+
+
+def _usable_columns(con: duckdb.DuckDBPyConnection, table: Table,
+                    problems: list[Problem]) -> set[str]:
+    types = describe_source(con, table.name)
+    usable: set[str] = set()
+    for column in table.columns:
+        physical = types.get(column.name)
+        if physical is None:
+            problems.append(Problem(table.name, column.name, "column_missing",
+                                    f"a column of type {column.type}"))
+        elif not _compatible(column, physical):
+            problems.append(Problem(table.name, column.name, "type",
+                                    f"type {column.type} (or compatible), found {physical}"))
+        else:
+            usable.add(column.name)
+    return usable
+
+
+def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
+                     path: str | Path | None = None, kind: str | None = None,
+                     use_cache: bool = True) -> ValidationResult:
+    """Validate the export attached as ``src``: every problem, every notice.
+
+    With ``path`` and ``kind`` (what :func:`whispers_lab.export.attach` returns) the export is
+    checked in units and the manifest in the cache folder lets unchanged units be skipped
+    (``use_cache=False``: check everything, and refresh the manifest)."""
+    result = ValidationResult()
+    export_path = Path(path) if path is not None else None
+    incremental = export_path is not None and kind in ("duckdb", "parquet")
+    mpath = manifest_path(export_path) if incremental and export_path is not None else None
+    cached = _load_manifest(mpath) if use_cache else {}
+    manifest: dict[str, Any] = {}
+    days: dict[str, dict[dt.date, int]] = {}
     for table in TABLES:
         if table.name not in present:
             if table.required:
-                problems.append(Problem(table.name, None, "table_missing",
-                                        "the table to be present (required by the contract)"))
+                result.problems.append(Problem(table.name, None, "table_missing",
+                                               "the table to be present (required by the contract)"))
             continue
-        types = describe_source(con, table.name)
-        usable: set[str] = set()
-        for column in table.columns:
-            physical = types.get(column.name)
-            if physical is None:
-                problems.append(Problem(table.name, column.name, "column_missing",
-                                        f"a column of type {column.type}"))
-            elif not _compatible(column, physical):
-                problems.append(Problem(table.name, column.name, "type",
-                                        f"type {column.type} (or compatible), found {physical}"))
-            else:
-                usable.add(column.name)
+        found: list[Problem] = []
+        usable = _usable_columns(con, table, found)
+        units = (list_units(export_path, str(kind), table.name) if incremental and export_path
+                 else [Unit(table.name, table.name, (), "")])
+        unit_kind = str(kind) if incremental else "duckdb"
+        whole = len(usable) == len(table.columns)
+        reused = [u for u in units if whole and u.checksum and
+                  (cached.get(u.name) or {}).get("checksum") == u.checksum]
+        changed = [u for u in units if u not in reused]
+        table_days: dict[dt.date, int] = {}
+        spans: list[tuple[int, Any, Any]] = []
         try:
-            problems += _check_values(con, table, usable)
-            problems += _check_unique(con, table, usable)
+            if changed:
+                scan = _scan(con, table, usable, changed, unit_kind)
+                found += scan.problems
+                repeat = scan.keys_repeat or _keys_repeat_across(con, table, usable, changed,
+                                                                 reused, unit_kind)
+                if repeat:
+                    found += _check_unique(con, table, usable)
+                for u in changed:
+                    table_days = merge_days(table_days, scan.days.get(u.name, {}))
+                    spans.append((scan.rows.get(u.name, 0), *scan.span.get(u.name, (None, None))))
+            for u in reused:
+                entry = cached[u.name]
+                table_days = merge_days(table_days, {dt.date.fromisoformat(d): int(n)
+                                                     for d, n in entry["days"].items()})
+                spans.append((int(entry["rows"]), _time(entry.get("first")),
+                              _time(entry.get("last"))))
         except duckdb.Error as exc:
-            problems.append(Problem(table.name, None, "unreadable",
-                                    f"readable data, got: {str(exc).strip().splitlines()[0]}"))
-    return problems
+            found.append(Problem(table.name, None, "unreadable",
+                                 f"readable data, got: {str(exc).strip().splitlines()[0]}"))
+            changed, reused = units, []
+        else:
+            if not found:
+                for u in reused:
+                    manifest[u.name] = cached[u.name]
+                for u in changed:
+                    if u.checksum:
+                        first, last = scan.span.get(u.name, (None, None))
+                        manifest[u.name] = {"table": table.name, "checksum": u.checksum,
+                                            "rows": scan.rows.get(u.name, 0),
+                                            "first": _iso(first), "last": _iso(last),
+                                            "days": {d.isoformat(): n for d, n in
+                                                     sorted(scan.days.get(u.name, {}).items())}}
+        firsts = [f for _, f, _ in spans if f is not None]
+        lasts = [t for _, _, t in spans if t is not None]
+        result.tables[table.name] = TableSummary(sum(n for n, _, _ in spans),
+                                                 min(firsts) if firsts else None,
+                                                 max(lasts) if lasts else None)
+        result.problems += found
+        result.units_checked += len(changed)
+        result.units_reused += len(reused)
+        days[table.name] = table_days
+    if incremental and export_path is not None:
+        _save_manifest(mpath, export_path, manifest)
+    result.notices += _notices(con, days)
+    return result
 
 
-def validate_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], source: str) -> None:
-    """Raise :class:`ExportValidationError` listing every problem, or return when valid."""
-    problems = check_attached(con, present)
-    if problems:
-        raise ExportValidationError(source, problems)
+def _iso(value: Any) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _time(text: Any) -> dt.datetime | None:
+    return None if text is None else dt.datetime.fromisoformat(str(text))
+
+
+def _notices(con: duckdb.DuckDBPyConnection, days: Mapping[str, Mapping[dt.date, int]]
+             ) -> list[Notice]:
+    notices = []
+    try:
+        dups = con.execute(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}").fetchone()[0]
+    except duckdb.Error:  # not built (the export was attached by hand): nothing to say
+        dups = 0
+    if dups:
+        key = ", ".join(DUPLICATE_EVENT_KEY)
+        notices.append(Notice("telemetry", "duplicate_events", int(dups),
+                              f"event(s) repeat an earlier event under a new event_id (same "
+                              f"{key}, at most {DUPLICATE_EVENT_SECONDS:g} s later): each "
+                              f"event is counted once"))
+    extent = extent_from_days(merge_days(*(days.get(t, {}) for t in ACTIVITY_TABLES)))
+    if extent.last_day is not None:
+        tail = extent.last_day + dt.timedelta(days=1)
+        for name in ACTIVITY_TABLES:
+            late = {d: n for d, n in days.get(name, {}).items() if d > tail}
+            if late:
+                notices.append(Notice(name, "beyond_end", sum(late.values()),
+                                      f"row(s) stamped after the export's end (its last day "
+                                      f"with data is {extent.last_day}), dated {min(late)} .. "
+                                      f"{max(late)}: they do not count as coverage"))
+    return notices
+
+
+def check_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> list[Problem]:
+    """Every contract problem of the export attached as ``src`` (empty list when valid)."""
+    return inspect_attached(con, present).problems
+
+
+def validate_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], source: str, *,
+                      path: str | Path | None = None, kind: str | None = None,
+                      use_cache: bool = True) -> ValidationResult:
+    """Raise :class:`ExportValidationError` listing every problem; return the result (its
+    notices) when valid."""
+    result = inspect_attached(con, present, path=path, kind=kind, use_cache=use_cache)
+    if result.problems:
+        raise ExportValidationError(source, result.problems)
+    return result
 
 
 def summary(export) -> list[dict]:
-    """Per table: rows, time column range (for ``whispers-lab validate``)."""
+    """Per table: rows as stored, time column range (for ``whispers-lab validate``); from the
+    validation's own scans when the export was validated, else by querying it."""
+    result = getattr(export, "validation", None)
     out = []
     for name in CONTRACT:
         if not export.has(name):
             out.append({"table": name, "present": False, "rows": None, "from": None, "to": None})
+            continue
+        known = result.tables.get(name) if result is not None else None
+        if known is not None:
+            out.append({"table": name, "present": True, "rows": known.rows,
+                        "from": known.first, "to": known.last})
             continue
         lo, hi = export.time_range(name)
         out.append({"table": name, "present": True, "rows": export.row_count(name), "from": lo, "to": hi})

@@ -12,7 +12,9 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+from ..progress import Progress
 from ..report.daily import run_daily
+from ..report.stopping import stop_on_signals
 from . import options
 
 
@@ -24,8 +26,9 @@ def _date(text: str) -> dt.date:
 
 
 def run(args: argparse.Namespace) -> int:
-    outcome = run_daily(args.exports, plan_path=args.plan, out_dir=args.out, today=args.today,
-                        timeout=args.timeout)
+    with stop_on_signals():
+        outcome = run_daily(args.exports, plan_path=args.plan, out_dir=args.out,
+                            today=args.today, timeout=args.timeout, progress=Progress("daily"))
     stream = sys.stderr if outcome.exit_code else sys.stdout
     print(f"daily: {outcome.message}", file=stream)
     return outcome.exit_code

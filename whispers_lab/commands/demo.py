@@ -3,7 +3,8 @@
 Simulates ``--users`` users through the plan's last day (no planted problem), writes the export
 to ``data/demo/``, then the report of every rollout day (0..last_day) to ``--out`` with
 ``--workers`` report processes, one progress line per day (plain text, no TTY needed), and the
-index. Exit 0 when every day got a report.
+index. Exit 0 when every day got a report. On a terminal the simulation and the reports get
+progress bars on stderr; in a log, one line per stage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..errors import WhispersLabError
 from ..paths import DATA_DIR
 from ..plan import load_plan
+from ..progress import Progress
 from . import options
 
 #: Default size: large enough for stable daily statistics, small enough that the whole demo
@@ -25,8 +27,13 @@ DEFAULT_USERS = 30_000
 DEFAULT_SEED = 20261201
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
+def _say(text: str, progress: Progress | None = None) -> None:
+    if progress is not None and progress.live:  # above the live bar, not through it
+        from tqdm import tqdm
+
+        tqdm.write(text)
+    else:
+        print(text, flush=True)
 
 
 def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int, str, float, str]:
@@ -35,7 +42,9 @@ def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int,
 
     started = time.monotonic()
     try:
-        result = write_report(export, day, plan_path=plan, out_dir=out, refresh_index=False)
+        # the parent process holds the report folder's lock for its workers
+        result = write_report(export, day, plan_path=plan, out_dir=out, refresh_index=False,
+                              lock=False)
     except WhispersLabError as exc:
         return day, "ERROR", time.monotonic() - started, str(exc).splitlines()[0]
     except Exception as exc:  # a bug in one day must not hide the other days
@@ -44,6 +53,7 @@ def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report.folder import FolderLock
     from ..report.index import write_index
     from ..report.runner import write_error_report
     from ..simulate import simulate_to
@@ -52,29 +62,34 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     out = Path(args.out)
     export = DATA_DIR / "demo" / f"whispers-demo-{args.users}u-seed{args.seed}.duckdb"
-    _say(f"demo: simulating a healthy rollout: {args.users:,} users, seed {args.seed}, "
-         f"days 0..{plan.last_day} -> {export}")
-    t0 = time.monotonic()
-    simulate_to(export, users=args.users, seed=args.seed, plan=plan)
-    _say(f"demo: simulated in {time.monotonic() - t0:.1f} s; writing {plan.last_day + 1} daily "
-         f"reports to {out} with {args.workers} worker(s)")
-    out.mkdir(parents=True, exist_ok=True)
-    days = list(range(plan.last_day + 1))
-    results: dict[int, tuple[str, float, str]] = {}
-    plan_arg = str(Path(args.plan).resolve()) if args.plan else None
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB threads
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
-        futures = [pool.submit(_report_day, str(export), d, plan_arg, str(out)) for d in days]
-        for future in as_completed(futures):
-            day, decision, seconds, error = future.result()
-            results[day] = (decision, seconds, error)
-            line = f"  day {day:>2}  {decision:<8}  {seconds:5.1f} s"
-            if error:
-                line += f"  {error}"
-                write_error_report(out, day, plan, error, export_name=export.name,
-                                   refresh_index=False)
-            _say(line)
-    index = write_index(out, plan)
+    # the report folder's lock (the one `report` and `daily` take) for the whole demo: taken
+    # first, so that a folder another run is writing is refused before minutes of simulation
+    progress = Progress("demo")
+    with FolderLock(out, "demo"):
+        _say(f"demo: simulating a healthy rollout: {args.users:,} users, seed {args.seed}, "
+             f"days 0..{plan.last_day} -> {export}")
+        t0 = time.monotonic()
+        simulate_to(export, users=args.users, seed=args.seed, plan=plan, progress=progress)
+        _say(f"demo: simulated in {time.monotonic() - t0:.1f} s; writing {plan.last_day + 1} "
+             f"daily reports to {out} with {args.workers} worker(s)")
+        days = list(range(plan.last_day + 1))
+        results: dict[int, tuple[str, float, str]] = {}
+        plan_arg = str(Path(args.plan).resolve()) if args.plan else None
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB threads
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool, \
+                progress.stage("reports", len(days), "reports") as bar:
+            futures = [pool.submit(_report_day, str(export), d, plan_arg, str(out)) for d in days]
+            for future in as_completed(futures):
+                day, decision, seconds, error = future.result()
+                results[day] = (decision, seconds, error)
+                line = f"  day {day:>2}  {decision:<8}  {seconds:5.1f} s"
+                if error:
+                    line += f"  {error}"
+                    write_error_report(out, day, plan, error, export_name=export.name,
+                                       refresh_index=False)
+                _say(line, progress)
+                bar.advance()
+        index = write_index(out, plan)
     counts: dict[str, int] = {}
     for decision, _, _ in results.values():
         counts[decision] = counts.get(decision, 0) + 1

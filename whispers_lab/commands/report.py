@@ -3,7 +3,9 @@
 Writes ``DIR/day-NN/`` (report.html, report.ipynb, decision.json) atomically and refreshes
 ``DIR/index.html``. Exit 0 whenever a report was written, whatever the decision; exit 1 with a
 one-line message when it could not be (day outside the plan, export missing or invalid,
-notebook failure). See ``docs/report.md``.
+notebook failure, another run holding the report folder's lock). Stopped by SIGTERM / SIGINT /
+SIGHUP, it leaves nothing half-written, releases the lock, publishes the day's ERROR page
+saying the run was stopped, and exits 128 + the signal number. See ``docs/report.md``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..report.runner import write_report
+from ..plan import load_plan
+from ..progress import Progress
+from ..report.folder import FolderLock
+from ..report.runner import check_day, publish_stopped, write_report
+from ..report.stopping import RunStopped, stop_on_signals
 from . import options
 
 
 def run(args: argparse.Namespace) -> int:
-    result = write_report(args.export, args.day, plan_path=args.plan, out_dir=args.out,
-                          timeout=args.timeout)
+    with stop_on_signals():
+        plan = load_plan(args.plan)
+        check_day(plan, args.day)
+        # the same lock as `daily` (and `demo`): never two runs writing this folder at once
+        with FolderLock(args.out, "report"):
+            try:
+                result = write_report(args.export, args.day, plan_path=args.plan,
+                                      out_dir=args.out, timeout=args.timeout,
+                                      progress=Progress("report"))
+            except RunStopped as stop:
+                # SIGTERM / SIGINT: nothing half-written is left; the day says it was stopped
+                publish_stopped(args.out, args.day, plan, stop, export_name=args.export.name)
+                raise
     print(f"report: day {result.day}: {result.decision} -> {result.path / 'report.html'} "
           f"({result.seconds:.1f} s)")
     return 0

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import time
 
+from ..progress import Progress
 from ..simulate import SCENARIOS, read_truth, simulate_to
 from ..simulate.params import ModelParams
 from ..simulate.scenarios import SimulationError
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         export_path, truth_file = simulate_to(
             args.out, args.users, args.seed, start_date=args.start_date,
             through_day=args.through_day, scenarios=args.scenario, plan=args.plan,
-            params=params)
+            params=params, progress=Progress("simulate"))
     except OSError as exc:
         raise SimulationError(f"cannot write {args.out!r}: {exc}") from None
     elapsed = time.perf_counter() - t0

@@ -14,13 +14,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "it against the export contract. Prints the tables, row counts and "
                                    "date ranges, or every problem found. Exit 0 when valid.")
     p.add_argument("path", help="DuckDB file or folder of <table>.parquet files")
+    p.add_argument("--full", action="store_true",
+                   help="check every part of the export, even those unchanged since the last "
+                        "validation (the manifest in the cache folder is then rewritten)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_export(args.path) as export:
+    with open_export(args.path, use_cache=not args.full) as export:
         rows = summary(export)
+    result = export.validation
     print(f"export {args.path!r} ({export.kind}) is valid")
+    if result is not None and result.units_reused:
+        print(f"  {result.units_checked} part(s) checked, {result.units_reused} unchanged since "
+              f"the last validation (use --full to check them too)")
     print(f"  {'table':<20} {'rows':>12}  {'from (UTC)':<19}  {'to (UTC)':<19}")
     for r in rows:
         if not r["present"]:
@@ -29,4 +36,6 @@ def run(args: argparse.Namespace) -> int:
         lo = r["from"].strftime("%Y-%m-%d %H:%M:%S") if r["from"] is not None else "-"
         hi = r["to"].strftime("%Y-%m-%d %H:%M:%S") if r["to"] is not None else "-"
         print(f"  {r['table']:<20} {r['rows']:>12,}  {lo:<19}  {hi:<19}")
+    for notice in result.notices if result is not None else ():
+        print(f"  note: {notice}")
     return 0

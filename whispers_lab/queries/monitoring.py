@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..contract import WHISPERS_ENDPOINT
+from ..coverage import Extent, extent_from_days
 from ..export import Export
 
 ERROR_STATUS = 400
@@ -59,21 +60,36 @@ def _row(frame: pd.DataFrame) -> dict[str, Any]:
 # coverage
 
 
+def activity_days(export: Export) -> pd.DataFrame:
+    """Rows per UTC date over every activity table (api_logs, telemetry, exposures, feedback,
+    support_tickets, db_metrics; ``users.signup_at`` is not activity): date, rows, last (the
+    latest timestamp of the date). One scan of each table's time column."""
+    return export.sql(
+        "SELECT CAST(t AS DATE) AS date, count(*) AS rows, max(t) AS last FROM ("
+        " SELECT \"timestamp\" AS t FROM api_logs"
+        " UNION ALL SELECT created_at FROM telemetry"
+        " UNION ALL SELECT exposed_at FROM exposures"
+        " UNION ALL SELECT submitted_at FROM feedback"
+        " UNION ALL SELECT created_at FROM support_tickets"
+        " UNION ALL SELECT \"timestamp\" FROM db_metrics)"
+        " WHERE t IS NOT NULL GROUP BY 1 ORDER BY 1")
+
+
+def export_extent(export: Export) -> Extent:
+    """Where the export's data lie, from the rows' day distribution (see
+    :mod:`whispers_lab.coverage`): a row stamped in the future does not move its end."""
+    days = activity_days(export)
+    dates = [pd.Timestamp(d).date() for d in days["date"]]
+    return extent_from_days(dict(zip(dates, days["rows"].astype(int), strict=True)),
+                            {d: pd.Timestamp(t).to_pydatetime()
+                             for d, t in zip(dates, days["last"], strict=True)})
+
+
 def data_end(export: Export) -> dt.datetime | None:
-    """The latest activity timestamp in the export (api_logs, telemetry, exposures, feedback,
-    support_tickets, db_metrics): where the export ends. ``users.signup_at`` is not activity."""
-    value = export.scalar(
-        "SELECT max(t) FROM ("
-        " SELECT max(\"timestamp\") AS t FROM api_logs"
-        " UNION ALL SELECT max(created_at) FROM telemetry"
-        " UNION ALL SELECT max(exposed_at) FROM exposures"
-        " UNION ALL SELECT max(submitted_at) FROM feedback"
-        " UNION ALL SELECT max(created_at) FROM support_tickets"
-        " UNION ALL SELECT max(\"timestamp\") FROM db_metrics)"
-    )
-    if value is None:
-        return None
-    return pd.Timestamp(value).to_pydatetime()
+    """Where the export ends: the latest activity timestamp on or before its last populated
+    day (:func:`export_extent`), so that rows stamped beyond the export's own end (a wrong
+    clock) do not make it look newer than it is. None when it holds no activity."""
+    return export_extent(export).end
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,13 +112,25 @@ minutes AS (
 def minute_series(export: Export, start: dt.datetime, end: dt.datetime, *,
                   min_requests: int) -> pd.DataFrame:
     """Per-minute series of ``/api/whispers/context`` over ``[start, end)`` (the plan's dashboard
-    query): minute, requests, avg_duration_ms, errors, server_errors, error_rate, counted.
+    query): minute, requests, users, avg_duration_ms, errors, server_errors, error_rate, counted.
 
     Only minutes with at least one request appear; ``counted`` marks minutes with at least
-    ``min_requests`` requests (the others are skipped by the run detection)."""
+    ``min_requests`` requests (the others are skipped by the run detection); ``users``: the
+    distinct users behind the minute's requests, so that a chart can withhold minutes of fewer
+    than ``criteria.min_group_users`` users."""
     query = f"""
-    WITH {_MINUTES_CTE}
-    SELECT minute, requests, avg_duration_ms, errors, server_errors,
+    WITH minutes AS (
+        SELECT date_trunc('minute', "timestamp") AS minute,
+               count(*) AS requests,
+               count(DISTINCT user_id) AS users,
+               avg(duration_ms) AS avg_duration_ms,
+               count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
+               count(*) FILTER (WHERE status >= {SERVER_ERROR_STATUS}) AS server_errors
+        FROM api_logs
+        WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
+        GROUP BY 1
+    )
+    SELECT minute, requests, users, avg_duration_ms, errors, server_errors,
            errors / requests AS error_rate,
            requests >= $min_requests AS counted
     FROM minutes ORDER BY minute

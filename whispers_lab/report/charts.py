@@ -8,7 +8,7 @@ bytes for the notebook to display as an image. A chart with nothing to show says
 inside the figure instead of raising.
 
 Small groups: a point computed from fewer than ``min_users`` users is not drawn (a grey tick
-marks the gap and the caption says why).
+marks the gap and the caption says why); per-minute charts too (:func:`small_minutes`).
 """
 
 from __future__ import annotations
@@ -76,15 +76,33 @@ def _shade(ax: Any, windows: Sequence[Any], trigger: str) -> int:
 # per-minute health of the day
 
 
+def small_minutes(minutes: pd.DataFrame, min_users: int) -> np.ndarray:
+    """Which minutes rest on fewer than ``min_users`` users (their figures are withheld). The
+    series' ``users`` column when it has one; otherwise its request counts, which bound the
+    users from above (each user makes at least one request)."""
+    users = minutes["users"] if "users" in minutes else minutes["requests"]
+    return (users.astype(float) < min_users).to_numpy()
+
+
 def minute_chart(minutes: pd.DataFrame, windows: Sequence[Any], *, metric: str, budget: float,
                  trigger_level: float, trigger_minutes: int, min_requests: int, title: str,
-                 percent: bool) -> Figure:
+                 percent: bool, min_users: int) -> Figure:
     """Per-minute ``metric`` of the whispers endpoint over the day, the daily budget (amber
     dashed) and the rollback trigger level (red), runs above the trigger shaded (red: fired),
-    and below it requests per minute with the minimum for a minute to count."""
+    and below it requests per minute with the minimum for a minute to count.
+
+    A minute whose requests come from fewer than ``min_users`` users (the plan's
+    ``criteria.min_group_users``) is not drawn in either panel, like every other figure of a
+    small group; a grey tick on the time axis marks it and the caption says how many."""
     if minutes is None or minutes.empty or int(minutes["requests"].sum()) == 0:
         return _empty("No whispers requests on this day.", title)
     m = minutes.sort_values("minute")
+    small = small_minutes(m, min_users)
+    hidden = m.loc[small, "minute"]
+    m = m.loc[~small]
+    if m.empty:
+        return _empty(f"Every minute of this day had fewer than {min_users} users: per-minute "
+                      f"figures are withheld to protect their privacy.", title)
     t = pd.to_datetime(m["minute"])
     y = m[metric].astype(float)
     counted = m["counted"].astype(bool).to_numpy()
@@ -112,8 +130,14 @@ def minute_chart(minutes: pd.DataFrame, windows: Sequence[Any], *, metric: str, 
                 va="bottom", transform=ax.transAxes, fontsize=8, color=RED)
     ax.legend(loc="upper left", fontsize=8, frameon=False, ncol=2)
     _style(ax)
+    if len(hidden):
+        ax.text(0.995, 0.97 if not shaded else 0.90,
+                f"{len(hidden)} minute(s) with fewer than {min_users} users not drawn",
+                ha="right", va="top", transform=ax.transAxes, fontsize=8, color="#6b7280")
     ax2.fill_between(t, 0, m["requests"].astype(float), step="post", color=TEAL, alpha=0.7,
                      lw=0)
+    if len(hidden):
+        ax2.plot(pd.to_datetime(hidden), np.zeros(len(hidden)), "|", color=GREY, ms=4)
     ax2.axhline(min_requests, color="#374151", ls=":", lw=1)
     ax2.set_ylabel("requests\n/ minute", fontsize=8)
     ax2.yaxis.set_major_locator(MaxNLocator(3, integer=True))

@@ -12,8 +12,12 @@ the reported day begins is stale: the run fails rather than judge a day it canno
 
 Safety:
 
-* one run at a time: an exclusive ``fcntl.flock`` on ``<out>/.daily.lock``; a second run exits
-  non-zero with "another daily run holds the lock (pid N)";
+* one run at a time: an exclusive ``fcntl.flock`` on ``<out>/.daily.lock``, the lock that
+  ``report`` and ``demo`` take too (:class:`~whispers_lab.report.folder.FolderLock`); a second
+  run exits non-zero with "another daily run holds the lock (pid N)". Taking it removes the
+  staging folders of killed runs;
+* stopped by SIGTERM / SIGINT / SIGHUP, it leaves nothing half-written, publishes the day's
+  ERROR page saying the run was stopped, releases the lock and exits 128 + the signal number;
 * idempotent: a re-run replaces the day's report atomically;
 * a failed run never leaves an older report looking current: the day gets an ERROR page and an
   ERROR decision.json (the previous report of that day, if any, is kept beside it as
@@ -23,83 +27,44 @@ Safety:
 from __future__ import annotations
 
 import datetime as dt
-import errno
-import fcntl
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from ..errors import ReportError, WhispersLabError
 from ..paths import REPORTS_DIR
 from ..plan import Plan, load_plan
+from ..progress import Progress, stage
+from .folder import LOCK_NAME, FolderLock, is_temp_name, utc_now
 from .runner import (
     DEFAULT_CELL_TIMEOUT_S,
     ReportResult,
-    is_temp_name,
-    utc_now,
+    publish_stopped,
     write_error_report,
     write_report,
 )
+from .stopping import RunStopped
 
-LOCK_NAME = ".daily.lock"
+__all__ = ["LOCK_NAME", "DailyLock", "DailyOutcome", "check_export_covers", "export_candidates",
+           "newest_export", "remove_stale_temporaries", "report_day", "run_daily"]
+
 DUCKDB_SUFFIXES: tuple[str, ...] = (".duckdb", ".db", ".ddb")
 IGNORED_SUFFIXES: tuple[str, ...] = (".truth.json", ".wal", ".lock")
 
 
-class DailyLock:
-    """Exclusive, non-blocking ``flock`` on ``<out_dir>/.daily.lock`` holding the owner's pid.
-
-    The lock dies with the process (the kernel releases it), so a crashed run never leaves a
-    stale lock behind; the file itself stays and is reused."""
+class DailyLock(FolderLock):
+    """The report folder's lock as the scheduled job takes it (see
+    :class:`~whispers_lab.report.folder.FolderLock`; ``report`` and ``demo`` take the same)."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / LOCK_NAME
-        self.fd: int | None = None
-
-    def acquire(self) -> DailyLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _read_pid(fd)
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                who = f"pid {holder}" if holder else "pid unknown"
-                raise ReportError(f"another daily run holds the lock ({who}); "
-                                  f"lock file {self.path}") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-    def __enter__(self) -> DailyLock:
-        return self.acquire()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.release()
+        super().__init__(out_dir, "daily")
 
 
-def _read_pid(fd: int) -> int | None:
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        text = os.read(fd, 64).decode("ascii", "replace").strip()
-        return int(text) if text.isdigit() else None
-    except OSError:
-        return None
+def remove_stale_temporaries(out_dir: Path) -> list[str]:
+    """Take the folder's lock and sweep what killed runs left (staging folders no live lock
+    holder owns); return the names removed. Raises :class:`ReportError` when another run
+    holds the lock (its staging folder is then live and stays)."""
+    with DailyLock(out_dir) as lock:
+        return lock.swept
 
 
 # ---------------------------------------------------------------------------------------
@@ -146,43 +111,26 @@ def report_day(plan: Plan, today: dt.date) -> int:
 
 
 def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
-    """Raise :class:`ReportError` when the export ends before ``day`` begins (a stale export:
-    yesterday's export has not arrived)."""
+    """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
+    yesterday's export has not arrived). Judged on the rows' day distribution
+    (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
+    that a row stamped in the future does not make a stale export look current."""
     from ..export import open_export
-    from ..queries.monitoring import data_end
+    from ..queries.monitoring import export_extent
 
     with open_export(export_path, validate=False) as export:
-        end = data_end(export)
+        extent = export_extent(export)
     start = plan.day_start(day)
-    if end is None or end < start:
-        seen = "holds no events" if end is None else f"ends at {end:%Y-%m-%d %H:%M} UTC"
+    if not extent.covers(start.date()):
+        if extent.end is None:
+            seen = "holds no events"
+        else:
+            seen = f"ends at {extent.end:%Y-%m-%d %H:%M} UTC"
+            if extent.beyond_rows:
+                seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
+                         f"{max(extent.beyond):%Y-%m-%d})")
         raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
                           f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
-
-
-#: Temporary report folders older than this are leftovers of a killed run.
-STALE_TEMP_SECONDS = 6 * 3600
-
-
-def remove_stale_temporaries(out_dir: Path, max_age: float = STALE_TEMP_SECONDS) -> list[str]:
-    """Delete ``.day-NN.tmp-*`` / ``.day-NN.old-*`` folders left by a killed run (a run that
-    fails cleans up after itself; a ``kill -9`` cannot). Only folders older than ``max_age``
-    seconds, so that a report being written right now by ``whispers-lab report`` is spared."""
-    import shutil
-    import time
-
-    removed = []
-    now = time.time()
-    for child in out_dir.glob(".day-*"):
-        if child.is_dir() and (".tmp-" in child.name or ".old-" in child.name):
-            if now - child.stat().st_mtime > max_age:
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child.name)
-    return removed
-
-
-# ---------------------------------------------------------------------------------------
-# the job
 
 
 @dataclass(frozen=True)
@@ -201,7 +149,8 @@ class DailyOutcome:
 
 def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
               out_dir: str | Path | None = None, today: dt.date | None = None,
-              timeout: int = DEFAULT_CELL_TIMEOUT_S) -> DailyOutcome:
+              timeout: int = DEFAULT_CELL_TIMEOUT_S,
+              progress: Progress | None = None) -> DailyOutcome:
     """One scheduled run (see the module docstring). Raises :class:`ReportError` only when the
     lock is held; every other failure is published as the day's ERROR page and returned."""
     plan = load_plan(plan_path)
@@ -218,14 +167,18 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         return DailyOutcome("nothing_to_do", f"nothing to do: the rollout's last day "
                             f"({plan.last_day}, {last}) is over; its report was due on "
                             f"{last + dt.timedelta(days=1)}")
-    with DailyLock(out):
-        remove_stale_temporaries(out)
+    with DailyLock(out):  # taking it sweeps what killed runs left (folder.sweep_staging)
         export_name = None
         try:
             export = newest_export(exports_dir)
             export_name = export.name
-            check_export_covers(export, plan, day)
-            result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout)
+            with stage(progress, f"coverage of {export_name}"):
+                check_export_covers(export, plan, day)
+            result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout,
+                                  command="daily", progress=progress)
+        except RunStopped as stop:  # SIGTERM / SIGINT: the day says so, then the run ends
+            publish_stopped(out, day, plan, stop, export_name=export_name)
+            raise
         except WhispersLabError as exc:
             reason = str(exc)
         except Exception as exc:  # a bug: still publish that the day has no decision

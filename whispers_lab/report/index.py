@@ -17,7 +17,7 @@ from typing import Any
 
 from ..atomic import write_text_atomic
 from ..plan import Plan
-from .runner import day_dir_name, utc_stamp
+from .folder import day_dir_name, utc_stamp
 
 _DAY_DIR = re.compile(r"^day-(\d{2,})$")
 

@@ -19,13 +19,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import html
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,15 @@ from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
 from ..plan import Plan, load_plan
-from . import privacy
+from ..progress import Progress, advance, stage
+from . import privacy, stopping
+from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
+from .index import write_index
+
+__all__ = ["DECISIONS", "ERROR", "REPORT_FILES", "ReportResult", "check_day", "day_dir_name",
+           "execute_notebook", "is_temp_name", "keep_failed_notebook", "make_tmp_dir",
+           "notebook_to_html", "publish_stopped", "utc_now", "utc_stamp", "write_error_report",
+           "write_report"]
 
 NOTEBOOK = NOTEBOOKS_DIR / "daily_report.ipynb"
 KERNEL_NAME = "python3"
@@ -58,19 +68,6 @@ class ReportResult:
     message: str = ""
 
 
-def day_dir_name(day: int) -> str:
-    return f"day-{day:02d}"
-
-
-def utc_now() -> dt.datetime:
-    """Now, naive UTC (the lab's convention)."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def utc_stamp(when: dt.datetime | None = None) -> str:
-    return (when or utc_now()).replace(microsecond=0).isoformat() + "Z"
-
-
 def check_day(plan: Plan, day: int) -> None:
     """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day)."""
     if not 0 <= day <= plan.last_day:
@@ -81,35 +78,61 @@ def check_day(plan: Plan, day: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# atomic publication
-
-
-def make_tmp_dir(out_dir: Path, day: int) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{day_dir_name(day)}.tmp-", dir=out_dir))
-    os.chmod(tmp, 0o755)
-    return tmp
-
-
-def is_temp_name(name: str) -> bool:
-    """Names of the runner's (and the export writer's) temporary files and folders."""
-    return name.startswith(".") or ".tmp-" in name or ".old-" in name
-
-
-# ---------------------------------------------------------------------------------------
 # notebook execution and conversion
 
 
+#: Seconds a stopped run waits for the notebook's thread to wind down after killing the kernel.
+STOP_GRACE_S = 15.0
+
+
 def execute_notebook(parameters: dict[str, Any], output: Path, *,
-                     timeout: int = DEFAULT_CELL_TIMEOUT_S, notebook: Path = NOTEBOOK) -> None:
+                     timeout: int = DEFAULT_CELL_TIMEOUT_S, notebook: Path = NOTEBOOK,
+                     on_cell: Callable[[], None] | None = None) -> None:
     """Run ``notebook`` with papermill into ``output``; raise :class:`ReportError` on failure
-    (papermill has then saved the failed notebook, with its error, at ``output``)."""
+    (papermill has then saved the failed notebook, with its error, at ``output``).
+
+    Papermill runs in a worker thread while the calling thread waits: the caller's signal
+    handlers (:mod:`.stopping`) stay in force, instead of nbclient's own. When the wait is
+    interrupted (``RunStopped``, ``KeyboardInterrupt``) the kernel is killed, the thread is
+    given a moment to finish, and the interruption goes on up."""
+    if not notebook.is_file():
+        raise ReportError(f"the report notebook {str(notebook)!r} is missing")
+    kernels: list[Any] = []
+    outcome: dict[str, BaseException] = {}
+
+    def work() -> None:
+        try:
+            _run_papermill(parameters, output, timeout, notebook, kernels, on_cell)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="whispers-report-notebook", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.25)
+    except BaseException:
+        _kill_kernels(kernels)
+        worker.join(STOP_GRACE_S)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, notebook: Path,
+                   kernels: list[Any], on_cell: Callable[[], None] | None = None) -> None:
     import papermill
+    from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
 
-    if not notebook.is_file():
-        raise ReportError(f"the report notebook {str(notebook)!r} is missing")
+    class TrackedKernelManager(AsyncKernelManager):
+        """nbclient's kernel manager, remembered so that a stopped run can kill the kernel."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            kernels.append(self)
+
     # The kernel talks to us over Unix sockets in a private folder (mode 0700), not over
     # unencrypted localhost TCP ports that any local user could reach.
     sockets = tempfile.mkdtemp(prefix="whispers-kernel-")
@@ -119,6 +142,8 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
             str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
             progress_bar=False, log_output=False, request_save_on_cell_execute=False,
             execution_timeout=timeout, cwd=str(output.parent), config=config,
+            kernel_manager_class=TrackedKernelManager,
+            on_cell_executed=(lambda **_: on_cell()) if on_cell is not None else None,
             # the shutdown interrupt makes the kernel log a spurious "KeyboardInterrupt"
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
@@ -136,6 +161,17 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
                           f"{_first_line(str(exc))}") from None
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _kill_kernels(kernels: list[Any]) -> None:
+    """SIGKILL the kernel processes of a stopped run (they hold nothing worth saving)."""
+    for km in kernels:
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        if pid:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _is_lab_error(name: str) -> bool:
@@ -237,8 +273,15 @@ def keep_failed_notebook(notebook: Path, out_dir: Path, day: int,
 
 def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | None = None,
                  out_dir: str | Path | None = None, timeout: int = DEFAULT_CELL_TIMEOUT_S,
-                 refresh_index: bool = True) -> ReportResult:
+                 refresh_index: bool = True, lock: bool = True,
+                 command: str = "report", progress: Progress | None = None) -> ReportResult:
     """Write ``<out_dir>/day-NN/`` (report.html, report.ipynb, decision.json) for ``day``.
+
+    Holds the report folder's lock (:class:`~whispers_lab.report.folder.FolderLock`, the one
+    ``daily`` holds) for the whole run, so two runs never write the same day at once; a run
+    that finds the lock taken fails at once. ``lock=False`` is for a caller whose parent
+    process holds the lock for it (``demo``'s workers). ``command`` names the run in the lock
+    file (shown to a run that is refused).
 
     Raises :class:`~whispers_lab.errors.WhispersLabError` (``ReportError``, ``ExportError``,
     ``PlanError``) when no report could be written; the previous report of the day, if any,
@@ -247,6 +290,25 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     plan = load_plan(plan_path)
     check_day(plan, day)
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
+    if lock:
+        with FolderLock(out, command):
+            return _write_report(export_path, day, plan, plan_path, out, timeout,
+                                 refresh_index, started, progress)
+    return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started,
+                         progress)
+
+
+def _code_cells(notebook: Path) -> int | None:
+    try:
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return sum(1 for c in cells if c.get("cell_type") == "code") + 1  # + papermill's parameters
+
+
+def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str | Path | None,
+                  out: Path, timeout: int, refresh_index: bool, started: float,
+                  progress: Progress | None = None) -> ReportResult:
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
@@ -263,7 +325,10 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                           # would point nowhere
                           "out_dir": os.path.abspath(tmp)}
             try:
-                execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
+                with stage(progress, f"day {day} notebook", _code_cells(NOTEBOOK),
+                           "cells") as st:
+                    execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout,
+                                     on_cell=(lambda: advance(st)) if st is not None else None)
             except ReportError as exc:
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
@@ -289,10 +354,11 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
 
             import nbformat
 
-            nb = nbformat.read(tmp / "report.ipynb", as_version=4)
-            title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
-            page = notebook_to_html(nb, title)
-            (tmp / "report.html").write_text(page, encoding="utf-8")
+            with stage(progress, f"day {day} HTML"):
+                nb = nbformat.read(tmp / "report.ipynb", as_version=4)
+                title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
+                page = notebook_to_html(nb, title)
+                (tmp / "report.html").write_text(page, encoding="utf-8")
 
             network = privacy.network_references(page)
             if network:
@@ -307,21 +373,23 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
             }
             decision_file.write_text(json.dumps(document, indent=2, ensure_ascii=False,
                                                 allow_nan=False) + "\n", encoding="utf-8")
-            leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
+            with stage(progress, f"day {day} privacy scan"):
+                leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
             if leaks:
                 raise ReportError(f"report for day {day} withheld: "
                                   + "; ".join(leak.sentence() for leak in leaks))
             for name in REPORT_FILES:
                 os.chmod(tmp / name, 0o644)
             target = out / day_dir_name(day)
-            replace_dir(tmp, target)
+            # a stop from here on waits until the report and the index are both published
+            with stopping.deferred(finishes=True):
+                replace_dir(tmp, target)
+                seconds = time.monotonic() - started
+                if refresh_index:
+                    write_index(out, plan)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    seconds = time.monotonic() - started
-    if refresh_index:
-        from .index import write_index
-        write_index(out, plan)
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
                         export=export_file.name)
 
@@ -376,8 +444,31 @@ def write_error_report(out_dir: str | Path, day: int, plan: Plan, reason: str, *
                        refresh_index: bool = True) -> Path:
     """Publish ``day-NN/`` for a failed run: report.html saying it failed and why, and a
     decision.json with decision ``ERROR``. A previous successful report of the day is kept
-    beside it as ``previous-report.html`` / ``previous-decision.json``, clearly superseded."""
-    out = Path(out_dir)
+    beside it as ``previous-report.html`` / ``previous-decision.json``, clearly superseded.
+    A stop signal arriving meanwhile waits until the page and the index are published."""
+    with stopping.deferred():
+        return _write_error_report(Path(out_dir), day, plan, reason, export_name,
+                                   refresh_index)
+
+
+def stopped_reason(stop: stopping.RunStopped) -> str:
+    """The ERROR page's explanation for a run stopped by a signal."""
+    return (f"the run was stopped by {stop.name} before it finished, so no decision was made "
+            f"(nothing it had started writing was published)")
+
+
+def publish_stopped(out_dir: str | Path, day: int, plan: Plan, stop: stopping.RunStopped, *,
+                    export_name: str | None = None) -> Path | None:
+    """After a run holding the folder lock was stopped: publish the day's ERROR page saying
+    so, unless the stop came while the finished report was being published (then that report
+    stands). Returns the day folder written, or None."""
+    if stop.finished:
+        return None
+    return write_error_report(out_dir, day, plan, stopped_reason(stop), export_name=export_name)
+
+
+def _write_error_report(out: Path, day: int, plan: Plan, reason: str, export_name: str | None,
+                        refresh_index: bool) -> Path:
     target = out / day_dir_name(day)
     restore_interrupted(target)  # the previous report, if a kill hid it, is carried over below
     tmp = make_tmp_dir(out, day)
@@ -446,7 +537,6 @@ def write_error_report(out_dir: str | Path, day: int, plan: Plan, reason: str, *
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if refresh_index:
-        from .index import write_index
         write_index(out, plan)
     return target
 

@@ -26,6 +26,7 @@ from .. import cohort
 from ..contract import PRIORITIES, TABLES, WHISPERS_ENDPOINT
 from ..export import write_export
 from ..plan import Plan, load_plan
+from ..progress import Progress, advance, stage
 from .activity import State, day_exposures, day_opens
 from .feedback import CATEGORIES, feedback, maya_cues, tickets
 from .ids import format_ids
@@ -219,7 +220,8 @@ def simulate(users: int, seed: int, start_date: dt.date | str | None = None,
              through_day: int | None = None,
              scenarios: Iterable[str | ScenarioRequest | Mapping[str, Any]] = (),
              plan: Plan | str | os.PathLike[str] | None = None,
-             params: ModelParams | None = None) -> SimulatedExport:
+             params: ModelParams | None = None,
+             progress: Progress | None = None) -> SimulatedExport:
     """Simulate one rollout export in memory.
 
     ``users`` users, random ``seed``; ``start_date`` overrides the plan's day 0; rollout days
@@ -227,7 +229,8 @@ def simulate(users: int, seed: int, start_date: dt.date | str | None = None,
     ``"NAME[:key=value,...]"`` strings (see :mod:`whispers_lab.simulate.scenarios`). The same
     arguments always give the same data.
     """
-    tables, truth, p = _run(users, seed, start_date, through_day, scenarios, plan, params, _Collector())
+    tables, truth, p = _run(users, seed, start_date, through_day, scenarios, plan, params,
+                            _Collector(), progress)
     return SimulatedExport(tables, truth, p)
 
 
@@ -235,7 +238,8 @@ def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
                 start_date: dt.date | str | None = None, through_day: int | None = None,
                 scenarios: Iterable[str | ScenarioRequest | Mapping[str, Any]] = (),
                 plan: Plan | str | os.PathLike[str] | None = None,
-                params: ModelParams | None = None) -> tuple[Path, Path]:
+                params: ModelParams | None = None,
+                progress: Progress | None = None) -> tuple[Path, Path]:
     """:func:`simulate` straight to disk: the export (a DuckDB file, or a Parquet folder when
     ``path`` ends in ``/``) and ``<export>.truth.json``, both atomically.
 
@@ -248,16 +252,19 @@ def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.sim-", dir=target.parent))
     try:
         tables, truth, _ = _run(users, seed, start_date, through_day, scenarios, plan, params,
-                                _SpillCollector(scratch))
-        out = write_export(tables, path)
+                                _SpillCollector(scratch), progress)
+        rows = sum(truth["rows"].values())
+        with stage(progress, "write export", rows, "rows") as st:
+            out = write_export(tables, path)
+            advance(st, rows)
         return out, write_truth(truth, truth_path(path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenarios: Iterable[Any],
-         plan: Any, params: ModelParams | None, out: _Collector
-         ) -> tuple[dict[str, Any], dict[str, Any], Plan]:
+         plan: Any, params: ModelParams | None, out: _Collector,
+         progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, Any], Plan]:
     if isinstance(users, bool) or not isinstance(users, (int, np.integer)) or users < 1:
         raise SimulationError(f"users must be an integer >= 1, got {users!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -271,13 +278,18 @@ def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenar
     scen = resolve(list(scenarios), plan, cal)
     planted: list[dict[str, Any]] = [{} for _ in scen]
 
-    pop = make_population(int(users), seed, cal, params)
-    _, served = _served_first(pop, plan, scen, seed, planted)
-    mismatched = _mismatched_users(pop, served, scen, seed, planted)
-    state = State.initial(pop.n)
-    for day in cal.days:
-        _simulate_day(day, pop, plan, cal, scen, served, mismatched, state, params, seed,
-                      plan.cue_cooldown_minutes, out, planted)
+    with stage(progress, "population", int(users), "users") as st:
+        pop = make_population(int(users), seed, cal, params)
+        _, served = _served_first(pop, plan, scen, seed, planted)
+        mismatched = _mismatched_users(pop, served, scen, seed, planted)
+        state = State.initial(pop.n)
+        advance(st, pop.n)
+    days = list(cal.days)
+    with stage(progress, "days", len(days), "days") as st:
+        for day in days:
+            _simulate_day(day, pop, plan, cal, scen, served, mismatched, state, params, seed,
+                          plan.cue_cooldown_minutes, out, planted)
+            advance(st)
 
     tables: dict[str, Any] = {"users": pop.users_table(), "db_metrics": db_metrics(cal, params, scen, seed)}
     rows = {"users": pop.n, "db_metrics": tables["db_metrics"].num_rows}

@@ -1,0 +1,76 @@
+"""The package's modules import each other without circles (lazy imports inside functions
+count too: a circle hidden in a function is still a circle)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import whispers_lab
+
+PACKAGE = Path(whispers_lab.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules of the package that ``path`` imports, anywhere in its body."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("whispers_lab")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("whispers_lab"):
+                continue
+            found.add(target)
+            for alias in node.names:  # `from . import privacy` imports a submodule
+                found.add(f"{target}.{alias.name}")
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {m for m in _imports(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            return True
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph.get(node, ()))
+    return False
+
+
+def test_the_graph_sees_lazy_imports() -> None:
+    graph = _graph()
+    assert "whispers_lab.export" in graph["whispers_lab.validation"] or \
+        "whispers_lab.validation" in graph["whispers_lab.export"]
+    assert "whispers_lab.report.index" in graph["whispers_lab.report.runner"]
+
+
+def test_export_and_validation_are_not_a_circle() -> None:
+    graph = _graph()
+    assert _reaches(graph, "whispers_lab.export", "whispers_lab.validation")
+    assert not _reaches(graph, "whispers_lab.validation", "whispers_lab.export")
+
+
+def test_report_index_and_runner_are_not_a_circle() -> None:
+    graph = _graph()
+    assert _reaches(graph, "whispers_lab.report.runner", "whispers_lab.report.index")
+    assert not _reaches(graph, "whispers_lab.report.index", "whispers_lab.report.runner")

@@ -1,0 +1,217 @@
+"""Validation beyond the contract rules: repeated telemetry events (counted once), rows stamped
+beyond the export's end (never coverage), and incremental validation of partitioned exports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from whispers_lab import validation
+from whispers_lab.cli import main
+from whispers_lab.coverage import extent_from_days
+from whispers_lab.errors import ExportValidationError
+from whispers_lab.export import open_export, write_export, write_partitioned_export
+from whispers_lab.queries import monitoring as q
+
+DAY0 = dt.date(2026, 12, 1)
+
+
+# -- repeated events ---------------------------------------------------------------------------
+
+
+def _with_repeats(telemetry: pa.Table, share: float, seed: int) -> tuple[pa.Table, int]:
+    """``telemetry`` plus copies of a ``share`` of its shown/used events under new event ids,
+    0-999 ms later (what a client retrying a send produces); returns (table, copies)."""
+    rng = np.random.default_rng(seed)
+    kinds = telemetry["event_type"].to_numpy(zero_copy_only=False)
+    pick = np.flatnonzero(np.isin(kinds, ["whispers_shown", "whispers_used"])
+                          & (rng.random(telemetry.num_rows) < share))
+    copies = telemetry.take(pa.array(pick))
+    later = pc.add(copies["created_at"], pa.array(rng.integers(0, 1_000_000, pick.size),
+                                                  pa.duration("us")))
+    copies = copies.set_column(copies.schema.get_field_index("created_at"), "created_at",
+                               later.cast(copies.schema.field("created_at").type))
+    copies = copies.set_column(0, "event_id", pa.array([f"dup{i}" for i in range(pick.size)]))
+    return pa.concat_tables([telemetry, copies.cast(telemetry.schema)]), int(pick.size)
+
+
+@pytest.mark.parametrize("fmt", ["duckdb", "parquet"])
+def test_repeated_events_are_counted_once(small_sim, small_export, tmp_path: Path,
+                                          fmt: str) -> None:
+    tables = dict(small_sim.tables)
+    tables["telemetry"], copies = _with_repeats(tables["telemetry"], 0.05, seed=1)
+    # not repeats: the same event 1.5 s later, and another whisper of the same request
+    t = tables["telemetry"]
+    row = small_sim.tables["telemetry"].filter(
+        pc.equal(small_sim.tables["telemetry"]["event_type"], "whispers_used")).slice(0, 1)
+    late = row.set_column(1, "created_at", pc.add(row["created_at"], pa.array(
+        [1_500_000], pa.duration("us"))).cast(row.schema.field("created_at").type))
+    late = late.set_column(0, "event_id", pa.array(["late1"]))
+    tables["telemetry"] = pa.concat_tables([t, late])
+    assert copies > 50
+    path = tmp_path / ("rep.duckdb" if fmt == "duckdb" else "rep")
+    write_export(tables, path, parquet=fmt == "parquet")
+    start = small_sim.plan.day_start(0)
+    end = small_sim.plan.day_start(small_sim.plan.last_day + 1)
+    with open_export(small_export) as clean, open_export(path) as repeated:
+        # (the simulator's own data may hold a repeat or two: two opens in one second)
+        assert repeated.duplicate_events == clean.duplicate_events + copies
+        notices = [n for n in repeated.validation.notices if n.rule == "duplicate_events"]
+        assert [(n.table, n.rows) for n in notices] == [
+            ("telemetry", clean.duplicate_events + copies)]
+        assert repeated.row_count("telemetry") == clean.row_count("telemetry") + 1  # + late
+        got = q.daily_series(repeated, start, end)
+        want = q.daily_series(clean, start, end)
+        day_of_late = (row["created_at"][0].as_py().date() - start.date()).days
+        want.loc[want["day"] == day_of_late, "clicks"] += 1  # the late one is a second click
+        for col in ("impressions", "shown_users", "treatment_users", "control_users"):
+            assert got[col].tolist() == want[col].tolist(), col
+        assert got["clicks"].tolist() == want["clicks"].tolist()
+        assert (q.hourly_telemetry(repeated, start, end)["shown"].tolist()
+                == q.hourly_telemetry(clean, start, end)["shown"].tolist())
+
+
+def test_validate_reports_repeated_events(small_sim, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    tables = dict(small_sim.tables)
+    tables["telemetry"], copies = _with_repeats(tables["telemetry"], 0.01, seed=2)
+    path = write_export(tables, tmp_path / "rep.duckdb")
+    with open_export(path) as export:
+        repeats = export.duplicate_events
+    assert repeats >= copies > 10
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: table 'telemetry': {repeats:,} event(s) repeat an earlier event" in out
+    assert "counted once" in out
+
+
+# -- rows beyond the export's end -------------------------------------------------------------
+
+
+def test_extent_ignores_a_stray_future_day() -> None:
+    days = {DAY0 + dt.timedelta(days=i): 10_000 for i in range(10)}
+    days[DAY0 + dt.timedelta(days=10)] = 40  # the export was cut just after midnight
+    days[DAY0 + dt.timedelta(days=40)] = 3  # a device with a wrong clock
+    stamps = {d: dt.datetime.combine(d, dt.time(23, 59)) for d in days}
+    extent = extent_from_days(days, stamps)
+    assert extent.last_day == DAY0 + dt.timedelta(days=9)
+    assert extent.end == dt.datetime.combine(DAY0 + dt.timedelta(days=9), dt.time(23, 59))
+    assert extent.beyond == {DAY0 + dt.timedelta(days=40): 3}  # the tail day is not flagged
+    assert extent.covers(DAY0 + dt.timedelta(days=9))
+    assert not extent.covers(DAY0 + dt.timedelta(days=10))
+    assert not extent.covers(DAY0 + dt.timedelta(days=40))
+    assert extent_from_days({}).end is None and not extent_from_days({}).covers(DAY0)
+
+
+def test_a_future_row_is_flagged_and_does_not_extend_the_export(
+        small_sim, small_export, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "future.duckdb"
+    shutil.copy(small_export, path)
+    with open_export(small_export) as clean:
+        end = q.data_end(clean)
+    future = end + dt.timedelta(days=30)
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO telemetry SELECT 'future1', ?, user_id, device_id, 'app_open', "
+                "NULL, NULL, NULL FROM telemetry LIMIT 1", [future])
+    con.close()
+    with open_export(path) as export:
+        assert q.data_end(export) == end
+        assert export.scalar("SELECT max(created_at) FROM telemetry") == future
+        notices = [n for n in export.validation.notices if n.rule == "beyond_end"]
+        assert [(n.table, n.rows) for n in notices] == [("telemetry", 1)]
+    assert main(["validate", str(path)]) == 0
+    assert ("note: table 'telemetry': 1 row(s) stamped after the export's end"
+            in capsys.readouterr().out)
+
+
+# -- incremental validation ------------------------------------------------------------------
+
+
+def _partitioned(small_sim, folder: Path) -> Path:
+    return write_partitioned_export(dict(small_sim.tables), folder)
+
+
+def _day_file(folder: Path, table: str, day: dt.date) -> Path:
+    files = sorted((folder / table / f"date={day.isoformat()}").glob("*.parquet"))
+    assert len(files) == 1
+    return files[0]
+
+
+def _validate(path: Path, **kwargs: object) -> validation.ValidationResult:
+    with open_export(path, **kwargs) as export:
+        assert export.validation is not None
+        return export.validation
+
+
+def test_second_validation_rechecks_only_changed_partitions(small_sim, tmp_path: Path) -> None:
+    folder = _partitioned(small_sim, tmp_path / "export")
+    units = sum(len(validation.list_units(folder, "parquet", t.name)) for t in validation.TABLES)
+    first = _validate(folder)
+    assert (first.units_checked, first.units_reused) == (units, 0)
+    again = _validate(folder)
+    assert (again.units_checked, again.units_reused) == (0, units)
+    assert again.tables == first.tables and again.notices == first.notices
+    # a day's telemetry is re-delivered (same rows, rewritten): only that file is re-checked
+    day = small_sim.plan.start_date + dt.timedelta(days=3)
+    file = _day_file(folder, "telemetry", day)
+    pq.write_table(pq.read_table(file, partitioning=None), file)
+    third = _validate(folder)
+    assert (third.units_checked, third.units_reused) == (1, units - 1)
+    assert third.tables == first.tables
+    full = _validate(folder, use_cache=False)
+    assert (full.units_checked, full.units_reused) == (units, 0)
+
+
+def test_a_changed_partition_with_a_problem_is_caught(small_sim, tmp_path: Path) -> None:
+    folder = _partitioned(small_sim, tmp_path / "export")
+    _validate(folder)
+    file = _day_file(folder, "api_logs", small_sim.plan.start_date + dt.timedelta(days=5))
+    table = pq.read_table(file, partitioning=None)
+    broken = table.set_column(table.schema.get_field_index("status"), "status",
+                              pa.array(np.full(table.num_rows, 999, np.int32)))
+    pq.write_table(broken, file)
+    with pytest.raises(ExportValidationError) as info:
+        open_export(folder)
+    assert [(p.table, p.column, p.rule, p.rows) for p in info.value.problems] == [
+        ("api_logs", "status", "domain", table.num_rows)]
+    pq.write_table(table, file)  # repaired: valid again, and that file checked again
+    again = _validate(folder)
+    assert again.units_checked >= 1
+
+
+def test_a_key_repeated_across_partitions_is_caught(small_sim, tmp_path: Path) -> None:
+    folder = _partitioned(small_sim, tmp_path / "export")
+    _validate(folder)
+    days = [small_sim.plan.start_date + dt.timedelta(days=d) for d in (2, 6)]
+    early = pq.read_table(_day_file(folder, "telemetry", days[0]), partitioning=None)
+    late_file = _day_file(folder, "telemetry", days[1])
+    late = pq.read_table(late_file, partitioning=None)
+    # a late-day event reusing an early day's event_id (an id generator bug)
+    reuse = late.slice(0, 1).set_column(0, "event_id", early["event_id"].slice(0, 1))
+    pq.write_table(pa.concat_tables([late, reuse.cast(late.schema)]), late_file)
+    with pytest.raises(ExportValidationError) as info:
+        open_export(folder)
+    assert [(p.table, p.rule, p.rows) for p in info.value.problems] == [("telemetry", "unique", 2)]
+
+
+def test_manifest_is_invalidated_by_new_checks(small_sim, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _partitioned(small_sim, tmp_path / "export")
+    _validate(folder)
+    manifest = validation.manifest_path(folder)
+    assert manifest is not None and manifest.is_file()
+    assert str(manifest).startswith(os.environ[validation.CACHE_ENV])  # never ~/.cache in tests
+    monkeypatch.setattr(validation, "CHECKS_VERSION", validation.CHECKS_VERSION + 1)
+    assert _validate(folder).units_reused == 0
+    monkeypatch.setenv(validation.CACHE_ENV, "")  # caching off: nothing reused, nothing kept
+    assert validation.manifest_path(folder) is None
+    assert _validate(folder).units_reused == 0

@@ -1,0 +1,104 @@
+"""Stopping a report run cleanly on SIGTERM, SIGINT or SIGHUP.
+
+``whispers-lab report`` and ``daily`` run inside :func:`stop_on_signals`: the first of these
+signals raises :class:`RunStopped` in the main thread (further ones are ignored while the run
+cleans up). Everything the run writes is staged and removed on any exception, the report
+folder's lock is released on the way out, and the command then publishes the day's ERROR page
+saying the run was stopped (see :func:`whispers_lab.report.runner.publish_stopped`).
+
+The notebook itself runs in a worker thread (:func:`whispers_lab.report.runner.execute_notebook`)
+so that these handlers stay in force while it runs; on a stop the kernel is killed.
+
+Critical sections (the two renames that publish a folder, and the index refresh right after)
+run inside :func:`deferred`: a signal arriving there is held until the section is over, so a
+stop never leaves a publication half done.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+#: The signals a run stops on: ``kill``/systemd/cron timeouts, Ctrl-C, a closed terminal.
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class RunStopped(BaseException):
+    """The run was stopped by a signal. A ``BaseException``, like ``KeyboardInterrupt``, so
+    that no ``except Exception`` on the way up swallows it.
+
+    ``finished``: the signal arrived during the final publication, which completed, so the
+    day's report is whole and current."""
+
+    def __init__(self, signum: int, *, finished: bool = False) -> None:
+        self.signum = int(signum)
+        self.finished = finished
+        super().__init__(f"stopped by {self.name}")
+
+    @property
+    def name(self) -> str:
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+_state = threading.local()
+
+
+def _depth() -> int:
+    return getattr(_state, "depth", 0)
+
+
+_pending: list[int] = []  # signals held back by a deferred section (main thread only)
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    for sig in STOP_SIGNALS:  # one stop is enough: later signals must not break the cleanup
+        signal.signal(sig, signal.SIG_IGN)
+    if _depth() > 0:
+        _pending.append(signum)
+        return
+    raise RunStopped(signum)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM / SIGINT / SIGHUP raise :class:`RunStopped`; the previous
+    handlers come back afterwards. Outside the main thread it does nothing (Python delivers
+    signals to the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    _pending.clear()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        _pending.clear()
+
+
+@contextmanager
+def deferred(*, finishes: bool = False) -> Iterator[None]:
+    """Hold back a stop until the block is over, then raise it (``finished=finishes``)."""
+    _state.depth = _depth() + 1
+    try:
+        yield
+    finally:
+        _state.depth = _depth() - 1
+    if _depth() == 0 and _pending and threading.current_thread() is threading.main_thread():
+        signum = _pending.pop(0)
+        _pending.clear()
+        raise RunStopped(signum, finished=finishes)

@@ -37,6 +37,7 @@ CRITERION_IDS: tuple[str, ...] = (
     "retention",
     "support_tickets",
     "srm",
+    "qa_scenarios",  # issue 15: Phase 1 "All QA scenarios pass" (whispers_lab/qa.py)
 )
 TRIGGER_IDS: tuple[str, ...] = (
     "trigger_error_rate",
@@ -450,6 +451,8 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
         raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
     rb.done()
+    # issue 15: [[communications]] is validated by whispers_lab.communications
+    top.get("communications", list, [])
     top.done()
 
     return Plan(

@@ -17,7 +17,7 @@ from . import options
 
 def run(args: argparse.Namespace) -> int:
     result = write_report(args.export, args.day, plan_path=args.plan, out_dir=args.out,
-                          timeout=args.timeout)
+                          timeout=args.timeout, qa_results=args.qa_results)
     print(f"report: day {result.day}: {result.decision} -> {result.path / 'report.html'} "
           f"({result.seconds:.1f} s)")
     return 0
@@ -39,4 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_plan(parser)
     options.add_report_dir(parser)
     options.add_timeout(parser)
+    options.add_qa_results(parser, "default: none (the qa_scenarios criterion, required in "
+                                   "Phase 1, then has no data)")
     parser.set_defaults(func=run)

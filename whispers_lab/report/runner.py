@@ -237,8 +237,12 @@ def keep_failed_notebook(notebook: Path, out_dir: Path, day: int,
 
 def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | None = None,
                  out_dir: str | Path | None = None, timeout: int = DEFAULT_CELL_TIMEOUT_S,
-                 refresh_index: bool = True) -> ReportResult:
+                 refresh_index: bool = True,
+                 qa_results: str | Path | None = None) -> ReportResult:
     """Write ``<out_dir>/day-NN/`` (report.html, report.ipynb, decision.json) for ``day``.
+
+    ``qa_results``: the day's QA results (a JUnit XML file or a folder of them, see
+    :mod:`whispers_lab.qa`); None: none, so the ``qa_scenarios`` criterion has no data.
 
     Raises :class:`~whispers_lab.errors.WhispersLabError` (``ReportError``, ``ExportError``,
     ``PlanError``) when no report could be written; the previous report of the day, if any,
@@ -261,7 +265,11 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           # absolute: the kernel runs inside tmp, where a relative --out
                           # would point nowhere
-                          "out_dir": os.path.abspath(tmp)}
+                          "out_dir": os.path.abspath(tmp),
+                          "qa_results": (os.path.abspath(Path(qa_results).expanduser())
+                                         if qa_results is not None else None),
+                          # earlier days' decisions (held communication tasks)
+                          "reports_dir": os.path.abspath(out)}
             try:
                 execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout)
             except ReportError as exc:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import replace_dir, restore_interrupted
+from ..communications import load_communications
 from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -250,6 +251,7 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     started = time.monotonic()
     plan = load_plan(plan_path)
     check_day(plan, day)
+    load_communications(plan)  # a bad [[communications]] table fails before a kernel starts
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))

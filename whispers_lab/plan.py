@@ -448,6 +448,7 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     rb = top.table("rollback")
     monitor = rb.number("monitor_minutes", lo=1, integer=True)
     rollback_flags = _flags(_Reader(rb.get("flags", dict), rb.key("flags"), source))
+    rb.get("confirmation", dict, {})  # issue 15: read by whispers_lab.rollback.settings_from_plan
     if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
         raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
     rb.done()

@@ -18,6 +18,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "report",
     "daily",
+    "confirm-rollback",
     "demo",
 )
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"whispers-lab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"whispers_lab.commands.{name}").register(sub)
+        importlib.import_module(f"whispers_lab.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

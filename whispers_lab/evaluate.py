@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import qa as qa_module
 from . import rules
 from .decision import Decision, decide
 from .errors import WhispersLabError
@@ -127,8 +128,12 @@ def _with_power(result: CriterionResult, stats: Any) -> CriterionResult:
                            details=result.details | extra, code=result.code)
 
 
-def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
-    """Evaluate rollout day ``day``: every criterion and trigger, the decision, chart series."""
+def evaluate_day(export: Export, day: int, plan: Plan,
+                 qa: qa_module.QaResults | None = None) -> DayEvaluation:
+    """Evaluate rollout day ``day``: every criterion and trigger, the decision, chart series.
+
+    ``qa``: the day's QA results (:func:`whispers_lab.qa.read_qa_results`); None: none given,
+    so ``qa_scenarios`` has no data."""
     phase = plan.phase_for_day(day)
     start, end = plan.day_start(day), plan.day_start(day + 1)
     crit = plan.criteria
@@ -206,6 +211,7 @@ def evaluate_day(export: Export, day: int, plan: Plan) -> DayEvaluation:
         "weight_fallback_rate": rules.weight_fallback_rate(fb_win, plan, day, fb_from),
         "uptime": rules.uptime(up_avail, plan, day, up_from),
         "critical_bugs": rules.critical_bugs(tickets, plan, day),
+        "qa_scenarios": qa_module.qa_scenarios(qa, plan, day),
     }
     for cid in STAT_CRITERIA:
         stat = getattr(stats, cid, None) if stats is not None else None

@@ -37,6 +37,7 @@ CRITERION_IDS: tuple[str, ...] = (
     "retention",
     "support_tickets",
     "srm",
+    "qa_scenarios",  # issue 15: Phase 1 "All QA scenarios pass" (whispers_lab/qa.py)
 )
 TRIGGER_IDS: tuple[str, ...] = (
     "trigger_error_rate",
@@ -592,6 +593,7 @@ def _parse_rollback(top: _Reader, source: str) -> tuple[int, dict[str, FlagValue
     rb = top.table("rollback")
     monitor = rb.number("monitor_minutes", lo=1, integer=True)
     rollback_flags = _flags(_Reader(rb.get("flags", dict), rb.key("flags"), source))
+    rb.get("confirmation", dict, {})  # issue 15: read by whispers_lab.rollback.settings_from_plan
     if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
         raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
     rb.done()
@@ -624,6 +626,7 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
     m.done()
     monitor, rollback_flags = _parse_rollback(top, source)
+    top.get("communications", list, [])  # validated by whispers_lab.communications
     top.done()
     return Plan(
         version=version, name=name, start_date=start, last_day=last_day, assignment=assignment,

@@ -72,6 +72,8 @@ SPECS: dict[str, CriterionSpec] = {s.id: s for s in (
     CriterionSpec("retention", None, "min", "difference"),
     CriterionSpec("support_tickets", "support_ticket_rate_ratio", "max", "ratio"),
     CriterionSpec("srm", "srm_p_value", "min", "p-value"),
+    # issue 15: judged by whispers_lab.qa.qa_scenarios (failing QA scenarios, none allowed)
+    CriterionSpec("qa_scenarios", None, "max", "scenarios"),
 )}
 
 #: Criteria whose numbers come from the statistics package (``experiment_results``).
@@ -108,6 +110,8 @@ def threshold(plan: Plan, criterion: str, day: int) -> float | None:
     if key is None:
         if criterion == "retention":
             return -plan.retention.margin
+        if criterion == "qa_scenarios":  # issue 15: no QA scenario may fail or error
+            return 0.0
         return None
     return plan.threshold(key, day)
 

@@ -1,7 +1,7 @@
 """``whispers-lab demo``: simulate a healthy rollout and produce every day's report.
 
 Simulates ``--users`` users through the plan's last day (no planted problem), writes the export
-to ``data/demo/``, then the report of every rollout day (0..last_day) to ``--out`` with
+to ``data/demo/`` with a passing QA run for each internal-phase day in ``data/demo/qa/``, then the report of every rollout day (0..last_day) to ``--out`` with
 ``--workers`` report processes, one progress line per day (plain text, no TTY needed), and the
 index. Exit 0 when every day got a report. On a terminal the simulation and the reports get
 progress bars on stderr; in a log, one line per stage.
@@ -10,15 +10,18 @@ progress bars on stderr; in a log, one line per stage.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from ..atomic import write_text_atomic
 from ..errors import WhispersLabError
 from ..paths import DATA_DIR
-from ..plan import load_plan
+from ..plan import Plan, load_plan
 from ..progress import Progress
+from ..qa import QA_DIR_NAME, junit_xml, qa_results_path
 from . import options
 
 #: Default size: large enough for stable daily statistics, small enough that the whole demo
@@ -36,7 +39,8 @@ def _say(text: str, progress: Progress | None = None) -> None:
         print(text, flush=True)
 
 
-def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int, str, float, str]:
+def _report_day(export: str, day: int, plan: str | None, out: str,
+                qa: str | None = None) -> tuple[int, str, float, str]:
     """Worker: one day's report; never raises (the error message comes back instead)."""
     from ..report.runner import write_report
 
@@ -44,12 +48,26 @@ def _report_day(export: str, day: int, plan: str | None, out: str) -> tuple[int,
     try:
         # the parent process holds the report folder's lock for its workers
         result = write_report(export, day, plan_path=plan, out_dir=out, refresh_index=False,
-                              lock=False)
+                              lock=False, qa_results=qa)
     except WhispersLabError as exc:
         return day, "ERROR", time.monotonic() - started, str(exc).splitlines()[0]
     except Exception as exc:  # a bug in one day must not hide the other days
         return day, "ERROR", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
     return day, result.decision, result.seconds, ""
+
+
+def write_demo_qa_results(exports_dir: Path, plan: Plan) -> list[Path]:
+    """A passing QA run (JUnit XML) for every day of the internal phase, at the conventional
+    place beside the exports (``<exports>/qa/<date>.xml``), as the QA job would leave it."""
+    written = []
+    for phase in plan.phases:
+        if phase.audience != "internal":
+            continue
+        for day in range(phase.first_day, phase.last_day + 1):
+            when = plan.day_start(day) + dt.timedelta(hours=7, minutes=40)
+            path = qa_results_path(exports_dir, when.date())
+            written.append(write_text_atomic(path, junit_xml(timestamp=when)))
+    return written
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,15 +88,19 @@ def run(args: argparse.Namespace) -> int:
              f"days 0..{plan.last_day} -> {export}")
         t0 = time.monotonic()
         simulate_to(export, users=args.users, seed=args.seed, plan=plan, progress=progress)
-        _say(f"demo: simulated in {time.monotonic() - t0:.1f} s; writing {plan.last_day + 1} "
-             f"daily reports to {out} with {args.workers} worker(s)")
+        qa_files = write_demo_qa_results(export.parent, plan)
+        _say(f"demo: simulated in {time.monotonic() - t0:.1f} s; {len(qa_files)} passing QA "
+             f"run(s) in {export.parent / QA_DIR_NAME}; writing {plan.last_day + 1} daily "
+             f"reports to {out} with {args.workers} worker(s)")
         days = list(range(plan.last_day + 1))
         results: dict[int, tuple[str, float, str]] = {}
         plan_arg = str(Path(args.plan).resolve()) if args.plan else None
         context = multiprocessing.get_context("spawn")  # no fork of a process holding DuckDB threads
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool, \
                 progress.stage("reports", len(days), "reports") as bar:
-            futures = [pool.submit(_report_day, str(export), d, plan_arg, str(out)) for d in days]
+            futures = [pool.submit(_report_day, str(export), d, plan_arg, str(out),
+                                   str(qa_results_path(export.parent, plan.day_start(d).date())))
+                       for d in days]
             for future in as_completed(futures):
                 day, decision, seconds, error = future.result()
                 results[day] = (decision, seconds, error)

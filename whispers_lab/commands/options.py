@@ -39,3 +39,10 @@ def int_at_least(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def add_qa_results(parser: argparse.ArgumentParser, default_help: str) -> None:
+    parser.add_argument("--qa-results", type=Path, default=None, metavar="FILE_OR_DIR",
+                        help="the day's QA results: a JUnit XML file (jest-junit, "
+                             "mocha-junit-reporter, Playwright) or a folder of them; "
+                             + default_help)

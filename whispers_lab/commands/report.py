@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 result = write_report(args.export, args.day, plan_path=args.plan,
                                       out_dir=args.out, timeout=args.timeout,
-                                      progress=Progress("report"))
+                                      progress=Progress("report"),
+                                      qa_results=args.qa_results)
             except RunStopped as stop:
                 # SIGTERM / SIGINT: nothing half-written is left; the day says it was stopped
                 publish_stopped(args.out, args.day, plan, stop, export_name=args.export.name)
@@ -56,4 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_plan(parser)
     options.add_report_dir(parser)
     options.add_timeout(parser)
+    options.add_qa_results(parser, "default: none (the qa_scenarios criterion, required in "
+                                   "Phase 1, then has no data)")
     parser.set_defaults(func=run)

@@ -10,6 +10,10 @@ Which export: the newest in the exports folder by modification time, among DuckD
 names (``.x.tmp-...``, ``.old-``) and ``*.truth.json`` are ignored. An export that ends before
 the reported day begins is stale: the run fails rather than judge a day it cannot see.
 
+QA results (Phase 1's "All QA scenarios pass"): ``--qa-results``, else the conventional place
+beside the exports, ``<exports>/qa/<YYYY-MM-DD>/`` (a folder of JUnit XML files) or
+``<exports>/qa/<YYYY-MM-DD>.xml``, dated with the reported day (see ``docs/qa.md``).
+
 Safety:
 
 * one run at a time: an exclusive ``fcntl.flock`` on ``<out>/.daily.lock``, the lock that
@@ -34,6 +38,7 @@ from ..errors import ReportError, WhispersLabError
 from ..paths import REPORTS_DIR
 from ..plan import Plan, load_plan
 from ..progress import Progress, stage
+from ..qa import qa_results_path
 from .folder import LOCK_NAME, FolderLock, is_temp_name, utc_now
 from .runner import (
     DEFAULT_CELL_TIMEOUT_S,
@@ -150,9 +155,14 @@ class DailyOutcome:
 def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
               out_dir: str | Path | None = None, today: dt.date | None = None,
               timeout: int = DEFAULT_CELL_TIMEOUT_S,
-              progress: Progress | None = None) -> DailyOutcome:
+              progress: Progress | None = None,
+              qa_results: str | Path | None = None) -> DailyOutcome:
     """One scheduled run (see the module docstring). Raises :class:`ReportError` only when the
-    lock is held; every other failure is published as the day's ERROR page and returned."""
+    lock is held; every other failure is published as the day's ERROR page and returned.
+
+    ``qa_results``: the day's QA results; None: the conventional place beside the exports,
+    ``<exports>/qa/<YYYY-MM-DD>/`` or ``<exports>/qa/<YYYY-MM-DD>.xml`` (the reported day's
+    date; :func:`whispers_lab.qa.qa_results_path`)."""
     plan = load_plan(plan_path)
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     today = today or utc_now().date()
@@ -174,8 +184,10 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
             export_name = export.name
             with stage(progress, f"coverage of {export_name}"):
                 check_export_covers(export, plan, day)
+            qa = (qa_results if qa_results is not None
+                  else qa_results_path(exports_dir, plan.day_start(day).date()))
             result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout,
-                                  command="daily", progress=progress)
+                                  command="daily", progress=progress, qa_results=qa)
         except RunStopped as stop:  # SIGTERM / SIGINT: the day says so, then the run ends
             publish_stopped(out, day, plan, stop, export_name=export_name)
             raise

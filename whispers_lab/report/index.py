@@ -30,6 +30,10 @@ DECISION_STYLE: dict[str, tuple[str, str]] = {
 }
 _NONE_STYLE = ("#e5e7eb", "no report")
 
+#: Link text of a rollback confirmation next to the day's report.
+_CONFIRM_WORDS = {"confirmed": "confirmed", "not_confirmed": "NOT confirmed",
+                  "too_early": "check: too early"}
+
 _ACTION_WORDS = {
     "continue": "continue the current phase",
     "advance": "advance to the next phase",
@@ -92,9 +96,12 @@ def _generated(doc: dict[str, Any]) -> str:
     return str(rep.get("generated_at") or doc.get("generated_at") or "")
 
 
-def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | None = None) -> str:
-    """The index page for ``plan`` given each day's decision document."""
+def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | None = None,
+               confirmations: dict[int, list[dict[str, Any]]] | None = None) -> str:
+    """The index page for ``plan`` given each day's decision document (and the rollback
+    confirmations to link next to each day's report, see :mod:`.confirmation`)."""
     e = html.escape
+    confirmations = confirmations or {}
     all_days = sorted(set(range(plan.last_day + 1)) | set(days))
     latest = max(days) if days else None
 
@@ -117,10 +124,14 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
             phase = plan.phase_for_day(day).name
         except Exception:
             phase = ""
+        confirm_links = "".join(
+            f"<br><a class='confirm {e(c['verdict'])}' href='{e(c['folder'])}/confirmation.html'>"
+            f"rollback {e(_CONFIRM_WORDS.get(c['verdict'], c['verdict']))}</a>"
+            for c in confirmations.get(day, []))
         if doc is None:
             rows.append(f"<tr class='empty'><td>{day}</td><td>{date}</td><td>{e(phase)}</td>"
                         f"<td><span class='badge none'>no report yet</span></td>"
-                        f"<td></td><td></td><td></td><td></td></tr>")
+                        f"<td></td><td></td><td></td><td>{confirm_links}</td></tr>")
             continue
         colour, label = DECISION_STYLE.get(str(doc.get("decision")), DECISION_STYLE["ERROR"])
         link = f"{day_dir_name(day)}/report.html"
@@ -130,7 +141,7 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
             f"<td><span class='badge' style='background:{colour}'>{e(label)}</span></td>"
             f"<td class='why'>{e(_summary(doc))}</td><td>{e(_next_step(doc))}</td>"
             f"<td class='when'>{e(_generated(doc))}</td>"
-            f"<td><a href='{link}'>report</a></td></tr>")
+            f"<td><a href='{link}'>report</a>{confirm_links}</td></tr>")
 
     if latest is not None:
         doc = days[latest]
@@ -170,6 +181,10 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
   .when {{ white-space: nowrap; color: #6b7280; font-size: 12px; }}
   .legend span {{ margin-right: 12px; }}
   .latest {{ font-size: 16px; }}
+  a.confirm {{ white-space: nowrap; font-size: 13px; }}
+  a.confirm.confirmed {{ color: #15803d; }}
+  a.confirm.not_confirmed {{ color: #b91c1c; font-weight: 600; }}
+  a.confirm.too_early {{ color: #6b7280; }}
 </style>
 </head>
 <body>
@@ -200,5 +215,9 @@ def write_index(out_dir: str | Path, plan: Plan) -> Path:
     """Regenerate ``<out_dir>/index.html`` from the day folders (atomically)."""
     out = Path(out_dir)
     path = out / "index.html"
-    write_text_atomic(path, index_html(plan, collect_days(out)))
+    from .confirmation import attach_to_days, collect_confirmations
+
+    days = collect_days(out)
+    links = attach_to_days(collect_confirmations(out), days)
+    write_text_atomic(path, index_html(plan, days, confirmations=links))
     return path

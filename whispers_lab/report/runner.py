@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import replace_dir, restore_interrupted
+from ..communications import load_communications
 from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -274,14 +275,17 @@ def keep_failed_notebook(notebook: Path, out_dir: Path, day: int,
 def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | None = None,
                  out_dir: str | Path | None = None, timeout: int = DEFAULT_CELL_TIMEOUT_S,
                  refresh_index: bool = True, lock: bool = True,
-                 command: str = "report", progress: Progress | None = None) -> ReportResult:
+                 command: str = "report", progress: Progress | None = None,
+                 qa_results: str | Path | None = None) -> ReportResult:
     """Write ``<out_dir>/day-NN/`` (report.html, report.ipynb, decision.json) for ``day``.
 
     Holds the report folder's lock (:class:`~whispers_lab.report.folder.FolderLock`, the one
     ``daily`` holds) for the whole run, so two runs never write the same day at once; a run
     that finds the lock taken fails at once. ``lock=False`` is for a caller whose parent
     process holds the lock for it (``demo``'s workers). ``command`` names the run in the lock
-    file (shown to a run that is refused).
+    file (shown to a run that is refused). ``qa_results``: the day's QA results (a JUnit XML
+    file or a folder of them, see :mod:`whispers_lab.qa`); None: none, so the ``qa_scenarios``
+    criterion has no data.
 
     Raises :class:`~whispers_lab.errors.WhispersLabError` (``ReportError``, ``ExportError``,
     ``PlanError``) when no report could be written; the previous report of the day, if any,
@@ -289,13 +293,14 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     started = time.monotonic()
     plan = load_plan(plan_path)
     check_day(plan, day)
+    load_communications(plan)  # a bad [[communications]] table fails before a kernel starts
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     if lock:
         with FolderLock(out, command):
             return _write_report(export_path, day, plan, plan_path, out, timeout,
-                                 refresh_index, started, progress)
+                                 refresh_index, started, progress, qa_results)
     return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started,
-                         progress)
+                         progress, qa_results)
 
 
 def _code_cells(notebook: Path) -> int | None:
@@ -308,7 +313,8 @@ def _code_cells(notebook: Path) -> int | None:
 
 def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str | Path | None,
                   out: Path, timeout: int, refresh_index: bool, started: float,
-                  progress: Progress | None = None) -> ReportResult:
+                  progress: Progress | None = None,
+                  qa_results: str | Path | None = None) -> ReportResult:
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
@@ -323,7 +329,11 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           # absolute: the kernel runs inside tmp, where a relative --out
                           # would point nowhere
-                          "out_dir": os.path.abspath(tmp)}
+                          "out_dir": os.path.abspath(tmp),
+                          "qa_results": (os.path.abspath(Path(qa_results).expanduser())
+                                         if qa_results is not None else None),
+                          # earlier days' decisions (held communication tasks)
+                          "reports_dir": os.path.abspath(out)}
             try:
                 with stage(progress, f"day {day} notebook", _code_cells(NOTEBOOK),
                            "cells") as st:

@@ -43,6 +43,7 @@ from .params import PRE_DAYS, ModelParams
 from .population import Population, make_population
 from .ranking import candidates_table, memory_ids, rank_requests
 from .rng import stream
+from .rollback import recap_factor, served_after_flip
 from .scenarios import Scenario, ScenarioRequest, SimulationError, active, resolve
 from .timeline import US_PER_SECOND, Calendar, to_arrow_ts
 from .truth import build_truth, truth_path, write_truth
@@ -338,8 +339,18 @@ def _simulate_day(day: int, pop: Population, plan: Plan, cal: Calendar, scen: Se
                    device_k=np.concatenate([opens.device_k[treated], pre.device_k]),
                    ts=np.concatenate([nat_ts, pre.ts]),
                    prefetch=np.concatenate([np.zeros(nat_ts.size, dtype=bool), pre.prefetch]))
+    # rollback scenarios: after the flag flip only in-flight (and stale-CDN) requests are made
+    keep, flip_counts = served_after_flip(req.ts, scen, stream(seed, "rollback", day))
+    for i, counts in flip_counts.items():
+        for key, count in counts.items():
+            planted[i][key] = planted[i].get(key, 0) + count
+    if not keep.all():
+        req = Requests(user=req.user[keep], device_k=req.device_k[keep], ts=req.ts[keep],
+                       prefetch=req.prefetch[keep])
     whispers_attributes(req, day, pop, scen, mismatched, params, stream(seed, "whispers_attr", day))
     other = other_requests(opens, params, stream(seed, "other_api", day))
+    other.duration = np.where(other.endpoint == 0,  # the recap page waits for whispers
+                              other.duration * recap_factor(other.ts, scen), other.duration)
     other.ts = np.minimum(other.ts, end_us - 1)
 
     # api_logs: number requests in time order

@@ -42,6 +42,8 @@ WEIGHTS_TABLE: tuple[Weights, ...] = (*WEIGHT_PRESETS, STALE_WEIGHTS, FALLBACK_W
 STALE_IDX = len(WEIGHT_PRESETS)
 FALLBACK_IDX = STALE_IDX + 1
 
+#: Scenarios whose window is a whispers error spike (the rollback ones plant one before the flip).
+ERROR_SPIKES: tuple[str, ...] = ("error_spike", "rollback_clean", "rollback_stale_cdn")
 OTHER_ENDPOINTS: tuple[str, ...] = ("/api/recap", "/api/auth/session", "/api/memories")
 #: (median ms, sigma) of each other endpoint's lognormal body.
 OTHER_LATENCY: tuple[tuple[float, float], ...] = ((75.0, 0.45), (14.0, 0.35), (38.0, 0.5))
@@ -100,7 +102,7 @@ def prefetch_requests(day: int, scenarios: Sequence[Scenario], natural_ts: np.nd
         if s.day != day or enabled_users.size == 0:
             continue
         dev = None
-        if s.name in ("error_spike", "latency_spike"):
+        if s.name in ("latency_spike", *ERROR_SPIKES):
             floor = int(s.params["min_requests"])
             minutes = int((s.end_us - s.start_us) // US_PER_MINUTE)
             inside = current[s.covers(current)]
@@ -159,7 +161,7 @@ def whispers_attributes(req: Requests, day: int, pop: Population, scenarios: Seq
         if s.day != day:
             continue
         idx = np.flatnonzero(s.covers(req.ts))
-        if s.name == "error_spike" and idx.size:
+        if s.name in ERROR_SPIKES and idx.size:
             minute = (req.ts[idx] - s.start_us) // US_PER_MINUTE
             order = np.lexsort((rng.random(idx.size), minute))
             idx, minute = idx[order], minute[order]

@@ -31,6 +31,8 @@ class ScenarioDef:
     kind: str  # "window": [start, start+minutes); "from_day": day start .. period end; "point"
     expected_id: str
     decision: str  # "ROLLBACK" | "NO_GO"
+    #: more expected facts for the truth file (rollback scenarios: the confirmation verdict)
+    expected_extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def expected_key(self) -> str:
@@ -85,6 +87,17 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
                 "from_day", "srm", "NO_GO"),
     ScenarioDef("telemetry_gap", "no telemetry at all for `hours` hours from `start`",
                 {"day": _D, "start": "02:00", "hours": 3.0}, "window", "telemetry_flowing", "NO_GO"),
+    ScenarioDef("rollback_clean", "incident of `minutes` from `start` (whispers error rate "
+                "`level`, recap latency x `recap_factor`), then whispers switched off at its "
+                "end: afterwards only requests within `inflight_seconds` of the flip",
+                {"day": _D, "start": "18:30", "minutes": 20, "level": 0.12, "min_requests": 0,
+                 "recap_factor": 1.6, "inflight_seconds": 90.0},
+                "window", "trigger_error_rate", "ROLLBACK", {"confirmation": "confirmed"}),
+    ScenarioDef("rollback_stale_cdn", "as rollback_clean, but a stale CDN keeps serving a "
+                "share `share` of the whispers requests (and whispers) after the flip",
+                {"day": _D, "start": "18:30", "minutes": 20, "level": 0.12, "min_requests": 0,
+                 "recap_factor": 1.6, "inflight_seconds": 90.0, "share": 0.5},
+                "window", "trigger_error_rate", "ROLLBACK", {"confirmation": "not_confirmed"}),
 )}
 
 
@@ -120,8 +133,16 @@ class Scenario:
             "end": from_us(self.end_us).isoformat(),
             "params": dict(self.params),
             "expected": {d.expected_key: d.expected_id, "decision": d.decision,
-                         "first_decision_day": first_decision_day(plan, d, self.day)},
+                         "first_decision_day": first_decision_day(plan, d, self.day),
+                         **_expected_extra(self)},
         }
+
+
+def _expected_extra(s: Scenario) -> dict[str, Any]:
+    extra = dict(s.definition.expected_extra)
+    if "confirmation" in extra:  # a rollback scenario: the flag flips at the window's end
+        extra["disabled_at"] = from_us(s.end_us).isoformat()
+    return extra
 
 
 def first_decision_day(plan: Plan, d: ScenarioDef, day: int) -> int | None:
@@ -241,6 +262,10 @@ def _check_values(name: str, p: Mapping[str, Any]) -> None:
             raise bad(key, ">= 1")
     if "hours" in p and not 0 < p["hours"] <= 24:
         raise bad("hours", "in (0, 24]")
+    if "recap_factor" in p and not p["recap_factor"] >= 1:
+        raise bad("recap_factor", ">= 1")
+    if "inflight_seconds" in p and not 0 <= p["inflight_seconds"] <= 3600:
+        raise bad("inflight_seconds", "in [0, 3600]")
     if "ms" in p and not p["ms"] > 0:
         raise bad("ms", "> 0")
     if "rating" in p and not 1 <= p["rating"] <= 5:

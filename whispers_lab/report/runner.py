@@ -34,6 +34,7 @@ from typing import Any
 
 from ..atomic import replace_dir, restore_interrupted
 from ..communications import load_communications
+from ..decision import SCHEMA_VERSION
 from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -520,18 +521,21 @@ def _write_error_report(out: Path, day: int, plan: Plan, reason: str, export_nam
             when=when, previous=previous_note)
         (tmp / "report.html").write_text(page, encoding="utf-8")
         document = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "generated_at": when,
             "plan": {"name": plan.name, "source": plan.source, "version": plan.version},
             "day": day,
             "date": plan.day_start(day).date().isoformat(),
             "phase": phase_doc,
             "decision": ERROR,
+            "reason_code": None,
+            "reason_text": "the run failed: no decision",
             "error": reason,
             "next_step": None,
             "reasons": [f"The report run failed; no decision was made: {reason}"],
             "blocking": [],
             "fired": [],
+            "harm": [],
             "notes": [],
             "criteria": [],
             "triggers": [],

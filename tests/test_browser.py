@@ -103,8 +103,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # the browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context() -> Iterator[Any]:
+    """Module scope: Playwright's sync API keeps an event loop in this process while it runs,
+    and nbval's kernel clients (the notebooks run later in the same process) need it gone."""
     executable, reason = chromium_executable()
     if executable is None:
         message = f"no Chromium for the browser tests: {reason}"
@@ -151,7 +153,7 @@ class Visit:
         return self.page.evaluate(script)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def visits(browser_context: Any, site: dict[str, Path]) -> Iterator[dict[str, Visit]]:
     opened = {kind: Visit(browser_context, path) for kind, path in site.items()}
     shots = _artifacts()

@@ -236,7 +236,7 @@ def require_anchor(module: str):
             warnings.simplefilter("ignore")
             return importlib.import_module(module)
     except ImportError as exc:
-        how = ("pip install -e '.[anchors]' && pip install --no-deps -r "
+        how = ("pip install -e '.[dev,anchors,browser]' && pip install --no-deps -r "
                "tests/anchors-no-deps.txt")
         if os.environ.get("CI"):
             pytest.fail(f"anchor library {module!r} is not installed on CI ({exc}); {how}",

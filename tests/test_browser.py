@@ -32,6 +32,7 @@ from whispers_lab.plan import load_plan
 from whispers_lab.report.index import DECISION_STYLE
 from whispers_lab.simulate import simulate_to
 
+from anchor_cases import require_anchor
 from browser_env import LAUNCH_ARGS, chromium_executable
 
 pytestmark = pytest.mark.browser
@@ -48,7 +49,7 @@ BANNER_XFAIL = (
     "decision banner; the fix belongs to notebooks/daily_report.ipynb (banner cell first) and "
     "report/tables.py (a class on the banner), which issue 13 is rewriting")
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[browser]'")
+sync_api = require_anchor("playwright.sync_api")  # CI: an error if missing; else a skip
 
 
 def _artifacts() -> Path:

@@ -20,6 +20,7 @@ from scipy import stats
 
 from . import sequential
 from .noninferiority import stratified_difference
+from .sufficient import sums_by
 
 LEGACY_LOOKS = 7
 LEGACY_SPENDING = "obrien_fleming"
@@ -27,17 +28,12 @@ LEGACY_SPENDING = "obrien_fleming"
 
 def _strata(cells: pd.DataFrame, k: int, day: int) -> pd.DataFrame:
     c = cells.loc[(cells["k"] == k) & (cells["e"] + k <= day)]
-    e = c["e"].to_numpy(np.int64)
-    uniq, inv = np.unique(e, return_inverse=True)
     treat = (c["variant"] == "treatment").to_numpy()
     n = c["n"].to_numpy(float)
     y = c["sum_y"].to_numpy(float)
-
-    def total(v: np.ndarray) -> np.ndarray:
-        return np.bincount(inv, weights=v, minlength=uniq.size)
-
-    return pd.DataFrame({"n_t": total(n * treat), "sum_t": total(y * treat),
-                         "n_c": total(n * ~treat), "sum_c": total(y * ~treat)})
+    _, t = sums_by(c["e"].to_numpy(np.int64), n_t=n * treat, sum_t=y * treat, n_c=n * ~treat,
+                   sum_c=y * ~treat)
+    return pd.DataFrame({k: t[k] for k in ("n_t", "sum_t", "n_c", "sum_c")})
 
 
 def first_exposure_history(cells: pd.DataFrame, k: int, day: int, first_look: int,
@@ -94,12 +90,10 @@ def cells_from_activity(active: np.ndarray, f_day: np.ndarray, base_day: int,
         ek, tk = e[keep], treat[keep]
         cols = (ek - base_day + 1)[:, None] + np.arange(k)[None, :]
         y = act[idx[keep][:, None], cols].any(axis=1)
-        key = ek * 2 + tk
-        uniq, inv = np.unique(key, return_inverse=True)
+        uniq, t = sums_by(ek * 2 + tk, sum_y=y)
         parts.append(pd.DataFrame({
             "k": k, "e": uniq // 2, "variant": np.where(uniq % 2 == 1, "treatment", "control"),
-            "n": np.bincount(inv, minlength=uniq.size),
-            "sum_y": np.bincount(inv, weights=y.astype(float), minlength=uniq.size)}))
+            "n": t["n"].astype(np.int64), "sum_y": t["sum_y"]}))
     if not parts:
         return pd.DataFrame(columns=["k", "e", "variant", "n", "sum_y"])
     return pd.concat(parts, ignore_index=True)

@@ -197,7 +197,7 @@ def test_confirmation_page_is_self_contained_and_linked_from_the_index(confirmed
     assert label[confirmed["doc"]["verdict"]] in page
     index = (confirmed["out"] / "index.html").read_text(encoding="utf-8")
     assert f"{confirmed['dir'].name}/confirmation.html" in index
-    row = index[index.index("<tr class='current'><td>9</td>"):]
+    row = index[index.index("<tr class='current'><td data-label='Day'>9</td>"):]
     assert row.index(confirmed["dir"].name) < row.index("</tr>")  # in day 9's row
     assert not [p for p in confirmed["out"].iterdir() if p.name.startswith(".")]
 

@@ -203,9 +203,9 @@ def test_flag_log_late_flip_rollback_and_a_percentage_the_plan_does_not_name():
 
 
 def test_flag_changes_is_validated(tmp_path: Path):
-    from factories import valid_tables
-
     from whispers_lab.errors import ExportValidationError
+
+    from factories import valid_tables
 
     tables = valid_tables()
     tables["flag_changes"] = pd.DataFrame({

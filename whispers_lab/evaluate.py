@@ -24,9 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from . import cohort
+from . import cohort, rules
 from . import qa as qa_module
-from . import rules
 from .decision import Decision, decide
 from .errors import WhispersLabError
 from .export import Export
@@ -35,7 +34,6 @@ from .queries import experiment as qe
 from .queries import monitoring as q
 from .queries import state as qs
 from .results import CriterionResult
-from .state import RolloutState, resolve_state
 from .rules import (
     STAT_CRITERIA,
     Window,
@@ -44,6 +42,7 @@ from .rules import (
     threshold,
     windows_from_runs,
 )
+from .state import RolloutState, resolve_state
 
 #: Minutes before midnight searched for the start of a run that reaches into the day.
 RUN_LOOKBACK_MINUTES = 60

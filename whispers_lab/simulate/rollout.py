@@ -21,6 +21,7 @@ service would have logged.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from ..cohort import CATEGORY_BETA, CATEGORY_BUCKETED, CATEGORY_INTERNAL
 from ..plan import Plan
 from ..state import ENABLED_FLAG, GO, Stage, after_decision, simulated_state, stage_of
 from .scenarios import Scenario, active
-from .timeline import US_PER_MINUTE, Calendar, to_arrow_ts, to_us
+from .timeline import Calendar, to_arrow_ts, to_us
 
 NEVER_US = np.iinfo(np.int64).max
 
@@ -59,15 +60,9 @@ def timeline(plan: Plan, cal: Calendar, scenarios: Sequence[Scenario],
            for s in out]
     for s in active(scenarios, "late_flip"):
         h, m = (int(x) for x in str(s.params["start"]).split(":")[:2])
-        out = [dataclasses.replace(st, at=plan.day_start(st.day) + _minutes(h * 60 + m))
+        out = [dataclasses.replace(st, at=plan.day_start(st.day) + dt.timedelta(hours=h, minutes=m))
                if st.day == s.day and st.day > 0 else st for st in out]
     return tuple(dataclasses.replace(s, projected=False) for s in out if s.day <= through)
-
-
-def _minutes(n: int):  # noqa: ANN202 - a timedelta
-    import datetime as dt
-
-    return dt.timedelta(minutes=n)
 
 
 @dataclass(eq=False)
@@ -160,8 +155,6 @@ def with_rollback_flips(plan: Plan, stages: Sequence[Stage], flips: Sequence[tup
                         ) -> tuple[Stage, ...]:
     """``stages`` with whispers switched off at each rollback scenario's flip ``(day, us)``
     (the simulator keeps generating after a flip; the flag log says what production did)."""
-    import datetime as dt
-
     out = list(stages)
     for day, us in flips:
         at = dt.datetime(1970, 1, 1) + dt.timedelta(microseconds=int(us))
@@ -176,5 +169,4 @@ def stages_truth(stages: Sequence[Stage]) -> list[dict]:
     return [s.to_dict() for s in stages]
 
 
-__all__ = ["NEVER_US", "Serving", "flag_log", "stages_truth", "timeline", "with_rollback_flips",
-           "US_PER_MINUTE"]
+__all__ = ["NEVER_US", "Serving", "flag_log", "stages_truth", "timeline", "with_rollback_flips"]

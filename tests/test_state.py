@@ -374,3 +374,47 @@ def test_evaluate_day_follows_the_decisions_in_the_report_folder(tmp_path: Path)
     assert assumed.state.source == "calendar" and assumed.phase.id == "rollout_25"
     assert any("assumed" in n for n in assumed.decision.notes)
     assert assumed.decision.to_dict()["state"]["assumed"] is True
+
+
+# -- the flag service: `whispers-lab cohort` gets the stage actually reached ------------------
+
+
+def test_cohort_command_uses_the_state(tmp_path: Path, monkeypatch, capsys):
+    from whispers_lab import cli
+
+    monkeypatch.setattr(cli, "COMMANDS", ("cohort",))
+    users = pd.DataFrame({"user_id": [f"u{i:04d}" for i in range(3000)], "is_internal": False,
+                          "micro_memory_count": 0, "engagement_score": 0.5})
+    src = tmp_path / "users.csv"
+    users.to_csv(src, index=False)
+    reports = tmp_path / "reports"
+    for d, verdict in history(d9=NO).items():
+        if d < 10:
+            (reports / f"day-{d:02d}").mkdir(parents=True)
+            (reports / f"day-{d:02d}" / "decision.json").write_text(json.dumps({"decision": verdict}))
+    held = tmp_path / "held.csv"
+    assert cli.main(["cohort", "--users", str(src), "--day", "10", "--reports", str(reports),
+                     "--out", str(held)]) == 0
+    out = capsys.readouterr().out
+    got = pd.read_csv(held)
+    assert ((got["variant"] == "treatment") == (got["bucket"] < 950)).all()   # 10%, held
+    assert "10% of active users" in out and "calendar has Phase 3: Gradual Rollout 25%" in out
+    assumed = tmp_path / "assumed.csv"
+    assert cli.main(["cohort", "--users", str(src), "--day", "10", "--out", str(assumed)]) == 0
+    assert "warning: The rollout's actual state is assumed" in capsys.readouterr().out
+    assert ((pd.read_csv(assumed)["variant"] == "treatment")
+            == (pd.read_csv(assumed)["bucket"] < 2375)).all()                  # 25%, calendar
+    # an export's flag log comes first: a rollback on day 9 means nobody on day 10
+    from factories import valid_tables
+
+    tables = valid_tables()
+    tables["flag_changes"] = pd.DataFrame({
+        "changed_at": [PLAN.day_start(0), PLAN.day_start(8), _at(9, 14)],
+        "flag": [E] * 3, "value": ["true", "true", "false"], "percentage": [None, 10.0, None],
+        "audience": ["internal", "percentage", None]})
+    export = write_export(tables, tmp_path / "log.duckdb")
+    off = tmp_path / "off.parquet"
+    assert cli.main(["cohort", "--users", str(src), "--day", "10", "--export", str(export),
+                     "--reports", str(reports), "--out", str(off)]) == 0
+    assert (pd.read_parquet(off)["variant"] == "control").all()
+    assert "whispers off" in capsys.readouterr().out

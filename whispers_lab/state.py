@@ -619,6 +619,19 @@ def resolve_state(export: Export | None, plan: Plan, day: int,
     return from_calendar(plan, day, " and ".join(why))
 
 
+def rollout_last_day(export_path: str | Path | None, plan: Plan, day: int,
+                     reports_dir: str | Path | None = None) -> int:
+    """The last rollout day as the state on ``day`` projects it (later than the plan's last day
+    after a hold): the reports go on until then. Reads the export's flag log (without
+    validating the export) or the decisions in ``reports_dir``."""
+    if export_path is None:
+        return resolve_state(None, plan, day, reports_dir).final_day()
+    from .export import open_export
+
+    with open_export(export_path, validate=False) as export:
+        return max(plan.last_day, resolve_state(export, plan, day, reports_dir).final_day())
+
+
 def simulated_state(plan: Plan, stages: Sequence[Stage], day: int) -> RolloutState:
     """A state made of given stages (for the simulator and tests), projected after ``day``."""
     known = [s for s in stages if s.day <= day]
@@ -628,4 +641,4 @@ def simulated_state(plan: Plan, stages: Sequence[Stage], day: int) -> RolloutSta
 __all__ = ["ENABLED_FLAG", "OFF", "SOURCES", "RolloutState", "Stage", "StateError",
            "after_decision", "at_boundary", "decision_history", "from_calendar",
            "from_decisions", "from_flag_log", "phase_length", "project", "resolve_state",
-           "restart_phase", "simulated_state", "stage_of"]
+           "restart_phase", "rollout_last_day", "simulated_state", "stage_of"]

@@ -69,8 +69,12 @@ class ReportResult:
     message: str = ""
 
 
-def check_day(plan: Plan, day: int) -> None:
-    """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day)."""
+def check_day(plan: Plan, day: int, last_day: int | None = None) -> None:
+    """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day), or of
+    the rollout as its state projects it (``last_day``: later than the plan's after a hold,
+    :func:`whispers_lab.state.rollout_last_day`)."""
+    if last_day is not None and plan.last_day < day <= last_day:
+        return
     if not 0 <= day <= plan.last_day:
         first = plan.day_start(0).date()
         last = plan.day_start(plan.last_day).date()
@@ -292,7 +296,8 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     is then untouched."""
     started = time.monotonic()
     plan = load_plan(plan_path)
-    check_day(plan, day)
+    out_guess = Path(out_dir) if out_dir is not None else REPORTS_DIR
+    check_day(plan, day, _rollout_last_day(export_path, plan, day, out_guess))
     load_communications(plan)  # a bad [[communications]] table fails before a kernel starts
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     if lock:
@@ -301,6 +306,19 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                                  refresh_index, started, progress, qa_results)
     return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started,
                          progress, qa_results)
+
+
+def _rollout_last_day(export_path: str | Path, plan: Plan, day: int, out: Path) -> int | None:
+    """After the plan's last day: the rollout's last day as its state projects it (a held
+    rollout goes on), None before it or when the export cannot tell."""
+    if day <= plan.last_day:
+        return None
+    from ..state import rollout_last_day
+
+    try:
+        return rollout_last_day(export_path, plan, day, out)
+    except WhispersLabError:
+        return None
 
 
 def _code_cells(notebook: Path) -> int | None:

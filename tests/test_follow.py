@@ -9,7 +9,6 @@ applied at 09:00, after the morning report."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import duckdb
 import pandas as pd

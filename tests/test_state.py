@@ -418,3 +418,25 @@ def test_cohort_command_uses_the_state(tmp_path: Path, monkeypatch, capsys):
                      "--reports", str(reports), "--out", str(off)]) == 0
     assert (pd.read_parquet(off)["variant"] == "control").all()
     assert "whispers off" in capsys.readouterr().out
+
+
+# -- the statistics: the calendar as the state changes nothing ----------------------------------
+
+
+def test_statistics_with_the_calendar_as_the_state_are_the_calendars(small_export):
+    from whispers_lab.stats import experiment_results
+
+    def dump(res) -> str:
+        return json.dumps(res.to_dict(), sort_keys=True, default=str)
+
+    with open_export(small_export) as ex:
+        for day in (9, 13):
+            plain = experiment_results(ex, day, PLAN)
+            stated = experiment_results(ex, day, PLAN, state=st.from_calendar(PLAN, day))
+            assert dump(stated) == dump(plain)
+            # a held state moves the schedule and the enabling days, nothing else is needed
+            held = st.from_decisions(PLAN, history(d9=NO), day)
+            res = experiment_results(ex, day, PLAN, state=held)
+            # the NO_GO of day 9 counts from day 10 on: the final look moves to day 15
+            assert res.design["final_day"] == (14 if day == 9 else 15)
+            assert res.phase_id == held.stage_on(day).phase

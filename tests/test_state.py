@@ -408,6 +408,13 @@ def test_cohort_command_uses_the_state(tmp_path: Path, monkeypatch, capsys):
     from factories import valid_tables
 
     tables = valid_tables()
+    # the export's activity reaches day 10 (a flag log says nothing past the export's end)
+    opens = [_at(d, h) for d in range(1, 11) for h in range(12)]
+    tables["telemetry"] = pd.concat([tables["telemetry"], pd.DataFrame({
+        "event_id": [f"x{i}" for i in range(len(opens))], "created_at": opens,
+        "user_id": "u2", "device_id": "d2", "event_type": "app_open", "request_id": None,
+        "whisper_id": None, "position": pd.array([None] * len(opens), dtype="Int32")})],
+        ignore_index=True)
     tables["flag_changes"] = pd.DataFrame({
         "changed_at": [PLAN.day_start(0), PLAN.day_start(8), _at(9, 14)],
         "flag": [E] * 3, "value": ["true", "true", "false"], "percentage": [None, 10.0, None],

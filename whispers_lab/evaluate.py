@@ -201,14 +201,14 @@ def evaluate_day(export: Export, day: int, plan: Plan,
     so ``qa_scenarios`` has no data. ``state``: the rollout's actual state; None: resolved
     (:func:`whispers_lab.state.resolve_state`) from the export's flag log, else the decisions
     of earlier days in ``reports_dir``, else the plan's calendar (assumed)."""
+    data_end = q.data_end(export)
     if state is None:
-        state = resolve_state(export, plan, day, reports_dir)
+        state = resolve_state(export, plan, day, reports_dir, data_end=data_end)
     plan = state.dated_plan()
     phase = state.phase_on(day)
     start, end = plan.day_start(day), plan.day_start(day + 1)
     crit = plan.criteria
     trig = plan.triggers
-    data_end = q.data_end(export)
     daily = q.daily_series(export, plan.day_start(0), end)
 
     if data_end is None or data_end < start:

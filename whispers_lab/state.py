@@ -596,17 +596,35 @@ def decision_history(reports_dir: str | Path | None, before: int) -> dict[int, s
     return out
 
 
+_UNSET: Any = object()
+
+
 def resolve_state(export: Export | None, plan: Plan, day: int,
-                  reports_dir: str | Path | None = None) -> RolloutState:
+                  reports_dir: str | Path | None = None,
+                  data_end: dt.datetime | None = _UNSET) -> RolloutState:
     """The rollout's state on ``day`` from the first source that has it: the export's flag log,
-    else the decisions in ``reports_dir``, else the plan's calendar (assumed, with a warning)."""
+    else the decisions in ``reports_dir``, else the plan's calendar (assumed, with a warning).
+
+    A flag log says nothing past the export's own end (``data_end``, default
+    :func:`whispers_lab.queries.monitoring.data_end`): when the export ends before ``day``, the
+    stages after its last day are projected (every later day GO), not taken as held."""
     why: list[str] = []
     if export is not None and export.has("flag_changes"):
         from .queries.state import flag_log
 
         log = flag_log(export, plan.day_start(day + 1))
         if (log["flag"] == ENABLED_FLAG).any():
-            return from_flag_log(plan, log, day)
+            if data_end is _UNSET:
+                from .queries.monitoring import data_end as export_end
+
+                data_end = export_end(export)
+            known = day if data_end is None else min(day, max(plan.day_of(data_end), 0))
+            state = from_flag_log(plan, log, known)
+            if known < day:
+                state = dataclasses.replace(state, warnings=(
+                    *state.warnings, f"The export's events end on day {known}: the stages "
+                    f"after it are projected (every later day GO), not known."))
+            return state
         why.append(f"the export's flag_changes table logs no change of {ENABLED_FLAG} before "
                    f"the end of day {day}")
     else:
@@ -626,6 +644,8 @@ def rollout_last_day(export_path: str | Path | None, plan: Plan, day: int,
     validating the export) or the decisions in ``reports_dir``."""
     if export_path is None:
         return resolve_state(None, plan, day, reports_dir).final_day()
+    if day > plan.last_day + 3650:  # no rollout runs ten years late; nor can a date hold it
+        return plan.last_day
     from .export import open_export
 
     with open_export(export_path, validate=False) as export:

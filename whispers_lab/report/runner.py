@@ -43,10 +43,25 @@ from . import privacy, stopping
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
 from .index import write_index
 
-__all__ = ["DECISIONS", "ERROR", "REPORT_FILES", "ReportResult", "check_day", "day_dir_name",
-           "execute_notebook", "is_temp_name", "keep_failed_notebook", "make_tmp_dir",
-           "notebook_to_html", "publish_stopped", "utc_now", "utc_stamp", "write_error_report",
-           "write_report"]
+__all__ = [
+    "DECISIONS",
+    "ERROR",
+    "REPORT_FILES",
+    "ReportResult",
+    "check_day",
+    "day_dir_name",
+    "execute_notebook",
+    "is_temp_name",
+    "keep_failed_notebook",
+    "make_tmp_dir",
+    "notebook_to_html",
+    "publish_stopped",
+    "rollout_last_day_or_none",
+    "utc_now",
+    "utc_stamp",
+    "write_error_report",
+    "write_report",
+]
 
 NOTEBOOK = NOTEBOOKS_DIR / "daily_report.ipynb"
 KERNEL_NAME = "python3"
@@ -297,7 +312,7 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     started = time.monotonic()
     plan = load_plan(plan_path)
     out_guess = Path(out_dir) if out_dir is not None else REPORTS_DIR
-    check_day(plan, day, _rollout_last_day(export_path, plan, day, out_guess))
+    check_day(plan, day, rollout_last_day_or_none(export_path, plan, day, out_guess))
     load_communications(plan)  # a bad [[communications]] table fails before a kernel starts
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     if lock:
@@ -308,7 +323,7 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                          progress, qa_results)
 
 
-def _rollout_last_day(export_path: str | Path, plan: Plan, day: int, out: Path) -> int | None:
+def rollout_last_day_or_none(export_path: str | Path, plan: Plan, day: int, out: Path) -> int | None:
     """After the plan's last day: the rollout's last day as its state projects it (a held
     rollout goes on), None before it or when the export cannot tell."""
     if day <= plan.last_day:

@@ -447,3 +447,25 @@ def test_statistics_with_the_calendar_as_the_state_are_the_calendars(small_expor
             # the NO_GO of day 9 counts from day 10 on: the final look moves to day 15
             assert res.design["final_day"] == (14 if day == 9 else 15)
             assert res.phase_id == held.stage_on(day).phase
+
+
+# -- the report shows where the rollout is ------------------------------------------------------
+
+
+def test_banner_and_index_show_the_state():
+    from whispers_lab.report.index import index_html
+    from whispers_lab.report.tables import decision_banner_html
+
+    results = [CriterionResult(c, "criterion", 0.0, 0.0, "pass", "ok") for c in CRITERION_IDS]
+    results += [CriterionResult(t, "trigger", 0.0, 0.0, "pass", "ok") for t in TRIGGER_IDS]
+    held = st.from_decisions(PLAN, history(d9=NO), 10)
+    doc = decide(results, 10, held.dated_plan(), state=held).to_dict()
+    banner = decision_banner_html(doc, PLAN)
+    assert "Rollout state (not where the plan&#x27;s calendar is):" in banner
+    assert "10% of active users (rollout_10)" in banner and "Rollout state assumed" not in banner
+    cal = st.from_calendar(PLAN, 10)
+    assumed = decide(results, 10, PLAN, state=cal).to_dict()
+    assert "Rollout state assumed." in decision_banner_html(assumed, PLAN)
+    page = index_html(PLAN, {10: doc, 11: assumed | {"day": 11}})
+    assert "<td class='off-plan'>10%</td>" in page          # day 10: 10% where 25% was planned
+    assert "<td>25% (assumed)</td>" in page

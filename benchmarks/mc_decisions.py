@@ -170,7 +170,8 @@ def _engagement(sim: dict[str, Any], plan: Plan, rng: np.random.Generator,
         req = 1 + rng.poisson(1.0, idx.size)
         shown = 6 * req
         imp[idx] += shown
-        clk[idx] += rng.binomial(shown, user_ctr[idx])
+        day_clicks = rng.binomial(shown, user_ctr[idx])
+        clk[idx] += day_clicks
         ans = idx[rng.random(idx.size) < params.feedback_rate]
         rating_sum[ans] += rng.choice(np.arange(1, 6), ans.size, p=probs)
         answers[ans] += 1
@@ -181,6 +182,7 @@ def _engagement(sim: dict[str, Any], plan: Plan, rng: np.random.Generator,
         errors = float(rng.binomial(int(requests), params.whispers_error_rate))
         fallbacks = float(rng.binomial(int(requests), params.fallback_rate))
         out[d] = {"ctr": ratio_from_units(clk[has_imp], imp[has_imp]),
+                  "ctr_day": ratio_from_units(day_clicks, shown),
                   "feedback": ratio_from_units(rating_sum[has_ans], answers[has_ans]),
                   "relevance": ratio_from_units(relevant[has_ans], answers[has_ans]),
                   "requests": requests, "errors": errors, "fallbacks": fallbacks}
@@ -192,12 +194,19 @@ def _independent(events: float, n: float) -> RatioStat:
     return RatioStat(int(n), events, n, events, n, events)
 
 
-def _srm(sim: dict[str, Any], plan: Plan, s: StatSettings, day: int) -> Any:
-    f, active = sim["f"], sim["active"]
-    rows = active[:, PRE:PRE + day + 1]
+def _first_exposure(sim: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's first active day from day 0 (the simulator serves the first exposure at the
+    first visit) and whether they were served treatment then; users never active: day -1."""
+    rows = sim["active"][:, PRE:]
     has = rows.any(axis=1)
-    e = np.argmax(rows, axis=1)[has]
-    treat = (f[has] <= e)
+    e = np.where(has, np.argmax(rows, axis=1), -1)
+    return e, sim["f"] <= e
+
+
+def _srm(sim: dict[str, Any], plan: Plan, s: StatSettings, day: int) -> Any:
+    e_all, treat_all = sim["first_exposure"]
+    keep = (e_all >= 0) & (e_all <= day)
+    e, treat = e_all[keep], treat_all[keep]
     days = np.arange(day + 1)
     n_t = np.bincount(e, weights=treat, minlength=day + 1)
     n_all = np.bincount(e, minlength=day + 1)
@@ -217,6 +226,7 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
     rng = np.random.default_rng([seed, rep, users, EFFECTS.index(effect),
                                  list(POPULATIONS).index(pop_name)])
     sim = simulate_rollout(users, POPULATIONS[pop_name], effect, plan, rng, params)
+    sim["first_exposure"] = _first_exposure(sim)
     sched = plan_schedule(plan)
     base = -PRE
     cells, pairs = cells_from_activity(sim["active"], sim["f"], sched.stages, base,
@@ -276,8 +286,9 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
         dec = decide(crit + trig, d, plan)
         out_days[d] = {"decision": dec.decision, "code": dec.code,
                        "blocking": list(dec.blocking) + list(dec.fired) + list(dec.harm)}
-        if legacy:
-            out_days[d]["legacy"] = _legacy_day(sim, tickets, e, plan, d)
+    if legacy:
+        for d, v in _legacy_days(sim, tickets, eng, plan).items():
+            out_days[d]["legacy"] = v
     return {"rep": rep, "days": out_days}
 
 
@@ -290,82 +301,62 @@ def _win(prefix: str, events: float, n: float) -> dict[str, Any]:
 
 def _preperiod_lags(active: np.ndarray, base: int) -> pd.DataFrame:
     """The numpy twin of ``queries.experiment.preperiod_lags`` (k = 1)."""
-    rows = []
+    parts = []
     for p in range(base, 0):
         w = active[:, p - base:-base]
         has = w.any(axis=1)
-        lag = np.argmax(w, axis=1)[has]
-        nxt = np.zeros(lag.size, dtype=bool)
+        rows = np.flatnonzero(has)
+        lag = np.argmax(w[rows], axis=1)
         ok = lag + 1 < w.shape[1]
-        rr = np.flatnonzero(has)
-        nxt[ok] = w[rr[ok], lag[ok] + 1]
-        for L in np.unique(lag):
-            m = lag == L
-            rows.append({"p": p, "lag": int(L), "users": int(m.sum()),
-                         "returned_1": float(nxt[m].sum()) if p + L + 1 <= -1 else np.nan})
-    return pd.DataFrame(rows)
+        back = np.zeros(lag.size)
+        back[ok] = w[rows[ok], lag[ok] + 1]
+        users = np.bincount(lag, minlength=w.shape[1])
+        returned = np.bincount(lag, weights=back, minlength=w.shape[1])
+        lags = np.flatnonzero(users)
+        parts.append(pd.DataFrame({
+            "p": p, "lag": lags, "users": users[lags],
+            "returned_1": np.where(p + lags + 1 <= -1, returned[lags], np.nan)}))
+    return pd.concat(parts, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------
 # the first build's rules (for before/after), on the same draws
 
 
-def _legacy_day(sim: dict[str, Any], tickets: pd.DataFrame, e: dict[str, Any], plan: Plan,
-                d: int) -> dict[str, str]:
-    """The first build's verdicts: retention on first-exposure strata (a unit counts only when
-    first served after its enabling day; control switched before its window closed is dropped)
-    with O'Brien-Fleming spending over 7 calendar looks and a projected fraction; tickets pooled
-    over days with the exact conditional test at alpha each day; CTR on the day alone, passing
-    only when its lower bound clears the target."""
+def _legacy_days(sim: dict[str, Any], tickets: pd.DataFrame, eng: dict[int, dict[str, Any]],
+                 plan: Plan) -> dict[int, dict[str, Any]]:
+    """The first build's verdicts on days 8-14: retention on first-exposure strata
+    (:mod:`whispers_lab.stats.first_exposure`: a unit counts only when first served after its
+    enabling day; control switched before its window closed is dropped; O'Brien-Fleming
+    spending over 7 calendar looks); tickets pooled over days with the exact conditional test
+    at alpha each day; CTR on the day alone, passing only when its lower bound clears the
+    target."""
     from scipy import stats as sst
 
-    from whispers_lab.stats import sequential
-    from whispers_lab.stats.noninferiority import stratified_difference
+    from whispers_lab.stats.first_exposure import cells_from_activity as legacy_cells
+    from whispers_lab.stats.first_exposure import first_exposure_history
     from whispers_lab.stats.rates import exact_rate_ratio_ci
 
-    f, active = sim["f"], sim["active"]
-    rows = active[:, PRE:PRE + d + 1]
-    has = rows.any(axis=1)
-    idx = np.flatnonzero(has)
-    e_day = np.argmax(rows[idx], axis=1)
-    treat = f[idx] <= e_day
-    info = []
-    ests = []
-    for look in range(9, d + 1):
-        closed = e_day + 1 <= look
-        keep = closed & (treat | (e_day + 2 <= f[idx]))
-        y = active[idx[keep], PRE + e_day[keep] + 1]
-        st = pd.DataFrame({"e": e_day[keep], "t": treat[keep], "y": y})
-        g = st.groupby(["e", "t"])["y"].agg(["size", "sum"]).unstack(fill_value=0)
-        frame = pd.DataFrame({"n_t": g[("size", True)] if ("size", True) in g else 0,
-                              "sum_t": g[("sum", True)] if ("sum", True) in g else 0,
-                              "n_c": g[("size", False)] if ("size", False) in g else 0,
-                              "sum_c": g[("sum", False)] if ("sum", False) in g else 0})
-        est = stratified_difference(frame)
-        ests.append(est)
-        info.append(est.weight if est.ok and min(est.n_t, est.n_c) >= 5 else 0.0)
-    status = {"retention": "no_data"}
-    if ests:
-        design = sequential.monitor(info, 7, 0.05, "obrien_fleming")
-        est = ests[-1]
-        b = float(design["boundary"].iloc[-1])
-        if info[-1] > 0 and est.ok:
-            lo, hi = est.diff - b * est.se, est.diff + b * est.se
-            status["retention"] = ("pass" if lo > -0.02 else "fail" if hi < -0.02
-                                   else "inconclusive")
-    cum = tickets.loc[tickets["day"] <= d].groupby("arm")[["users", "tickets"]].sum()
-    t_t, t_c = int(cum.loc["treatment", "tickets"]), int(cum.loc["control", "tickets"])
-    lo, _ = exact_rate_ratio_ci(t_t, float(cum.loc["treatment", "users"]), t_c,
-                                float(cum.loc["control", "users"]), 0.05)
-    status["support_tickets"] = "fail" if lo > 1.0 else "pass"
-    ctr = e["ctr"]
-    se = math.sqrt(ctr.var_of_ratio) if ctr.n > 1 else math.inf
-    status["ctr"] = "pass" if ctr.ratio - float(sst.t.isf(0.05, max(ctr.n - 1, 1))) * se > 0.15 \
-        else "inconclusive"
-    phase = plan.phase_for_day(d)
-    held = any((cid in phase.required and st != "pass") or (cid in phase.watched and st == "fail")
-               for cid, st in status.items())
-    return {"held": held, **status}
+    cells = legacy_cells(sim["active"], sim["f"], -PRE, [1], max(DAYS))
+    hist = first_exposure_history(cells, 1, max(DAYS), min(DAYS), 0.02).set_index("day")
+    out = {}
+    for d in DAYS:
+        status = {"retention": str(hist.loc[d, "status"]) if d in hist.index else "no_data"}
+        cum = tickets.loc[tickets["day"] <= d].groupby("arm")[["users", "tickets"]].sum()
+        lo, _ = exact_rate_ratio_ci(int(cum.loc["treatment", "tickets"]),
+                                    float(cum.loc["treatment", "users"]),
+                                    int(cum.loc["control", "tickets"]),
+                                    float(cum.loc["control", "users"]), 0.05)
+        status["support_tickets"] = "fail" if lo > 1.0 else "pass"
+        ctr = eng[d]["ctr_day"]
+        se = math.sqrt(ctr.var_of_ratio) if ctr.n > 1 else math.inf
+        t = float(sst.t.isf(0.05, max(ctr.n - 1, 1)))
+        status["ctr"] = "pass" if ctr.ratio - t * se > 0.15 else "inconclusive"
+        phase = plan.phase_for_day(d)
+        held = any((cid in phase.required and st != "pass")
+                   or (cid in phase.watched and st == "fail") for cid, st in status.items())
+        out[d] = {"held": held, **status}
+    return out
 
 
 # ---------------------------------------------------------------------------------------

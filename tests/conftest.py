@@ -55,3 +55,22 @@ def scenario_export(scenario_sim, tmp_path_factory):
     path = tmp_path_factory.mktemp("sim_scen") / "scenarios.duckdb"
     scenario_sim.write(path)
     return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist (``-n 2``): every cell of a notebook runs on one worker.
+
+    nbval makes each cell a test item and the cells of a notebook share one kernel, so a cell
+    sent to another worker than the notebook's setup cell fails with a NameError. Other tests
+    are distributed one by one, as xdist's default ``load`` does."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(".ipynb") else nodeid
+
+    if config.getoption("dist") == "load":
+        return NotebooksTogether(config, log)
+    return None

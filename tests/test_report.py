@@ -126,7 +126,7 @@ def test_index_lists_every_day(report: dict) -> None:
     assert list(days) == [DAY]
     page = index_html(plan, days)
     for day in range(plan.last_day + 1):
-        assert f"<td>{day}</td>" in page
+        assert f"<td data-label='Day'>{day}</td>" in page
     assert page.count("no report yet") == plan.last_day
 
 

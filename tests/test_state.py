@@ -467,5 +467,5 @@ def test_banner_and_index_show_the_state():
     assumed = decide(results, 10, PLAN, state=cal).to_dict()
     assert "Rollout state assumed." in decision_banner_html(assumed, PLAN)
     page = index_html(PLAN, {10: doc, 11: assumed | {"day": 11}})
-    assert "<td class='off-plan'>10%</td>" in page          # day 10: 10% where 25% was planned
-    assert "<td>25% (assumed)</td>" in page
+    assert "<td class='off-plan' data-label='Stage in force'>10%</td>" in page  # 25% planned
+    assert "<td data-label='Stage in force'>25% (assumed)</td>" in page

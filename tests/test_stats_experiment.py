@@ -123,13 +123,19 @@ def test_stage_pairs_hold_the_users_shared_by_two_stages(hand_export):
         [1, 0, 1, 0, 1, 0, 0, 0, 0]   # B
 
 
-def test_numpy_twin_gives_the_same_cells_and_pairs(hand_export):
-    r = hand_export.sql(f"SELECT user_id, f_day FROM {q.RANDOMISED_TABLE} ORDER BY user_id")
+def _hand_activity(export) -> tuple[pd.DataFrame, np.ndarray]:
+    """The randomised users (sorted) and their active days -14..LAST as a boolean matrix."""
+    r = export.sql(f"SELECT user_id, f_day FROM {q.RANDOMISED_TABLE} ORDER BY user_id")
     active = np.zeros((len(r), LAST + 15), dtype=bool)
     for i, u in enumerate(r["user_id"]):
         for d in OPENS.get(u, []):
             if d <= LAST:
                 active[i, d + 14] = True
+    return r, active
+
+
+def test_numpy_twin_gives_the_same_cells_and_pairs(hand_export):
+    r, active = _hand_activity(hand_export)
     cells, pairs = cells_from_activity(active, r["f_day"].to_numpy(), [8, 10, 12, 14], -14, 14,
                                        [1, 7], LAST)
     sql_cells = q.stage_cells(hand_export, [1, 7], LAST)
@@ -354,3 +360,19 @@ def test_a_nearly_empty_export_never_passes(tmp_path, drop):
             json.dumps(r.to_dict())
             assert [x.metric for x in r.all_results() if x.status == "pass"] == []
             assert r.feedback_score.status == "no_data"
+
+
+def test_first_exposure_cells_of_the_first_build_sql_and_numpy_agree(hand_export):
+    from whispers_lab.stats import first_exposure
+
+    sql = q.first_exposure_cells(hand_export, START, at(0, 0), PLAN.day_start(LAST + 1), -14,
+                                 [1], LAST)
+    got = {(int(r.e), r.variant): (int(r.n), r.sum_y) for r in sql.itertuples()}
+    # A (8, treated, back on 9) | B, D (8, control, not back on 9) | C (first exposed on 9 as
+    # control, enabled on 10: its window closed before the switch? 9 + 1 + 1 > 10: dropped),
+    # H (9, treated, not back on 10)
+    assert got == {(8, "treatment"): (1, 1.0), (8, "control"): (2, 0.0),
+                   (9, "treatment"): (1, 0.0)}
+    r, active = _hand_activity(hand_export)
+    np_cells = first_exposure.cells_from_activity(active, r["f_day"].to_numpy(), -14, [1], LAST)
+    assert {(int(x.e), x.variant): (int(x.n), x.sum_y) for x in np_cells.itertuples()} == got

@@ -213,6 +213,15 @@ def evaluate_day(export: Export, day: int, plan: Plan,
 
     if data_end is None or data_end < start:
         results = _uncovered(day, plan, data_end)
+        if export.has("support_tickets"):
+            # a day the export does not cover may still hold a ticket (a stray row, or an
+            # export cut early): a privacy or critical-bug ticket about whispers is a rollback
+            # trigger on its own, so it is never hidden behind "no data"
+            tickets = q.ticket_counts(export, start, end)
+            fired = {r.id: r for r in (rules.trigger_privacy(tickets, plan, day),
+                                        rules.trigger_critical_bug(tickets, plan, day))
+                     if r.fired}
+            results = tuple(fired.get(r.id, r) for r in results)
         decision = decide(results, day, plan, state=state)
         empty_minutes = q.minute_series(export, start, start, min_requests=crit.min_minute_requests)
         return DayEvaluation(

@@ -150,22 +150,28 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
             f"rollback {e(_CONFIRM_WORDS.get(c['verdict'], c['verdict']))}</a>"
             for c in confirmations.get(day, []))
         if doc is None:
-            rows.append(f"<tr class='empty'><td>{day}</td><td>{date}</td><td>{e(phase)}</td>"
-                        f"<td></td><td><span class='badge none'>no report yet</span></td>"
-                        f"<td></td><td></td><td></td><td>{confirm_links}</td></tr>")
+            rows.append(f"<tr class='empty'><td data-label='Day'>{day}</td>"
+                        f"<td data-label='Date'>{date}</td><td data-label='Phase'>{e(phase)}</td>"
+                        f"<td class='blank'></td>"
+                        f"<td data-label='Decision'><span class='badge none'>no report yet</span>"
+                        f"</td><td class='blank'></td><td class='blank'></td>"
+                        f"<td class='blank'></td><td>{confirm_links}</td></tr>")
             continue
         actual, moved = _actual_stage(doc)
-        actual_cell = (f"<td class='off-plan'>{e(actual)}</td>" if moved
-                       else f"<td>{e(actual)}</td>")
+        actual_cell = (f"<td class='off-plan' data-label='Stage in force'>{e(actual)}</td>"
+                       if moved else f"<td data-label='Stage in force'>{e(actual)}</td>")
         colour, label = DECISION_STYLE.get(str(doc.get("decision")), DECISION_STYLE["ERROR"])
         link = f"{day_dir_name(day)}/report.html"
         current = " current" if day == latest else ""
         rows.append(
-            f"<tr class='{current.strip()}'><td>{day}</td><td>{date}</td><td>{e(phase)}</td>"
+            f"<tr class='{current.strip()}'><td data-label='Day'>{day}</td>"
+            f"<td data-label='Date'>{date}</td><td data-label='Phase'>{e(phase)}</td>"
             f"{actual_cell}"
-            f"<td><span class='badge' style='background:{colour}'>{e(label)}</span></td>"
-            f"<td class='why'>{e(_summary(doc))}</td><td>{e(_next_step(doc))}</td>"
-            f"<td class='when'>{e(_generated(doc))}</td>"
+            f"<td data-label='Decision'><span class='badge' style='background:{colour}'>"
+            f"{e(label)}</span></td>"
+            f"<td class='why' data-label='Why'>{e(_summary(doc))}</td>"
+            f"<td data-label='Next step'>{e(_next_step(doc))}</td>"
+            f"<td class='when' data-label='Generated (UTC)'>{e(_generated(doc))}</td>"
             f"<td><a href='{link}'>report</a>{confirm_links}</td></tr>")
 
     if latest is not None:
@@ -211,6 +217,19 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
   a.confirm.not_confirmed {{ color: #b91c1c; font-weight: 600; }}
   a.confirm.too_early {{ color: #6b7280; }}
   td.off-plan {{ color: #b45309; font-weight: 600; }}
+  /* a phone (~400 px): each day becomes a card, labelled cell by cell, instead of a table
+     wider than the screen */
+  @media (max-width: 640px) {{
+    body {{ padding: 12px; }}
+    table, tbody, tr, td {{ display: block; width: auto; }}
+    thead {{ display: none; }}
+    tr {{ border-bottom: 1px solid #e5e7eb; padding: 6px 0; }}
+    td {{ border: none; padding: 1px 0; }}
+    td.blank {{ display: none; }}
+    td[data-label]::before {{ content: attr(data-label) ": "; font-weight: 600; color: #4b5563; }}
+    .why {{ max-width: none; overflow-wrap: anywhere; }}
+    .when {{ white-space: normal; }}
+  }}
 </style>
 </head>
 <body>

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..atomic import replace_dir, restore_interrupted
 from ..communications import load_communications
+from ..decision import SCHEMA_VERSION
 from ..errors import ReportError, WhispersLabError
 from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
@@ -234,6 +235,13 @@ _TEMPLATE = """{%- extends 'index.html.j2' -%}
   .jp-RenderedHTMLCommon { font-size: 15px; line-height: 1.5; }
   .jp-OutputArea-output img { max-width: 100%; height: auto; }
   .jp-Cell { padding: 2px 0; }
+  /* narrow screens (a phone is ~400 px): long flag names and file names wrap instead of
+     running off the page (the tables then wrap their cells and fit) */
+  code, pre { overflow-wrap: anywhere; }
+  pre { white-space: pre-wrap; }
+  @media (max-width: 640px) {
+    body.jp-Notebook { padding: 8px 12px 32px; }
+  }
 </style>
 {% endblock extra_css %}
 """
@@ -452,7 +460,10 @@ _ERROR_PAGE = """<!DOCTYPE html>
          max-width: 900px; margin: 0 auto; padding: 24px; color: #222; line-height: 1.5; }}
   .banner {{ background: #6b7280; color: #fff; padding: 18px 22px; border-radius: 6px; }}
   .banner h1 {{ margin: 0 0 6px; font-size: 26px; }}
-  pre {{ background: #f3f4f6; padding: 12px; border-radius: 4px; white-space: pre-wrap; }}
+  pre {{ background: #f3f4f6; padding: 12px; border-radius: 4px; white-space: pre-wrap;
+        overflow-wrap: anywhere; }}
+  code {{ overflow-wrap: anywhere; }}
+  @media (max-width: 640px) {{ body {{ padding: 12px; }} }}
   a {{ color: #1d4ed8; }}
 </style>
 </head>
@@ -553,18 +564,21 @@ def _write_error_report(out: Path, day: int, plan: Plan, reason: str, export_nam
             when=when, previous=previous_note)
         (tmp / "report.html").write_text(page, encoding="utf-8")
         document = {
-            "schema_version": 1,
+            "schema_version": SCHEMA_VERSION,
             "generated_at": when,
             "plan": {"name": plan.name, "source": plan.source, "version": plan.version},
             "day": day,
             "date": plan.day_start(day).date().isoformat(),
             "phase": phase_doc,
             "decision": ERROR,
+            "reason_code": None,
+            "reason_text": "the run failed: no decision",
             "error": reason,
             "next_step": None,
             "reasons": [f"The report run failed; no decision was made: {reason}"],
             "blocking": [],
             "fired": [],
+            "harm": [],
             "notes": [],
             "criteria": [],
             "triggers": [],

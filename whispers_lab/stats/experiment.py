@@ -459,17 +459,21 @@ def _power(s: StatSettings, day: int, audience: str, beta_users: int,
         note = (f"{res.n} user(s): distances from the {res.threshold} target smaller than "
                 f"{m:.3g} cannot be resolved with {s.guardrail_power:.0%} power"
                 if math.isfinite(m) else f"{res.n} user(s): cannot be judged")
+        if res.status == "inconclusive" and se_r and res.n > 0:
+            note += "; " + _threshold_needs(res, se_r, tol, plan, day, s)
         if audience == "beta" and res.metric in ("feedback_score", "relevance"):
             note = f"Beta: only {res.n} user(s) answered; " + note
         rows.append(pw.PowerRow(res.metric, scale, res.n, se_r, m, gap if gap else None,
                                 float(res.n), None, note))
     mde_rr = tickets.details.get("mde_rate_ratio")
+    ticket_note = (f"detectable increase with {s.power:.0%} power: {mde_rr:.2f}x"
+                   if mde_rr and math.isfinite(mde_rr) else tickets.sentence)
+    if tickets.status == "inconclusive" and mde_rr and math.isfinite(mde_rr):
+        ticket_note += "; " + _ticket_needs(tickets, s)
     rows.append(pw.PowerRow(
         "support_tickets", "rate ratio", tickets.n, None,
         mde_rr if mde_rr is not None else math.inf, s.max_informative_rate_ratio,
-        float(tickets.details.get("information") or 0.0), None,
-        beta_note or (f"detectable increase with {s.power:.0%} power: {mde_rr:.2f}x"
-                      if mde_rr and math.isfinite(mde_rr) else tickets.sentence)))
+        float(tickets.details.get("information") or 0.0), None, beta_note or ticket_note))
     for c in canary:
         d = c.details
         se_c = None
@@ -480,6 +484,43 @@ def _power(s: StatSettings, day: int, audience: str, beta_users: int,
         rows.append(pw.PowerRow(c.metric, "ratio", c.n, se_c, m, band, float(c.n), None,
                                 beta_note or f"detectable ratio {m:.3f} vs band {band:.2f}"))
     return pw.power_table(rows)
+
+
+def _threshold_needs(res: StatResult, se: float, tol: float, plan: Plan, day: int,
+                     s: StatSettings) -> str:
+    """What an inconclusive threshold metric needs to pass, if its estimate holds: the users
+    at which the interval clears the tolerance region (the standard error shrinking as one over
+    the square root of the users), and the days at the window's traffic so far."""
+    if res.estimate is None or res.threshold is None:
+        return "no estimate yet"
+    direction = "min" if res.metric in ("ctr", "ctr_requests", "feedback_score", "relevance") \
+        else "max"
+    gap = (res.estimate - (res.threshold - tol) if direction == "min"
+           else (res.threshold + tol) - res.estimate)
+    if gap <= 0:
+        return "at this estimate more data cannot make it pass"
+    z = float(stats.norm.isf(s.alpha))
+    need = math.ceil(res.n * (z * se / gap) ** 2)
+    if need <= res.n:
+        return "enough users now if the estimate holds"
+    days = max(day - plan.window_start(res.metric, day) + 1, 1)
+    per_day = res.n / days
+    more = math.ceil((need - res.n) / per_day) if per_day > 0 else math.inf
+    return (f"needs about {need:,} users to pass if the estimate holds (about {more} more "
+            f"day(s) at this traffic)")
+
+
+def _ticket_needs(tickets: StatResult, s: StatSettings) -> str:
+    """Days until an increase of ``max_informative_rate_ratio`` becomes detectable, at the
+    information (tickets) gathered per day so far."""
+    v = float(tickets.details.get("information") or 0.0)
+    b = float(tickets.details.get("boundary") or stats.norm.isf(s.harm_alpha))
+    days = int(tickets.details.get("days") or 0)
+    if v <= 0 or days <= 0:
+        return "no tickets yet"
+    need = ((b + float(stats.norm.ppf(s.power))) / math.log(s.max_informative_rate_ratio)) ** 2
+    more = math.ceil((need - v) / (v / days))
+    return f"about {more} more day(s) of tickets at this rate to detect a {s.max_informative_rate_ratio:g}x increase"
 
 
 def _retention_days_needed(data: StagedData, sched: dz.Schedule, primary: RetentionAnalysis,

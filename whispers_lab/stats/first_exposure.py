@@ -20,6 +20,7 @@ from scipy import stats
 
 from . import sequential
 from .noninferiority import stratified_difference
+from .sufficient import sums_by
 
 LEGACY_LOOKS = 7
 LEGACY_SPENDING = "obrien_fleming"
@@ -27,14 +28,12 @@ LEGACY_SPENDING = "obrien_fleming"
 
 def _strata(cells: pd.DataFrame, k: int, day: int) -> pd.DataFrame:
     c = cells.loc[(cells["k"] == k) & (cells["e"] + k <= day)]
-    g = c.pivot_table(index="e", columns="variant", values=["n", "sum_y"], aggfunc="sum",
-                      fill_value=0)
-
-    def col(v: str, a: str) -> np.ndarray:
-        return g[(v, a)].to_numpy(float) if (v, a) in g.columns else np.zeros(len(g))
-
-    return pd.DataFrame({"n_t": col("n", "treatment"), "sum_t": col("sum_y", "treatment"),
-                         "n_c": col("n", "control"), "sum_c": col("sum_y", "control")})
+    treat = (c["variant"] == "treatment").to_numpy()
+    n = c["n"].to_numpy(float)
+    y = c["sum_y"].to_numpy(float)
+    _, t = sums_by(c["e"].to_numpy(np.int64), n_t=n * treat, sum_t=y * treat, n_c=n * ~treat,
+                   sum_c=y * ~treat)
+    return pd.DataFrame({k: t[k] for k in ("n_t", "sum_t", "n_c", "sum_c")})
 
 
 def first_exposure_history(cells: pd.DataFrame, k: int, day: int, first_look: int,
@@ -71,3 +70,30 @@ def first_exposure_history(cells: pd.DataFrame, k: int, day: int, first_look: in
     status += ["no_data"] * (len(hist) - len(status))
     hist["status"] = status
     return hist
+
+
+def cells_from_activity(active: np.ndarray, f_day: np.ndarray, base_day: int,
+                        k_values: tuple[int, ...] | list[int], last_day: int) -> pd.DataFrame:
+    """The numpy twin of :func:`whispers_lab.queries.experiment.first_exposure_cells` when a
+    user's first exposure is their first active day from day 0 (as the simulator serves it):
+    per (k, e, variant) ``n, sum_y`` from ``active[user, day - base_day]``."""
+    act = np.asarray(active, dtype=bool)
+    f = np.asarray(f_day, dtype=float)
+    window = act[:, -base_day:last_day - base_day + 1]
+    has = window.any(axis=1)
+    idx = np.flatnonzero(has)
+    e = np.argmax(window[idx], axis=1)
+    treat = f[idx] <= e
+    parts = []
+    for k in sorted(set(int(x) for x in k_values)):
+        keep = (e + k <= last_day) & (treat | (e + k + 1 <= f[idx]))
+        ek, tk = e[keep], treat[keep]
+        cols = (ek - base_day + 1)[:, None] + np.arange(k)[None, :]
+        y = act[idx[keep][:, None], cols].any(axis=1)
+        uniq, t = sums_by(ek * 2 + tk, sum_y=y)
+        parts.append(pd.DataFrame({
+            "k": k, "e": uniq // 2, "variant": np.where(uniq % 2 == 1, "treatment", "control"),
+            "n": t["n"].astype(np.int64), "sum_y": t["sum_y"]}))
+    if not parts:
+        return pd.DataFrame(columns=["k", "e", "variant", "n", "sum_y"])
+    return pd.concat(parts, ignore_index=True)

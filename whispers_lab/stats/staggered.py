@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .sufficient import sums_by
+
 #: Columns of the per-cell frame (one row per k, s, a, arm).
 CELL_COLUMNS: tuple[str, ...] = ("k", "s", "a", "arm", "n", "sum_y", "sum_yy", "sum_x",
                                  "sum_xx", "sum_xy")
@@ -282,32 +284,22 @@ def cells_from_activity(active: np.ndarray, f_day: np.ndarray, stages: tuple[int
 
 def _group_cells(k: int, s: int, a: np.ndarray, arm: np.ndarray, y: np.ndarray,
                  x: np.ndarray) -> pd.DataFrame:
-    key = a.astype(np.int64) * 2 + arm
-    uniq, inv = np.unique(key, return_inverse=True)
-
-    def total(v: np.ndarray) -> np.ndarray:
-        return np.bincount(inv, weights=v, minlength=uniq.size)
-
-    return pd.DataFrame({
-        "k": k, "s": s, "a": uniq // 2, "arm": np.where(uniq % 2 == 1, "treatment", "control"),
-        "n": np.bincount(inv, minlength=uniq.size), "sum_y": total(y), "sum_yy": total(y * y),
-        "sum_x": total(x), "sum_xx": total(x * x), "sum_xy": total(x * y)})
+    uniq, t = sums_by(a.astype(np.int64) * 2 + arm, sum_y=y, sum_yy=y * y, sum_x=x,
+                      sum_xx=x * x, sum_xy=x * y)
+    return pd.DataFrame({"k": k, "s": s, "a": uniq // 2,
+                         "arm": np.where(uniq % 2 == 1, "treatment", "control"),
+                         "n": t["n"].astype(np.int64), **{c: t[c] for c in CELL_COLUMNS[5:]}})
 
 
 def _group_pairs(k: int, s1: int, s2: int, a1: np.ndarray, arm1: np.ndarray, y1: np.ndarray,
                  x1: np.ndarray, a2: np.ndarray, arm2: np.ndarray, y2: np.ndarray,
                  x2: np.ndarray) -> pd.DataFrame:
     key = ((a1.astype(np.int64) * 2 + arm1) * 100_000 + a2.astype(np.int64) * 2 + arm2)
-    uniq, inv = np.unique(key, return_inverse=True)
-
-    def total(v: np.ndarray) -> np.ndarray:
-        return np.bincount(inv, weights=v, minlength=uniq.size)
-
+    uniq, t = sums_by(key, y1=y1, y2=y2, x1=x1, x2=x2, y1y2=y1 * y2, y1x2=y1 * x2,
+                      x1y2=x1 * y2, x1x2=x1 * x2)
     left, right = uniq // 100_000, uniq % 100_000
     return pd.DataFrame({
         "k": k, "s1": s1, "a1": left // 2,
         "arm1": np.where(left % 2 == 1, "treatment", "control"), "s2": s2, "a2": right // 2,
         "arm2": np.where(right % 2 == 1, "treatment", "control"),
-        "n": np.bincount(inv, minlength=uniq.size), "y1": total(y1), "y2": total(y2),
-        "x1": total(x1), "x2": total(x2), "y1y2": total(y1 * y2), "y1x2": total(y1 * x2),
-        "x1y2": total(x1 * y2), "x1x2": total(x1 * x2)})
+        "n": t["n"].astype(np.int64), **{c: t[c] for c in PAIR_COLUMNS[8:]}})

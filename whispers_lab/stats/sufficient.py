@@ -166,3 +166,14 @@ def regression_from_units(y: np.ndarray, x: np.ndarray) -> RegressionStat:
     x = np.asarray(x, dtype=float)
     return RegressionStat(int(y.size), float(y.sum()), float((y * y).sum()), float(x.sum()),
                           float((x * x).sum()), float((x * y).sum()))
+
+
+def sums_by(key: np.ndarray, **values: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Group rows by an integer ``key``: the sorted distinct keys, and for each named column
+    its sum per key (``n``: the row count per key, always included). The numpy building block
+    of the aggregates built outside SQL (Monte Carlo twins, small frames)."""
+    uniq, inv = np.unique(np.asarray(key), return_inverse=True)
+    out = {"n": np.bincount(inv, minlength=uniq.size).astype(float)}
+    for name, v in values.items():
+        out[name] = np.bincount(inv, weights=np.asarray(v, dtype=float), minlength=uniq.size)
+    return uniq, out

@@ -28,6 +28,7 @@ never a ticket of the rollout itself.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -37,6 +38,7 @@ from scipy import signal, stats
 from ..results import StatResult
 from . import design as dz
 from .settings import StatSettings
+from .sufficient import sums_by
 
 METHOD = ("Poisson rate ratio per user-day stratified by day (GLM with day effects); stratified "
           "conditional score test of an increase, sequential over the daily looks")
@@ -46,17 +48,12 @@ def wide_days(days: pd.DataFrame) -> pd.DataFrame:
     """``day, arm, users, tickets`` -> one row per day: ``day, n_t, n_c, t, c``."""
     if days is None or days.empty:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in ("day", "n_t", "n_c", "t", "c")})
-    day = days["day"].to_numpy(np.int64)
-    uniq, inv = np.unique(day, return_inverse=True)
     treat = (days["arm"] == "treatment").to_numpy()
     users = days["users"].to_numpy(float)
     tickets = days["tickets"].to_numpy(float)
-
-    def total(v: np.ndarray) -> np.ndarray:
-        return np.bincount(inv, weights=v, minlength=uniq.size)
-
-    return pd.DataFrame({"day": uniq, "n_t": total(users * treat), "n_c": total(users * ~treat),
-                         "t": total(tickets * treat), "c": total(tickets * ~treat)})
+    uniq, t = sums_by(days["day"].to_numpy(np.int64), n_t=users * treat, n_c=users * ~treat,
+                      t=tickets * treat, c=tickets * ~treat)
+    return pd.DataFrame({"day": uniq, **{c: t[c] for c in ("n_t", "n_c", "t", "c")}})
 
 
 def score_statistic(wide: pd.DataFrame, ratio: float = 1.0) -> tuple[float, float]:
@@ -112,7 +109,9 @@ def poisson_ratio(wide: pd.DataFrame) -> tuple[float, float]:
     treat = np.concatenate([np.ones(k), np.zeros(k)])
     day_fx = np.vstack([np.eye(k), np.eye(k)])
     x = np.column_stack([treat, day_fx])
-    fit = sm.GLM(y, x, family=sm.families.Poisson(), offset=np.log(expo)).fit()
+    with warnings.catch_warnings():   # a day without tickets in one arm: its effect is +-inf,
+        warnings.simplefilter("ignore")  # which does not touch the common ratio
+        fit = sm.GLM(y, x, family=sm.families.Poisson(), offset=np.log(expo)).fit()
     return float(fit.params[0]), float(fit.bse[0])
 
 

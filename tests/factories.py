@@ -72,10 +72,15 @@ def valid_tables() -> dict[str, pd.DataFrame]:
     db_metrics = pd.DataFrame({
         "timestamp": [T0, T0 + dt.timedelta(minutes=1)], "p95_query_ms": [20.0, 21.5],
     })
+    flag_changes = pd.DataFrame({  # whispers on for the internal team at day 0, 10% on day 8
+        "changed_at": [T0, T0 + dt.timedelta(days=8, hours=9)],
+        "flag": ["NEXT_PUBLIC_WHISPERS_ENABLED"] * 2, "value": ["true", "true"],
+        "percentage": [None, 10.0], "audience": ["internal", "percentage"],
+    })
     return {
         "users": users, "exposures": exposures, "telemetry": telemetry, "api_logs": api_logs,
         "ranking_candidates": candidates, "feedback": feedback, "support_tickets": tickets,
-        "db_metrics": db_metrics,
+        "db_metrics": db_metrics, "flag_changes": flag_changes,
     }
 
 

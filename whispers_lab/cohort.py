@@ -28,8 +28,8 @@ users, so ten million ids take a few seconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ import pyarrow as pa
 from .contract import EXPOSURES, USERS, VARIANTS
 from .errors import WhispersLabError
 from .plan import Plan
+
+if TYPE_CHECKING:
+    from .state import RolloutState
 
 # -- constants ---------------------------------------------------------------------------------
 
@@ -442,6 +445,21 @@ def _arrays(users: pd.DataFrame, plan: Plan, beta: BetaSelection | None) -> _Arr
     return _Arrays(bucket=bucket, category=category, first_day=first_day, beta=beta)
 
 
+#: Assignment categories of :func:`categories` (who a stage enables, whatever the day).
+CATEGORY_INTERNAL, CATEGORY_BETA, CATEGORY_BUCKETED, CATEGORY_HOLDOUT = (
+    _INTERNAL, _BETA, _BUCKETED, _HOLDOUT)
+CATEGORY_NAMES: tuple[str, ...] = ("internal", "beta", "bucketed", "holdout")
+
+
+def categories(users: pd.DataFrame, plan: Plan, *, beta: BetaSelection | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket, category, first enabled day) of every user, hashing once: the category
+    (:data:`CATEGORY_NAMES` index) says which audience enables the user (internal team, beta,
+    percentage by bucket, never); the day is :func:`first_enabled_day`'s."""
+    arr = _arrays(users, plan, beta)
+    return arr.bucket, arr.category, arr.first_day
+
+
 def first_enabled_day(users: pd.DataFrame, plan: Plan, *, beta: BetaSelection | None = None
                       ) -> np.ndarray:
     """Rollout day each user is first enabled (``float64``; ``np.inf`` = never).
@@ -454,9 +472,16 @@ def first_enabled_day(users: pd.DataFrame, plan: Plan, *, beta: BetaSelection | 
     return _arrays(users, plan, beta).first_day
 
 
-def assign(users: pd.DataFrame, day: int, plan: Plan, *, beta: BetaSelection | None = None
-           ) -> pd.DataFrame:
+def assign(users: pd.DataFrame, day: int, plan: Plan, *, beta: BetaSelection | None = None,
+           state: RolloutState | None = None) -> pd.DataFrame:
     """The intended variant of every user on rollout ``day``.
+
+    ``state``: the rollout's actual state (:mod:`whispers_lab.state`); then the variant is what
+    the stage actually in force at the end of ``day`` serves (after a hold the held stage, after
+    a rollback nobody), ``first_enabled_day`` the first day the state enabled the user
+    (intention to treat: a rollback does not undo it), and ``reason`` says ``internal`` /
+    ``beta`` for those users whatever the stage (they are never randomised). Without it: the
+    plan's calendar.
 
     ``users`` has the contract ``users`` columns (``signup_at`` is not needed). Returns one row per
     user, in input order: ``user_id``, ``bucket`` (int32), ``variant`` and ``reason``
@@ -469,6 +494,8 @@ def assign(users: pd.DataFrame, day: int, plan: Plan, *, beta: BetaSelection | N
     :class:`~whispers_lab.errors.PlanError` for a day before the rollout start.
     """
     plan.phase_for_day(day)  # PlanError for day < 0
+    if state is not None:
+        return _assign_by_state(users, day, state, beta)
     arr = _arrays(users, plan, beta)
     enabled = arr.first_day <= day
     reason = np.full(len(users), _REASON_CODE["not_eligible"], dtype=np.int8)
@@ -486,6 +513,35 @@ def assign(users: pd.DataFrame, day: int, plan: Plan, *, beta: BetaSelection | N
     })
     out.attrs["beta"] = arr.beta
     out.attrs["day"] = int(day)
+    return out
+
+
+def _assign_by_state(users: pd.DataFrame, day: int, state: RolloutState,
+                     beta: BetaSelection | None) -> pd.DataFrame:
+    arr = _arrays(users, state.dated_plan(), beta)
+    on = np.zeros(len(users), dtype=bool)
+    on[arr.category == _INTERNAL] = state.internal_on(day)
+    on[arr.category == _BETA] = state.beta_on(day)
+    bucketed = arr.category == _BUCKETED
+    on[bucketed] = arr.bucket[bucketed] < state.threshold_on(day)
+    reason = np.full(len(users), _REASON_CODE["not_eligible"], dtype=np.int8)
+    reason[on & bucketed] = _REASON_CODE["percentage"]
+    beta_on = (arr.category == _BETA) & ((arr.first_day <= day) | on)
+    reason[beta_on] = _REASON_CODE["beta"]
+    reason[(arr.category == _BETA) & ~beta_on & on] = _REASON_CODE["percentage"]
+    reason[arr.category == _HOLDOUT] = _REASON_CODE["holdout"]
+    reason[arr.category == _INTERNAL] = _REASON_CODE["internal"]
+    out = pd.DataFrame({
+        USER_ID: users[USER_ID].reset_index(drop=True),
+        "bucket": arr.bucket,
+        "variant": pd.Categorical.from_codes(np.where(on, 0, 1).astype(np.int8),
+                                             categories=list(VARIANTS)),
+        "reason": pd.Categorical.from_codes(reason, categories=list(REASONS)),
+        "first_enabled_day": arr.first_day,
+    })
+    out.attrs["beta"] = arr.beta
+    out.attrs["day"] = int(day)
+    out.attrs["state"] = state.source
     return out
 
 
@@ -513,11 +569,21 @@ class ExpectedSplit:
     sentence: str
 
 
-def expected_split(day: int, plan: Plan) -> ExpectedSplit:
-    """The split a sample-ratio check compares against (raises PlanError for ``day < 0``)."""
+def expected_split(day: int, plan: Plan, state: RolloutState | None = None) -> ExpectedSplit:
+    """The split a sample-ratio check compares against (raises PlanError for ``day < 0``):
+    the stage the plan's calendar has on ``day``, or with ``state`` the stage actually in force
+    at the end of ``day`` (a held stage, nobody after a rollback)."""
     phase = plan.phase_for_day(day)
     a = plan.assignment
-    threshold = stage_threshold(phase.percentage, plan)
+    if state is not None:
+        phase = state.phase_on(day)
+        stage = state.stage_on(day)
+        threshold = state.threshold_on(day)
+        pct = 0.0 if stage.off else float(stage.percentage)
+        phase = replace(phase, percentage=pct, name=phase.name + (
+            " (rolled back: whispers off)" if stage.off else ""))
+    else:
+        threshold = stage_threshold(phase.percentage, plan)
     treatment = threshold / a.buckets
     control = 1.0 - treatment
     holdout_share = a.holdout_buckets / a.buckets
@@ -623,9 +689,32 @@ def reason_counts(assigned: pd.DataFrame) -> dict[str, int]:
 
 
 __all__ = [
-    "ASSIGNMENT_COLUMNS", "EXCLUDED_REASONS", "FNV_OFFSET", "FNV_PRIME", "REASONS",
-    "TREATMENT_REASONS", "BetaSelection", "CohortError", "ExpectedSplit", "MismatchReport",
-    "assign", "bucket_of", "bucket_of_one", "check_users", "expected_split", "first_enabled_day",
-    "fmix32", "fnv1a32", "hash_key", "hash_of", "holdout_start", "reason_counts", "select_beta",
-    "served_mismatch", "stage_threshold", "threshold_on",
+    "ASSIGNMENT_COLUMNS",
+    "CATEGORY_NAMES",
+    "EXCLUDED_REASONS",
+    "FNV_OFFSET",
+    "FNV_PRIME",
+    "REASONS",
+    "TREATMENT_REASONS",
+    "BetaSelection",
+    "CohortError",
+    "ExpectedSplit",
+    "MismatchReport",
+    "assign",
+    "bucket_of",
+    "bucket_of_one",
+    "categories",
+    "check_users",
+    "expected_split",
+    "first_enabled_day",
+    "fmix32",
+    "fnv1a32",
+    "hash_key",
+    "hash_of",
+    "holdout_start",
+    "reason_counts",
+    "select_beta",
+    "served_mismatch",
+    "stage_threshold",
+    "threshold_on",
 ]

@@ -230,6 +230,56 @@ DB_METRICS = Table(
     description="Database health, one row per minute.",
 )
 
+#: Feature flags of the whispers rollout (the plan's ``[flags]``; ``whispers_lab.plan.FLAG_NAMES``).
+FLAG_NAMES = ("NEXT_PUBLIC_WHISPERS_ENABLED", "NEXT_PUBLIC_WHISPERS_CONTEXT_RANKING",
+              "NEXT_PUBLIC_WHISPERS_MAX", "NEXT_PUBLIC_WHISPERS_RANKING_TIMEOUT_MS")
+FLAG_AUDIENCES = ("internal", "beta", "percentage")
+
+FLAG_CHANGES = Table(
+    "flag_changes",
+    (
+        Column("changed_at", "TIMESTAMP", description="when production applied the change (UTC)"),
+        Column("flag", "VARCHAR", allowed=FLAG_NAMES),
+        Column("value", "VARCHAR", description="the value set, as text: 'true' / 'false' for the "
+                                               "two booleans, a whole number for the others"),
+        Column("percentage", "DOUBLE", nullable=True, minimum=0, maximum=100,
+               description="share of external, non-holdout users enabled by bucket; set when "
+                           "NEXT_PUBLIC_WHISPERS_ENABLED is set 'true' for audience 'percentage'"),
+        Column("audience", "VARCHAR", nullable=True, allowed=FLAG_AUDIENCES,
+               description="who NEXT_PUBLIC_WHISPERS_ENABLED = 'true' enables: the internal "
+                           "team, the beta users (and the internal team), or a percentage "
+                           "(and both)"),
+    ),
+    required=False,
+    unique=(("changed_at", "flag"),),
+    rules=(
+        RowRule("flag_value", ("flag", "value"),
+                "CASE WHEN flag IN ('NEXT_PUBLIC_WHISPERS_ENABLED', "
+                "'NEXT_PUBLIC_WHISPERS_CONTEXT_RANKING') THEN value IN ('true', 'false') "
+                "ELSE coalesce(TRY_CAST(value AS BIGINT) > 0, false) END",
+                "value 'true' or 'false' for the boolean flags, a whole number > 0 for "
+                "NEXT_PUBLIC_WHISPERS_MAX and NEXT_PUBLIC_WHISPERS_RANKING_TIMEOUT_MS"),
+        RowRule("enabled_audience", ("flag", "value", "audience"),
+                "NOT (flag = 'NEXT_PUBLIC_WHISPERS_ENABLED' AND value = 'true') "
+                "OR audience IS NOT NULL",
+                "audience set on every NEXT_PUBLIC_WHISPERS_ENABLED = 'true' row"),
+        RowRule("percentage_stage", ("flag", "value", "audience", "percentage"),
+                "NOT (flag = 'NEXT_PUBLIC_WHISPERS_ENABLED' AND value = 'true' "
+                "AND audience = 'percentage') OR coalesce(percentage > 0, false)",
+                "percentage above 0 on every NEXT_PUBLIC_WHISPERS_ENABLED = 'true' row for "
+                "audience 'percentage'"),
+    ),
+    time_column="changed_at",
+    description=(
+        "The rollout's flag-change log: one row each time production changed a whispers flag. "
+        "When present it is the rollout's actual state (`whispers_lab/state.py`): which stage "
+        "was in force from when. It must hold every change of NEXT_PUBLIC_WHISPERS_ENABLED since "
+        "the rollout began (before its first such row whispers are off); rows after the "
+        "analysed day are not read. Without it the state comes from the workbench's own "
+        "decisions, else from the plan's calendar (assumed)."
+    ),
+)
+
 #: Telemetry rows that repeat an event under a new ``event_id``: same values in these columns
 #: and a ``created_at`` at most this many seconds after the previous such row. Counted once
 #: (the export's ``telemetry`` view leaves the repeats out); validation says how many.
@@ -238,6 +288,7 @@ DUPLICATE_EVENT_SECONDS = 1.0
 
 TABLES: tuple[Table, ...] = (
     USERS, EXPOSURES, TELEMETRY, API_LOGS, RANKING_CANDIDATES, FEEDBACK, SUPPORT_TICKETS, DB_METRICS,
+    FLAG_CHANGES,
 )
 CONTRACT: dict[str, Table] = {t.name: t for t in TABLES}
 REQUIRED_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.required)

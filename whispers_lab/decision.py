@@ -39,14 +39,17 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .atomic import write_text_atomic
 from .plan import TRIGGER_IDS, FlagValue, Phase, Plan
 from .results import CriterionResult
 
+if TYPE_CHECKING:
+    from .state import RolloutState
+
 Verdict = Literal["GO", "NO_GO", "ROLLBACK"]
-Action = Literal["continue", "advance", "complete", "hold", "rollback"]
+Action = Literal["continue", "advance", "complete", "hold", "rollback", "reenable"]
 Role = Literal["required", "watched", "info"]
 
 SCHEMA_VERSION = 2
@@ -134,6 +137,9 @@ class Decision:
     notes: tuple[str, ...] = field(default=())
     code: str = "all_pass"
     harm: tuple[str, ...] = ()
+    #: the rollout's state (``RolloutState.to_dict(day)``); None: the plan's calendar, not
+    #: recorded (decisions made without a state)
+    state: Mapping[str, Any] | None = None
 
     @property
     def code_text(self) -> str:
@@ -187,6 +193,7 @@ class Decision:
             "notes": list(self.notes),
             "criteria": [self._entry(r) for r in self.criteria],
             "triggers": [self._entry(r) for r in self.triggers],
+            **({"state": dict(self.state)} if self.state is not None else {}),
         }
 
     def to_json(self, path: str | Path | None = None, *,
@@ -211,18 +218,16 @@ def _phase_step(action: Action, day: int, phase: Phase,
 
 
 def next_step(verdict: Verdict, day: int, plan: Plan,
-              blocking: Sequence[str] = ()) -> NextStep:
-    """The plan's next step after ``verdict`` on ``day``."""
+              blocking: Sequence[str] = (), state: RolloutState | None = None) -> NextStep:
+    """The plan's next step after ``verdict`` on ``day``: from the plan's calendar, or with
+    ``state`` from the stage actually in force (a held stage is held again or advanced from
+    where it is; a GO while whispers are off re-enables them at the plan's restart phase)."""
+    if state is not None:
+        return _state_step(verdict, day, state, blocking)
     current = plan.phase_for_day(day)
     tomorrow = day + 1
     if verdict == "ROLLBACK":
-        flags = dict(current.flags)
-        flags.update(plan.rollback_flags)
-        steps = tuple(s.format(minutes=plan.rollback_monitor_minutes)
-                      for s in ROLLBACK_INSTRUCTIONS)
-        return NextStep(action="rollback", day=tomorrow, phase=current.id, audience="none",
-                        percentage=0.0, environment=current.environment, flags=flags,
-                        instructions=steps, monitor_minutes=plan.rollback_monitor_minutes)
+        return _rollback_step(plan, current, tomorrow)
     if verdict == "NO_GO":
         what = ", ".join(blocking) if blocking else "the blocking criteria"
         return _phase_step("hold", tomorrow, current, (
@@ -230,11 +235,7 @@ def next_step(verdict: Verdict, day: int, plan: Plan,
             f"Resolve {what} and evaluate again.",
         ))
     if day >= plan.last_day:
-        return _phase_step("complete", tomorrow, plan.phases[-1], (
-            "The plan's last day passed with GO: keep the full rollout.",
-            "Post-rollout tasks: remove the feature flags, optimise performance, document "
-            "lessons learned.",
-        ))
+        return _complete_step(plan, tomorrow)
     nxt = plan.phase_for_day(tomorrow)
     if nxt.id != current.id:
         return _phase_step("advance", tomorrow, nxt, (
@@ -243,6 +244,104 @@ def next_step(verdict: Verdict, day: int, plan: Plan,
     return _phase_step("continue", tomorrow, current, (
         f"Continue {current.name} ({_audience_text(current)}) on day {tomorrow}.",
     ))
+
+
+def _rollback_step(plan: Plan, current: Phase, tomorrow: int) -> NextStep:
+    flags = dict(current.flags)
+    flags.update(plan.rollback_flags)
+    steps = tuple(s.format(minutes=plan.rollback_monitor_minutes) for s in ROLLBACK_INSTRUCTIONS)
+    return NextStep(action="rollback", day=tomorrow, phase=current.id, audience="none",
+                    percentage=0.0, environment=current.environment, flags=flags,
+                    instructions=steps, monitor_minutes=plan.rollback_monitor_minutes)
+
+
+def _complete_step(plan: Plan, tomorrow: int) -> NextStep:
+    return _phase_step("complete", tomorrow, plan.phases[-1], (
+        "The plan's last day passed with GO: keep the full rollout.",
+        "Post-rollout tasks: remove the feature flags, optimise performance, document "
+        "lessons learned.",
+    ))
+
+
+def _state_step(verdict: Verdict, day: int, state: RolloutState,
+                blocking: Sequence[str]) -> NextStep:
+    from .state import after_decision
+
+    plan = state.plan
+    stage = state.stage_on(day)
+    current = state.phase_on(day)
+    tomorrow = day + 1
+    planned = plan.phase_for_day(tomorrow)
+    if verdict == "ROLLBACK":
+        return _rollback_step(plan, current, tomorrow)
+    nxt = after_decision(plan, stage, verdict, day)
+    if stage.off:
+        if nxt is not stage:  # GO while off: re-enable at the plan's restart phase
+            phase = _plan_phase(plan, nxt.phase)
+            return _phase_step("reenable", tomorrow, phase, (
+                f"Re-enable whispers at {phase.name} ({_audience_text(phase)}) from day "
+                f"{tomorrow}: the plan restarts a rolled-back rollout there.",
+                "Only once the root cause of the rollback has been found and fixed.",
+            ))
+        flags = dict(current.flags)
+        flags.update(plan.rollback_flags)
+        what = ", ".join(blocking) if blocking else "the root cause"
+        return NextStep(action="hold", day=tomorrow, phase=current.id, audience="none",
+                        percentage=0.0, environment=current.environment, flags=flags,
+                        instructions=(f"Keep whispers off (off since day {stage.day}).",
+                                      f"Resolve {what}; a GO re-enables them at "
+                                      f"{_plan_phase(plan, _restart(plan, stage.phase)).name}."))
+    held = _stage_text(stage)
+    if verdict == "NO_GO":
+        what = ", ".join(blocking) if blocking else "the blocking criteria"
+        behind = (f" The plan's calendar has {planned.name} on day {tomorrow}; every hold "
+                  f"moves the later stages one day." if planned.id != stage.phase else "")
+        return _held_step(tomorrow, current, stage, (
+            f"Hold at the current audience ({held}, in force since day {stage.day}); do not "
+            f"advance.{behind}",
+            f"Resolve {what} and evaluate again.",
+        ))
+    if nxt is not stage:
+        phase = _plan_phase(plan, nxt.phase)
+        return _phase_step("advance", tomorrow, phase, (
+            f"Advance to {phase.name}: {_audience_text(phase)} from day {tomorrow}"
+            + (f" (the plan's calendar had it on day {phase.first_day})."
+               if phase.first_day != tomorrow else "."),
+        ))
+    if stage.phase == plan.phases[-1].id:
+        return _complete_step(plan, tomorrow)
+    return _held_step(tomorrow, current, stage, (
+        f"Continue {current.name} ({held}) on day {tomorrow}.",), action="continue")
+
+
+def _held_step(tomorrow: int, current: Phase, stage: Any, instructions: tuple[str, ...],
+               action: Action = "hold") -> NextStep:
+    """The stage in force, as it is (its own percentage when the flag log has one the plan
+    does not name)."""
+    step = _phase_step(action, tomorrow, current, instructions)
+    if stage.audience == "percentage" and float(stage.percentage) != float(current.percentage):
+        step = NextStep(action=step.action, day=step.day, phase=step.phase,
+                        audience=step.audience, percentage=float(stage.percentage),
+                        environment=step.environment, flags=step.flags,
+                        instructions=step.instructions)
+    return step
+
+
+def _plan_phase(plan: Plan, pid: str) -> Phase:
+    return next(p for p in plan.phases if p.id == pid)
+
+
+def _restart(plan: Plan, pid: str) -> str:
+    from .state import restart_phase
+
+    return restart_phase(plan, pid).id
+
+
+def _stage_text(stage: Any) -> str:
+    if stage.audience == "percentage":
+        return f"{stage.percentage:g}% of active users"
+    return {"beta": "the beta users", "internal": "the internal team"}.get(stage.audience,
+                                                                           stage.audience)
 
 
 def _audience_text(phase: Phase) -> str:
@@ -257,9 +356,14 @@ def _audience_text(phase: Phase) -> str:
 # decide
 
 
-def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision:
-    """GO / NO_GO / ROLLBACK for ``day`` from the day's results (see the module docstring)."""
-    phase = plan.phase_for_day(day)
+def decide(results: Sequence[CriterionResult], day: int, plan: Plan,
+           state: RolloutState | None = None) -> Decision:
+    """GO / NO_GO / ROLLBACK for ``day`` from the day's results (see the module docstring).
+
+    ``state``: the rollout's actual state (:mod:`whispers_lab.state`): the phase whose
+    requirements apply is the stage in force on ``day`` (after a hold on day 9, day 10 is
+    still the 10% phase), the next step follows from it, and ``decision.json`` records it."""
+    phase = state.phase_on(day) if state is not None else plan.phase_for_day(day)
     results = tuple(results)
     roles: dict[str, Role] = {r.id: role_of(r, phase) for r in results}
     present = {r.id for r in results if r.kind == "criterion"}
@@ -330,9 +434,12 @@ def decide(results: Sequence[CriterionResult], day: int, plan: Plan) -> Decision
         n_req = len(phase.required)
         reasons.insert(0, f"All {n_req} required criteria of {phase.name} pass, no watched "
                           f"criterion fails and no rollback trigger fired.")
-    step = next_step(verdict, day, plan, blocking_ids)
+    step = next_step(verdict, day, plan, blocking_ids, state=state)
+    record = state.to_dict(day) if state is not None else None
+    if state is not None:
+        notes.extend(f"Rollout state: {w}" for w in state.warnings)
     return Decision(day=day, date=plan.day_start(day).date(), phase=phase, decision=verdict,
                     next_step=step, reasons=tuple(reasons), results=results, roles=roles,
                     blocking=blocking_ids, fired=fired, plan_name=plan.name,
                     plan_source=plan.source, plan_version=plan.version, notes=tuple(notes),
-                    code=code, harm=harm)
+                    code=code, harm=harm, state=record)

@@ -7,23 +7,32 @@ evaluating day 9 of a 14-day export gives what an analyst would have seen on the
 day 9. An export that ends before the day yields no_data everywhere and a NO_GO that says so.
 If the statistics package is missing, or raises a :class:`WhispersLabError` on the export, its
 criteria are no_data with that message (never a pass).
+
+Everything follows the rollout's actual state (:mod:`whispers_lab.state`): the export's flag
+log, else the decisions of earlier days in the report folder, else the plan's calendar
+(assumed, and the decision says so). The plan is read as the state dated it (the phase of the
+day, thresholds, windows, each user's enabling day), the statistics get the state, and
+``assignment_integrity`` compares what every active user was served with what the state plans.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from . import cohort, rules
 from . import qa as qa_module
-from . import rules
 from .decision import Decision, decide
 from .errors import WhispersLabError
 from .export import Export
 from .plan import CRITERION_IDS, TRIGGER_IDS, Phase, Plan
+from .queries import experiment as qe
 from .queries import monitoring as q
+from .queries import state as qs
 from .results import CriterionResult
 from .rules import (
     STAT_CRITERIA,
@@ -33,6 +42,7 @@ from .rules import (
     threshold,
     windows_from_runs,
 )
+from .state import RolloutState, resolve_state
 
 #: Minutes before midnight searched for the start of a run that reaches into the day.
 RUN_LOOKBACK_MINUTES = 60
@@ -62,6 +72,7 @@ class DayEvaluation:
     db_limit_ms: float | None = None
     stats: Any = None
     aggregates: dict[str, Any] = field(default_factory=dict)
+    state: RolloutState | None = None
 
     @property
     def results(self) -> tuple[CriterionResult, ...]:
@@ -77,14 +88,15 @@ class DayEvaluation:
         return tuple(w for w in self.windows if w.trigger == trigger)
 
 
-def _stat_results(export: Export, day: int, plan: Plan) -> tuple[Any, str | None]:
+def _stat_results(export: Export, day: int, plan: Plan,
+                  state: RolloutState | None = None) -> tuple[Any, str | None]:
     """The statistics package's results, or (None, why) when it is not installed yet."""
     try:
         from .stats import experiment_results  # the statistics package, optional at import
     except ImportError as exc:
         return None, f"The statistics package is not available ({exc})."
     try:
-        return experiment_results(export, day, plan), None
+        return experiment_results(export, day, plan, state=state), None
     except WhispersLabError as exc:  # input the statistics cannot use: say so, do not pass
         return None, f"The statistics could not be computed: {exc}"
 
@@ -128,17 +140,75 @@ def _with_power(result: CriterionResult, stats: Any) -> CriterionResult:
                            details=result.details | extra, code=result.code)
 
 
+#: Criteria whose by-plan (intention-to-treat) comparison the dilution note goes with.
+DILUTED_CRITERIA: tuple[str, ...] = ("retention", "support_tickets")
+
+
+def _with_dilution(result: CriterionResult, dil: dict[str, Any] | None) -> CriterionResult:
+    """A by-plan comparison with how much serving against the plan diluted it."""
+    if dil is None or result.id not in DILUTED_CRITERIA:
+        return result
+    return CriterionResult(id=result.id, kind=result.kind, value=result.value,
+                           threshold=result.threshold, status=result.status,
+                           reason=result.reason + dil["sentence"], unit=result.unit,
+                           details=result.details | {"dilution": {
+                               k: v for k, v in dil.items() if k != "sentence"}},
+                           code=result.code)
+
+
+def _integrity(export: Export, day: int, plan: Plan, state: RolloutState
+               ) -> tuple[CriterionResult, dict[str, Any] | None, pd.DataFrame]:
+    """``assignment_integrity`` of the day, the dilution of the by-plan comparisons since the
+    first percentage day, and the per-day served-vs-planned counts behind them."""
+    from .stats.settings import StatSettings
+    from .stats.srm import srm_test
+
+    users = qe.users_for_assignment(export)
+    if len(users):
+        bucket, category, _ = cohort.categories(users, plan)
+        names = [cohort.CATEGORY_NAMES[int(c)] for c in category]
+    else:  # no users: nobody can be compared (no_data)
+        bucket, names = [], []
+    qs.register_assignment(export, users["user_id"], names, bucket)
+    intervals = state.intervals(day)
+    qs.register_intervals(export, intervals)
+    first_pct = min((d for d, _ in plan.percentage_stages()), default=day)
+    lo_day = min(first_pct, day)
+    counts = qs.served_vs_planned(export, plan.start_date, plan.day_start(lo_day),
+                                  plan.day_start(day + 1))
+    shares = qs.bucket_share(export, plan.start_date, plan.day_start(day), plan.day_start(day + 1))
+    share_of = dict(zip(intervals["interval_id"],
+                        qs.interval_share(intervals, plan.assignment.buckets,
+                                          plan.assignment.holdout_buckets), strict=True))
+    shares["share_t"] = shares["interval_id"].map(share_of)
+    random = shares.loc[(shares["share_t"] > 0) & (shares["share_t"] < 1)]
+    share_stat = (srm_test(random[["day", "n_t", "n_c", "share_t"]].reset_index(drop=True),
+                           StatSettings.from_plan(plan), day) if len(random) else None)
+    today = counts.loc[counts["day"] == day]
+    result = rules.assignment_integrity(today, share_stat, plan, day,
+                                        state_sentence=state.sentence(day))
+    dil = rules.dilution(counts.loc[counts["day"] >= first_pct]) if day >= first_pct else None
+    return result, dil, counts
+
+
 def evaluate_day(export: Export, day: int, plan: Plan,
-                 qa: qa_module.QaResults | None = None) -> DayEvaluation:
+                 qa: qa_module.QaResults | None = None, *,
+                 state: RolloutState | None = None,
+                 reports_dir: str | Path | None = None) -> DayEvaluation:
     """Evaluate rollout day ``day``: every criterion and trigger, the decision, chart series.
 
     ``qa``: the day's QA results (:func:`whispers_lab.qa.read_qa_results`); None: none given,
-    so ``qa_scenarios`` has no data."""
-    phase = plan.phase_for_day(day)
+    so ``qa_scenarios`` has no data. ``state``: the rollout's actual state; None: resolved
+    (:func:`whispers_lab.state.resolve_state`) from the export's flag log, else the decisions
+    of earlier days in ``reports_dir``, else the plan's calendar (assumed)."""
+    data_end = q.data_end(export)
+    if state is None:
+        state = resolve_state(export, plan, day, reports_dir, data_end=data_end)
+    plan = state.dated_plan()
+    phase = state.phase_on(day)
     start, end = plan.day_start(day), plan.day_start(day + 1)
     crit = plan.criteria
     trig = plan.triggers
-    data_end = q.data_end(export)
     daily = q.daily_series(export, plan.day_start(0), end)
 
     if data_end is None or data_end < start:
@@ -152,7 +222,7 @@ def evaluate_day(export: Export, day: int, plan: Plan,
                                         rules.trigger_critical_bug(tickets, plan, day))
                      if r.fired}
             results = tuple(fired.get(r.id, r) for r in results)
-        decision = decide(results, day, plan)
+        decision = decide(results, day, plan, state=state)
         empty_minutes = q.minute_series(export, start, start, min_requests=crit.min_minute_requests)
         return DayEvaluation(
             day=day, date=start.date(), phase=phase,
@@ -160,7 +230,7 @@ def evaluate_day(export: Export, day: int, plan: Plan,
             triggers=tuple(r for r in results if r.kind == "trigger"),
             decision=decision, minute_series=empty_minutes,
             db_series=q.db_minute_series(export, start, start), windows=(), daily=daily,
-            data_end=data_end)
+            data_end=data_end, state=state)
 
     # -- aggregates (SQL) -----------------------------------------------------------------
     api = q.daily_api(export, start, end, ranking_timeout_ms=crit.ranking_timeout_ms)
@@ -206,7 +276,8 @@ def evaluate_day(export: Export, day: int, plan: Plan,
                                min_requests=rules.UPTIME_MIN_MINUTE_REQUESTS))
 
     # -- statistics ------------------------------------------------------------------------
-    stats, stats_missing = _stat_results(export, day, plan)
+    stats, stats_missing = _stat_results(export, day, plan, state)
+    integrity, dil, served = _integrity(export, day, plan, state)
 
     # -- rules -----------------------------------------------------------------------------
     by_id: dict[str, CriterionResult] = {
@@ -221,10 +292,12 @@ def evaluate_day(export: Export, day: int, plan: Plan,
         "uptime": rules.uptime(up_avail, plan, day, up_from),
         "critical_bugs": rules.critical_bugs(tickets, plan, day),
         "qa_scenarios": qa_module.qa_scenarios(qa, plan, day),
+        "assignment_integrity": integrity,
     }
     for cid in STAT_CRITERIA:
         stat = getattr(stats, cid, None) if stats is not None else None
-        by_id[cid] = _with_power(from_stat(cid, stat, plan, day, stats_missing), stats)
+        by_id[cid] = _with_dilution(
+            _with_power(from_stat(cid, stat, plan, day, stats_missing), stats), dil)
     criteria = tuple(by_id[cid] for cid in CRITERION_IDS)
     triggers = (
         rules.trigger_error_rate(err_runs, trigger_minutes, plan, day),
@@ -233,13 +306,15 @@ def evaluate_day(export: Export, day: int, plan: Plan,
         rules.trigger_db(baseline, len(db_series), db_runs, plan, day),
         rules.trigger_critical_bug(tickets, plan, day),
     )
-    decision = decide(criteria + triggers, day, plan)
+    decision = decide(criteria + triggers, day, plan, state=state)
     windows = (windows_from_runs("trigger_error_rate", err_runs, trig.error_rate_minutes)
                + windows_from_runs("trigger_latency", lat_runs, trig.avg_response_minutes)
                + windows_from_runs("trigger_db", db_runs, trig.db_minutes))
     aggregates = {"api": api, "availability": avail, "weights": weights, "cues": cues,
-                  "tickets": tickets, "db_baseline": baseline, "treated_active_users": treated_active}
+                  "tickets": tickets, "db_baseline": baseline, "treated_active_users": treated_active,
+                  "served_vs_planned": served, "dilution": dil}
     return DayEvaluation(
         day=day, date=start.date(), phase=phase, criteria=criteria, triggers=triggers,
         decision=decision, minute_series=minutes, db_series=db_series, windows=windows,
-        daily=daily, data_end=data_end, db_limit_ms=db_limit, stats=stats, aggregates=aggregates)
+        daily=daily, data_end=data_end, db_limit_ms=db_limit, stats=stats, aggregates=aggregates,
+        state=state)

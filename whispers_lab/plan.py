@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .contract import FLAG_NAMES as CONTRACT_FLAG_NAMES
 from .errors import PlanError
 from .paths import DEFAULT_PLAN
 
@@ -38,6 +39,7 @@ CRITERION_IDS: tuple[str, ...] = (
     "support_tickets",
     "srm",
     "qa_scenarios",  # issue 15: Phase 1 "All QA scenarios pass" (whispers_lab/qa.py)
+    "assignment_integrity",  # issue 14: served vs planned, every active user (whispers_lab/state.py)
 )
 TRIGGER_IDS: tuple[str, ...] = (
     "trigger_error_rate",
@@ -46,12 +48,7 @@ TRIGGER_IDS: tuple[str, ...] = (
     "trigger_db",
     "trigger_critical_bug",
 )
-FLAG_NAMES: tuple[str, ...] = (
-    "NEXT_PUBLIC_WHISPERS_ENABLED",
-    "NEXT_PUBLIC_WHISPERS_CONTEXT_RANKING",
-    "NEXT_PUBLIC_WHISPERS_MAX",
-    "NEXT_PUBLIC_WHISPERS_RANKING_TIMEOUT_MS",
-)
+FLAG_NAMES: tuple[str, ...] = CONTRACT_FLAG_NAMES  # declared once, in the contract
 FlagValue = bool | int
 
 
@@ -115,6 +112,9 @@ class Criteria:
     telemetry_min_hourly_events: int
     max_weight_version_conflicts: int
     max_cue_cooldown_violations: int
+    # issue 14 (optional keys, defaults here): served-vs-planned tolerance and flag grace
+    assignment_mismatch_rate: float = 0.01
+    assignment_grace_minutes: float = 5.0
 
 
 SPENDING_NAMES: tuple[str, ...] = ("obrien_fleming", "pocock", "hsd", "power")
@@ -199,6 +199,9 @@ class Plan:
     rollback_monitor_minutes: int
     rollback_flags: Mapping[str, FlagValue]
     source: str = field(default="<memory>", compare=False)
+    #: Phase a rollout re-enabled after a rollback restarts from (never beyond the phase that
+    #: was rolled back); None: the first percentage phase. See whispers_lab/state.py.
+    rollback_restart_phase: str | None = None
 
     # -- calendar -------------------------------------------------------------------------
     def day_start(self, day: int) -> dt.datetime:
@@ -456,12 +459,15 @@ def _parse_phases(top: _Reader, flags: Mapping[str, FlagValue], last_day: int,
 
 def _parse_criteria(top: _Reader) -> Criteria:
     c = top.table("criteria")
-    prob = {"error_rate", "weight_fallback_rate", "uptime", "ctr", "relevance", "srm_p_value"}
+    prob = {"error_rate", "weight_fallback_rate", "uptime", "ctr", "relevance", "srm_p_value",
+            "assignment_mismatch_rate"}
     values: dict[str, Any] = {}
     for fname, fdef in Criteria.__dataclass_fields__.items():
         integer = fdef.type in ("int", int)
+        default = fdef.default if fdef.default is not MISSING else ...
         values[fname] = c.number(fname, lo=0.0 if not integer else 0,
-                                 hi=1.0 if fname in prob else None, integer=integer)
+                                 hi=1.0 if fname in prob else None, integer=integer,
+                                 default=default)
     criteria = Criteria(**values)
     if not 1.0 <= criteria.feedback_score <= 5.0:
         raise c.fail("feedback_score", f"must be within the 1..5 rating scale, got {criteria.feedback_score}")
@@ -589,15 +595,20 @@ def _parse_triggers(top: _Reader, criteria: Criteria) -> Triggers:
     return triggers
 
 
-def _parse_rollback(top: _Reader, source: str) -> tuple[int, dict[str, FlagValue]]:
+def _parse_rollback(top: _Reader, source: str,
+                    phases: tuple[Phase, ...]) -> tuple[int, dict[str, FlagValue], str | None]:
     rb = top.table("rollback")
     monitor = rb.number("monitor_minutes", lo=1, integer=True)
     rollback_flags = _flags(_Reader(rb.get("flags", dict), rb.key("flags"), source))
     rb.get("confirmation", dict, {})  # issue 15: read by whispers_lab.rollback.settings_from_plan
+    restart = rb.get("restart_phase", str, None)  # issue 14: where a re-enabled rollout restarts
     if rollback_flags.get("NEXT_PUBLIC_WHISPERS_ENABLED", True):
         raise rb.fail("flags", "must set NEXT_PUBLIC_WHISPERS_ENABLED = false")
+    if restart is not None and restart not in [p.id for p in phases]:
+        raise rb.fail("restart_phase", f"names no phase of the plan ({restart!r}; phases: "
+                                       f"{', '.join(p.id for p in phases)})")
     rb.done()
-    return monitor, rollback_flags
+    return monitor, rollback_flags, restart
 
 
 def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
@@ -625,7 +636,7 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     m = top.table("maya")
     cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
     m.done()
-    monitor, rollback_flags = _parse_rollback(top, source)
+    monitor, rollback_flags, restart = _parse_rollback(top, source, phases)
     top.get("communications", list, [])  # validated by whispers_lab.communications
     top.done()
     return Plan(
@@ -633,7 +644,7 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
         beta=beta, flags=flags, phases=phases, criteria=criteria, retention=retention,
         deterioration=deterioration, tolerance=tolerance, windows=windows, design=design,
         triggers=triggers, cue_cooldown_minutes=cooldown, rollback_monitor_minutes=monitor,
-        rollback_flags=rollback_flags, source=source,
+        rollback_flags=rollback_flags, source=source, rollback_restart_phase=restart,
     )
 
 

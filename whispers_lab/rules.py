@@ -74,6 +74,8 @@ SPECS: dict[str, CriterionSpec] = {s.id: s for s in (
     CriterionSpec("srm", "srm_p_value", "min", "p-value"),
     # issue 15: judged by whispers_lab.qa.qa_scenarios (failing QA scenarios, none allowed)
     CriterionSpec("qa_scenarios", None, "max", "scenarios"),
+    # issue 14: served against planned for every active user (assignment_integrity below)
+    CriterionSpec("assignment_integrity", "assignment_mismatch_rate", "max", "share"),
 )}
 
 #: Criteria whose numbers come from the statistics package (``experiment_results``).
@@ -664,3 +666,125 @@ def trigger_db(baseline: Mapping[str, Any], day_minutes: int, runs: pd.DataFrame
 def results_by_id(results: Sequence[CriterionResult]) -> dict[str, CriterionResult]:
     """Index results by id (the last one wins on a repeated id)."""
     return {r.id: r for r in results}
+
+
+# ---------------------------------------------------------------------------------------
+# served against planned (issue 14)
+
+
+def _one_sided_wilson(events: int, n: int, alpha: float) -> tuple[float | None, float | None]:
+    if n <= 0:
+        return (None, None)
+    lo, hi = proportion_confint(events, n, alpha=2 * alpha, method="wilson")
+    return (float(lo), float(hi))
+
+
+def assignment_integrity(counts: pd.DataFrame, share: StatResult | None, plan: Plan, day: int,
+                         *, state_sentence: str = "") -> CriterionResult:
+    """Every user active on the day served what the rollout's state plans for them.
+
+    ``counts``: the day's rows of :func:`whispers_lab.queries.state.served_vs_planned` (per
+    category: users, planned_control, planned_treatment, unsure_only, control_served_whispers,
+    treatment_served_control); ``share``: the bucket-share test of the day's active randomised
+    users (:func:`whispers_lab.stats.srm.srm_test` on the per-interval counts; None: not run).
+
+    Tolerance ``b = criteria.assignment_mismatch_rate`` for each kind of mismatch (control
+    users served whispers, enabled users served control). **fail** (code
+    ``assignment_broken``) when either rate's one-sided lower bound (Wilson, ``alpha`` of the
+    guardrails) is above ``b``, or the bucket share is off (``p < srm_p_value``); **pass**
+    when both observed rates are at most ``b``, each on at least ``max(min_group_users,
+    ceil(1 / b))`` users (so a single mismatch could show); otherwise **inconclusive**;
+    **no_data** when nobody was active."""
+    cid = "assignment_integrity"
+    tol = float(threshold(plan, cid, day) or 0.0)
+    alpha = _stat_settings(plan).alpha
+    rows = counts if counts is not None else pd.DataFrame()
+
+    def total(col: str) -> int:
+        return int(rows[col].sum()) if len(rows) and col in rows else 0
+
+    users, unsure = total("users"), total("unsure_only")
+    n_c, a = total("planned_control"), total("control_served_whispers")
+    n_t, b = total("planned_treatment"), total("treatment_served_control")
+    rate_a = a / n_c if n_c else None
+    rate_b = b / n_t if n_t else None
+    lo_a, hi_a = _one_sided_wilson(a, n_c, alpha)
+    lo_b, hi_b = _one_sided_wilson(b, n_t, alpha)
+    need = max(plan.criteria.min_group_users, math.ceil(round(1.0 / tol, 9)) if tol > 0 else 1)
+    by_cat = ({str(r.category): {"users": int(r.users), "planned_control": int(r.planned_control),
+                                 "planned_treatment": int(r.planned_treatment),
+                                 "control_served_whispers": int(r.control_served_whispers),
+                                 "treatment_served_control": int(r.treatment_served_control)}
+               for r in rows.itertuples(index=False)} if len(rows) else {})
+    details: dict[str, Any] = {
+        "users": users, "planned_control": n_c, "planned_treatment": n_t, "unsure_only": unsure,
+        "control_served_whispers": a, "treatment_served_control": b,
+        "control_served_whispers_rate": rate_a, "treatment_served_control_rate": rate_b,
+        "ci_low_control": lo_a, "ci_high_control": hi_a, "ci_low_treatment": lo_b,
+        "ci_high_treatment": hi_b, "ci_method": "wilson, one-sided", "tolerance": tol,
+        "min_users": need, "by_category": by_cat,
+        "bucket_share": share.to_dict() if share is not None else None,
+    }
+    values = [r for r in (rate_a, rate_b) if r is not None]
+    value = max(values) if values else None
+    tail = f" {state_sentence}" if state_sentence else ""
+    if users == 0:
+        return _criterion(cid, None, tol, "no_data",
+                          f"Nobody was active on {_day(plan, day)}; what was served could not be "
+                          f"compared with the rollout's state.{tail}", **details)
+    seen = (f"Of {users:,} active user(s) on {_day(plan, day)}, {a:,} of {n_c:,} planned as "
+            f"control were served whispers ({_pct(rate_a, 2)}) and {b:,} of {n_t:,} planned as "
+            f"enabled were served control ({_pct(rate_b, 2)})")
+    if unsure:
+        seen += f"; {unsure:,} changed stage at a time not known and are not judged"
+    problems = []
+    if n_c and lo_a is not None and lo_a > tol:
+        problems.append(f"control users served whispers above the {_pct(tol)} tolerance "
+                        f"(lower bound {_pct(lo_a, 2)})")
+    if n_t and lo_b is not None and lo_b > tol:
+        problems.append(f"enabled users served control above the {_pct(tol)} tolerance "
+                        f"(lower bound {_pct(lo_b, 2)})")
+    if share is not None and share.status == "fail":
+        problems.append(f"the share of the day's active users served whispers is off: "
+                        f"{share.sentence}")
+    if problems:
+        return _criterion(cid, value, tol, "fail",
+                          f"Assignment broken: {'; '.join(problems)}. {seen}.{tail}",
+                          _code="assignment_broken", **details)
+    within = all(r is None or r <= tol for r in (rate_a, rate_b))
+    enough = (n_c >= need or n_c == 0) and (n_t >= need or n_t == 0) and (n_c + n_t) > 0
+    if within and enough:
+        return _criterion(cid, value, tol, "pass",
+                          f"{seen}: within the {_pct(tol)} tolerance.{tail}", **details)
+    if not within:
+        why = (f"a mismatch rate is above the {_pct(tol)} tolerance but not yet shown to be")
+    else:
+        why = f"too few users to show the rates within {_pct(tol)} (need {need:,} of each kind)"
+    return _criterion(cid, value, tol, "inconclusive", f"{seen}: {why}.{tail}", **details)
+
+
+def dilution(counts: pd.DataFrame) -> dict[str, Any]:
+    """How much the by-plan (intention-to-treat) comparisons are diluted, from the per-day rows
+    of :func:`whispers_lab.queries.state.served_vs_planned` over the comparisons' days: of the
+    randomised users' active days planned as control, the share served whispers (``p_c``), of
+    those planned as enabled, the share served control (``p_t``); a by-plan difference
+    estimates about ``1 - p_c - p_t`` of the effect of being served whispers."""
+    rand = counts.loc[counts["category"].isin(["bucketed", "holdout"])] if len(counts) else counts
+    n_c = int(rand["planned_control"].sum()) if len(rand) else 0
+    n_t = int(rand["planned_treatment"].sum()) if len(rand) else 0
+    a = int(rand["control_served_whispers"].sum()) if len(rand) else 0
+    b = int(rand["treatment_served_control"].sum()) if len(rand) else 0
+    p_c = a / n_c if n_c else 0.0
+    p_t = b / n_t if n_t else 0.0
+    days = sorted(int(d) for d in rand["day"].unique()) if len(rand) else []
+    factor = max(0.0, 1.0 - p_c - p_t)
+    sentence = ""
+    if a or b:
+        sentence = (f" By-plan comparison diluted: on days {days[0]}-{days[-1]}, {_pct(p_c, 2)} of "
+                    f"the control user-days were served whispers and {_pct(p_t, 2)} of the "
+                    f"enabled user-days were served control, so the difference estimates about "
+                    f"{factor:.0%} of the effect of being served whispers.")
+    return {"user_days_control": n_c, "user_days_treatment": n_t,
+            "control_served_whispers": a, "treatment_served_control": b,
+            "control_served_whispers_rate": p_c, "treatment_served_control_rate": p_t,
+            "factor": factor, "days": [days[0], days[-1]] if days else [], "sentence": sentence}

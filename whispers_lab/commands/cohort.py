@@ -3,6 +3,11 @@
 Reads user rows (CSV or Parquet with the assignment columns of the ``users`` table), assigns them
 with :func:`whispers_lab.cohort.assign`, and writes ``user_id, bucket, variant, reason`` to CSV or
 Parquet (by the ``--out`` extension), atomically. The summary printed names no user.
+
+The stage is the one the rollout actually reached (:mod:`whispers_lab.state`): from the flag log
+of ``--export``, else the decisions in ``--reports``, else the plan's calendar (assumed, and the
+summary says so). After a hold on day 9 the flag service gets 10% on day 10, not the calendar's
+25%; after a rollback, nobody.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from ..cohort import (
     expected_split,
     reason_counts,
 )
-from ..plan import load_plan
+from ..plan import Plan, load_plan
+from ..state import RolloutState, resolve_state
 from . import options
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst")
@@ -156,16 +162,21 @@ def write_assignments(assigned: pd.DataFrame, path: str | Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
-    phase = plan.phase_for_day(args.day)  # PlanError for a day before the start
+    plan.phase_for_day(args.day)  # PlanError for a day before the start
+    state = _state(args, plan)
+    phase = state.phase_on(args.day)
     users = read_users(args.users)
-    assigned = assign(users, args.day, plan)
+    assigned = assign(users, args.day, plan, state=state)
     write_assignments(assigned, args.out)
 
     counts = reason_counts(assigned)
     treatment = int((assigned["variant"] == "treatment").sum())
-    split = expected_split(args.day, plan)
+    split = expected_split(args.day, plan, state=state)
     beta = assigned.attrs["beta"]
     print(f"cohort: day {args.day} ({phase.name}): {len(assigned):,} users -> {args.out}")
+    print(f"  state:   {state.sentence(args.day)}")
+    for warning in state.warnings:
+        print(f"  warning: {warning}")
     print(f"  variant: treatment {treatment:,}, control {len(assigned) - treatment:,}")
     print("  reason:  " + ", ".join(f"{r} {n:,}" for r, n in counts.items()))
     print(f"  beta:    {beta.sentence}")
@@ -187,6 +198,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              + ", ".join(ASSIGNMENT_COLUMNS))
     parser.add_argument("--day", required=True, type=int, metavar="N", help="rollout day (0 = start)")
     options.add_plan(parser)
+    parser.add_argument("--export", type=Path, default=None, metavar="PATH",
+                        help="an export whose flag_changes log says which stage the rollout "
+                             "reached (first source of the rollout's state)")
+    parser.add_argument("--reports", type=Path, default=None, metavar="DIR",
+                        help="the report folder: the decisions of the days before say which "
+                             "stage the rollout reached (when no flag log is given)")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="output file (.csv or .parquet), written atomically")
     parser.set_defaults(func=run)
+
+
+def _state(args: argparse.Namespace, plan: Plan) -> RolloutState:
+    if args.export is None:
+        return resolve_state(None, plan, args.day, args.reports)
+    from ..export import open_export
+
+    with open_export(args.export, validate=False) as export:
+        return resolve_state(export, plan, args.day, args.reports)

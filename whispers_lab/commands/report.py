@@ -16,7 +16,7 @@ from pathlib import Path
 from ..plan import load_plan
 from ..progress import Progress
 from ..report.folder import FolderLock
-from ..report.runner import check_day, publish_stopped, write_report
+from ..report.runner import check_day, publish_stopped, rollout_last_day_or_none, write_report
 from ..report.stopping import RunStopped, stop_on_signals
 from . import options
 
@@ -24,7 +24,7 @@ from . import options
 def run(args: argparse.Namespace) -> int:
     with stop_on_signals():
         plan = load_plan(args.plan)
-        check_day(plan, args.day)
+        check_day(plan, args.day, rollout_last_day_or_none(args.export, plan, args.day, args.out))
         # the same lock as `daily` (and `demo`): never two runs writing this folder at once
         with FolderLock(args.out, "report"):
             try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import time
+from pathlib import Path
 
 from ..progress import Progress
 from ..simulate import SCENARIOS, read_truth, simulate_to
@@ -38,6 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="last simulated rollout day (default: the plan's last_day)")
     p.add_argument("--scenario", action="append", default=[], metavar="NAME[:key=value,...]",
                    help="plant a problem; repeat to combine")
+    p.add_argument("--follow-reports", type=Path, default=None, metavar="DIR",
+                   help="production follows the decisions in this report folder (day-NN/"
+                        "decision.json of the days before the last one): a hold in them holds "
+                        "the data too (default: the plan's calendar)")
+    p.add_argument("--flip-time", default="09:00", metavar="HH:MM",
+                   help="UTC time production applies a decision's stage change (with "
+                        "--follow-reports; default: %(default)s, after the morning report)")
+    p.add_argument("--no-flag-log", action="store_true",
+                   help="leave the flag_changes table out (the workbench then takes the "
+                        "rollout's state from its own decisions, else assumes the calendar)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="override a parameter of the healthy model (whispers_lab.simulate."
                         "params.ModelParams), e.g. late_signup_share=0.3; repeatable")
@@ -72,11 +84,24 @@ def model_params(overrides: list[str]) -> ModelParams:
 def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     params = model_params(args.param)
+    stages = None
+    if args.follow_reports is not None:
+        from ..plan import load_plan
+        from ..simulate.follow import stages_from_reports
+
+        plan = load_plan(args.plan)
+        try:
+            flip = dt.time.fromisoformat(args.flip_time)
+        except ValueError:
+            raise SimulationError(f"--flip-time {args.flip_time!r} is not HH:MM") from None
+        through = plan.last_day if args.through_day is None else args.through_day
+        stages = stages_from_reports(plan, args.follow_reports, through, flip)
     try:
         export_path, truth_file = simulate_to(
             args.out, args.users, args.seed, start_date=args.start_date,
             through_day=args.through_day, scenarios=args.scenario, plan=args.plan,
-            params=params, progress=Progress("simulate"))
+            params=params, progress=Progress("simulate"), stages=stages,
+            with_flag_log=not args.no_flag_log)
     except OSError as exc:
         raise SimulationError(f"cannot write {args.out!r}: {exc}") from None
     elapsed = time.perf_counter() - t0
@@ -87,9 +112,18 @@ def run(args: argparse.Namespace) -> int:
           f"pre-period {t['pre_days']} days, rollout days 0..{t['through_day']}")
     for name, rows in t["rows"].items():
         print(f"  {name:<20} {rows:>12,} rows")
+    stages = ", ".join(f"day {s['day']} {_stage(s)}" for s in t["rollout"].get("stages", []))
+    if stages:
+        print(f"  stages served: {stages}")
     for s in t["scenarios"]:
         exp = s["expected"]
         what = exp.get("trigger") or exp.get("criterion")
         print(f"  scenario {s['name']} day {s['day']} {s['start']} .. {s['end']}: "
               f"expect {what} -> {exp['decision']}")
     return 0
+
+
+def _stage(s: dict) -> str:
+    if s["audience"] == "percentage":
+        return f"{s['percentage']:g}%"
+    return "off" if s["audience"] == "none" else s["audience"]

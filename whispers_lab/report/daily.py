@@ -138,6 +138,17 @@ def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
                           f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
 
 
+def _state_last_day(exports_dir: str | Path, plan: Plan, day: int, out: Path) -> int:
+    """The rollout's last day as its state projects it (a held rollout runs past the plan's
+    last day: the job reports until then); the plan's when no export can tell."""
+    from ..state import rollout_last_day
+
+    try:
+        return rollout_last_day(newest_export(exports_dir), plan, day, out)
+    except WhispersLabError:
+        return plan.last_day
+
+
 @dataclass(frozen=True)
 class DailyOutcome:
     """What one run did: ``status`` is ``reported``, ``nothing_to_do`` or ``failed``."""
@@ -172,7 +183,7 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         return DailyOutcome("nothing_to_do", f"nothing to do: {today} is before the first "
                             f"complete rollout day; the first report (day 0, {plan.start_date}) "
                             f"is due on {due}")
-    if day > plan.last_day:
+    if day > plan.last_day and day > _state_last_day(exports_dir, plan, day, out):
         last = plan.start_date + dt.timedelta(days=plan.last_day)
         return DailyOutcome("nothing_to_do", f"nothing to do: the rollout's last day "
                             f"({plan.last_day}, {last}) is over; its report was due on "

@@ -3,7 +3,9 @@
 Built from the ``day-NN/decision.json`` files in the report folder (the reports are the record;
 the index holds nothing of its own), so it can be regenerated at any time. Each day shows its
 date, phase, decision in colour (GO green, NO_GO amber, ROLLBACK red, ERROR grey, no report
-yet: blank), the first reason, the plan's next step and a link to the day's report. The page
+yet: blank), the stage actually in force that day beside the plan's phase (from each
+``decision.json``'s ``state``; amber when the rollout is not where the calendar is), the first
+reason, the plan's next step and a link to the day's report. The page
 is one self-contained HTML file with inline CSS and no scripts.
 """
 
@@ -91,6 +93,25 @@ def _next_step(doc: dict[str, Any]) -> str:
     return words
 
 
+def _actual_stage(doc: dict[str, Any] | None) -> tuple[str, bool]:
+    """The stage actually in force on the day (its ``decision.json`` ``state``), and whether
+    it differs from the plan's calendar."""
+    state = doc.get("state") if isinstance(doc, dict) else None
+    if not isinstance(state, dict) or not isinstance(state.get("stage"), dict):
+        return "", False
+    stage = state["stage"]
+    if stage.get("off"):
+        words = "whispers off"
+    elif stage.get("audience") == "percentage":
+        words = f"{float(stage.get('percentage') or 0):g}%"
+    else:
+        words = {"internal": "internal team", "beta": "beta users"}.get(
+            str(stage.get("audience")), str(stage.get("audience")))
+    if state.get("assumed"):
+        words += " (assumed)"
+    return words, not bool(state.get("on_plan", True))
+
+
 def _generated(doc: dict[str, Any]) -> str:
     rep = doc.get("report") if isinstance(doc.get("report"), dict) else {}
     return str(rep.get("generated_at") or doc.get("generated_at") or "")
@@ -131,16 +152,21 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
         if doc is None:
             rows.append(f"<tr class='empty'><td data-label='Day'>{day}</td>"
                         f"<td data-label='Date'>{date}</td><td data-label='Phase'>{e(phase)}</td>"
+                        f"<td class='blank'></td>"
                         f"<td data-label='Decision'><span class='badge none'>no report yet</span>"
                         f"</td><td class='blank'></td><td class='blank'></td>"
                         f"<td class='blank'></td><td>{confirm_links}</td></tr>")
             continue
+        actual, moved = _actual_stage(doc)
+        actual_cell = (f"<td class='off-plan' data-label='Stage in force'>{e(actual)}</td>"
+                       if moved else f"<td data-label='Stage in force'>{e(actual)}</td>")
         colour, label = DECISION_STYLE.get(str(doc.get("decision")), DECISION_STYLE["ERROR"])
         link = f"{day_dir_name(day)}/report.html"
         current = " current" if day == latest else ""
         rows.append(
             f"<tr class='{current.strip()}'><td data-label='Day'>{day}</td>"
             f"<td data-label='Date'>{date}</td><td data-label='Phase'>{e(phase)}</td>"
+            f"{actual_cell}"
             f"<td data-label='Decision'><span class='badge' style='background:{colour}'>"
             f"{e(label)}</span></td>"
             f"<td class='why' data-label='Why'>{e(_summary(doc))}</td>"
@@ -190,6 +216,7 @@ def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | 
   a.confirm.confirmed {{ color: #15803d; }}
   a.confirm.not_confirmed {{ color: #b91c1c; font-weight: 600; }}
   a.confirm.too_early {{ color: #6b7280; }}
+  td.off-plan {{ color: #b45309; font-weight: 600; }}
   /* a phone (~400 px): each day becomes a card, labelled cell by cell, instead of a table
      wider than the screen */
   @media (max-width: 640px) {{
@@ -218,7 +245,8 @@ click a day to open its report. Index generated {e(generated_at or utc_stamp())}
   <span><span class="badge" style="background:{DECISION_STYLE['ERROR'][0]}">ERROR</span> the run failed; no decision</span>
 </p>
 <table>
-<thead><tr><th>Day</th><th>Date</th><th>Phase</th><th>Decision</th><th>Why</th>
+<thead><tr><th>Day</th><th>Date</th><th>Planned phase</th><th>Stage in force</th>
+<th>Decision</th><th>Why</th>
 <th>Next step</th><th>Generated (UTC)</th><th></th></tr></thead>
 <tbody>
 {chr(10).join(rows)}

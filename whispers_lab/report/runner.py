@@ -44,10 +44,25 @@ from . import privacy, stopping
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
 from .index import write_index
 
-__all__ = ["DECISIONS", "ERROR", "REPORT_FILES", "ReportResult", "check_day", "day_dir_name",
-           "execute_notebook", "is_temp_name", "keep_failed_notebook", "make_tmp_dir",
-           "notebook_to_html", "publish_stopped", "utc_now", "utc_stamp", "write_error_report",
-           "write_report"]
+__all__ = [
+    "DECISIONS",
+    "ERROR",
+    "REPORT_FILES",
+    "ReportResult",
+    "check_day",
+    "day_dir_name",
+    "execute_notebook",
+    "is_temp_name",
+    "keep_failed_notebook",
+    "make_tmp_dir",
+    "notebook_to_html",
+    "publish_stopped",
+    "rollout_last_day_or_none",
+    "utc_now",
+    "utc_stamp",
+    "write_error_report",
+    "write_report",
+]
 
 NOTEBOOK = NOTEBOOKS_DIR / "daily_report.ipynb"
 KERNEL_NAME = "python3"
@@ -70,8 +85,12 @@ class ReportResult:
     message: str = ""
 
 
-def check_day(plan: Plan, day: int) -> None:
-    """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day)."""
+def check_day(plan: Plan, day: int, last_day: int | None = None) -> None:
+    """Raise :class:`ReportError` unless ``day`` is a day of the plan (0 .. last_day), or of
+    the rollout as its state projects it (``last_day``: later than the plan's after a hold,
+    :func:`whispers_lab.state.rollout_last_day`)."""
+    if last_day is not None and plan.last_day < day <= last_day:
+        return
     if not 0 <= day <= plan.last_day:
         first = plan.day_start(0).date()
         last = plan.day_start(plan.last_day).date()
@@ -300,7 +319,8 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
     is then untouched."""
     started = time.monotonic()
     plan = load_plan(plan_path)
-    check_day(plan, day)
+    out_guess = Path(out_dir) if out_dir is not None else REPORTS_DIR
+    check_day(plan, day, rollout_last_day_or_none(export_path, plan, day, out_guess))
     load_communications(plan)  # a bad [[communications]] table fails before a kernel starts
     out = Path(out_dir) if out_dir is not None else REPORTS_DIR
     if lock:
@@ -309,6 +329,19 @@ def write_report(export_path: str | Path, day: int, *, plan_path: str | Path | N
                                  refresh_index, started, progress, qa_results)
     return _write_report(export_path, day, plan, plan_path, out, timeout, refresh_index, started,
                          progress, qa_results)
+
+
+def rollout_last_day_or_none(export_path: str | Path, plan: Plan, day: int, out: Path) -> int | None:
+    """After the plan's last day: the rollout's last day as its state projects it (a held
+    rollout goes on), None before it or when the export cannot tell."""
+    if day <= plan.last_day:
+        return None
+    from ..state import rollout_last_day
+
+    try:
+        return rollout_last_day(export_path, plan, day, out)
+    except WhispersLabError:
+        return None
 
 
 def _code_cells(notebook: Path) -> int | None:

@@ -39,6 +39,7 @@ LABELS: dict[str, str] = {
     "retention": "User retention vs control",
     "support_tickets": "Support tickets vs control",
     "srm": "Sample ratio check (assignment works as planned)",
+    "assignment_integrity": "Every active user served what the rollout's stage plans",
     "trigger_error_rate": "Rollback trigger: error rate spike",
     "trigger_latency": "Rollback trigger: slow responses",
     "trigger_privacy": "Rollback trigger: privacy concern reported",
@@ -91,6 +92,7 @@ USER_COUNT_KEYS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "retention": (("stat.n_treatment", "stat.n_control"),),
     "support_tickets": (("stat.users_t", "stat.users_c"),),
     "srm": (("stat.n_treatment", "stat.n_control"), ("n_treatment", "n_control")),
+    "assignment_integrity": (("planned_treatment", "planned_control"),),
 }
 #: Criteria over all of the day's whispers requests whose details give no user count of their
 #: own: the users behind the day's requests (the ``error_rate`` entry's count) stand for them.
@@ -242,6 +244,7 @@ def decision_banner_html(doc: Mapping[str, Any], plan: Plan | None = None) -> st
         parts.append(f"<div style='font-size:15px;margin-top:4px;font-weight:600'>"
                      f"{_e(str(doc['reason_text']).capitalize())}</div>")
     parts.append("</div>")
+    parts.append(state_html(doc))
     if step:
         action = str(step.get("action"))
         when = f"day {_e(step.get('day'))}"
@@ -249,9 +252,12 @@ def decision_banner_html(doc: Mapping[str, Any], plan: Plan | None = None) -> st
             "continue": f"Keep whispers on for {_e(_audience(step))} on {when}.",
             "advance": f"Advance on {when}: turn whispers on for {_e(_audience(step))}.",
             "complete": "The plan is complete: keep whispers on for everyone.",
-            "hold": f"Do not advance. Keep whispers on for {_e(_audience(step))} only, "
-                    f"until the blocking items below are resolved.",
+            "hold": (f"Do not advance. Keep whispers on for {_e(_audience(step))} only, "
+                     f"until the blocking items below are resolved."
+                     if step.get("audience") != "none" else
+                     "Keep whispers off for everyone until the root cause is found."),
             "rollback": "Turn whispers off for everyone now, following the rollback steps.",
+            "reenable": f"Re-enable on {when}: turn whispers on for {_e(_audience(step))}.",
         }.get(action, _e(action))
         parts.append("<h2 style='margin-bottom:4px'>Next step</h2>")
         parts.append(f"<p style='font-size:16px;margin-top:4px'><strong>{what}</strong> "
@@ -270,6 +276,25 @@ def decision_banner_html(doc: Mapping[str, Any], plan: Plan | None = None) -> st
         if len(reasons) > 8:
             parts.append(f"<p>&hellip; and {len(reasons) - 8} more (see the table).</p>")
     return "\n".join(parts)
+
+
+def state_html(doc: Mapping[str, Any]) -> str:
+    """Where the rollout actually is (issue 14): the stage in force against the plan's
+    calendar, and a visible warning when the state is assumed or was pieced together."""
+    state = doc.get("state")
+    if not isinstance(state, Mapping):
+        return ""
+    sentence = _e(state.get("sentence", ""))
+    warnings = [str(w) for w in state.get("warnings") or []]
+    if state.get("assumed"):
+        return ("<div style='background:#fef3c7;border-left:6px solid #b45309;padding:10px 14px;"
+                "margin:0 0 12px'><strong>Rollout state assumed.</strong> "
+                + sentence + " " + " ".join(_e(w) for w in warnings) + "</div>")
+    off = "" if state.get("on_plan") else " (not where the plan's calendar is)"
+    extra = ("<ul style='margin:4px 0'>" + "".join(f"<li>{_e(w)}</li>" for w in warnings)
+             + "</ul>") if warnings else ""
+    return (f"<p style='margin:0 0 12px'><strong>Rollout state{_e(off)}:</strong> {sentence}"
+            f"</p>{extra}")
 
 
 def suppress_small_groups(doc: Mapping[str, Any], min_users: int) -> dict[str, Any]:

@@ -88,6 +88,26 @@ def day_opens(pop: Population, day: int, cal: Calendar, state: State, params: Mo
     return Opens(user[order], ts[order], device_k[order])
 
 
+def day_exposures_served(opens: Opens, day: int, treated: np.ndarray, state: State
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exposure rows of the day from what each open was served (``treated``, aligned with the
+    opens): a row at a user's first open on or after day 0, and one more at every open whose
+    served experience differs from the previous one (control -> treatment when a stage admits
+    the user, either way when a flag changes mid-day); then the state update. With a served
+    experience that changes only at midnight this is :func:`day_exposures`."""
+    if day < 0 or len(opens) == 0:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))
+    cur = np.where(treated, SERVED_TREATMENT, SERVED_CONTROL).astype(np.int8)
+    prev = np.empty_like(cur)
+    prev[1:] = cur[:-1]
+    first = np.flatnonzero(group_starts(opens.user))
+    prev[first] = state.exposure[opens.user[first]]
+    log = cur != prev
+    last = np.append(first[1:], len(opens)) - 1
+    state.exposure[opens.user[last]] = cur[last]
+    return opens.user[log], opens.ts[log], treated[log]
+
+
 def day_exposures(opens: Opens, day: int, served_first: np.ndarray, state: State
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exposure rows of the day: (user, ts, treated) and the state update.

@@ -27,7 +27,8 @@ from ..contract import PRIORITIES, TABLES, WHISPERS_ENDPOINT
 from ..export import write_export
 from ..plan import Plan, load_plan
 from ..progress import Progress, advance, stage
-from .activity import State, day_exposures, day_opens
+from ..state import Stage, simulated_state
+from .activity import NOT_EXPOSED, SERVED_TREATMENT, State, day_exposures_served, day_opens
 from .feedback import CATEGORIES, feedback, maya_cues, tickets
 from .ids import format_ids
 from .ops import (
@@ -43,7 +44,8 @@ from .params import PRE_DAYS, ModelParams
 from .population import Population, make_population
 from .ranking import candidates_table, memory_ids, rank_requests
 from .rng import stream
-from .rollback import recap_factor, served_after_flip
+from .rollback import flips, recap_factor, served_after_flip
+from .rollout import Serving, flag_log, stages_truth, timeline, with_rollback_flips
 from .scenarios import Scenario, ScenarioRequest, SimulationError, active, resolve
 from .timeline import US_PER_SECOND, Calendar, to_arrow_ts
 from .truth import build_truth, truth_path, write_truth
@@ -183,21 +185,38 @@ def _empty_schema_tables() -> dict[str, pa.Schema]:
     }
 
 
-def _served_first(pop: Population, plan: Plan, scenarios: Sequence[Scenario], seed: int,
-                  planted: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """(intended first enabled day from the lab's cohort rule, served first day after srm)."""
-    intended = np.asarray(cohort.first_enabled_day(pop.users_frame(), plan), dtype=np.float64)
-    served = intended.copy()
+def _served_first(pop: Population, plan: Plan, stages: Sequence[Stage], cal: Calendar,
+                  scenarios: Sequence[Scenario], seed: int, planted: list[dict[str, Any]]
+                  ) -> tuple[np.ndarray, Serving]:
+    """First day each user is served whispers (the stages' enabling day, or a planted srm
+    leak's day) and the :class:`Serving` that says who is served at any time."""
+    dated = simulated_state(plan, stages, cal.through_day).dated_plan()
+    bucket, category, intended = cohort.categories(pop.users_frame(), dated)
+    serving = Serving.build(plan, stages, cal.through_day, bucket, category)
+    served = np.asarray(intended, dtype=np.float64).copy()
     for i, s in enumerate(scenarios):
-        if s.name != "srm":
-            continue
-        rng = stream(seed, f"srm:{i}")
-        cand = np.flatnonzero(served > s.day)
-        leak = cand[rng.random(cand.size) < float(s.params["share"])]
-        served[leak] = s.day
-        planted[i].update({"leaked_users": int(leak.size),
-                           "leaked_user_ids_sample": pop.user_id.take(pa.array(leak[:50])).to_pylist()})
-    return intended, served
+        if s.name == "srm":
+            rng = stream(seed, f"srm:{i}")
+            cand = np.flatnonzero(served > s.day)
+            leak = cand[rng.random(cand.size) < float(s.params["share"])]
+            served[leak] = s.day
+            serving.leak_us[leak] = np.minimum(serving.leak_us[leak], cal.day_start_us(s.day))
+            planted[i].update({"leaked_users": int(leak.size),
+                               "leaked_user_ids_sample": pop.user_id.take(pa.array(leak[:50])).to_pylist()})
+        elif s.name == "stale_flags":
+            rng = stream(seed, f"stale:{i}")
+            to_control = s.params["direction"] == "control"
+            # whispers: users the stage keeps in control that day; control: users a stage
+            # switches on (they were control before) at or after that day
+            cand = (np.flatnonzero(np.isfinite(served) & (category == cohort.CATEGORY_BUCKETED))
+                    if to_control else np.flatnonzero(served > s.day))
+            pick = cand[rng.random(cand.size) < float(s.params["share"])]
+            serving.stale[pick] = True
+            serving.stale_from_us = cal.day_start_us(s.day)
+            serving.stale_to_control = to_control
+            planted[i].update({"users": int(pick.size), "direction": s.params["direction"],
+                               "user_ids_sample": pop.user_id.take(pa.array(pick[:50])).to_pylist()})
+    return served, serving
 
 
 def _mismatched_users(pop: Population, served: np.ndarray, scenarios: Sequence[Scenario],
@@ -222,16 +241,23 @@ def simulate(users: int, seed: int, start_date: dt.date | str | None = None,
              scenarios: Iterable[str | ScenarioRequest | Mapping[str, Any]] = (),
              plan: Plan | str | os.PathLike[str] | None = None,
              params: ModelParams | None = None,
-             progress: Progress | None = None) -> SimulatedExport:
+             progress: Progress | None = None, *,
+             stages: Sequence[Stage] | None = None,
+             with_flag_log: bool = True) -> SimulatedExport:
     """Simulate one rollout export in memory.
 
     ``users`` users, random ``seed``; ``start_date`` overrides the plan's day 0; rollout days
     0..``through_day`` (default ``plan.last_day``) after a 14-day pre-period; ``scenarios`` as
     ``"NAME[:key=value,...]"`` strings (see :mod:`whispers_lab.simulate.scenarios`). The same
     arguments always give the same data.
+
+    ``stages``: the stages production went through (:class:`whispers_lab.state.Stage`, e.g. a
+    rollout that followed the workbench's decisions, :mod:`.follow`); default: the plan's
+    calendar, changed by the ``held_rollout`` / ``late_flip`` scenarios. ``with_flag_log``:
+    write the ``flag_changes`` table (the state's first source); False leaves it out.
     """
     tables, truth, p = _run(users, seed, start_date, through_day, scenarios, plan, params,
-                            _Collector(), progress)
+                            _Collector(), progress, stages, with_flag_log)
     return SimulatedExport(tables, truth, p)
 
 
@@ -240,7 +266,9 @@ def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
                 scenarios: Iterable[str | ScenarioRequest | Mapping[str, Any]] = (),
                 plan: Plan | str | os.PathLike[str] | None = None,
                 params: ModelParams | None = None,
-                progress: Progress | None = None) -> tuple[Path, Path]:
+                progress: Progress | None = None, *,
+                stages: Sequence[Stage] | None = None,
+                with_flag_log: bool = True) -> tuple[Path, Path]:
     """:func:`simulate` straight to disk: the export (a DuckDB file, or a Parquet folder when
     ``path`` ends in ``/``) and ``<export>.truth.json``, both atomically.
 
@@ -253,7 +281,7 @@ def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.sim-", dir=target.parent))
     try:
         tables, truth, _ = _run(users, seed, start_date, through_day, scenarios, plan, params,
-                                _SpillCollector(scratch), progress)
+                                _SpillCollector(scratch), progress, stages, with_flag_log)
         rows = sum(truth["rows"].values())
         with stage(progress, "write export", rows, "rows") as st:
             out = write_export(tables, path)
@@ -265,7 +293,8 @@ def simulate_to(path: str | os.PathLike[str], users: int, seed: int,
 
 def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenarios: Iterable[Any],
          plan: Any, params: ModelParams | None, out: _Collector,
-         progress: Progress | None = None) -> tuple[dict[str, Any], dict[str, Any], Plan]:
+         progress: Progress | None = None, stages: Sequence[Stage] | None = None,
+         with_flag_log: bool = True) -> tuple[dict[str, Any], dict[str, Any], Plan]:
     if isinstance(users, bool) or not isinstance(users, (int, np.integer)) or users < 1:
         raise SimulationError(f"users must be an integer >= 1, got {users!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -279,28 +308,41 @@ def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenar
     scen = resolve(list(scenarios), plan, cal)
     planted: list[dict[str, Any]] = [{} for _ in scen]
 
+    tl = timeline(plan, cal, scen, stages)
     with stage(progress, "population", int(users), "users") as st:
         pop = make_population(int(users), seed, cal, params)
-        _, served = _served_first(pop, plan, scen, seed, planted)
+        served, serving = _served_first(pop, plan, tl, cal, scen, seed, planted)
         mismatched = _mismatched_users(pop, served, scen, seed, planted)
         state = State.initial(pop.n)
         advance(st, pop.n)
     days = list(cal.days)
     with stage(progress, "days", len(days), "days") as st:
         for day in days:
-            _simulate_day(day, pop, plan, cal, scen, served, mismatched, state, params, seed,
-                          plan.cue_cooldown_minutes, out, planted)
+            _simulate_day(day, pop, plan, cal, scen, served, serving, mismatched, state, params,
+                          seed, plan.cue_cooldown_minutes, out, planted)
             advance(st)
 
     tables: dict[str, Any] = {"users": pop.users_table(), "db_metrics": db_metrics(cal, params, scen, seed)}
     rows = {"users": pop.n, "db_metrics": tables["db_metrics"].num_rows}
+    logged = with_rollback_flips(plan, tl, [(s.day, s.end_us) for _, s in flips(scen)])
+    if with_flag_log:
+        tables["flag_changes"] = flag_log(plan, logged)
+        rows["flag_changes"] = tables["flag_changes"].num_rows
     for name in ("exposures", "telemetry", "api_logs", "ranking_candidates", "feedback",
                  "support_tickets"):
         tables[name] = out.table(name)
         rows[name] = out.rows[name]
-    tables = {t.name: tables[t.name] for t in TABLES}
+    tables = {t.name: tables[t.name] for t in TABLES if t.name in tables}
+    dated = simulated_state(plan, tl, through)
+    rollout = {"stages": stages_truth(logged), "flag_log": bool(with_flag_log),
+               "follows_calendar": dated.dated_plan() == plan and not any(
+                   s.at != plan.day_start(s.day) for s in tl),
+               "schedule": {"stages": list(dated.schedule().stages),
+                            "final_day": dated.schedule().final_day}}
     truth = build_truth(seed=seed, users=pop.n, plan=plan, through_day=through, params=params,
-                        scenarios=scen, planted=planted, rows={t.name: rows[t.name] for t in TABLES})
+                        scenarios=scen, planted=planted,
+                        rows={t.name: rows[t.name] for t in TABLES if t.name in rows},
+                        rollout=rollout)
     return tables, truth, plan
 
 
@@ -308,20 +350,23 @@ def _run(users: int, seed: int, start_date: Any, through_day: int | None, scenar
 
 
 def _simulate_day(day: int, pop: Population, plan: Plan, cal: Calendar, scen: Sequence[Scenario],
-                  served: np.ndarray, mismatched: np.ndarray, state: State, params: ModelParams,
-                  seed: int, cooldown: float, out: _Collector, planted: list[dict[str, Any]]) -> None:
+                  served: np.ndarray, serving: Serving, mismatched: np.ndarray, state: State,
+                  params: ModelParams, seed: int, cooldown: float, out: _Collector,
+                  planted: list[dict[str, Any]]) -> None:
     end_us = cal.period_end_us
     opens = day_opens(pop, day, cal, state, params, scen, seed)
 
-    # exposures
-    e_user, e_ts, e_treated = day_exposures(opens, day, served, state)
+    # what each open was served (the stage in force at its time, planted faults), exposures
+    status = state.exposure[opens.user]
+    treated = serving.served(opens.user, opens.ts, status != NOT_EXPOSED,
+                             status == SERVED_TREATMENT) if day >= 0 else np.zeros(len(opens), bool)
+    e_user, e_ts, e_treated = day_exposures_served(opens, day, treated, state)
     out.add("exposures", pa.table({
         "user_id": pop.user_id.take(pa.array(e_user)),
         "exposed_at": to_arrow_ts(e_ts),
         "variant": _dict_strings(np.where(e_treated, 0, 1), ("treatment", "control")),
     }))
 
-    treated = served[opens.user] <= day  # served >= 0, so never in the pre-period
     tu = np.unique(opens.user[treated])
     state.treated_since[tu] = np.minimum(state.treated_since[tu], day)
 

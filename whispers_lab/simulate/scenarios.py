@@ -30,7 +30,7 @@ class ScenarioDef:
     defaults: Mapping[str, Any]
     kind: str  # "window": [start, start+minutes); "from_day": day start .. period end; "point"
     expected_id: str
-    decision: str  # "ROLLBACK" | "NO_GO"
+    decision: str  # "ROLLBACK" | "NO_GO" | "unaffected" (a state scenario: nothing may fail)
     #: more expected facts for the truth file (rollback scenarios: the confirmation verdict)
     expected_extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -93,6 +93,20 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
                 {"day": _D, "start": "18:30", "minutes": 20, "level": 0.12, "min_requests": 0,
                  "recap_factor": 1.6, "inflight_seconds": 90.0},
                 "window", "trigger_error_rate", "ROLLBACK", {"confirmation": "confirmed"}),
+    # issue 14: the rollout's actual state departs from the plan's calendar
+    ScenarioDef("held_rollout", "NO_GO on `days` day(s) from `day`: the stage in force is held "
+                "(a hold at a stage boundary keeps it one more day), GO otherwise; production "
+                "follows the decisions and logs every change in flag_changes",
+                {"day": _D, "days": 2}, "from_day", "srm", "unaffected",
+                {"unaffected": ["srm", "assignment_integrity"]}),
+    ScenarioDef("late_flip", "the stage change of `day` is applied at `start` UTC (after the "
+                "morning report), not at midnight", {"day": 10, "start": "09:00"}, "point", "srm",
+                "unaffected", {"unaffected": ["srm", "assignment_integrity"]}),
+    ScenarioDef("stale_flags", "from `day`, share `share` of the users the stage keeps in "
+                "control are served whispers at returning visits (a stale cached flag); with "
+                "`direction=control`, that share of the users a stage switched on keep being "
+                "served control", {"day": 10, "share": 0.05, "direction": "whispers"},
+                "from_day", "assignment_integrity", "NO_GO"),
     ScenarioDef("rollback_stale_cdn", "as rollback_clean, but a stale CDN keeps serving a "
                 "share `share` of the whispers requests (and whispers) after the flip",
                 {"day": _D, "start": "18:30", "minutes": 20, "level": 0.12, "min_requests": 0,
@@ -147,8 +161,9 @@ def _expected_extra(s: Scenario) -> dict[str, Any]:
 
 def first_decision_day(plan: Plan, d: ScenarioDef, day: int) -> int | None:
     """First rollout day >= ``day`` on which the expected criterion is required by the plan
-    (triggers act on the day itself); None if never required."""
-    if d.expected_key == "trigger":
+    (triggers act on the day itself); None if never required. A state scenario (decision
+    ``unaffected``) is checked from its day on."""
+    if d.expected_key == "trigger" or d.decision == "unaffected":
         return day
     for p in plan.phases:
         if p.last_day >= day and d.expected_id in p.required:
@@ -270,6 +285,10 @@ def _check_values(name: str, p: Mapping[str, Any]) -> None:
         raise bad("ms", "> 0")
     if "rating" in p and not 1 <= p["rating"] <= 5:
         raise bad("rating", "in [1, 5]")
+    if "days" in p and p["days"] < 1:
+        raise bad("days", ">= 1")
+    if "direction" in p and p["direction"] not in ("whispers", "control"):
+        raise bad("direction", "'whispers' or 'control'")
 
 
 def active(scenarios: Iterable[Scenario], name: str) -> list[Scenario]:

@@ -13,7 +13,11 @@ Schema 1::
      "click_model": {"examination", "coefficients", "features", ...},
      "weights": {"presets": [...], "stale": {...}, "fallback": {...}},
      "model_params": {...every ModelParams field...},
-     "rows": {table: row count}}
+     "rows": {table: row count},
+     "rollout": {"stages": [{"day", "at", "phase", "audience", "percentage", "projected"}...]
+                 (what production served, rollback flips included), "flag_log": bool (the
+                 export has flag_changes), "follows_calendar": bool,
+                 "schedule": {"stages": [...], "final_day": int}}}
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ TRUTH_SCHEMA = 1
 
 def build_truth(*, seed: int, users: int, plan: Plan, through_day: int, params: ModelParams,
                 scenarios: Sequence[Scenario], planted: Sequence[Mapping[str, Any]],
-                rows: Mapping[str, int]) -> dict[str, Any]:
+                rows: Mapping[str, int], rollout: Mapping[str, Any] | None = None
+                ) -> dict[str, Any]:
     entries = []
     for s, extra in zip(scenarios, planted, strict=True):
         entry = s.truth(plan)
@@ -77,6 +82,7 @@ def build_truth(*, seed: int, users: int, plan: Plan, through_day: int, params: 
         },
         "model_params": params.as_dict(),
         "rows": dict(rows),
+        "rollout": dict(rollout or {}),
     }
 
 

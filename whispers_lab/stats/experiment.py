@@ -7,14 +7,16 @@ frames it returns. No statistic raises on thin data: it returns ``no_data`` / ``
 with a sentence and a reason code, and a missing number is never a pass.
 
 The schedule (which buckets are enabled on which day, and the final look) comes from the plan's
-calendar unless the caller passes the rollout's actual state (:class:`.design.Schedule`).
+calendar unless the caller passes the rollout's actual state (:class:`.design.Schedule`, or the
+whole :class:`whispers_lab.state.RolloutState`: then each user's enabling day, the phase of the
+day and the sample-ratio expectation follow the state too, see :func:`experiment_results`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,7 @@ from .. import cohort
 from ..export import Export
 from ..plan import Plan
 from ..queries import experiment as q
+from ..queries import state as qs
 from ..results import StatResult
 from . import design as dz
 from . import power as pw
@@ -41,6 +44,9 @@ from .srm import srm_test
 from .sufficient import RatioStat, ratio_from_row
 from .survival import survival_comparison
 from .tickets import schedule_user_days, ticket_result
+
+if TYPE_CHECKING:
+    from ..state import RolloutState
 
 #: Shared metrics of the canary comparison: (metric id, column, harmful direction, label).
 CANARY_METRICS: tuple[tuple[str, str, str, str], ...] = (
@@ -143,8 +149,20 @@ def staged_data(export: Export, plan: Plan, settings: StatSettings, schedule: dz
 
 def experiment_results(export: Export, day: int, plan: Plan,
                        settings: StatSettings | None = None,
-                       schedule: dz.Schedule | None = None) -> ExperimentResults:
-    """Every treatment-vs-control statistic for rollout ``day`` (see module doc)."""
+                       schedule: dz.Schedule | None = None,
+                       state: RolloutState | None = None) -> ExperimentResults:
+    """Every treatment-vs-control statistic for rollout ``day`` (see module doc).
+
+    ``state``: the rollout's actual state (:mod:`whispers_lab.state`). The plan is then read
+    as the state dated it (:meth:`~whispers_lab.state.RolloutState.dated_plan`: each user's
+    enabling day is the day the stage admitting their bucket was actually enabled, the phase
+    of the day is the stage in force), the schedule is the state's (actual stage days, the rest
+    projected as every later day GO) and the sample-ratio expectation of a first exposure is
+    the assignment in force at its time (users whose variant a change of unknown time moved
+    are left out). With the plan's calendar as the state the results are those without it."""
+    if state is not None:
+        plan = state.dated_plan()
+        schedule = schedule or state.schedule()
     s = settings or StatSettings.from_plan(plan)
     sched = schedule or plan_schedule(plan)
     phase = plan.phase_for_day(day)
@@ -156,6 +174,11 @@ def experiment_results(export: Export, day: int, plan: Plan,
     users = q.users_for_assignment(export)
     assigned = cohort.assign(users, day, plan)
     q.register_cohort(export, assigned)
+    if state is not None:
+        qs.register_assignment(export, assigned["user_id"], _categories(assigned["reason"]),
+                               assigned["bucket"])
+        intervals = state.intervals(day)
+        qs.register_intervals(export, intervals)
     beta_sel = assigned.attrs.get("beta")
     beta_users = beta_sel.count if beta_sel is not None else 0
     quality = q.exposure_quality(export, start, t0, hi)
@@ -170,10 +193,19 @@ def experiment_results(export: Export, day: int, plan: Plan,
                                   "randomised_known": data.n_users, **quality}
 
     # -- SRM ---------------------------------------------------------------------------------
-    counts = q.srm_counts(export, start, t0, hi)
-    counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
-    counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share
-                         for d in counts["day"]]
+    if state is None:
+        counts = q.srm_counts(export, start, t0, hi)
+        counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
+        counts["share_t"] = [cohort.expected_split(int(d), plan).treatment_share
+                             for d in counts["day"]]
+    else:  # the assignment in force at each first exposure (the state's intervals)
+        counts = qs.srm_counts_by_state(export, start, t0, hi, q.COHORT_RELATION)
+        counts = counts[(counts["day"] >= 0) & (counts["day"] <= day)].copy()
+        share = qs.interval_share(intervals, plan.assignment.buckets,
+                                  plan.assignment.holdout_buckets)
+        counts["share_t"] = counts["interval_id"].map(dict(zip(intervals["interval_id"], share,
+                                                               strict=True)))
+        counts = counts[["day", "n_t", "n_c", "share_t"]].reset_index(drop=True)
     srm = srm_coded(srm_test(counts, s, day))
     srm_flag = srm.status == "fail"
 
@@ -251,6 +283,12 @@ def experiment_results(export: Export, day: int, plan: Plan,
         relevance=relevance, support_tickets=tickets, ticket_history=ticket_hist, canary=canary,
         power=power, design=design, population=population,
     )
+
+
+def _categories(reason: pd.Series) -> list[str]:
+    """Assignment category of each cohort reason (internal, beta, holdout, else by bucket)."""
+    keep = {"internal", "beta", "holdout"}
+    return [r if r in keep else "bucketed" for r in reason.astype(str)]
 
 
 def srm_coded(r: StatResult) -> StatResult:

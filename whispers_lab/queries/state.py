@@ -1,0 +1,197 @@
+"""SQL of the rollout's actual state: the flag log, and served against planned.
+
+The planned variant of a user at time ``t`` comes from two registered relations:
+
+* :data:`ASSIGNMENT_RELATION` (``user_id, category, bucket``; category ``internal``, ``beta``,
+  ``bucketed`` or ``holdout``, see :func:`register_assignment`);
+* :data:`INTERVALS_RELATION`, the state's intervals (:meth:`whispers_lab.state.RolloutState.
+  intervals`: ``interval_id, start_at, end_at, internal_on, beta_on, threshold, unsure_lo,
+  unsure_hi``).
+
+Planned: holdout users never; internal and beta users when their audience is on; bucket-assigned
+users when ``bucket < threshold``; unknown (-1) for an audience flagged unsure or a bucket in
+``[unsure_lo, unsure_hi)``. Everything returns small aggregates (per day, category, interval).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+
+from ..contract import WHISPERS_ENDPOINT
+from ..export import Export
+
+ASSIGNMENT_RELATION = "wl_assignment"
+INTERVALS_RELATION = "wl_state_intervals"
+CATEGORIES: tuple[str, ...] = ("internal", "beta", "bucketed", "holdout")
+
+
+def flag_log(export: Export, hi: dt.datetime) -> pd.DataFrame:
+    """The flag-change log before ``hi``: ``changed_at, flag, value, percentage, audience``
+    in time order (empty when the export has no ``flag_changes`` table)."""
+    return export.sql("SELECT changed_at, flag, value, percentage, audience FROM flag_changes "
+                      "WHERE changed_at < $hi ORDER BY changed_at, flag", {"hi": hi})
+
+
+def register_assignment(export: Export, user_ids: pd.Series, category: pd.Series | list,
+                        bucket: pd.Series | list) -> None:
+    """Register ``user_id, category, bucket`` as :data:`ASSIGNMENT_RELATION`."""
+    export.register(ASSIGNMENT_RELATION, pd.DataFrame({
+        "user_id": pd.Series(user_ids).astype(str).to_numpy(),
+        "category": pd.Series(category).astype(str).to_numpy(),
+        "bucket": pd.Series(bucket).astype("int64").to_numpy(),
+    }))
+
+
+def register_intervals(export: Export, intervals: pd.DataFrame) -> None:
+    """Register the state's intervals as :data:`INTERVALS_RELATION`."""
+    export.register(INTERVALS_RELATION, intervals.astype({
+        "interval_id": "int64", "internal_on": "int64", "beta_on": "int64",
+        "threshold": "int64", "unsure_lo": "int64", "unsure_hi": "int64"}))
+
+
+def _planned_sql(a: str = "a", s: str = "s") -> str:
+    return f"""CASE WHEN {a}.category = 'holdout' THEN 0
+                WHEN {a}.category = 'internal' THEN {s}.internal_on
+                WHEN {a}.category = 'beta' THEN {s}.beta_on
+                WHEN {a}.bucket >= {s}.unsure_lo AND {a}.bucket < {s}.unsure_hi THEN -1
+                WHEN {a}.bucket < {s}.threshold THEN 1 ELSE 0 END"""
+
+
+def _day_expr(start: dt.date, col: str) -> str:
+    return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
+
+
+def _events_cte(start: dt.date, endpoint: str) -> str:
+    """Every whispers request (kind 1), exposure row (2) and app open (3) of the window, with
+    the planned variant at its time (``planned``: 1 treatment, 0 control, -1 not known)."""
+    return f"""
+    ev AS (
+        SELECT user_id, "timestamp" AS t, 1 AS kind, CAST(NULL AS VARCHAR) AS variant
+        FROM api_logs
+        WHERE endpoint = $ep AND user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
+        UNION ALL
+        SELECT user_id, exposed_at, 2, variant FROM exposures
+        WHERE exposed_at >= $lo AND exposed_at < $hi
+        UNION ALL
+        SELECT user_id, created_at, 3, NULL FROM telemetry
+        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
+    ),
+    pl AS (
+        SELECT e.user_id, e.t, e.kind, e.variant, a.category, s.interval_id,
+               {_day_expr(start, 'e.t')} AS day,
+               {_planned_sql()} AS planned,
+               (e.kind = 1 OR (e.kind = 2 AND e.variant = 'treatment')) AS whispers
+        FROM ev e
+        JOIN {ASSIGNMENT_RELATION} a ON a.user_id = e.user_id
+        JOIN {INTERVALS_RELATION} s ON e.t >= s.start_at AND e.t < s.end_at
+    )"""
+
+
+def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
+                      endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
+    """Every user active in ``[lo, hi)`` (an app open, an exposure row or a whispers request),
+    per rollout day and category: ``day, category, users, planned_control, planned_treatment,
+    unsure_only`` (users with only events whose planned variant is not known) and the two kinds
+    of mismatch:
+
+    * ``control_served_whispers``: users with a whispers request, or a ``treatment`` exposure
+      row, at a time the state plans them as control;
+    * ``treatment_served_control``: users planned as treatment who got a ``control`` exposure
+      row then, or who opened the app then, made no whispers request then, and whose latest
+      exposure row (the variant they were last served, carried forward) is not ``treatment``.
+    """
+    q = f"""
+    WITH {_events_cte(start, endpoint)},
+    ud AS (
+        SELECT day, user_id, any_value(category) AS category,
+               bool_or(planned = 0) AS in_c, bool_or(planned = 1) AS in_t,
+               count(*) FILTER (WHERE planned = 0 AND whispers) AS whispers_c,
+               count(*) FILTER (WHERE planned = 1 AND whispers) AS whispers_t,
+               count(*) FILTER (WHERE planned = 1 AND kind = 2 AND variant = 'control')
+                   AS control_rows_t,
+               count(*) FILTER (WHERE planned = 1 AND kind = 3) AS opens_t,
+               max(t) AS last_t
+        FROM pl GROUP BY day, user_id
+    ),
+    lx AS (
+        SELECT ud.*, x.variant AS last_variant
+        FROM ud ASOF LEFT JOIN exposures x ON ud.user_id = x.user_id AND ud.last_t >= x.exposed_at
+    )
+    SELECT day, category, count(*) AS users,
+           count(*) FILTER (WHERE in_c) AS planned_control,
+           count(*) FILTER (WHERE in_t) AS planned_treatment,
+           count(*) FILTER (WHERE NOT in_c AND NOT in_t) AS unsure_only,
+           count(*) FILTER (WHERE in_c AND whispers_c > 0) AS control_served_whispers,
+           count(*) FILTER (WHERE in_t AND (control_rows_t > 0 OR (opens_t > 0 AND whispers_t = 0
+                             AND coalesce(last_variant, 'control') <> 'treatment')))
+               AS treatment_served_control
+    FROM lx GROUP BY day, category ORDER BY day, category
+    """
+    out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi})
+    for c in ("users", "planned_control", "planned_treatment", "unsure_only",
+              "control_served_whispers", "treatment_served_control"):
+        out[c] = out[c].astype("int64")
+    return out
+
+
+def bucket_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
+                 endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
+    """Randomised users (bucket-assigned and holdout) active in each state interval of
+    ``[lo, hi)`` whose planned variant is known: ``day, interval_id, n_t`` (served whispers in
+    the interval: a request or a ``treatment`` exposure row), ``n_c`` (active, not served)."""
+    q = f"""
+    WITH {_events_cte(start, endpoint)},
+    ui AS (
+        SELECT day, interval_id, user_id, bool_or(whispers) AS served
+        FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0
+        GROUP BY ALL
+    )
+    SELECT day, interval_id, count(*) FILTER (WHERE served) AS n_t,
+           count(*) FILTER (WHERE NOT served) AS n_c
+    FROM ui GROUP BY ALL ORDER BY day, interval_id
+    """
+    return export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi})
+
+
+def srm_counts_by_state(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
+                        cohort_relation: str = "wl_cohort") -> pd.DataFrame:
+    """The sample-ratio counts with the state's intervals: randomised users (cohort reason
+    neither internal nor beta) by the day and state interval of their first exposure since
+    ``t0``, leaving out users whose planned variant was not known then: ``day, interval_id,
+    n_t, n_c``. With the plan's calendar this is
+    :func:`whispers_lab.queries.experiment.srm_counts` (one interval per day)."""
+    q = f"""
+    WITH first_exp AS (
+        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
+        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+    )
+    SELECT {_day_expr(start, 'f.first_at')} AS day, s.interval_id,
+           count(*) FILTER (WHERE f.variant = 'treatment') AS n_t,
+           count(*) FILTER (WHERE f.variant = 'control') AS n_c
+    FROM first_exp f
+    JOIN {cohort_relation} c ON c.user_id = f.user_id
+    JOIN {ASSIGNMENT_RELATION} a ON a.user_id = f.user_id
+    JOIN {INTERVALS_RELATION} s ON f.first_at >= s.start_at AND f.first_at < s.end_at
+    WHERE c.reason NOT IN ('internal', 'beta') AND {_planned_sql()} >= 0
+    GROUP BY 1, 2 ORDER BY 1, 2
+    """
+    return export.sql(q, {"t0": t0, "hi": hi})
+
+
+def interval_share(intervals: pd.DataFrame, buckets: int, holdout_buckets: int) -> pd.Series:
+    """Expected treatment share, per interval, among bucket-assigned and holdout users whose
+    planned variant is known: enabled buckets outside the unsure range over all buckets outside
+    it (the holdout never enabled)."""
+    thr = intervals["threshold"].astype(float).clip(upper=buckets - holdout_buckets)
+    lo = intervals["unsure_lo"].astype(float)
+    hi = intervals["unsure_hi"].astype(float)
+    overlap = (thr.clip(upper=hi) - lo).clip(lower=0.0)
+    width = (hi - lo).clip(lower=0.0)
+    return ((thr - overlap) / (buckets - width)).rename("share_t")
+
+
+__all__ = ["ASSIGNMENT_RELATION", "CATEGORIES", "INTERVALS_RELATION", "bucket_share",
+           "flag_log", "interval_share", "register_assignment", "register_intervals",
+           "served_vs_planned", "srm_counts_by_state"]

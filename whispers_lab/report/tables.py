@@ -39,6 +39,7 @@ LABELS: dict[str, str] = {
     "ctr": "Whispers click-through rate",
     "retention": "User retention vs control",
     "support_tickets": "Support tickets vs control",
+    "qa_scenarios": "QA scenarios pass (scripts/qa-whispers.js)",
     "srm": "Sample ratio check (assignment works as planned)",
     "trigger_error_rate": "Rollback trigger: error rate spike",
     "trigger_latency": "Rollback trigger: slow responses",

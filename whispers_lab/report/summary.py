@@ -337,6 +337,9 @@ def _interval_text(m: Mapping[str, Any]) -> str:
         return "&ndash;"
     lo = _value_text(m, "ci_low") if m.get("ci_low") is not None else "&minus;&infin;"
     hi = _value_text(m, "ci_high") if m.get("ci_high") is not None else "&infin;"
+    if m.get("id") == "retention":  # the pass and harm boundaries of the daily looks
+        return (f"{lo} to {hi}<br><span class='small'>sequential bounds: the low end must "
+                f"clear the margin</span>")
     return f"{lo} to {hi}"
 
 

@@ -52,8 +52,14 @@ def _empty(title: str, message: str) -> Figure:
     ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
     ax.text(0.5, 0.45, message, ha="center", va="center", fontsize=8, color="#4b5563",
             wrap=True, transform=ax.transAxes)
-    fig.tight_layout()
+    _layout(fig)
     return fig
+
+
+def _layout(fig: Figure, right: float = 0.97) -> None:
+    """Fixed margins (a tight layout would render every chart twice; the index redraws them
+    after every report)."""
+    fig.subplots_adjust(left=0.15, right=right, top=0.88, bottom=0.19)
 
 
 def _style(ax, days: np.ndarray) -> None:
@@ -111,7 +117,7 @@ def interval_chart(frame: pd.DataFrame, metric: str, title: str,
     ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
     _style(ax, d["day"].to_numpy(float))
     _withheld_note(ax, d)
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -154,7 +160,7 @@ def retention_chart(frame: pd.DataFrame) -> Figure:
     ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
     _style(ax, d["day"].to_numpy(float))
     _withheld_note(ax, d)
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -180,7 +186,7 @@ def exposure_chart(frame: pd.DataFrame) -> Figure:
     ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
     _style(ax, x)
     _withheld_note(ax, d)
-    fig.tight_layout()
+    _layout(fig, right=0.86)
     return fig
 
 

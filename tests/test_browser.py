@@ -3,7 +3,8 @@
 The run writes its own site: one small simulated export with a planted ranking-timeout day
 (NO_GO) and a privacy ticket (ROLLBACK), three ``whispers-lab report`` runs (a GO day, the
 NO_GO day, the ROLLBACK day) and one ``whispers-lab daily`` run on a corrupt export (an ERROR
-page), all into one folder with its index. Each page is opened from disk and checked as a
+page), all into one folder with its index, then the stakeholder summary of that rollout
+(``whispers-lab summary``, linked from the index). Each page is opened from disk and checked as a
 stakeholder's phone or laptop would show it: no console error, no network request at all (the
 pages must be self-contained), every image decodes, nothing runs off the side at 400 px, every
 day link of the index leads to a page, and the decision banner comes first.
@@ -42,7 +43,7 @@ REPORT_DAYS = (1, 8, 9)
 SCENARIOS = ["ranking_timeouts:day=8", "privacy_ticket:day=9"]
 ERROR_DAY = 7
 KINDS = ("GO", "NO_GO", "ROLLBACK", "ERROR")
-PAGES = ("index", *KINDS)
+PAGES = ("index", *KINDS, "summary")
 NARROW = 400
 
 sync_api = require_anchor("playwright.sync_api")  # CI: an error if missing; else a skip
@@ -73,6 +74,7 @@ def _build_site(root: Path) -> None:
     today = load_plan().start_date + dt.timedelta(days=ERROR_DAY + 1)
     assert main(["daily", "--exports", str(broken), "--out", str(out),
                  "--today", today.isoformat()]) == 1
+    assert main(["summary", "--reports", str(out), "--export", str(path)]) == 0
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +91,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             _build_site(root)
             (root / "done").write_text("ok")
     out = root / "reports"
-    pages: dict[str, Path] = {"index": out / "index.html"}
+    pages: dict[str, Path] = {"index": out / "index.html", "summary": out / "summary.html"}
     for folder in sorted(out.glob("day-*")):
         decision = json.loads((folder / "decision.json").read_text())["decision"]
         pages.setdefault(decision, folder / "report.html")
@@ -240,6 +242,8 @@ def test_every_image_decodes(visits: dict[str, Visit], kind: str):
     assert [i for i in images if not i["ok"]] == []
     if kind in ("GO", "NO_GO", "ROLLBACK"):
         assert len(images) >= 3  # the report's charts are there
+    if kind in ("index", "summary"):
+        assert len(images) == 6  # the trend charts across days
 
 
 @pytest.mark.parametrize("kind", PAGES)
@@ -257,8 +261,8 @@ def test_every_day_link_of_the_index_leads_to_a_page(visits: dict[str, Visit],
                      ".map(a => a.getAttribute('href'))")
     days = sorted({h for h in hrefs if re.fullmatch(r"day-\d{2,}/report\.html", h)})
     assert len(days) == len(KINDS)  # one per report written, each linked
-    assert [h for h in hrefs if h not in days] == []  # no other link on the index
-    for href in days:
+    assert {h for h in hrefs if h not in days} == {"summary.html"}  # and the summary
+    for href in [*days, "summary.html"]:
         target = site["index"].parent / href
         assert target.is_file(), href
         page = Visit(browser_context, target)
@@ -276,3 +280,19 @@ def test_the_decision_banner_comes_first(visits: dict[str, Visit], kind: str):
     colour, label = DECISION_STYLE[kind]
     assert first is not None and first["background"] == _rgb(colour), first
     assert label in first["text"]
+
+
+def test_the_summary_opens_with_the_outcome_and_links_its_data(visits: dict[str, Visit],
+                                                              site: dict[str, Path]):
+    folder = site["summary"].parent
+    doc = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    colour, _ = DECISION_STYLE.get(doc["outcome"]["decision"], DECISION_STYLE["ERROR"])
+    first = visits["summary"].js(_FIRST_JS)
+    assert first is not None and first["background"] == _rgb(colour), first
+    assert "summary for stakeholders" in first["text"]
+    headline = visits["summary"].js("document.querySelector('.banner .big').innerText")
+    assert headline == doc["outcome"]["headline"]
+    hrefs = visits["summary"].js("Array.from(document.querySelectorAll('a[href]'))"
+                                 ".map(a => a.getAttribute('href'))")
+    assert sorted(hrefs) == ["index.html", "summary.json"]
+    assert all((folder / h).is_file() for h in hrefs)

@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "report",
     "daily",
     "confirm-rollback",
+    "summary",
     "demo",
 )
 

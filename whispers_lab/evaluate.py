@@ -116,7 +116,8 @@ def _uncovered(day: int, plan: Plan, end: dt.datetime | None) -> tuple[Criterion
 #: Row of the statistics' power table that belongs to each criterion.
 POWER_ROWS: dict[str, str] = {"retention": "retention_d{k}", "ctr": "ctr",
                               "feedback_score": "feedback_score", "relevance": "relevance",
-                              "support_tickets": "support_tickets"}
+                              "support_tickets": "support_tickets",
+                              "sentiment": "sentiment"}  # issue 15
 
 
 def _with_power(result: CriterionResult, stats: Any) -> CriterionResult:
@@ -298,6 +299,8 @@ def evaluate_day(export: Export, day: int, plan: Plan,
         stat = getattr(stats, cid, None) if stats is not None else None
         by_id[cid] = _with_dilution(
             _with_power(from_stat(cid, stat, plan, day, stats_missing), stats), dil)
+    by_id["sentiment"] = _with_power(rules.sentiment(  # issue 15: "Positive user sentiment"
+        getattr(stats, "sentiment", None), plan, day, stats_missing), stats)
     criteria = tuple(by_id[cid] for cid in CRITERION_IDS)
     triggers = (
         rules.trigger_error_rate(err_runs, trigger_minutes, plan, day),

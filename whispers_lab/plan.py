@@ -34,6 +34,7 @@ CRITERION_IDS: tuple[str, ...] = (
     "critical_bugs",
     "relevance",
     "feedback_score",
+    "sentiment",  # issue 15: Phase 2 "Positive user sentiment", the plan's [sentiment]
     "ctr",
     "retention",
     "support_tickets",
@@ -166,6 +167,23 @@ class Design:
 
 
 @dataclass(frozen=True)
+class Sentiment:
+    """issue 15: "Positive user sentiment" (Phase 2) from the in-app survey (``[sentiment]``).
+
+    The net score of a window's answers is the share rated ``positive_ratings`` minus the
+    share rated ``negative_ratings``; it must be at least ``net_score`` (tolerance region with
+    ``tolerance``, as every threshold criterion), judged on at least ``min_answers`` answers,
+    over the ``window`` (``day`` / ``phase`` / ``audience``, as ``[windows]``)."""
+
+    positive_ratings: tuple[int, ...]
+    negative_ratings: tuple[int, ...]
+    net_score: float
+    tolerance: float
+    min_answers: int
+    window: str
+
+
+@dataclass(frozen=True)
 class Triggers:
     error_rate: float
     error_rate_minutes: int
@@ -198,6 +216,8 @@ class Plan:
     cue_cooldown_minutes: float
     rollback_monitor_minutes: int
     rollback_flags: Mapping[str, FlagValue]
+    #: issue 15: the plan's ``[sentiment]`` (None: the plan defines no sentiment criterion)
+    sentiment: Sentiment | None = None
     source: str = field(default="<memory>", compare=False)
     #: Phase a rollout re-enabled after a rollback restarts from (never beyond the phase that
     #: was rolled back); None: the first percentage phase. See whispers_lab/state.py.
@@ -572,6 +592,39 @@ def _parse_design(top: _Reader) -> Design:
     return out
 
 
+def _ratings(reader: _Reader, name: str) -> tuple[int, ...]:
+    values = reader.get(name, list)
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5
+                             for v in values) or len(set(values)) != len(values):
+        raise reader.fail(name, f"must list distinct ratings of the 1..5 scale, got {values!r}")
+    return tuple(sorted(values))
+
+
+def _parse_sentiment(top: _Reader, phases: tuple[Phase, ...]) -> Sentiment | None:
+    """issue 15: the optional ``[sentiment]`` table; a phase that lists ``sentiment`` needs it."""
+    if "sentiment" not in top.data:
+        top.seen.add("sentiment")
+        user = next((p for p in phases if "sentiment" in p.required + p.watched), None)
+        if user is not None:
+            raise top.fail("sentiment", f"is missing: phase {user.id!r} lists the criterion "
+                                        f"'sentiment', which the [sentiment] table defines")
+        return None
+    t = top.table("sentiment")
+    out = Sentiment(positive_ratings=_ratings(t, "positive_ratings"),
+                    negative_ratings=_ratings(t, "negative_ratings"),
+                    net_score=t.number("net_score", lo=-1.0, hi=1.0),
+                    tolerance=t.number("tolerance", lo=0.0, hi=1.0),
+                    min_answers=t.number("min_answers", lo=1, integer=True),
+                    window=t.get("window", str))
+    if set(out.positive_ratings) & set(out.negative_ratings):
+        raise t.fail("negative_ratings", f"{list(out.negative_ratings)} overlaps positive_ratings "
+                                         f"{list(out.positive_ratings)}")
+    if out.window not in WINDOWS:
+        raise t.fail("window", f"must be one of {', '.join(WINDOWS)}, got {out.window!r}")
+    t.done()
+    return out
+
+
 def _parse_triggers(top: _Reader, criteria: Criteria) -> Triggers:
     t = top.table("triggers")
     triggers = Triggers(
@@ -632,6 +685,9 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     tolerance = _parse_named_numbers(top, "tolerance", THRESHOLD_CRITERIA)
     windows = _parse_windows(top)
     design = _parse_design(top)
+    sentiment = _parse_sentiment(top, phases)  # issue 15: its tolerance and window join the rest
+    if sentiment is not None:
+        tolerance["sentiment"], windows["sentiment"] = sentiment.tolerance, sentiment.window
     triggers = _parse_triggers(top, criteria)
     m = top.table("maya")
     cooldown = m.number("cue_cooldown_minutes", lo=0.0, lo_open=True)
@@ -641,6 +697,7 @@ def parse_plan(data: Mapping[str, Any], source: str = "<memory>") -> Plan:
     top.done()
     return Plan(
         version=version, name=name, start_date=start, last_day=last_day, assignment=assignment,
+        sentiment=sentiment,
         beta=beta, flags=flags, phases=phases, criteria=criteria, retention=retention,
         deterioration=deterioration, tolerance=tolerance, windows=windows, design=design,
         triggers=triggers, cue_cooldown_minutes=cooldown, rollback_monitor_minutes=monitor,

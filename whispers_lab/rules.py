@@ -68,6 +68,8 @@ SPECS: dict[str, CriterionSpec] = {s.id: s for s in (
     CriterionSpec("critical_bugs", "critical_bugs", "max", "tickets"),
     CriterionSpec("relevance", "relevance", "min", "share"),
     CriterionSpec("feedback_score", "feedback_score", "min", "rating"),
+    # issue 15: "Positive user sentiment", the plan's [sentiment] (rules.sentiment)
+    CriterionSpec("sentiment", None, "min", "net score"),
     CriterionSpec("ctr", "ctr", "min", "share"),
     CriterionSpec("retention", None, "min", "difference"),
     CriterionSpec("support_tickets", "support_ticket_rate_ratio", "max", "ratio"),
@@ -114,6 +116,8 @@ def threshold(plan: Plan, criterion: str, day: int) -> float | None:
             return -plan.retention.margin
         if criterion == "qa_scenarios":  # issue 15: no QA scenario may fail or error
             return 0.0
+        if criterion == "sentiment":  # issue 15: the plan's [sentiment].net_score
+            return plan.sentiment.net_score if plan.sentiment is not None else None
         return None
     return plan.threshold(key, day)
 
@@ -788,3 +792,28 @@ def dilution(counts: pd.DataFrame) -> dict[str, Any]:
             "control_served_whispers": a, "treatment_served_control": b,
             "control_served_whispers_rate": p_c, "treatment_served_control_rate": p_t,
             "factor": factor, "days": [days[0], days[-1]] if days else [], "sentence": sentence}
+
+
+# ---------------------------------------------------------------------------------------
+# sentiment (issue 15)
+
+
+def sentiment(stat: StatResult | None, plan: Plan, day: int,
+              missing_reason: str | None = None) -> CriterionResult:
+    """"Positive user sentiment" (Phase 2): the net score of the survey's answers over the
+    plan's ``[sentiment]`` window (:func:`whispers_lab.stats.sentiment.net_score_vs_threshold`:
+    clustered by user, tolerance region, at least ``min_answers`` answers), mapped like every
+    statistic (:func:`from_stat`). ``no_data`` when the plan defines no ``[sentiment]``."""
+    if plan.sentiment is None:
+        return _criterion("sentiment", None, None, "no_data",
+                          "The plan defines no [sentiment] table, so sentiment is not judged.")
+    details_from = from_stat("sentiment", stat, plan, day, missing_reason)
+    if stat is None or not stat.details:
+        return details_from
+    # the answers and shares up front, where the report and the summary read them
+    keep = ("answers", "users", "share_positive", "share_negative", "min_answers")
+    extra = {k: stat.details[k] for k in keep if k in stat.details}
+    return CriterionResult(id=details_from.id, kind=details_from.kind, value=details_from.value,
+                           threshold=details_from.threshold, status=details_from.status,
+                           reason=details_from.reason, unit=details_from.unit,
+                           details=details_from.details | extra, code=details_from.code)

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                        refresh_index=False)
                 _say(line, progress)
                 bar.advance()
+        summary_error = _write_demo_summary(out, plan, export)
         index = write_index(out, plan)
     counts: dict[str, int] = {}
     for decision, _, _ in results.values():
@@ -118,7 +119,21 @@ def run(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     _say(f"demo: {len(results)} reports in {time.monotonic() - started:.0f} s ({summary}); "
          f"open {index}")
-    return 1 if counts.get("ERROR") else 0
+    return 1 if counts.get("ERROR") or summary_error else 0
+
+
+def _write_demo_summary(out: Path, plan: Plan, export: Path) -> str:
+    """The stakeholder summary of the simulated rollout (the index links it); "" when written,
+    else why not (issue 15)."""
+    from ..report.summary import write_summary
+
+    try:
+        result = write_summary(out, plan, export)
+    except WhispersLabError as exc:
+        _say(f"demo: the rollout summary was not written: {exc}")
+        return str(exc)
+    _say(f"demo: rollout summary -> {result.html}")
+    return ""
 
 
 

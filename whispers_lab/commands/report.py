@@ -11,6 +11,7 @@ saying the run was stopped, and exits 128 + the signal number. See ``docs/report
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..plan import load_plan
@@ -38,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
     print(f"report: day {result.day}: {result.decision} -> {result.path / 'report.html'} "
           f"({result.seconds:.1f} s)")
+    if result.summary is not None:  # the plan's last day: the stakeholder summary (issue 15)
+        print(f"report: rollout summary -> {result.summary}")
+    if result.message:
+        print(f"report: warning: {result.message}", file=sys.stderr)
     return 0
 
 

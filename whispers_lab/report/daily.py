@@ -207,8 +207,11 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         except Exception as exc:  # a bug: still publish that the day has no decision
             reason = f"unexpected {type(exc).__name__}: {exc}"
         else:
+            extra = (f"; rollout summary -> {result.summary}" if result.summary else "") + (
+                f"; warning: {result.message}" if result.message else "")  # issue 15
             return DailyOutcome("reported", f"day {day}: {result.decision} "
-                                f"({result.seconds:.1f} s, export {export_name})", day, result)
+                                f"({result.seconds:.1f} s, export {export_name}){extra}", day,
+                                result)
         write_error_report(out, day, plan, reason, export_name=export_name)
         first = reason.strip().splitlines()[0] if reason.strip() else "unknown error"
         return DailyOutcome("failed", f"day {day}: no decision, ERROR page published: {first}",

@@ -118,10 +118,16 @@ def _generated(doc: dict[str, Any]) -> str:
 
 
 def index_html(plan: Plan, days: dict[int, dict[str, Any]], generated_at: str | None = None,
-               confirmations: dict[int, list[dict[str, Any]]] | None = None) -> str:
+               confirmations: dict[int, list[dict[str, Any]]] | None = None,
+               summary: dict[str, Any] | None = None) -> str:
     """The index page for ``plan`` given each day's decision document (and the rollback
-    confirmations to link next to each day's report, see :mod:`.confirmation`)."""
+    confirmations to link next to each day's report, see :mod:`.confirmation`). Above the
+    table: the link to the stakeholder summary (``summary``: its summary.json document, None
+    when none was written) and the trend charts across days (issue 15, :mod:`.summary`)."""
+    from .summary import index_section
+
     e = html.escape
+    top = index_section(plan, days, summary)
     confirmations = confirmations or {}
     all_days = sorted(set(range(plan.last_day + 1)) | set(days))
     latest = max(days) if days else None
@@ -244,6 +250,7 @@ click a day to open its report. Index generated {e(generated_at or utc_stamp())}
   <span><span class="badge" style="background:{DECISION_STYLE['ROLLBACK'][0]}">ROLLBACK</span> disable whispers now</span>
   <span><span class="badge" style="background:{DECISION_STYLE['ERROR'][0]}">ERROR</span> the run failed; no decision</span>
 </p>
+{top}
 <table>
 <thead><tr><th>Day</th><th>Date</th><th>Planned phase</th><th>Stage in force</th>
 <th>Decision</th><th>Why</th>
@@ -262,8 +269,10 @@ def write_index(out_dir: str | Path, plan: Plan) -> Path:
     out = Path(out_dir)
     path = out / "index.html"
     from .confirmation import attach_to_days, collect_confirmations
+    from .summary import read_summary
 
     days = collect_days(out)
     links = attach_to_days(collect_confirmations(out), days)
-    write_text_atomic(path, index_html(plan, days, confirmations=links))
+    write_text_atomic(path, index_html(plan, days, confirmations=links,
+                                       summary=read_summary(out)))
     return path

@@ -83,6 +83,9 @@ class ReportResult:
     seconds: float
     export: str
     message: str = ""
+    #: issue 15: the stakeholder summary written after the plan's last day (None: not due, or
+    #: not written, ``message`` then says why)
+    summary: Path | None = None
 
 
 def check_day(plan: Plan, day: int, last_day: int | None = None) -> None:
@@ -441,8 +444,28 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    summary, note = (_write_summary(out, plan, export_file) if refresh_index
+                     and day >= plan.last_day else (None, ""))
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
-                        export=export_file.name)
+                        export=export_file.name, message=note, summary=summary)
+
+
+def _write_summary(out: Path, plan: Plan, export_file: Path) -> tuple[Path | None, str]:
+    """issue 15: after the plan's last day is reported, the stakeholder summary of the whole
+    rollout (:mod:`whispers_lab.report.summary`), then the index again (it links it). The
+    day's report is published already: a failure here is returned as a message, never
+    undoes it, and a stop signal now leaves that report standing (``finished``)."""
+    from .summary import write_summary
+
+    try:
+        result = write_summary(out, plan, export_file)
+        write_index(out, plan)
+    except stopping.RunStopped as stop:
+        raise stopping.RunStopped(stop.signum, finished=True) from None
+    except Exception as exc:  # the day's report stands; the summary can be re-run on its own
+        return None, (f"the rollout summary was not written ({type(exc).__name__}: "
+                      f"{_first_line(str(exc))}); `whispers-lab summary` writes it")
+    return result.html, ""
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,9 +35,11 @@ LABELS: dict[str, str] = {
     "critical_bugs": "Critical bugs reported",
     "relevance": "Ranking relevance (user feedback)",
     "feedback_score": "Feedback score (in-app survey)",
+    "sentiment": "Positive user sentiment (net score of the in-app survey)",
     "ctr": "Whispers click-through rate",
     "retention": "User retention vs control",
     "support_tickets": "Support tickets vs control",
+    "qa_scenarios": "QA scenarios pass (scripts/qa-whispers.js)",
     "srm": "Sample ratio check (assignment works as planned)",
     "assignment_integrity": "Every active user served what the rollout's stage plans",
     "trigger_error_rate": "Rollback trigger: error rate spike",
@@ -88,6 +90,7 @@ USER_COUNT_KEYS: dict[str, tuple[str | tuple[str, str], ...]] = {
     "cue_cooldown": ("users",),
     "relevance": ("stat.users",),
     "feedback_score": ("stat.clusters", "stat.users"),
+    "sentiment": ("users", "stat.clusters"),
     "ctr": ("stat.clusters", "stat.users"),
     "retention": (("stat.n_treatment", "stat.n_control"),),
     "support_tickets": (("stat.users_t", "stat.users_c"),),
@@ -161,6 +164,8 @@ def format_value(value: Any, unit: str) -> str:
         return f"{v:,.1f} ms"
     if unit == "rating":
         return f"{v:.2f} / 5"
+    if unit == "net score":  # issue 15: share rated 4-5 minus share rated 1-2
+        return f"{v:+.2f}"
     if unit == "p-value":
         return f"{v:.3g}"
     if unit == "difference":
@@ -189,7 +194,8 @@ def format_threshold(entry: Mapping[str, Any]) -> str:
         return f"fires above {shown}"
     if rid == "srm":
         return f"p-value at least {shown}"
-    if rid in ("uptime", "ctr", "relevance", "feedback_score", "telemetry_flowing"):
+    if rid in ("uptime", "ctr", "relevance", "feedback_score", "telemetry_flowing",
+               "sentiment"):
         return f"at least {shown}"
     if rid == "retention":
         return f"no worse than {shown}"

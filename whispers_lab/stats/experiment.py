@@ -39,6 +39,7 @@ from .retention import (
     baseline_rate,
     daily_accrual,
 )
+from .sentiment import sentiment_power_row, sentiment_result
 from .settings import StatSettings
 from .srm import srm_test
 from .sufficient import RatioStat, ratio_from_row
@@ -81,12 +82,16 @@ class ExperimentResults:
     power: pd.DataFrame
     design: dict[str, Any] = field(default_factory=dict)
     population: dict[str, Any] = field(default_factory=dict)
+    #: issue 15: net sentiment ("Positive user sentiment"); None: the plan has no [sentiment]
+    sentiment: StatResult | None = None
 
     def all_results(self) -> list[StatResult]:
         out = [self.srm, self.retention, self.retention_unadjusted, self.retention_relative]
         out += [r for k, r in sorted(self.retention_by_k.items()) if r is not self.retention]
         out += [self.survival, self.ctr, self.ctr_requests, self.feedback_score,
                 self.relevance, self.support_tickets, *self.canary]
+        if self.sentiment is not None:  # issue 15
+            out.append(self.sentiment)
         return out
 
     def summary(self) -> pd.DataFrame:
@@ -257,11 +262,14 @@ def experiment_results(export: Export, day: int, plan: Plan,
     if not has_feedback:
         feedback = _missing_table(feedback, "feedback")
         relevance = _missing_table(relevance, "feedback")
+    sentiment = sentiment_result(export, plan, s, day)  # issue 15: the plan's [sentiment]
     if phase.audience == "beta":
         note = (f" Beta phase: these are the {beta_users} selected beta user(s), chosen for "
                 f"engagement; they do not represent all users.")
         ctr, ctr_req, feedback, relevance = (_with_note(r, note, {"beta_only": True}) for r in
                                              (ctr, ctr_req, feedback, relevance))
+        if sentiment is not None:
+            sentiment = _with_note(sentiment, note, {"beta_only": True})
 
     # -- support tickets ------------------------------------------------------------------------
     tickets, ticket_hist = _tickets(export, plan, s, day, sched, first_look)
@@ -273,6 +281,9 @@ def experiment_results(export: Export, day: int, plan: Plan,
     design = design_summary(plan, s, sched, data, primary, day)
     power = _power(s, day, phase.audience, beta_users, primary, data, sched, ctr, feedback,
                    relevance, tickets, canary, plan)
+    if sentiment is not None:  # issue 15: its power row beside feedback's
+        power = pd.concat([power, pw.power_table([sentiment_power_row(sentiment, s)])],
+                          ignore_index=True)
 
     return ExperimentResults(
         day=day, phase_id=phase.id, settings=s, srm=srm, retention=primary.result,
@@ -281,7 +292,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
         retention_history=primary.history, survival=surv.test,
         survival_curves=surv.curves, ctr=ctr, ctr_requests=ctr_req, feedback_score=feedback,
         relevance=relevance, support_tickets=tickets, ticket_history=ticket_hist, canary=canary,
-        power=power, design=design, population=population,
+        power=power, design=design, population=population, sentiment=sentiment,
     )
 
 

@@ -238,13 +238,21 @@ def test_two_daily_runs_at_once(export_path: Path, tmp_path: Path) -> None:
             break
         time.sleep(0.05)
     assert first.poll() is None, "the first run ended before the second could start"
-    second = subprocess.run([sys.executable, "-m", "whispers_lab.cli", "daily", "--exports",
-                             str(exports), "--out", str(out), "--today", TODAY],
-                            capture_output=True, text=True, timeout=120)
+    # the first run is paused while the second runs, so whatever appears in the reports folder
+    # meanwhile can only come from the refused run
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        before = sorted(p.name for p in out.iterdir())
+        second = subprocess.run([sys.executable, "-m", "whispers_lab.cli", "daily", "--exports",
+                                 str(exports), "--out", str(out), "--today", TODAY],
+                                capture_output=True, text=True, timeout=120)
+        after = sorted(p.name for p in out.iterdir())
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     assert second.returncode == 1 and second.stdout == ""
     assert f"another daily run holds the lock (pid {first.pid})" in second.stderr
     assert "Traceback" not in second.stderr
-    assert not (out / day_dir_name(DAY)).exists()  # the refused run published nothing
+    assert after == before  # the refused run published (and staged) nothing
     log_out, log_err = first.communicate(timeout=300)
     assert first.returncode == 0, log_err
     assert f"daily: day {DAY}:" in log_out

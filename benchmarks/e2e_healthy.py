@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,24 @@ def old_checkout(rev: str) -> tuple[Path, list[str]]:
     return folder, [str(venv / "bin" / "whispers-lab")]
 
 
+def run_seeds(exports: dict[int, Path], label: str,
+              decide: Callable[[int, Path], dict[int, dict[str, Any]]], workers: int
+              ) -> dict[int, dict[int, dict[str, Any]]]:
+    """``decide(seed, export)`` for every seed, ``workers`` seeds at a time; prints each seed's
+    days as it finishes (G = GO, H = NO_GO, R = ROLLBACK, E = ERROR)."""
+    def one(item: tuple[int, Path]) -> tuple[int, dict[int, dict[str, Any]]]:
+        t = time.time()
+        seed, path = item
+        result = decide(seed, path)
+        line = " ".join(f"{d}:{v['decision'][0] if v['decision'] != 'NO_GO' else 'H'}"
+                        for d, v in result.items())
+        print(f"{label:4} seed {seed}: {line}   ({time.time() - t:.0f} s)", flush=True)
+        return seed, result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(sorted(pool.map(one, exports.items())))
+
+
 def totals(per_seed: dict[int, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     days = [v for seed in per_seed.values() for v in seed.values()]
     held = [v for v in days if v["decision"] != "GO"]
@@ -113,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old", default=None, metavar="REV",
                     help="also run this revision's `whispers-lab report` on the same exports")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--workers", type=int, default=2,
+                    help="seeds reported at the same time (each day's report runs alone)")
     args = ap.parse_args(argv)
     days = range(0, 15)
     started = time.time()
@@ -120,26 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[int, dict[int, dict[str, Any]]]] = {"new": {}}
     scratch = Path(tempfile.mkdtemp(prefix="whispers-e2e-"))
     try:
-        for s, path in exports.items():
-            t = time.time()
-            if args.mode == "evaluate":
-                runs["new"][s] = decide_in_process(path, days)
-            else:
-                runs["new"][s] = decide_with_command([sys.executable, "-m", "whispers_lab.cli"],
-                                                     path, days, scratch / f"new-{s}")
-            line = " ".join(f"{d}:{v['decision'][0] if v['decision'] != 'NO_GO' else 'H'}"
-                            for d, v in runs["new"][s].items())
-            print(f"new  seed {s}: {line}   ({time.time() - t:.0f} s)", flush=True)
+        cli_new = [sys.executable, "-m", "whispers_lab.cli"]
+        if args.mode == "evaluate":
+            runs["new"] = run_seeds(exports, "new", lambda s, p: decide_in_process(p, days), 1)
+        else:
+            runs["new"] = run_seeds(exports, "new", lambda s, p: decide_with_command(
+                cli_new, p, days, scratch / f"new-{s}"), args.workers)
         if args.old:
-            folder, cli = old_checkout(args.old)
-            runs["old"] = {}
+            folder, cli_old = old_checkout(args.old)
             try:
-                for s, path in exports.items():
-                    t = time.time()
-                    runs["old"][s] = decide_with_command(cli, path, days, scratch / f"old-{s}")
-                    line = " ".join(f"{d}:{v['decision'][0] if v['decision'] != 'NO_GO' else 'H'}"
-                                    for d, v in runs["old"][s].items())
-                    print(f"old  seed {s}: {line}   ({time.time() - t:.0f} s)", flush=True)
+                runs["old"] = run_seeds(exports, "old", lambda s, p: decide_with_command(
+                    cli_old, p, days, scratch / f"old-{s}"), args.workers)
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
                                 str(folder / "src")], check=False)

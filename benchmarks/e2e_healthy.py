@@ -12,6 +12,10 @@ With ``--old REV`` the first build is checked out into a temporary git worktree 
 ``whispers-lab report`` runs on the same exports, so before and after are measured on the same
 data in one run. Prints each day's decision per seed and the totals: days held, days held for
 lack of evidence, seeds that complete. Results go to ``benchmarks/results/e2e_healthy.json``.
+
+The internal-phase days get a passing QA run each (``<export>.qa/``, as the demo writes them and
+the QA job would leave them for the scheduled job): without one, ``qa_scenarios`` has no data
+and those days are rightly held. The first build has no QA criterion and gets none.
 """
 
 from __future__ import annotations
@@ -48,27 +52,54 @@ def ensure_export(users: int, seed: int) -> Path:
     return path
 
 
-def decide_in_process(export: Path, days: range) -> dict[int, dict[str, Any]]:
+def qa_folder(export: Path) -> Path:
+    """A passing QA run for every internal-phase day (what the QA job leaves for the scheduled
+    job, as in the demo), in a folder of its own beside the export; returns the folder."""
+    from whispers_lab.commands.demo import write_demo_qa_results
+    from whispers_lab.plan import load_plan
+
+    folder = export.with_suffix(".qa")
+    write_demo_qa_results(folder, load_plan())
+    return folder
+
+
+def qa_for_day(folder: Path | None, day: int) -> Path | None:
+    """The day's QA results file in ``folder`` (None: the day has none)."""
+    if folder is None:
+        return None
+    from whispers_lab.plan import load_plan
+    from whispers_lab.qa import qa_results_path
+
+    path = qa_results_path(folder, load_plan().day_start(day).date())
+    return path if path.exists() else None
+
+
+def decide_in_process(export: Path, days: range, qa_dir: Path | None = None
+                      ) -> dict[int, dict[str, Any]]:
     from whispers_lab.evaluate import evaluate_day
     from whispers_lab.export import open_export
     from whispers_lab.plan import load_plan
+    from whispers_lab.qa import read_qa_results
 
     plan = load_plan()
     out = {}
     with open_export(export) as ex:
         for d in days:
-            dec = evaluate_day(ex, d, plan).decision
+            path = qa_for_day(qa_dir, d)
+            qa = read_qa_results(path) if path else None
+            dec = evaluate_day(ex, d, plan, qa).decision
             out[d] = {"decision": dec.decision, "code": dec.code, "blocking": list(dec.blocking)}
     return out
 
 
-def decide_with_command(cli: list[str], export: Path, days: range, out_dir: Path
-                        ) -> dict[int, dict[str, Any]]:
+def decide_with_command(cli: list[str], export: Path, days: range, out_dir: Path,
+                        qa_dir: Path | None = None) -> dict[int, dict[str, Any]]:
     out = {}
     for d in days:
+        qa = qa_for_day(qa_dir, d)
         subprocess.run([*cli, "report", "--export", str(export), "--day", str(d), "--out",
-                        str(out_dir)], check=False, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
+                        str(out_dir), *(["--qa-results", str(qa)] if qa else [])], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         path = out_dir / f"day-{d:02d}" / "decision.json"
         try:
             doc = json.loads(path.read_text())
@@ -143,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="whispers-e2e-"))
     try:
         cli_new = [sys.executable, "-m", "whispers_lab.cli"]
+        # the QA runs of the internal days, given to the new build (the first build has no QA
+        # criterion and no --qa-results)
+        qa = {s: qa_folder(p) for s, p in exports.items()}
         if args.mode == "evaluate":
-            runs["new"] = run_seeds(exports, "new", lambda s, p: decide_in_process(p, days), 1)
+            runs["new"] = run_seeds(exports, "new", lambda s, p: decide_in_process(
+                p, days, qa[s]), 1)
         else:
             runs["new"] = run_seeds(exports, "new", lambda s, p: decide_with_command(
-                cli_new, p, days, scratch / f"new-{s}"), args.workers)
+                cli_new, p, days, scratch / f"new-{s}", qa[s]), args.workers)
         if args.old:
             folder, cli_old = old_checkout(args.old)
             try:

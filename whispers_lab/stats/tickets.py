@@ -16,10 +16,15 @@ ratio; every statistic here is stratified by day instead.
 * **Estimate and interval**: Poisson regression with a fixed effect per day and the log
   user-days as offset (statsmodels GLM): the common rate ratio and its Wald interval, naive and
   at the harm boundary.
-* **Status**: fail when the harm boundary is crossed (an increase is shown); pass when it is not
-  and the test could see an increase of ``max_informative_rate_ratio`` with the configured power
-  (``exp((b + z_power) / sqrt(V))``); otherwise inconclusive: "no increase shown" from a handful
-  of tickets proves nothing.
+* **Status**: fail when today's look crosses the harm boundary (an increase is shown); pass
+  when it does not and the test could see an increase of ``max_informative_rate_ratio`` with
+  the configured power (``exp((b + z_power) / sqrt(V))``); otherwise inconclusive: "no increase
+  shown" from a handful of tickets proves nothing. A crossing is a hold (NO_GO), not a
+  rollback, and a hold is reconsidered every day on all the data then in: a later look that no
+  longer crosses is judged on its own, with the earlier crossing named in its reason. The
+  chance that a rollout without an increase is ever held is the chance of ever crossing, which
+  the design keeps at the test's alpha; not carrying a crossing forward only shortens a false
+  alarm (a real increase keeps crossing as its evidence grows).
 
 The projected maximum information uses the pre-rollout ticket rate and the schedule's user-days,
 never a ticket of the rollout itself.
@@ -199,7 +204,8 @@ def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
     else:
         hist = ticket_history(days, first_look, day, final_day, future_users, baseline_rate,
                               threshold, settings)
-    crossed = bool(hist["crossed"].any())
+    crossed_days = [int(d) for d in hist.loc[hist["crossed"].astype(bool), "day"]]
+    crossed = bool(len(hist)) and bool(hist["crossed"].iloc[-1])   # today's look
     b_now = hist["boundary"].dropna()
     b = float(b_now.iloc[-1]) if len(b_now) else float(stats.norm.isf(settings.harm_alpha))
     _, v = score_statistic(cum, threshold)
@@ -223,11 +229,20 @@ def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
     ci_txt = (f" ({settings.ci_level:.0%} CI {lo:.2f} to {hi:.2f})" if lo is not None else "")
     text = (f"Support tickets per user-day, treatment/control stratified by day = {est_txt}"
             f"{ci_txt}; {count_t} vs {count_c} tickets over {ud_t:,.0f} vs {ud_c:,.0f} user-days")
+    details["crossed_days"] = crossed_days
     if crossed:
-        first = int(hist.loc[hist["crossed"], "day"].iloc[0])
+        today = int(hist["day"].iloc[-1])
+        since = (f"; first crossed on day {crossed_days[0]}" if crossed_days[0] != today else "")
         return StatResult(metric, est, lo, hi, p, n, METHOD, "fail",
-                          f"{text}: an increase is shown (harm boundary crossed on day {first}).",
-                          threshold, details | {"code": "harm_detected", "first_crossing": first}), hist
+                          f"{text}: an increase is shown (harm boundary crossed on day "
+                          f"{today}{since}).", threshold,
+                          details | {"code": "harm_detected", "first_crossing": crossed_days[0]}
+                          ), hist
+    earlier = ""
+    if crossed_days:
+        listed = ", ".join(str(d) for d in crossed_days)
+        earlier = (f" The harm boundary was crossed on day(s) {listed}; with the data since, an "
+                   f"increase is no longer shown.")
     if count_t + count_c == 0:
         return StatResult(metric, None, None, None, None, n, METHOD, "inconclusive",
                           f"No support tickets in either arm over {ud_t + ud_c:,.0f} user-days: "
@@ -236,11 +251,11 @@ def ticket_result(days: pd.DataFrame, first_look: int, day: int, final_day: int,
     if mde <= settings.max_informative_rate_ratio:
         return StatResult(metric, est, lo, hi, p, n, METHOD, "pass",
                           f"{text}: no increase is shown, and an increase of {mde:.2f}x would "
-                          f"have been detected with {settings.power:.0%} power.", threshold,
-                          details | {"code": "pass"}), hist
+                          f"have been detected with {settings.power:.0%} power.{earlier}",
+                          threshold, details | {"code": "pass"}), hist
     return StatResult(metric, est, lo, hi, p, n, METHOD, "inconclusive",
                       f"{text}: no increase is shown, but only an increase of {mde:.1f}x or more "
-                      f"could be detected yet, so that proves little.", threshold,
+                      f"could be detected yet, so that proves little.{earlier}", threshold,
                       details | {"code": "insufficient_evidence"}), hist
 
 

@@ -39,6 +39,7 @@ from ..paths import REPORTS_DIR
 from ..plan import Plan, load_plan
 from ..progress import Progress, stage
 from ..qa import qa_results_path
+from .coverage_check import check_export_covers
 from .folder import LOCK_NAME, FolderLock, is_temp_name, utc_now
 from .runner import (
     DEFAULT_CELL_TIMEOUT_S,
@@ -113,29 +114,6 @@ def newest_export(exports_dir: str | Path) -> Path:
 def report_day(plan: Plan, today: dt.date) -> int:
     """The rollout day the job reports when run on UTC date ``today``: the last complete day."""
     return plan.day_of(today) - 1
-
-
-def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
-    """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
-    yesterday's export has not arrived). Judged on the rows' day distribution
-    (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
-    that a row stamped in the future does not make a stale export look current."""
-    from ..export import open_export
-    from ..queries.monitoring import export_extent
-
-    with open_export(export_path, validate=False) as export:
-        extent = export_extent(export)
-    start = plan.day_start(day)
-    if not extent.covers(start.date()):
-        if extent.end is None:
-            seen = "holds no events"
-        else:
-            seen = f"ends at {extent.end:%Y-%m-%d %H:%M} UTC"
-            if extent.beyond_rows:
-                seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
-                         f"{max(extent.beyond):%Y-%m-%d})")
-        raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
-                          f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
 
 
 def _state_last_day(exports_dir: str | Path, plan: Plan, day: int, out: Path) -> int:

@@ -205,7 +205,7 @@ def full_evaluation(export_path: str | Path, plan: Plan, through: int,
     from ..evaluate import evaluate_day
     from ..export import open_export
     from ..queries.monitoring import ticket_counts
-    from .daily import check_export_covers
+    from .coverage_check import check_export_covers
 
     path = Path(export_path)
     check_export_covers(path, plan, through)

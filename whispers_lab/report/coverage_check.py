@@ -1,0 +1,33 @@
+"""Whether an export reaches a rollout day: the daily job's and the summary's check that the
+day's export has arrived (below :mod:`.daily` and :mod:`.summary`, so neither imports the
+other's runner)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ReportError
+from ..plan import Plan
+
+
+def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
+    """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
+    yesterday's export has not arrived). Judged on the rows' day distribution
+    (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
+    that a row stamped in the future does not make a stale export look current."""
+    from ..export import open_export
+    from ..queries.monitoring import export_extent
+
+    with open_export(export_path, validate=False) as export:
+        extent = export_extent(export)
+    start = plan.day_start(day)
+    if not extent.covers(start.date()):
+        if extent.end is None:
+            seen = "holds no events"
+        else:
+            seen = f"ends at {extent.end:%Y-%m-%d %H:%M} UTC"
+            if extent.beyond_rows:
+                seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
+                         f"{max(extent.beyond):%Y-%m-%d})")
+        raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
+                          f"({start:%Y-%m-%d}) begins: the day's export has not arrived")

@@ -123,10 +123,11 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
         raise ReportError(f"the report notebook {str(notebook)!r} is missing")
     kernels: list[Any] = []
     outcome: dict[str, BaseException] = {}
+    stopped = threading.Event()
 
     def work() -> None:
         try:
-            _run_papermill(parameters, output, timeout, notebook, kernels, on_cell)
+            _run_papermill(parameters, output, timeout, notebook, kernels, on_cell, stopped)
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
 
@@ -136,15 +137,20 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
         while worker.is_alive():
             worker.join(0.25)
     except BaseException:
+        stopped.set()   # no new kernel from here on
         _kill_kernels(kernels)
         worker.join(STOP_GRACE_S)
+        # a kernel whose launch was under way at the stop has a process only now: kill it too,
+        # before the caller removes the staging folder it runs in
+        _kill_kernels(kernels)
         raise
     if "error" in outcome:
         raise outcome["error"]
 
 
 def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, notebook: Path,
-                   kernels: list[Any], on_cell: Callable[[], None] | None = None) -> None:
+                   kernels: list[Any], on_cell: Callable[[], None] | None = None,
+                   stopped: threading.Event | None = None) -> None:
     import papermill
     from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
@@ -154,6 +160,8 @@ def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, noteb
         """nbclient's kernel manager, remembered so that a stopped run can kill the kernel."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if stopped is not None and stopped.is_set():
+                raise ReportError("the report run was stopped before its kernel started")
             super().__init__(*args, **kwargs)
             kernels.append(self)
 

@@ -30,7 +30,13 @@ def test_partitioned_export_matches_single_files(sim, tmp_path):
         a = evaluate_day(parted, 9, plan)
         b = evaluate_day(single, 9, plan)
     assert a.decision.decision == b.decision.decision
-    assert [(r.id, r.status, r.value) for r in a.criteria] == [(r.id, r.status, r.value) for r in b.criteria]
+    assert [(r.id, r.status) for r in a.criteria] == [(r.id, r.status) for r in b.criteria]
+    # the same values; a parallel sum over files may add in another order (last-bit changes)
+    for ra, rb in zip(a.criteria, b.criteria, strict=True):
+        if isinstance(ra.value, float) and isinstance(rb.value, float):
+            assert ra.value == pytest.approx(rb.value, rel=1e-12, nan_ok=True), ra.id
+        else:
+            assert ra.value == rb.value, ra.id
 
 
 def test_a_days_query_reads_only_that_days_data(sim, tmp_path):

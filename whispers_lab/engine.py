@@ -215,11 +215,13 @@ def _head(query: str) -> str:
 # the Spark session
 
 
-def spark_session(master: str | None = None, *, app_name: str = "whispers-lab") -> Any:
+def spark_session(master: str | None = None, *, app_name: str = "whispers-lab",
+                  config: Mapping[str, str] | None = None) -> Any:
     """The Spark session for ``--engine spark``: Spark Connect when ``$SPARK_REMOTE`` is set,
     else ``master`` (``--spark-master``, ``$WHISPERS_LAB_SPARK_MASTER``), else ``local[*]``.
     UTC session time zone, :data:`SPARK_SHUFFLE_PARTITIONS` shuffle partitions, non-ANSI
-    arithmetic (a division by zero is NULL, as in DuckDB), Arrow for results."""
+    arithmetic (a division by zero is NULL, as in DuckDB), Arrow for results. ``config``:
+    more Spark settings (they win over these)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -239,6 +241,8 @@ def spark_session(master: str | None = None, *, app_name: str = "whispers-lab") 
                .config("spark.sql.ansi.enabled", "false")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.sql.parquet.inferTimestampNTZ.enabled", "true"))
+    for key, value in (config or {}).items():
+        builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()
     except Exception as exc:  # no Java, a master that cannot be reached, ...

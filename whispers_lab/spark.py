@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,12 @@ class SparkExport:
         self.validation: ValidationResult | None = None
         #: most rows any one query returned to the driver, and that query's first line
         self.largest_result: tuple[int, str] = (0, "")
-        #: rows of every frame that reached the driver, in order (query head, rows)
-        self.results: list[tuple[str, int]] = []
+        #: every frame that reached the driver, in order: (query head, rows, seconds)
+        self.results: list[tuple[str, int, float]] = []
         self._scratch = scratch
+        #: per table, columns stored with Parquet's Null logical type (an all-NULL column
+        #: DuckDB wrote without a type; Spark reads it as int, DuckDB as NULL)
+        self._null_columns: dict[str, set[str]] = {}
         self._views: set[str] = set()
         self._cached: dict[str, Any] = {}
         self.description: list[tuple[str]] | None = None
@@ -107,22 +111,23 @@ class SparkExport:
         except Exception as exc:
             raise EngineError(f"Spark cannot run the query ({_head(query)}): {_first_line(exc)}") from None
 
-    def _collect(self, frame: Any, query: str) -> pd.DataFrame:
+    def _collect(self, frame: Any, query: str, started: float) -> pd.DataFrame:
         try:
             table = frame.toArrow()
         except Exception as exc:
             raise EngineError(f"Spark query failed ({_head(query)}): {_first_line(exc)}") from None
         out = table.to_pandas()
         head = _head(query)
-        self.results.append((head, len(out)))
+        self.results.append((head, len(out), time.perf_counter() - started))
         if len(out) > self.largest_result[0]:
             self.largest_result = (len(out), head)
         return out
 
     def sql(self, query: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run a query and return its (small, aggregated) result as a DataFrame."""
+        started = time.perf_counter()
         frame = self._run(query, params)
-        return pd.DataFrame() if frame is None else self._collect(frame, query)
+        return pd.DataFrame() if frame is None else self._collect(frame, query, started)
 
     def scalar(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
         out = self.sql(query, params)
@@ -151,7 +156,9 @@ class SparkExport:
             schema = self.spark.table(spark_source_view(table)).schema
         except Exception as exc:
             raise ExportError(f"table {table!r} cannot be read: {_first_line(exc)}") from None
-        return {f.name: duck_type(f.dataType.simpleString()) for f in schema.fields}
+        untyped = self._null_columns.get(table, set())
+        return {f.name: "NULL" if f.name in untyped else duck_type(f.dataType.simpleString())
+                for f in schema.fields}
 
     def register(self, name: str, frame: Any) -> None:
         """Make a DataFrame / Arrow table queryable as ``name`` (cached on the cluster)."""
@@ -253,6 +260,20 @@ def _table_path(folder: Path, table: str) -> Path | None:
     return None
 
 
+def _null_typed(source: Path) -> set[str]:
+    """Columns whose Parquet type is the Null logical type, in the first file of ``source``."""
+    import pyarrow.parquet as pq
+
+    first = source if source.is_file() else next(iter(sorted(source.rglob("*.parquet"))), None)
+    if first is None:
+        return set()
+    try:
+        schema = pq.read_schema(first)
+    except (OSError, pa.ArrowException):  # unreadable: Spark's read says so
+        return set()
+    return {f.name for f in schema if pa.types.is_null(f.type)}
+
+
 def _canonical(name: str, logical: str) -> str:
     return f'CAST("{name}" AS {_CANONICAL[logical]}) AS "{name}"'
 
@@ -293,6 +314,7 @@ def open_spark_export(path: str | Path, *, validate: bool = True, master: str | 
                 raise ExportError(f"export {str(p)!r}: table {t.name!r} cannot be read as "
                                   f"Parquet: {_first_line(exc)}") from None
             export._replace(spark_source_view(t.name), frame, cache=False)
+            export._null_columns[t.name] = _null_typed(source)
             present.append(t.name)
         export.present = tuple(present)
         _create_duplicate_events(export)

@@ -334,3 +334,46 @@ def test_spark_export_is_an_export(spark, flat_parquet):
         cols = export.sql("SELECT * FROM users LIMIT 0").columns.tolist()
         assert cols == ["user_id", "signup_at", "is_internal", "micro_memory_count",
                         "engagement_score"]
+
+
+# ---------------------------------------------------------------------------------------
+# the command line
+
+
+def test_validate_command_on_spark(spark, day_parquet, capsys):
+    from whispers_lab.cli import main
+
+    assert main(["validate", "--engine", "spark", str(day_parquet)]) == 0
+    out = capsys.readouterr().out
+    assert "checked on spark) is valid" in out and "telemetry" in out
+
+
+def test_validate_command_reports_problems_on_spark(spark, tmp_path, capsys):
+    from whispers_lab.cli import main
+
+    tables = valid_tables()
+    tables["users"]["engagement_score"] = [2.0, 2.0, 2.0]
+    folder = write_export(tables, tmp_path / "bad", parquet=True)
+    assert main(["validate", "--engine", "spark", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "table 'users', column 'engagement_score'" in err and "3 row(s)" in err
+
+
+def test_engine_option_reaches_the_report_kernel_and_is_restored(monkeypatch):
+    """``--engine`` travels in the environment (the papermill kernel inherits it), only for
+    the run."""
+    import argparse
+
+    from whispers_lab.commands.options import engine_environment
+    from whispers_lab.engine import ENGINE_ENV, SPARK_MASTER_ENV, default_engine
+
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    monkeypatch.delenv(SPARK_MASTER_ENV, raising=False)
+    args = argparse.Namespace(engine="spark", spark_master="spark://example:7077")
+    with engine_environment(args):
+        assert default_engine() == "spark"
+        assert os.environ[SPARK_MASTER_ENV] == "spark://example:7077"
+    assert default_engine() == "duckdb" and SPARK_MASTER_ENV not in os.environ
+    monkeypatch.setenv(ENGINE_ENV, "flink")
+    with pytest.raises(Exception, match="unknown engine"):
+        default_engine()

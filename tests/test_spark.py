@@ -79,6 +79,14 @@ def day_parquet(small_export, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def spark_flat(flat_parquet, spark):
+    """The flat Parquet copy opened on Spark once (validated), shared by the tests below."""
+    export = open_spark_export(flat_parquet, spark=spark)
+    yield export
+    export.close()
+
+
+@pytest.fixture(scope="session")
 def duck_eval(small_export):
     with open_export(small_export) as export:
         return evaluate_day(export, DAY, load_plan(None))
@@ -116,16 +124,23 @@ def _frames_agree(a: pd.DataFrame, b: pd.DataFrame) -> None:
 # the daily evaluation
 
 
+def _evaluate(export: SparkExport):
+    export.results.clear()
+    ev = evaluate_day(export, DAY, load_plan(None))
+    largest = max((r for r in export.results if not r[0].startswith(
+        "SELECT user_id, is_internal")), key=lambda r: r[1])
+    users = [r for r in export.results if r[0].startswith("SELECT user_id, is_internal")]
+    return ev, largest, users
+
+
 @pytest.mark.parametrize("layout", ["flat", "by_day"])
-def test_evaluation_agrees_with_duckdb(layout, spark, flat_parquet, day_parquet, duck_eval):
-    folder = flat_parquet if layout == "flat" else day_parquet
-    if layout == "by_day":  # the layout of a data lake: telemetry/day=2026-12-08/part-0.parquet
-        assert any((folder / "telemetry").glob("day=*/part-0.parquet"))
-    with open_spark_export(folder, spark=spark) as export:
-        ev = evaluate_day(export, DAY, load_plan(None))
-        largest = max((r for r in export.results if not r[0].startswith(
-            "SELECT user_id, is_internal")), key=lambda r: r[1])
-        users = [r for r in export.results if r[0].startswith("SELECT user_id, is_internal")]
+def test_evaluation_agrees_with_duckdb(layout, spark, spark_flat, day_parquet, duck_eval):
+    if layout == "flat":
+        ev, largest, users = _evaluate(spark_flat)
+    else:  # the layout of a data lake: telemetry/day=2026-12-08/part-0.parquet
+        assert any((day_parquet / "telemetry").glob("day=*/part-0.parquet"))
+        with open_spark_export(day_parquet, spark=spark) as export:
+            ev, largest, users = _evaluate(export)
     duck = {r.id: r.to_dict() for r in duck_eval.results}
     mine = {r.id: r.to_dict() for r in ev.results}
     assert set(duck) == set(mine)
@@ -146,12 +161,10 @@ def test_evaluation_agrees_with_duckdb(layout, spark, flat_parquet, day_parquet,
 
 
 @pytest.fixture(scope="session")
-def both(small_export, flat_parquet, spark):
+def both(small_export, spark_flat):
     duck = open_export(small_export)
-    sp = open_spark_export(flat_parquet, spark=spark)
-    yield duck, sp
+    yield duck, spark_flat
     duck.close()
-    sp.close()
 
 
 def test_every_variant_names_both_engines():
@@ -191,6 +204,9 @@ def test_mask_span_is_checked_per_engine(both):
     base = DAY + 1 - MASK_DAYS["spark"] - 1  # one day more than Spark's mask holds
     with pytest.raises(Exception, match="at most 62 days on spark"):
         qe.materialize_randomised(sp, plan.start_date, hi, base)
+    from whispers_lab import cohort
+
+    qe.register_cohort(duck, cohort.assign(qe.users_for_assignment(duck), DAY, plan))
     assert qe.materialize_randomised(duck, plan.start_date, hi, base) > 0
 
 
@@ -327,13 +343,29 @@ def test_day_partitioned_copy_is_read_by_duckdb_too(day_parquet, small_export):
             assert a.row_count(table) == b.row_count(table)
 
 
-def test_spark_export_is_an_export(spark, flat_parquet):
-    with open_spark_export(flat_parquet, spark=spark) as export:
-        assert isinstance(export, SparkExport) and export.engine == "spark"
-        assert export.has("telemetry") and export.time_range("users")[0] is not None
-        cols = export.sql("SELECT * FROM users LIMIT 0").columns.tolist()
-        assert cols == ["user_id", "signup_at", "is_internal", "micro_memory_count",
-                        "engagement_score"]
+def test_spark_export_is_an_export(spark_flat):
+    export = spark_flat
+    assert isinstance(export, SparkExport) and export.engine == "spark"
+    assert export.has("telemetry") and export.time_range("users")[0] is not None
+    cols = export.sql("SELECT * FROM users LIMIT 0").columns.tolist()
+    assert cols == ["user_id", "signup_at", "is_internal", "micro_memory_count",
+                    "engagement_score"]
+
+
+def test_a_duckdb_file_is_copied_to_parquet_once(small_export, spark, tmp_path, monkeypatch):
+    """``--engine spark`` on a DuckDB file: one Parquet copy per version of the file, kept in
+    the cache folder, so that the several openings of one daily run copy it once."""
+    monkeypatch.setenv("WHISPERS_LAB_CACHE", str(tmp_path / "cache"))
+    export_file = tmp_path / "export.duckdb"
+    shutil.copy(small_export, export_file)
+    with open_spark_export(export_file, spark=spark, validate=False) as export:
+        first = export.parquet_dir
+        assert export.kind == "duckdb" and export.row_count("users") == 3000
+    with open_spark_export(export_file, spark=spark, validate=False) as export:
+        assert export.parquet_dir == first and first.is_dir()
+    export_file.touch()  # a new version of the file: a new copy, the old one removed
+    with open_spark_export(export_file, spark=spark, validate=False) as export:
+        assert export.parquet_dir != first and not first.exists()
 
 
 # ---------------------------------------------------------------------------------------

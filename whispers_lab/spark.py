@@ -6,8 +6,10 @@ reads) as one temporary view per contract table (``src__<table>``, what DuckDB c
 ``src.<table>``), validates it with the contract checks of :mod:`whispers_lab.validation`
 (through :class:`SparkExport.execute`, the DB-API subset those checks use), leaves repeated
 telemetry events out as DuckDB does, and defines the canonical views (contract columns,
-canonical types, naive UTC timestamps). A DuckDB export file is first copied to a temporary
-Parquet folder (:func:`whispers_lab.export.to_parquet_folder`), since Spark cannot read it.
+canonical types, naive UTC timestamps). A DuckDB export file is first copied to a Parquet
+folder (:func:`whispers_lab.export.to_parquet_folder`), since Spark cannot read it: once per
+version of the file, in the cache folder (``spark/``), or to a temporary folder when caching is
+off.
 
 Every query is the DuckDB text of :mod:`whispers_lab.queries`, rewritten by
 :func:`whispers_lab.engine.to_spark`. ``CREATE ... TEMP TABLE x AS SELECT`` (the
@@ -250,6 +252,33 @@ def _head(query: str) -> str:
 # opening
 
 
+def _cached_copy(path: Path) -> Path | None:
+    """The Parquet copy of a DuckDB export file for Spark, kept in the cache folder
+    (:func:`whispers_lab.validation.cache_dir`, ``spark/``) under a digest of the file's path,
+    size, times and inode, so that the runs of one job (coverage check, state, the report's
+    kernel) copy it once; the copy of an earlier version of the same path is replaced. None:
+    caching is off (the caller copies to a temporary folder)."""
+    import hashlib
+
+    from .export import to_parquet_folder
+    from .validation import cache_dir
+
+    root = cache_dir()
+    if root is None:
+        return None
+    st = path.stat()
+    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    version = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+                             .encode()).hexdigest()[:16]
+    base = root / "spark" / where
+    target = base / version
+    if not target.is_dir():
+        for old in base.glob("*") if base.is_dir() else ():
+            shutil.rmtree(old, ignore_errors=True)
+        to_parquet_folder(path, target)
+    return target
+
+
 def _table_path(folder: Path, table: str) -> Path | None:
     single = folder / f"{table}.parquet"
     if single.is_file():
@@ -297,8 +326,11 @@ def open_spark_export(path: str | Path, *, validate: bool = True, master: str | 
         if not is_duckdb_file(p):
             raise ExportError(f"export {str(p)!r} is not a DuckDB database file (nor a folder "
                               f"of Parquet files): its header lacks the DuckDB magic bytes")
-        scratch = Path(tempfile.mkdtemp(prefix="whispers-spark-"))
-        kind, folder = "duckdb", to_parquet_folder(p, scratch / "export")
+        kind = "duckdb"
+        folder = _cached_copy(p)
+        if folder is None:
+            scratch = Path(tempfile.mkdtemp(prefix="whispers-spark-"))
+            folder = to_parquet_folder(p, scratch / "export")
     session = spark if spark is not None else spark_session(master)
     export = SparkExport(p, kind, session, [], folder, scratch)
     try:

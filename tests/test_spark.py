@@ -78,9 +78,10 @@ def day_parquet(small_export, tmp_path_factory) -> Path:
                              partition_by_day=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def spark_flat(flat_parquet, spark):
-    """The flat Parquet copy opened on Spark once (validated), shared by the tests below."""
+    """The flat Parquet copy opened on Spark (validated). Per test: the views of a
+    SparkExport are the session's, so two open at once would share them."""
     export = open_spark_export(flat_parquet, spark=spark)
     yield export
     export.close()
@@ -160,7 +161,7 @@ def test_evaluation_agrees_with_duckdb(layout, spark, spark_flat, day_parquet, d
 # every engine-specific variant against DuckDB's
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def both(small_export, spark_flat):
     duck = open_export(small_export)
     yield duck, spark_flat

@@ -64,7 +64,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 class SparkExport:
-    """An export opened on Spark. Same query interface as :class:`whispers_lab.export.Export`."""
+    """An export opened on Spark. Same query interface as :class:`whispers_lab.export.Export`.
+
+    Its views are temporary views of the Spark session: open one SparkExport per session at a
+    time (a second one replaces the views, and closing either drops them)."""
 
     engine = "spark"
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from .atomic import replace_dir
 from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
+from .engine import default_engine, variant
 from .errors import ExportError
 from .sql import sql_ident, sql_string
 from .validation import (
@@ -37,7 +38,8 @@ from .validation import (
 )
 
 __all__ = ["Export", "attach", "connect", "create_canonical_views", "describe_source",
-           "empty_select", "open_export", "sql_ident", "sql_string", "write_export",
+           "duplicate_events_select", "empty_select", "is_duckdb_file", "open_export",
+           "sql_ident", "sql_string", "to_parquet_folder", "write_export",
            "write_partitioned_export"]
 
 DUCKDB_MAGIC = b"DUCK"
@@ -64,6 +66,10 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
 
 class Export:
     """An opened export. Use as a context manager, or call :meth:`close`."""
+
+    #: the engine that runs its queries (:mod:`whispers_lab.engine`); Spark's is
+    #: :class:`whispers_lab.spark.SparkExport`
+    engine = "duckdb"
 
     def __init__(self, path: Path, kind: str, con: duckdb.DuckDBPyConnection,
                  present: Sequence[str], validation: ValidationResult | None = None) -> None:
@@ -96,6 +102,10 @@ class Export:
         """Make a DataFrame / Arrow table queryable as ``name`` (e.g. cohort assignments)."""
         self.con.register(name, frame)
 
+    def unregister(self, name: str) -> None:
+        """Drop a relation made by :meth:`register`."""
+        self.con.unregister(name)
+
     def has(self, table: str) -> bool:
         """Whether the export itself holds ``table`` (absent optional tables are empty views)."""
         return table in self.present
@@ -126,6 +136,11 @@ class Export:
 
 # ---------------------------------------------------------------------------------------
 # opening
+
+
+def is_duckdb_file(path: Path) -> bool:
+    """Whether ``path`` is a file with DuckDB's magic bytes."""
+    return _is_duckdb_file(path)
 
 
 def _is_duckdb_file(path: Path) -> bool:
@@ -241,27 +256,32 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
         except duckdb.Error:  # a damaged cache file: compute again
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
-    key = ", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY)
-    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
-    # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
-    # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
-    # only if their events fall within the same second.
     try:
-        con.execute(f"""
-            INSERT INTO {DUPLICATE_EVENTS_TABLE}
-            SELECT event_id FROM (
-                SELECT CAST(event_id AS VARCHAR) AS event_id, ts,
-                       lag(ts) OVER (PARTITION BY k ORDER BY ts, event_id) AS prev_ts
-                FROM (SELECT event_id, {ts} AS ts, hash({key}) AS k FROM src.telemetry)
-            )
-            WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
-              AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}
-        """)
+        con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {duplicate_events_select('duckdb', ts)}")
     except duckdb.Error:  # unreadable telemetry: validation says so; count every row
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
         return
     if cached is not None:
         _save_duplicates(con, cached)
+
+
+def duplicate_events_select(engine: Any, ts: str) -> str:
+    """The SELECT of the repeated telemetry events' ids (see :func:`create_duplicate_events`)
+    over ``src.telemetry`` with ``ts`` the SQL of its canonical ``created_at``, for the engine
+    of ``engine`` (an export or an engine name)."""
+    key = variant(engine, "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
+    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
+    # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
+    # only if their events fall within the same second.
+    return f"""
+        SELECT event_id FROM (
+            SELECT CAST(event_id AS VARCHAR) AS event_id, ts,
+                   lag(ts) OVER (PARTITION BY k ORDER BY ts, event_id) AS prev_ts
+            FROM (SELECT event_id, {ts} AS ts, {key} AS k FROM src.telemetry)
+        )
+        WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
+          AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""
 
 
 def _duplicates_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
@@ -322,10 +342,22 @@ def empty_select(table: Table) -> str:
 
 
 def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None,
-                use_cache: bool = True) -> Export:
+                use_cache: bool = True, engine: str | None = None,
+                spark_master: str | None = None) -> Any:
     """Open an export read-only; validate it (raising ``ExportValidationError``) unless told
     not to. Validation re-checks only what changed since the last validation of this export
-    (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything."""
+    (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything.
+
+    ``engine``: ``duckdb`` (an :class:`Export`) or ``spark`` (a
+    :class:`whispers_lab.spark.SparkExport`, with ``spark_master``); None:
+    :func:`whispers_lab.engine.default_engine` (``$WHISPERS_LAB_ENGINE``, set by ``--engine``)."""
+    name = engine or default_engine()
+    if name == "spark":
+        from .spark import open_spark_export
+
+        return open_spark_export(path, validate=validate, master=spark_master)
+    if name != "duckdb":
+        raise ExportError(f"unknown engine {name!r} (known: duckdb, spark)")
     con, kind, found = attach(path, threads=threads)
     try:
         create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache)
@@ -417,3 +449,47 @@ def _write_parquet_folder(con: duckdb.DuckDBPyConnection, tables: Mapping[str, A
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def to_parquet_folder(source: str | Path, folder: str | Path, *, partition_by_day: bool = False,
+                      partition_column: str = "day") -> Path:
+    """Copy a DuckDB export file to a Parquet export folder (what Spark reads), atomically.
+
+    One ``<table>.parquet`` per table; with ``partition_by_day`` every timed table is written
+    Hive-style by the UTC date of its time column
+    (``<table>/<partition_column>=YYYY-MM-DD/part-0.parquet``), as a data lake holds it. The
+    tables are copied as stored (a broken export stays broken: validation judges the copy).
+    """
+    src = Path(source)
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    con, _, found = attach(src)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for name in found:
+            time_col = CONTRACT[name].time_column
+            types = describe_source(con, name)
+            source_sql = f"src.{sql_ident(name)}"
+            if partition_by_day and time_col in types and _base(types[time_col]).startswith("TIMESTAMP"):
+                part = sql_ident(partition_column)
+                out = sql_string(str(tmp / name))
+                con.execute(f"COPY (SELECT *, CAST({sql_ident(time_col)} AS DATE) AS {part} "
+                            f"FROM {source_sql}) TO {out} (FORMAT parquet, PARTITION_BY "
+                            f"({part}), FILENAME_PATTERN 'part-{{i}}')")
+            else:
+                out = sql_string(str(tmp / f"{name}.parquet"))
+                con.execute(f"COPY (SELECT * FROM {source_sql}) TO {out} (FORMAT parquet)")
+        replace_dir(tmp, target)
+    except duckdb.Error as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"export {str(src)!r} cannot be copied to Parquet: {_first_line(exc)}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        con.close()
+    return target
+
+
+def _base(physical: str) -> str:
+    return physical.split("(")[0].strip().upper()

@@ -56,6 +56,7 @@ from .contract import (
     Table,
 )
 from .coverage import ACTIVITY_TABLES, extent_from_days, merge_days
+from .engine import EngineError, engine_of, variant
 from .errors import ExportError, ExportValidationError
 from .sql import sql_ident, sql_string
 
@@ -127,7 +128,9 @@ class ValidationResult:
 
 
 def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    """Column name -> DuckDB type of ``src.<table>``."""
+    """Column name -> DuckDB type of ``src.<table>`` (on Spark: the DuckDB names of its types)."""
+    if engine_of(con) == "spark":
+        return con.describe(table)
     try:
         rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
     except duckdb.Error as exc:
@@ -329,20 +332,28 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # Row-group statistics answer most predicates without reading the data, so a corrupt data
     # block would pass unseen; hashing every contract column reads (and checksums) all of it.
     everything = ", ".join(sql_ident(c.name) for c in table.columns if c.name in usable)
-    selects.append(f"bit_xor(hash({everything})) AS read_all" if everything else "0 AS read_all")
+    selects.append(f"bit_xor({variant(con, 'hash64', cols=everything)}) AS read_all"
+                   if everything else "0 AS read_all")
     keys = [k for k in table.unique if set(k) <= usable]
     for j, key in enumerate(keys):
-        selects.append(f"count(DISTINCT hash({', '.join(sql_ident(c) for c in key)})) AS k{j}")
+        cols = ", ".join(sql_ident(c) for c in key)
+        selects.append(f"count(DISTINCT {variant(con, 'hash64', cols=cols)}) AS k{j}")
     time_col = table.time_column if table.time_column in usable else None
     if time_col:
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
-        selects += [f"histogram(CAST({t} AS DATE)) AS days", f"min({t}) AS t_min",
+        selects += [f"{variant(con, 'day_histogram', t=t)} AS days", f"min({t}) AS t_min",
                     f"max({t}) AS t_max"]
     else:
         selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
     query = f"SELECT {', '.join(selects)} FROM {source}" + (" GROUP BY ALL" if grouped else "")
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
+    if time_col and engine_of(con) == "spark" and not grouped:  # no histogram(): count the days
+        t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
+        per_day = con.execute(f"SELECT CAST({t} AS DATE) AS d, count(*) AS n FROM {source} "
+                              f"WHERE {t} IS NOT NULL GROUP BY 1").fetchall()
+        at = names.index("days")
+        result = [(*row[:at], {d: n for d, n in per_day}, *row[at + 1:]) for row in result]
     by_file = {f: u.name for u in units for f in u.files}
     scan = _Scan({}, {}, {}, {}, False, [])
     totals = [0] * len(parts)
@@ -386,7 +397,8 @@ def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: se
     for key in keys:
         cols = ", ".join(sql_ident(c) for c in key)
         if len(changed) > 1:
-            n = con.execute(f"SELECT count(*) - count(DISTINCT hash({cols})) FROM {new}").fetchone()[0]
+            n = con.execute(f"SELECT count(*) - count(DISTINCT "
+                            f"{variant(con, 'hash64', cols=cols)}) FROM {new}").fetchone()[0]
             if n:
                 return True
         if reused:
@@ -490,7 +502,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                                                      for d, n in entry["days"].items()})
                 spans.append((int(entry["rows"]), _time(entry.get("first")),
                               _time(entry.get("last"))))
-        except duckdb.Error as exc:
+        except (duckdb.Error, EngineError) as exc:
             found.append(Problem(table.name, None, "unreadable",
                                  f"readable data, got: {str(exc).strip().splitlines()[0]}"))
             changed, reused = units, []
@@ -534,7 +546,7 @@ def _notices(con: duckdb.DuckDBPyConnection, days: Mapping[str, Mapping[dt.date,
     notices = []
     try:
         dups = con.execute(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}").fetchone()[0]
-    except duckdb.Error:  # not built (the export was attached by hand): nothing to say
+    except (duckdb.Error, EngineError):  # not built (attached by hand): nothing to say
         dups = 0
     if dups:
         key = ", ".join(DUPLICATE_EVENT_KEY)

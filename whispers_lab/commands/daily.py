@@ -26,7 +26,7 @@ def _date(text: str) -> dt.date:
 
 
 def run(args: argparse.Namespace) -> int:
-    with stop_on_signals():
+    with stop_on_signals(), options.engine_environment(args):
         outcome = run_daily(args.exports, plan_path=args.plan, out_dir=args.out,
                             today=args.today, timeout=args.timeout, progress=Progress("daily"),
                             qa_results=args.qa_results)
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--today", type=_date, default=None, metavar="YYYY-MM-DD",
                         help="pretend today is this UTC date (testing; default: today)")
     options.add_timeout(parser)
+    options.add_engine(parser)
     options.add_qa_results(parser, "default: EXPORTS/qa/YYYY-MM-DD/ or EXPORTS/qa/YYYY-MM-DD.xml "
                                    "for the reported day")
     parser.set_defaults(func=run)

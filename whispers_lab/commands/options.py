@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..paths import REPORTS_DIR
@@ -46,3 +49,41 @@ def add_qa_results(parser: argparse.ArgumentParser, default_help: str) -> None:
                         help="the day's QA results: a JUnit XML file (jest-junit, "
                              "mocha-junit-reporter, Playwright) or a folder of them; "
                              + default_help)
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine duckdb|spark`` and ``--spark-master URL`` (:mod:`whispers_lab.engine`)."""
+    from ..engine import ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES, default="duckdb",
+                        help="where the queries run: DuckDB in process (default) or Spark SQL "
+                             "(pip install -e \".[spark]\", Java 17; a DuckDB file is copied to "
+                             "Parquet first)")
+    parser.add_argument("--spark-master", default=None, metavar="URL",
+                        help="with --engine spark: the cluster (e.g. spark://host:7077; default "
+                             "local[*]; Spark Connect: set SPARK_REMOTE=sc://host instead)")
+
+
+@contextmanager
+def engine_environment(args: argparse.Namespace) -> Iterator[None]:
+    """Run with ``args.engine`` / ``args.spark_master`` in the environment, where every
+    :func:`whispers_lab.export.open_export` of the run, the report notebook's kernel included
+    (it inherits the environment), finds them; restored afterwards."""
+    from ..engine import ENGINE_ENV, SPARK_MASTER_ENV
+
+    wanted = {ENGINE_ENV: getattr(args, "engine", None) or "duckdb",
+              SPARK_MASTER_ENV: getattr(args, "spark_master", None)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    try:
+        for key, value in wanted.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -23,7 +23,7 @@ from . import options
 
 
 def run(args: argparse.Namespace) -> int:
-    with stop_on_signals():
+    with stop_on_signals(), options.engine_environment(args):
         plan = load_plan(args.plan)
         check_day(plan, args.day, rollout_last_day_or_none(args.export, plan, args.day, args.out))
         # the same lock as `daily` (and `demo`): never two runs writing this folder at once
@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     options.add_plan(parser)
     options.add_report_dir(parser)
     options.add_timeout(parser)
+    options.add_engine(parser)
     options.add_qa_results(parser, "default: none (the qa_scenarios criterion, required in "
                                    "Phase 1, then has no data)")
     parser.set_defaults(func=run)

@@ -6,6 +6,7 @@ import argparse
 
 from ..export import open_export
 from ..validation import summary
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,15 +17,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="DuckDB file or folder of <table>.parquet files")
     p.add_argument("--full", action="store_true",
                    help="check every part of the export, even those unchanged since the last "
-                        "validation (the manifest in the cache folder is then rewritten)")
+                        "validation (the manifest in the cache folder is then rewritten; "
+                        "Spark always checks everything)")
+    options.add_engine(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_export(args.path, use_cache=not args.full) as export:
+    with open_export(args.path, use_cache=not args.full, engine=args.engine,
+                     spark_master=args.spark_master) as export:
         rows = summary(export)
     result = export.validation
-    print(f"export {args.path!r} ({export.kind}) is valid")
+    on = "" if args.engine == "duckdb" else f", checked on {args.engine}"
+    print(f"export {args.path!r} ({export.kind}{on}) is valid")
     if result is not None and result.units_reused:
         print(f"  {result.units_checked} part(s) checked, {result.units_reused} unchanged since "
               f"the last validation (use --full to check them too)")

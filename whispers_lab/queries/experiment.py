@@ -26,13 +26,15 @@ from collections.abc import Sequence
 import pandas as pd
 
 from ..contract import WHISPERS_ENDPOINT
+from ..engine import mask_days, variant
 from ..errors import WhispersLabError
 from ..export import Export
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
 STAGE_TABLE = "wl_stage_units"
-#: Widest span of rollout days (pre-period included) the 128-bit activity mask of a user holds.
+#: Widest span of rollout days (pre-period included) the 128-bit activity mask of a user holds
+#: on DuckDB (62 days in Spark's 64-bit integers: :data:`whispers_lab.engine.MASK_DAYS`).
 MAX_MASK_DAYS = 126
 EXCLUDED_REASONS: tuple[str, ...] = ("internal", "beta")
 ERROR_STATUS = 400  # an error is status >= 400, as the plan's dashboard counts it
@@ -72,17 +74,21 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
     ``users``, cohort reason neither internal nor beta): ``user_id, f_day`` (rollout day the
     state enables the user, ``inf`` = never), ``signup_day`` and ``m``, the user's active days
     (days with an ``app_open``) from ``base_day`` to the day before ``hi`` as the bits of one
-    128-bit integer (bit ``d - base_day`` for rollout day d). Users without any app open have
+    integer (bit ``d - base_day`` for rollout day d; 128-bit on DuckDB, 64-bit on Spark, the
+    type from :func:`whispers_lab.engine.variant`). Users without any app open have
     ``m = 0``; they still count as randomised (tickets, SRM denominators).
 
     App opens are read once, grouped by user; everything later is bit arithmetic on one row
     per user. Returns the number of randomised users. Raises :class:`WhispersLabError` when the
-    span from ``base_day`` to the last day exceeds :data:`MAX_MASK_DAYS`."""
+    span from ``base_day`` to the last day exceeds what the engine's mask holds
+    (:data:`MAX_MASK_DAYS` on DuckDB)."""
     last = (hi.date() - start).days - 1
-    if last - base_day + 1 > MAX_MASK_DAYS:
+    limit = mask_days(export)
+    if last - base_day + 1 > limit:
         raise WhispersLabError(
             f"the analysis spans rollout days {base_day}..{last} ({last - base_day + 1} days); "
-            f"the activity mask holds at most {MAX_MASK_DAYS} days")
+            f"the activity mask holds at most {limit} days on {export.engine}")
+    mask = variant(export, "mask_type")
     lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=base_day)
     q = f"""
     CREATE OR REPLACE TEMP TABLE {RANDOMISED_TABLE} AS
@@ -92,12 +98,12 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
         WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
     ),
     masks AS (
-        SELECT user_id, bit_or(CAST(1 AS HUGEINT) << CAST(d - $base AS INTEGER)) AS m
+        SELECT user_id, bit_or(CAST(1 AS {mask}) << CAST(d - $base AS INTEGER)) AS m
         FROM opens GROUP BY user_id
     )
     SELECT c.user_id, c.first_enabled_day AS f_day,
            coalesce({_day_expr(start, 'u.signup_at')}, $base) AS signup_day,
-           coalesce(k.m, CAST(0 AS HUGEINT)) AS m
+           coalesce(k.m, CAST(0 AS {mask})) AS m
     FROM {COHORT_RELATION} c
     JOIN users u ON u.user_id = c.user_id
     LEFT JOIN masks k ON k.user_id = c.user_id
@@ -139,10 +145,11 @@ def materialize_stage_units(export: Export, stages: Sequence[int], base_day: int
     if min(st) - covariate_days < base_day:
         raise WhispersLabError(f"covariate window starts on day {min(st) - covariate_days}, "
                                f"before the activity mask (day {base_day})")
+    mask = variant(export, "mask_type")
     ys = "".join(
         f""",
                CAST(((m >> CAST(a + 1 - $base AS INTEGER))
-                     & CAST({(1 << int(k)) - 1} AS HUGEINT)) <> 0 AS INTEGER) AS y_{int(k)}"""
+                     & CAST({(1 << int(k)) - 1} AS {mask})) <> 0 AS INTEGER) AS y_{int(k)}"""
         for k in sorted(set(k_values)))
     q = f"""
     CREATE OR REPLACE TEMP TABLE {STAGE_TABLE} AS
@@ -157,7 +164,7 @@ def materialize_stage_units(export: Export, stages: Sequence[int], base_day: int
         SELECT user_id, f_day, s, m,
                s + bit_count(~after_s & (after_s - 1)) AS a,
                bit_count((m >> CAST(s - $cov - $base AS INTEGER))
-                         & ((CAST(1 AS HUGEINT) << $cov) - 1)) AS x
+                         & ((CAST(1 AS {mask}) << $cov) - 1)) AS x
         FROM su WHERE after_s <> 0
     ),
     nx AS (SELECT *, m >> CAST(a + 1 - $base AS INTEGER) AS later FROM sa)
@@ -232,17 +239,18 @@ def preperiod_lags(export: Export, base_day: int, k_values: Sequence[int] = (1,)
     ks = sorted(set(int(k) for k in k_values))
     if not days:
         return pd.DataFrame({"p": [], "lag": [], "users": [], **{f"returned_{k}": [] for k in ks}})
+    mask = variant(export, "mask_type")
     rets = "".join(
         f""",
            CASE WHEN p + lag + {k} <= -1 THEN
-               sum(CASE WHEN ((w >> CAST(lag + 1 AS INTEGER)) & CAST({(1 << k) - 1} AS HUGEINT))
+               sum(CASE WHEN ((w >> CAST(lag + 1 AS INTEGER)) & CAST({(1 << k) - 1} AS {mask}))
                              <> 0 THEN 1 ELSE 0 END) END AS returned_{k}"""
         for k in ks)
     q = f"""
     WITH ps(p) AS (VALUES {_int_values(days)}),
     w AS (
         SELECT ps.p, (r.m >> CAST(ps.p - $base AS INTEGER))
-                     & ((CAST(1 AS HUGEINT) << CAST(-ps.p AS INTEGER)) - 1) AS w
+                     & ((CAST(1 AS {mask}) << CAST(-ps.p AS INTEGER)) - 1) AS w
         FROM {RANDOMISED_TABLE} r CROSS JOIN ps
     ),
     l AS (SELECT p, w, CAST(bit_count(~w & (w - 1)) AS INTEGER) AS lag FROM w WHERE w <> 0)
@@ -478,7 +486,8 @@ def latency_order_statistics(export: Export, lo: dt.datetime, hi: dt.datetime,
 def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max_units: int,
                  seed: int, endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
     """Per-user values on one day for the canary comparison, at most ``max_units`` users per
-    planned variant, chosen by a seeded hash of the user id (deterministic, thread-safe).
+    planned variant, chosen by a seeded hash of the user id (deterministic, thread-safe; MD5,
+    which DuckDB and Spark compute alike, so both engines draw the same users).
 
     Population: randomised units first exposed on or before ``day``; variant by plan on the day
     (treatment iff ``f <= day``: intention to treat, so that being served does not select the
@@ -504,7 +513,8 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
     ),
     joined AS (
         SELECT p.variant, a.duration_ms, a.error_rate, o.opens,
-               row_number() OVER (PARTITION BY p.variant ORDER BY hash(p.user_id, $seed),
+               row_number() OVER (PARTITION BY p.variant
+                                  ORDER BY md5(p.user_id || ':' || CAST($seed AS VARCHAR)),
                                   p.user_id) AS rk
         FROM pop p LEFT JOIN api a ON a.user_id = p.user_id
                    LEFT JOIN op o ON o.user_id = p.user_id
@@ -547,6 +557,7 @@ def first_exposure_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt
     A unit counts when its window closed (``e + k <= last_day``) and, for control, before
     the plan enabled it (``e + k + 1 <= f``). Needs :data:`RANDOMISED_TABLE`."""
     ks = sorted(set(int(k) for k in k_values))
+    mask = variant(export, "mask_type")
     q = f"""
     WITH ks(k) AS (VALUES {_int_values(ks)}),
     first_exp AS (
@@ -559,7 +570,7 @@ def first_exposure_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt
     )
     SELECT ks.k, u.e, u.variant, count(*) AS n,
            sum(CASE WHEN ((u.m >> CAST(u.e + 1 - $base AS INTEGER))
-                          & ((CAST(1 AS HUGEINT) << ks.k) - 1)) <> 0 THEN 1 ELSE 0 END)::DOUBLE
+                          & ((CAST(1 AS {mask}) << ks.k) - 1)) <> 0 THEN 1 ELSE 0 END)::DOUBLE
                AS sum_y
     FROM u CROSS JOIN ks
     WHERE u.e + ks.k <= $last AND (u.variant = 'treatment' OR u.e + ks.k + 1 <= u.f_day)

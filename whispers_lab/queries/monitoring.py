@@ -33,6 +33,8 @@ from ..export import Export
 
 ERROR_STATUS = 400
 SERVER_ERROR_STATUS = 500
+#: Example ticket ids of each kind (privacy, critical bug) that :func:`ticket_counts` returns.
+TICKET_EXAMPLES = 10
 DOWN_ERROR_SHARE = 0.5
 
 MinuteMetric = Literal["error_rate", "avg_duration_ms"]
@@ -422,18 +424,26 @@ def ticket_counts(export: Export, start: dt.datetime, end: dt.datetime) -> dict[
     query = """
     SELECT count(*) AS about_whispers,
            count(*) FILTER (WHERE category = 'privacy') AS privacy,
-           count(*) FILTER (WHERE category = 'bug' AND priority = 'critical') AS critical_bugs,
-           list(ticket_id ORDER BY created_at) FILTER (WHERE category = 'privacy')
-               AS privacy_ids,
-           list(ticket_id ORDER BY created_at)
-               FILTER (WHERE category = 'bug' AND priority = 'critical') AS critical_bug_ids
+           count(*) FILTER (WHERE category = 'bug' AND priority = 'critical') AS critical_bugs
     FROM support_tickets
     WHERE about_whispers AND created_at >= $lo AND created_at < $hi
     """
     row = _row(export.sql(query, {"lo": start, "hi": end}))
+    # the first ids of each kind in time order (ties by id), at most TICKET_EXAMPLES rows
+    examples = export.sql(f"""
+    SELECT kind, ticket_id FROM (
+        SELECT CASE WHEN category = 'privacy' THEN 'privacy_ids' ELSE 'critical_bug_ids' END
+                   AS kind, ticket_id, created_at
+        FROM support_tickets
+        WHERE about_whispers AND created_at >= $lo AND created_at < $hi
+          AND (category = 'privacy' OR (category = 'bug' AND priority = 'critical'))
+    )
+    QUALIFY row_number() OVER (PARTITION BY kind ORDER BY created_at, ticket_id)
+            <= {TICKET_EXAMPLES}
+    ORDER BY kind, created_at, ticket_id
+    """, {"lo": start, "hi": end})
     for key in ("privacy_ids", "critical_bug_ids"):
-        ids = row.get(key)
-        row[key] = [] if ids is None else [str(i) for i in list(ids)[:10]]
+        row[key] = [str(i) for i in examples.loc[examples["kind"] == key, "ticket_id"]]
     return row
 
 

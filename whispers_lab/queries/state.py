@@ -20,6 +20,7 @@ import datetime as dt
 import pandas as pd
 
 from ..contract import WHISPERS_ENDPOINT
+from ..engine import variant
 from ..export import Export
 
 ASSIGNMENT_RELATION = "wl_assignment"
@@ -100,7 +101,8 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
       row, at a time the state plans them as control;
     * ``treatment_served_control``: users planned as treatment who got a ``control`` exposure
       row then, or who opened the app then, made no whispers request then, and whose latest
-      exposure row (the variant they were last served, carried forward) is not ``treatment``.
+      exposure row (the variant they were last served, carried forward) is not ``treatment``
+      (an as-of join on DuckDB; its Spark variant in :data:`whispers_lab.engine.VARIANTS`).
     """
     q = f"""
     WITH {_events_cte(start, endpoint)},
@@ -115,10 +117,7 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
                max(t) AS last_t
         FROM pl GROUP BY day, user_id
     ),
-    lx AS (
-        SELECT ud.*, x.variant AS last_variant
-        FROM ud ASOF LEFT JOIN exposures x ON ud.user_id = x.user_id AND ud.last_t >= x.exposed_at
-    )
+    {variant(export, "last_served")}
     SELECT day, category, count(*) AS users,
            count(*) FILTER (WHERE in_c) AS planned_control,
            count(*) FILTER (WHERE in_t) AS planned_treatment,

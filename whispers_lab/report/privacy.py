@@ -159,7 +159,7 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
         frame = export.sql("SELECT DISTINCT file, col, token FROM (" + " UNION ALL ".join(parts)
                            + ")")
     finally:
-        export.con.unregister(view)
+        export.unregister(view)
     for file, col, token in frame.itertuples(index=False):
         # whisper_id values are memory ids: report them under one name
         key = (str(file), "memory_id" if col == "whisper_id" else str(col))

@@ -29,7 +29,6 @@ See ``docs/communications.md``; ``decision.json`` carries the result under ``com
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -198,19 +197,11 @@ def tasks_for_report(communications: Sequence[Communication], day: int, decision
 
 def history_from_reports(reports_dir: str | Path | None, before: int) -> dict[int, str]:
     """Day -> decision of the published reports in ``reports_dir`` for days before
-    ``before`` (``day-NN/decision.json``; unreadable ones are left out)."""
-    out: dict[int, str] = {}
-    if reports_dir is None:
-        return out
-    root = Path(reports_dir)
-    for d in range(before):
-        try:
-            doc = json.loads((root / f"day-{d:02d}" / "decision.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("decision"), str):
-            out[d] = doc["decision"]
-    return out
+    ``before`` (``day-NN/decision.json``; unreadable ones are left out): the same history the
+    rollout's state is read from (:func:`whispers_lab.state.decision_history`)."""
+    from .state import decision_history
+
+    return decision_history(reports_dir, before)
 
 
 def communications_document(plan: Plan, day: int, decision: str,

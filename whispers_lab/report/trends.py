@@ -81,6 +81,18 @@ def _withheld_note(ax, frame: pd.DataFrame) -> None:
                 ha="right", va="top", transform=ax.transAxes, fontsize=6, color="#6b7280")
 
 
+def _finish(fig: Figure, ax, d: pd.DataFrame, title: str,
+            formatter: Callable[[float, int], str]) -> None:
+    """The common end of a day-by-day value chart: y-axis format and ticks, title, axes
+    style, the note on withheld days, margins."""
+    ax.yaxis.set_major_formatter(FuncFormatter(formatter))
+    ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
+    _style(ax, d["day"].to_numpy(float))
+    _withheld_note(ax, d)
+    _layout(fig)
+
+
 def _metric(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.loc[frame["metric"] == metric].sort_values("day")
 
@@ -112,12 +124,7 @@ def interval_chart(frame: pd.DataFrame, metric: str, title: str,
     top = float(values.max()) if len(values) else 1.0
     bottom = min(float(values.min()), 0.0) if len(values) else 0.0
     ax.set_ylim(bottom, top * 1.15 if top > 0 else 1.0)
-    ax.yaxis.set_major_formatter(FuncFormatter(formatter))
-    ax.yaxis.set_major_locator(MaxNLocator(4))
-    ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
-    _style(ax, d["day"].to_numpy(float))
-    _withheld_note(ax, d)
-    _layout(fig)
+    _finish(fig, ax, d, title, formatter)
     return fig
 
 
@@ -155,12 +162,7 @@ def retention_chart(frame: pd.DataFrame) -> Figure:
         ax.step(d.loc[d["threshold"].notna(), "day"].to_numpy(float), margin.to_numpy(float),
                 where="mid", color=RED, ls="--", lw=1.1)
     ax.set_ylim(low_edge, high_edge)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:+.1f} pp"))
-    ax.yaxis.set_major_locator(MaxNLocator(4))
-    ax.set_title(title, loc="left", fontsize=9, fontweight="bold")
-    _style(ax, d["day"].to_numpy(float))
-    _withheld_note(ax, d)
-    _layout(fig)
+    _finish(fig, ax, d, title, lambda v, _: f"{100 * v:+.1f} pp")
     return fig
 
 

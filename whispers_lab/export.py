@@ -12,10 +12,12 @@ Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,20 @@ def connect(threads: int | None = None, memory_limit: str | None = None) -> duck
     return con
 
 
+_CREATE_TEMP = re.compile(r"\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+(\w+)",
+                          re.IGNORECASE)
+
+
+def _fingerprint(frame: Any, serial: Iterator[int]) -> str:
+    """A digest of a registered frame's content (a DataFrame's columns and values); any other
+    object gets a name of its own, so that nothing read through it is ever reused."""
+    if isinstance(frame, pd.DataFrame):
+        h = hashlib.sha256(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        return h.hexdigest()
+    return f"object-{next(serial)}"
+
+
 class Export:
     """An opened export. Use as a context manager, or call :meth:`close`."""
 
@@ -79,6 +95,10 @@ class Export:
         self.present = tuple(present)
         #: what validation found (notices included); None when opened without validation
         self.validation = validation
+        self._memo: dict[Any, Any] | None = None  # see memoize()
+        #: name -> fingerprint of what a relation made through this object holds
+        self._relations: dict[str, str] = {}
+        self._serial = itertools.count()
 
     @property
     def duplicate_events(self) -> int:
@@ -86,25 +106,70 @@ class Export:
         return int(self.scalar(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}"))
 
     # -- queries -----------------------------------------------------------------------
+    def memoize(self, on: bool = True) -> None:
+        """Remember every query's result for the rest of this object's life (``on``), so that
+        a second evaluation of the same export (the stakeholder summary's, after the day's)
+        reruns only the queries that differ. The export is read-only, so a query's result
+        depends only on its text, its parameters and the relations made through this object:
+        each registered frame is fingerprinted by its content, each temporary table by the
+        key of the statement that made it, and those a query names are part of its key. A ``CREATE ...
+        TEMP TABLE`` whose table already holds what the statement would make is skipped.
+        Results are copied out, so a caller may change what it gets."""
+        self._memo = {} if on else None
+
+    def _memo_key(self, kind: str, query: str, params: Any) -> tuple[Any, ...]:
+        frozen = repr(sorted(params.items()) if isinstance(params, Mapping) else params)
+        words = set(re.findall(r"\w+", query.lower()))  # the relations this query reads
+        made = _CREATE_TEMP.match(query)
+        if made:  # not the table it makes (whatever that held before)
+            words.discard(made.group(1).lower())
+        return (kind, query, frozen,
+                tuple(sorted((n, f) for n, f in self._relations.items() if n in words)))
+
+    def _cached(self, kind: str, query: str, params: Any, run: Any) -> Any:
+        if self._memo is None:
+            return run()
+        key = self._memo_key(kind, query, params)
+        made = _CREATE_TEMP.match(query)
+        if key in self._memo:
+            value = self._memo[key]
+        else:
+            value = run()
+            self._memo[key] = value
+            if made:  # the table holds what this statement makes, until it is made again
+                self._relations[made.group(1).lower()] = hashlib.sha256(
+                    repr(key).encode()).hexdigest()
+        return value.copy() if isinstance(value, pd.DataFrame) else value
+
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run a query and return a (small, aggregated) DataFrame."""
-        return self.con.execute(query, params).df() if params is not None else self.con.execute(query).df()
+        return self._cached("df", query, params, lambda: (
+            self.con.execute(query, params).df() if params is not None
+            else self.con.execute(query).df()))
 
     def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
-        row = self.con.execute(query, params).fetchone() if params is not None else self.con.execute(query).fetchone()
-        return None if row is None else row[0]
+        def run() -> Any:
+            cur = self.con.execute(query, params) if params is not None else self.con.execute(query)
+            rows = cur.fetchall()  # to the end: no result is left open on the connection
+            return rows[0][0] if rows else None
+
+        return self._cached("scalar", query, params, run)
 
     def arrow(self, query: str, params: Sequence[Any] | None = None):
         """Run a query and return a pyarrow Table (DuckDB 2 has no ``arrow()`` on a result)."""
-        return self.con.sql(query, params=params).to_arrow_table()
+        return self._cached("arrow", query, params,
+                            lambda: self.con.sql(query, params=params).to_arrow_table())
 
     def register(self, name: str, frame: Any) -> None:
         """Make a DataFrame / Arrow table queryable as ``name`` (e.g. cohort assignments)."""
         self.con.register(name, frame)
+        if self._memo is not None:
+            self._relations[name.lower()] = _fingerprint(frame, self._serial)
 
     def unregister(self, name: str) -> None:
         """Drop a relation made by :meth:`register`."""
         self.con.unregister(name)
+        self._relations.pop(name.lower(), None)
 
     def has(self, table: str) -> bool:
         """Whether the export itself holds ``table`` (absent optional tables are empty views)."""
@@ -117,8 +182,8 @@ class Export:
         col = CONTRACT[table].time_column
         if col is None:
             return (None, None)
-        row = self.con.execute(f"SELECT min({sql_ident(col)}), max({sql_ident(col)}) "
-                               f"FROM {sql_ident(table)}").fetchone()
+        query = f"SELECT min({sql_ident(col)}), max({sql_ident(col)}) FROM {sql_ident(table)}"
+        row = self._cached("row", query, None, lambda: self.con.execute(query).fetchall()[0])
         return (row[0], row[1])
 
     def close(self) -> None:

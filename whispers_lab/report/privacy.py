@@ -15,6 +15,9 @@ hold pixels, not text, and their random base64 alphabet would only produce false
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..contract import TABLES
-from ..export import Export, sql_ident
+from ..export import Export, sql_ident, sql_string
 
 #: Column names whose values identify a person, a device, a request or a memory.
 #: ``whisper_id`` in telemetry is a memory id.
@@ -83,14 +86,105 @@ def candidate_tokens(text: str, lengths: Iterable[int]) -> set[str]:
     return out
 
 
+@dataclass(frozen=True)
+class IdColumn:
+    """What the privacy scan needs to know of one id column: for each length its values
+    have, the smallest and the largest value of that length."""
+
+    table: str
+    column: str
+    ranges: tuple[tuple[int, str, str], ...]  # (length, smallest, largest)
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(n for n, _, _ in self.ranges)
+
+    def may_hold(self, token: str) -> bool:
+        """Whether ``token`` could be a value of the column: some value has its length and
+        it sorts between the smallest and the largest of them (DuckDB compares text by
+        UTF-8 bytes, which is Python's code point order)."""
+        return any(n == len(token) and lo <= token <= hi for n, lo, hi in self.ranges)
+
+
+def id_profile(export: Export) -> list[IdColumn]:
+    """:class:`IdColumn` of every id column the export holds.
+
+    Reading it is one pass over every id column (seconds at 1M users). It is kept on the
+    export object and, like the validation manifest, in the cache folder under the checksums
+    of the export's files (:func:`whispers_lab.validation.list_units`), so a report, its
+    privacy scan and the next run on the same data read it once."""
+    known = getattr(export, "_privacy_id_profile", None)
+    if known is not None:
+        return list(known)
+    columns = [(t, c) for t, c in ID_COLUMNS if export.has(t)]
+    cache = _profile_cache_file(export)
+    out = _read_profile(cache, columns)
+    if out is None:
+        ranges: dict[tuple[str, str], list[tuple[int, str, str]]] = {k: [] for k in columns}
+        if columns:
+            frame = export.sql(" UNION ALL ".join(
+                f"SELECT {sql_string(t)} AS t, {sql_string(c)} AS c, "
+                f"length({sql_ident(c)}) AS n, min({sql_ident(c)}) AS lo, "
+                f"max({sql_ident(c)}) AS hi FROM {sql_ident(t)} "
+                f"WHERE {sql_ident(c)} IS NOT NULL GROUP BY length({sql_ident(c)})"
+                for t, c in columns))
+            for t, c, n, lo, hi in frame.itertuples(index=False):
+                ranges[(str(t), str(c))].append((int(n), str(lo), str(hi)))
+        out = [IdColumn(t, c, tuple(sorted(ranges[(t, c)]))) for t, c in columns]
+        _write_profile(cache, out)
+    try:
+        export._privacy_id_profile = tuple(out)  # type: ignore[attr-defined]
+    except AttributeError:  # an export type without instance attributes: no shortcut
+        pass
+    return out
+
+
+def _profile_cache_file(export: Export) -> Path | None:
+    from ..validation import cache_dir, checks_digest, list_units
+
+    root = cache_dir()
+    kind = getattr(export, "kind", None)
+    path = getattr(export, "path", None)
+    if root is None or path is None or kind not in ("duckdb", "parquet"):
+        return None
+    digest = hashlib.sha256(f"privacy-2:{checks_digest()}".encode())
+    try:
+        for table in sorted({t for t, _ in ID_COLUMNS}):
+            for unit in list_units(Path(path), str(kind), table):
+                digest.update(f"{unit.name}:{unit.checksum};".encode())
+    except OSError:
+        return None
+    return root / "privacy" / f"{digest.hexdigest()[:40]}.json"
+
+
+def _read_profile(cache: Path | None, columns: list[tuple[str, str]]) -> list[IdColumn] | None:
+    if cache is None:
+        return None
+    try:
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+        out = [IdColumn(str(d["table"]), str(d["column"]),
+                        tuple((int(n), str(lo), str(hi)) for n, lo, hi in d["ranges"]))
+               for d in doc]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return out if [(c.table, c.column) for c in out] == columns else None
+
+
+def _write_profile(cache: Path | None, profile: list[IdColumn]) -> None:
+    if cache is None:
+        return
+    from ..atomic import write_text_atomic
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps([dataclasses.asdict(c) for c in profile]))
+    except OSError:  # the cache is only a shortcut
+        pass
+
+
 def id_lengths(export: Export) -> list[int]:
     """Distinct lengths of every id in the export (a handful: ids have fixed formats)."""
-    parts = [f"SELECT DISTINCT length({sql_ident(c)}) AS n FROM {sql_ident(t)}"
-             f" WHERE {sql_ident(c)} IS NOT NULL" for t, c in ID_COLUMNS if export.has(t)]
-    if not parts:
-        return []
-    frame = export.sql(" UNION ".join(parts))
-    return sorted(int(x) for x in frame["n"].dropna().tolist())
+    return sorted({n for col in id_profile(export) for n in col.lengths})
 
 
 #: Ids longer than this are not looked for as tokens (a text of n characters has about n
@@ -145,17 +239,22 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
         tokens.extend(found)
     if not tokens:
         return out
+    # A column is read only for the tokens that could be one of its values (their length is
+    # one of its ids' and they sort between its smallest and largest id): with ids of a
+    # fixed format (a prefix and digits) the words of a report rarely are, and most columns
+    # are not read at all.
+    profile = [col for col in id_profile(export) if any(map(col.may_hold, set(tokens)))]
+    if not profile:
+        return out
     view = "__privacy_tokens"
     export.register(view, pa.table({"file": pa.array(names, pa.string()),
                                     "token": pa.array(tokens, pa.string())}))
     try:
         parts = [
-            f"SELECT '{c}' AS col, file, token FROM {view} "
-            f"WHERE token IN (SELECT {sql_ident(c)} FROM {sql_ident(t)})"
-            for t, c in ID_COLUMNS if export.has(t)
+            f"SELECT '{col.column}' AS col, file, token FROM {view} "
+            f"WHERE token IN (SELECT {sql_ident(col.column)} FROM {sql_ident(col.table)})"
+            for col in profile
         ]
-        if not parts:
-            return out
         frame = export.sql("SELECT DISTINCT file, col, token FROM (" + " UNION ALL ".join(parts)
                            + ")")
     finally:

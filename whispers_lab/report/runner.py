@@ -43,6 +43,7 @@ from ..progress import Progress, advance, stage
 from . import privacy, stopping
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
 from .index import write_index
+from .precomputed import Precompute
 
 __all__ = [
     "DECISIONS",
@@ -370,13 +371,17 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
     # Opened here without validation: missing or unreadable exports fail fast, before a kernel
-    # starts; the notebook validates the contract (once) and its error comes back verbatim.
+    # starts. The day is evaluated (the contract validated once) in a thread while the kernel
+    # starts (.precomputed); an error there comes back through the notebook verbatim.
     # a run killed between the two renames of a previous publication left the old report
     # under a hidden name: put it back first, so it stays the day's report if this run fails
     restore_interrupted(out / day_dir_name(day))
+    summary_due = refresh_index and day >= plan.last_day
     with open_export(export_file, validate=False) as export:
         tmp = make_tmp_dir(out, day)
+        pre: Precompute | None = None
         try:
+            pre = _precompute(export_file, day, plan, out, qa_results, memoize=summary_due)
             parameters = {"export_path": str(export_file), "day": int(day),
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           # absolute: the kernel runs inside tmp, where a relative --out
@@ -385,17 +390,23 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                           "qa_results": (os.path.abspath(Path(qa_results).expanduser())
                                          if qa_results is not None else None),
                           # earlier days' decisions (held communication tasks)
-                          "reports_dir": os.path.abspath(out)}
+                          "reports_dir": os.path.abspath(out),
+                          # the evaluation this run computes while the kernel starts
+                          "evaluation_path": str(pre.path)}
             try:
                 with stage(progress, f"day {day} notebook", _code_cells(NOTEBOOK),
                            "cells") as st:
                     execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout,
                                      on_cell=(lambda: advance(st)) if st is not None else None)
             except ReportError as exc:
+                pre.cancel()
+                # bad input found by the evaluation (an invalid export): say it as is
+                failure = (_one_line(str(pre.error)) if isinstance(pre.error, WhispersLabError)
+                           else str(exc))
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
                 try:
-                    message, _ = privacy.redact(export, str(exc))
+                    message, _ = privacy.redact(export, failure)
                     kept = keep_failed_notebook(tmp / "report.ipynb", out, day, export)
                 except Exception as unreadable:  # the ids cannot be read (corrupt data blocks)
                     message = (f"the report failed and the export cannot be read back to keep "
@@ -406,6 +417,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 if kept is not None:
                     message += f" (failed notebook kept at {kept})"
                 raise ReportError(message) from None
+            scan_export, _ = pre.result()  # validated, with its id profile and query results
             decision_file = tmp / "decision.json"
             if not decision_file.is_file():
                 raise ReportError("the report notebook ran but wrote no decision.json")
@@ -436,7 +448,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             decision_file.write_text(json.dumps(document, indent=2, ensure_ascii=False,
                                                 allow_nan=False) + "\n", encoding="utf-8")
             with stage(progress, f"day {day} privacy scan"):
-                leaks = privacy.scan_files(export, [tmp / name for name in REPORT_FILES])
+                leaks = privacy.scan_files(scan_export, [tmp / name for name in REPORT_FILES])
             if leaks:
                 raise ReportError(f"report for day {day} withheld: "
                                   + "; ".join(leak.sentence() for leak in leaks))
@@ -451,14 +463,45 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                     write_index(out, plan)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            if pre is not None:
+                pre.cancel()
+                pre.close()
             raise
-    summary, note = (_write_summary(out, plan, export_file) if refresh_index
-                     and day >= plan.last_day else (None, ""))
+    try:
+        summary, note = (_write_summary(out, plan, export_file, pre.export) if summary_due
+                         else (None, ""))
+    finally:
+        pre.close()
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
                         export=export_file.name, message=note, summary=summary)
 
 
-def _write_summary(out: Path, plan: Plan, export_file: Path) -> tuple[Path | None, str]:
+def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
+                qa_results: str | Path | None, *, memoize: bool) -> Precompute:
+    """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
+    the notebook's setup cell would compute, with the same arguments. ``memoize``: the export
+    keeps its query results for the stakeholder summary's evaluation that follows."""
+    from ..evaluate import evaluate_day
+    from ..qa import read_qa_results
+
+    def opened() -> Export:
+        export = open_export(export_file)
+        if memoize:
+            export.memoize()
+        return export
+
+    def work(export: Export) -> tuple[Any, Any]:
+        evaluation = evaluate_day(export, day, plan,
+                                  qa=read_qa_results(qa_results) if qa_results is not None
+                                  else read_qa_results(None), reports_dir=os.path.abspath(out))
+        document, _ = privacy.redact(export, evaluation.decision.to_dict())
+        return evaluation, document
+
+    return Precompute(opened, work)
+
+
+def _write_summary(out: Path, plan: Plan, export_file: Path,
+                   export: Export | None = None) -> tuple[Path | None, str]:
     """issue 15: after the plan's last day is reported, the stakeholder summary of the whole
     rollout (:mod:`whispers_lab.report.summary`), then the index again (it links it). The
     day's report is published already: a failure here is returned as a message, never
@@ -466,7 +509,7 @@ def _write_summary(out: Path, plan: Plan, export_file: Path) -> tuple[Path | Non
     from .summary import write_summary
 
     try:
-        result = write_summary(out, plan, export_file)
+        result = write_summary(out, plan, export_file, export=export)
         write_index(out, plan)
     except stopping.RunStopped as stop:
         raise stopping.RunStopped(stop.signum, finished=True) from None

@@ -198,10 +198,15 @@ def full_rollout_plan(plan: Plan) -> Plan:
 
 
 def full_evaluation(export_path: str | Path, plan: Plan, through: int,
-                    min_users: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    min_users: int, *, export: Any = None
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The success metrics computed afresh from the export over the whole general rollout
     (see the module doc), ids redacted, small groups withheld; and the export's facts
-    (``name``, ``data_end``, ticket totals)."""
+    (``name``, ``data_end``, ticket totals). ``export``: the export at ``export_path``, opened
+    and validated already (the report run's, which remembers its query results); None: it is
+    opened here."""
+    from contextlib import nullcontext
+
     from ..evaluate import evaluate_day
     from ..export import open_export
     from ..queries.monitoring import ticket_counts
@@ -209,7 +214,7 @@ def full_evaluation(export_path: str | Path, plan: Plan, through: int,
 
     path = Path(export_path)
     check_export_covers(path, plan, through)
-    with open_export(path) as export:
+    with (nullcontext(export) if export is not None else open_export(path)) as export:
         ev = evaluate_day(export, through, full_rollout_plan(plan))
         doc, _ = privacy.redact(export, ev.decision.to_dict())
         tickets = (ticket_counts(export, plan.day_start(0), plan.day_start(through + 1))
@@ -255,7 +260,7 @@ def _outcome(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | None = None,
-                  *, generated_at: str | None = None) -> dict[str, Any]:
+                  *, generated_at: str | None = None, export: Any = None) -> dict[str, Any]:
     """The summary document (what ``summary.json`` holds) from the report folder's day
     folders, plus the full-rollout computation when ``export_path`` is given. Raises
     :class:`ReportError` when the folder holds no day report."""
@@ -272,7 +277,7 @@ def build_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | Non
     through = max(days)
     if export_path is not None:
         metrics, facts = full_evaluation(export_path, plan, max(decided or [through]),
-                                         min_users)
+                                         min_users, export=export)
         basis = ("computed afresh from the export over the whole rollout: the system metrics "
                  "and the survey over every percentage day (the audience), the comparisons "
                  "over every stage, privacy incidents over every day")
@@ -527,12 +532,14 @@ class SummaryResult:
 
 
 def write_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | None = None,
-                  *, generated_at: str | None = None) -> SummaryResult:
+                  *, generated_at: str | None = None, export: Any = None) -> SummaryResult:
     """Build the summary and write ``summary.json`` and ``summary.html`` into ``out_dir``,
     each atomically, after the privacy scan (against the export when given) and the check
-    that nothing would load from the network. The caller holds the folder's lock."""
+    that nothing would load from the network. The caller holds the folder's lock.
+    ``export``: the export at ``export_path`` already opened and validated (the report run's);
+    None: opened here."""
     out = Path(out_dir)
-    doc = build_summary(out, plan, export_path, generated_at=generated_at)
+    doc = build_summary(out, plan, export_path, generated_at=generated_at, export=export)
     frame = history.trend_frame(plan, collect_days(out), plan.criteria.min_group_users)
     page = summary_html(doc, plan, trend_charts(frame))
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
@@ -541,10 +548,13 @@ def write_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | Non
         raise ReportError(f"summary withheld: the page would load {len(network)} resource(s) "
                           f"from the network")
     if export_path is not None:
+        from contextlib import nullcontext
+
         from ..export import open_export
 
-        with open_export(export_path, validate=False) as export:
-            leaks = privacy.find_ids(export, {SUMMARY_HTML: page, SUMMARY_JSON: text})
+        with (nullcontext(export) if export is not None
+              else open_export(export_path, validate=False)) as opened:
+            leaks = privacy.find_ids(opened, {SUMMARY_HTML: page, SUMMARY_JSON: text})
         if leaks:
             raise ReportError("summary withheld: " + "; ".join(x.sentence() for x in leaks))
     json_path = write_text_atomic(out / SUMMARY_JSON, text)

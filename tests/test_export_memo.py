@@ -1,0 +1,106 @@
+"""An export that remembers its query results (``Export.memoize``, issue 18) gives exactly what
+a fresh export gives, and a changed input is never answered from memory."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from whispers_lab.evaluate import evaluate_day
+from whispers_lab.export import open_export
+from whispers_lab.plan import load_plan
+from whispers_lab.report.summary import full_rollout_plan
+
+
+def _doc(evaluation) -> dict:
+    doc = json.loads(json.dumps(evaluation.decision.to_dict(), default=str))
+    doc.pop("generated_at", None)
+    return doc
+
+
+def _same(a, b, path: str = "") -> None:
+    """Equal, floats to 1e-12 relative (DuckDB's parallel sums may add in another order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-12, abs=1e-12, nan_ok=True), path
+    else:
+        assert a == b, path
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return load_plan(None)
+
+
+def test_the_summarys_second_evaluation_equals_a_fresh_one(small_export, plan):
+    """The report run evaluates the day, then the summary evaluates it again under the
+    full-rollout plan on the same memoizing export: every result equals a fresh evaluation's,
+    and the window-independent queries are not run again."""
+    with open_export(small_export) as fresh:
+        day_fresh = evaluate_day(fresh, 14, plan)
+    with open_export(small_export) as fresh:
+        full_fresh = evaluate_day(fresh, 14, full_rollout_plan(plan))
+    with open_export(small_export) as export:
+        export.memoize()
+        day_memo = evaluate_day(export, 14, plan)
+        remembered = len(export._memo)
+        full_memo = evaluate_day(export, 14, full_rollout_plan(plan))
+        rerun = len(export._memo) - remembered
+    _same(_doc(day_memo), _doc(day_fresh))
+    _same(_doc(full_memo), _doc(full_fresh))
+    with pytest.raises(AssertionError):  # the two plans do judge differently
+        _same(_doc(full_fresh), _doc(day_fresh))
+    pd.testing.assert_frame_equal(full_memo.daily, full_fresh.daily, rtol=1e-12)
+    assert 0 < rerun < remembered / 2  # only the window-dependent queries ran again
+
+
+def test_a_changed_registered_frame_is_not_answered_from_memory(small_export):
+    with open_export(small_export, validate=False) as export:
+        export.memoize()
+        query = "SELECT count(*) AS n, sum(x) AS s FROM wl_probe"
+        export.register("wl_probe", pd.DataFrame({"x": [1, 2, 3]}))
+        first = export.sql(query)
+        export.register("wl_probe", pd.DataFrame({"x": [1, 2, 3]}))  # same content
+        assert export.sql(query).equals(first)
+        export.register("wl_probe", pd.DataFrame({"x": [1, 2, 4]}))
+        assert int(export.sql(query)["s"].iloc[0]) == 7
+        # a query that does not read the frame keeps its key
+        assert export.scalar("SELECT count(*) FROM users") == export.scalar(
+            "SELECT count(*) FROM users")
+
+
+def test_a_temporary_table_is_remade_only_when_its_inputs_change(small_export):
+    with open_export(small_export, validate=False) as export:
+        export.memoize()
+        make = "CREATE OR REPLACE TEMP TABLE wl_made AS SELECT sum(x) AS s FROM wl_in"
+        export.register("wl_in", pd.DataFrame({"x": [1, 2]}))
+        export.sql(make)
+        assert export.scalar("SELECT s FROM wl_made") == 3
+        export.register("wl_in", pd.DataFrame({"x": [5, 5]}))
+        export.sql(make)  # its input changed: made again
+        assert export.scalar("SELECT s FROM wl_made") == 10
+        export.con.execute("DELETE FROM wl_made")  # behind the memo's back (never done)
+        export.sql(make)  # same statement, same inputs: skipped
+        assert export.con.execute("SELECT count(*) FROM wl_made").fetchall()[0][0] == 0
+
+
+def test_results_are_copies_and_memory_is_off_by_default(small_export):
+    with open_export(small_export, validate=False) as export:
+        query = "SELECT user_id FROM users ORDER BY user_id LIMIT 3"
+        export.sql(query)
+        assert export._memo is None
+        export.memoize()
+        first = export.sql(query)
+        first.loc[0, "user_id"] = "changed"
+        assert export.sql(query).loc[0, "user_id"] != "changed"
+        export.memoize(False)
+        assert export._memo is None

@@ -1,0 +1,68 @@
+"""The privacy scan reads an id column only for tokens that could be one of its ids (issue 18),
+and still finds every id: of any length, at either end of a column's range, in any column,
+and after the export changed under the same path (the cached profile is keyed by its files)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.factories import valid_tables
+from whispers_lab.export import open_export, write_export
+from whispers_lab.report import privacy
+
+
+def _export(tmp_path, users: list[str], name: str = "e.duckdb"):
+    tables = valid_tables()
+    frame = tables["users"]
+    frame = frame.iloc[[i % len(frame) for i in range(len(users))]].reset_index(drop=True)
+    frame["user_id"] = users
+    tables["users"] = frame
+    return write_export(tables, tmp_path / name)
+
+
+def test_profile_holds_each_lengths_smallest_and_largest_id(tmp_path):
+    path = _export(tmp_path, ["u1", "u7", "user-0042", "USER-9999"])
+    with open_export(path) as export:
+        users = next(c for c in privacy.id_profile(export)
+                     if (c.table, c.column) == ("users", "user_id"))
+    assert users.ranges == ((2, "u1", "u7"), (9, "USER-9999", "user-0042"))
+    assert users.may_hold("u5") and users.may_hold("user-0042") and users.may_hold("USER-9999")
+    assert not users.may_hold("u8")  # above the largest id of its length
+    assert not users.may_hold("abc")  # no id has three characters
+
+
+@pytest.mark.parametrize("leaked", ["u1", "u7", "user-0042", "USER-9999", "d2", "m1", "r1"])
+def test_every_kind_of_id_is_still_found(tmp_path, leaked):
+    path = _export(tmp_path, ["u1", "u7", "user-0042", "USER-9999"])
+    text = f"a report that says GO and, wrongly, ({leaked}) once"
+    with open_export(path) as export:
+        leaks = privacy.find_ids(export, {"report.html": text})
+        assert leaks, leaked
+        clean, n = privacy.redact(export, {"why": text})
+    assert leaked not in clean["why"].replace("[redacted]", "") and n >= 1
+
+
+def test_words_outside_every_range_read_no_column(tmp_path, monkeypatch):
+    path = _export(tmp_path, ["u1", "u2", "u3"])
+    with open_export(path) as export:
+        privacy.id_profile(export)
+        ran: list[str] = []
+        real = export.sql
+        monkeypatch.setattr(export, "sql", lambda q, *a: ran.append(q) or real(q, *a))
+        assert privacy.find_ids(export, {"x": "GO day 14 Rollout complete zz9"}) == []
+    assert ran == []
+
+
+def test_a_changed_export_under_the_same_path_is_profiled_again(tmp_path):
+    path = _export(tmp_path, ["u1", "u2"])
+    with open_export(path) as export:
+        assert privacy.find_ids(export, {"x": "id u9 here"}) == []
+    stat = os.stat(path)
+    os.unlink(path)
+    _export(tmp_path, ["u1", "u9"])  # u9 above the old largest id
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime
+    with open_export(path) as export:
+        assert [leak.column for leak in privacy.find_ids(export, {"x": "id u9 here"})] == [
+            "user_id"]

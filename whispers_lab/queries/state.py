@@ -16,6 +16,8 @@ users when ``bucket < threshold``; unknown (-1) for an audience flagged unsure o
 from __future__ import annotations
 
 import datetime as dt
+import weakref
+from typing import Any
 
 import pandas as pd
 
@@ -45,11 +47,39 @@ def register_assignment(export: Export, user_ids: pd.Series, category: pd.Series
     }))
 
 
+#: The intervals last registered on each export (see :func:`_interval_of`).
+_REGISTERED: weakref.WeakKeyDictionary[Any, pd.DataFrame] = weakref.WeakKeyDictionary()
+
+
 def register_intervals(export: Export, intervals: pd.DataFrame) -> None:
     """Register the state's intervals as :data:`INTERVALS_RELATION`."""
-    export.register(INTERVALS_RELATION, intervals.astype({
+    frame = intervals.astype({
         "interval_id": "int64", "internal_on": "int64", "beta_on": "int64",
-        "threshold": "int64", "unsure_lo": "int64", "unsure_hi": "int64"}))
+        "threshold": "int64", "unsure_lo": "int64", "unsure_hi": "int64"})
+    export.register(INTERVALS_RELATION, frame)
+    _REGISTERED[export] = frame.copy()
+
+
+def _timestamp(value: Any) -> str:
+    return f"TIMESTAMP '{pd.Timestamp(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
+def _interval_of(export: Export, col: str) -> str | None:
+    """SQL of the id of the registered interval holding time ``col``, as one CASE over the
+    few interval bounds (NULL outside them): a hash join on its result replaces a range join
+    of every event with the intervals, several times slower. None when the intervals are not
+    contiguous and in order (then the range join is used)."""
+    frame = _REGISTERED.get(export)
+    if frame is None or frame.empty:
+        return None
+    frame = frame.sort_values("start_at")
+    starts = [pd.Timestamp(v) for v in frame["start_at"]]
+    ends = [pd.Timestamp(v) for v in frame["end_at"]]
+    if any(e != s for e, s in zip(ends[:-1], starts[1:], strict=True)):
+        return None
+    whens = " ".join(f"WHEN {col} < {_timestamp(e)} THEN {int(i)}"
+                     for e, i in zip(ends, frame["interval_id"], strict=True))
+    return f"CASE WHEN {col} < {_timestamp(starts[0])} THEN NULL {whens} ELSE NULL END"
 
 
 def _planned_sql(a: str = "a", s: str = "s") -> str:
@@ -64,9 +94,12 @@ def _day_expr(start: dt.date, col: str) -> str:
     return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
 
 
-def _events_cte(start: dt.date, endpoint: str) -> str:
+def _events_cte(export: Export, start: dt.date, endpoint: str) -> str:
     """Every whispers request (kind 1), exposure row (2) and app open (3) of the window, with
     the planned variant at its time (``planned``: 1 treatment, 0 control, -1 not known)."""
+    case = _interval_of(export, "e.t")
+    in_interval = (f"s.interval_id = {case}" if case is not None
+                   else "e.t >= s.start_at AND e.t < s.end_at")
     return f"""
     ev AS (
         SELECT user_id, "timestamp" AS t, 1 AS kind, CAST(NULL AS VARCHAR) AS variant
@@ -86,7 +119,7 @@ def _events_cte(start: dt.date, endpoint: str) -> str:
                (e.kind = 1 OR (e.kind = 2 AND e.variant = 'treatment')) AS whispers
         FROM ev e
         JOIN {ASSIGNMENT_RELATION} a ON a.user_id = e.user_id
-        JOIN {INTERVALS_RELATION} s ON e.t >= s.start_at AND e.t < s.end_at
+        JOIN {INTERVALS_RELATION} s ON {in_interval}
     )"""
 
 
@@ -105,8 +138,8 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
       (an as-of join on DuckDB; its Spark variant in :data:`whispers_lab.engine.VARIANTS`).
     """
     q = f"""
-    WITH {_events_cte(start, endpoint)},
-    ud AS (
+    WITH {_events_cte(export, start, endpoint)},
+    ud_all AS (
         SELECT day, user_id, any_value(category) AS category,
                bool_or(planned = 0) AS in_c, bool_or(planned = 1) AS in_t,
                count(*) FILTER (WHERE planned = 0 AND whispers) AS whispers_c,
@@ -117,16 +150,31 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
                max(t) AS last_t
         FROM pl GROUP BY day, user_id
     ),
-    {variant(export, "last_served")}
-    SELECT day, category, count(*) AS users,
-           count(*) FILTER (WHERE in_c) AS planned_control,
-           count(*) FILTER (WHERE in_t) AS planned_treatment,
-           count(*) FILTER (WHERE NOT in_c AND NOT in_t) AS unsure_only,
-           count(*) FILTER (WHERE in_c AND whispers_c > 0) AS control_served_whispers,
-           count(*) FILTER (WHERE in_t AND (control_rows_t > 0 OR (opens_t > 0 AND whispers_t = 0
-                             AND coalesce(last_variant, 'control') <> 'treatment')))
-               AS treatment_served_control
-    FROM lx GROUP BY day, category ORDER BY day, category
+    -- the last exposure row is looked up only where it decides: treatment-planned users who
+    -- opened the app, made no whispers request and got no control row that day
+    ud AS (
+        SELECT * FROM ud_all
+        WHERE in_t AND control_rows_t = 0 AND opens_t > 0 AND whispers_t = 0
+    ),
+    {variant(export, "last_served")},
+    opened_without AS (
+        SELECT day, category, count(*) AS n FROM lx
+        WHERE coalesce(last_variant, 'control') <> 'treatment' GROUP BY day, category
+    ),
+    counts AS (
+        SELECT day, category, count(*) AS users,
+               count(*) FILTER (WHERE in_c) AS planned_control,
+               count(*) FILTER (WHERE in_t) AS planned_treatment,
+               count(*) FILTER (WHERE NOT in_c AND NOT in_t) AS unsure_only,
+               count(*) FILTER (WHERE in_c AND whispers_c > 0) AS control_served_whispers,
+               count(*) FILTER (WHERE in_t AND control_rows_t > 0) AS control_rows_users
+        FROM ud_all GROUP BY day, category
+    )
+    SELECT c.day, c.category, c.users, c.planned_control, c.planned_treatment, c.unsure_only,
+           c.control_served_whispers,
+           c.control_rows_users + coalesce(o.n, 0) AS treatment_served_control
+    FROM counts c LEFT JOIN opened_without o ON o.day = c.day AND o.category = c.category
+    ORDER BY c.day, c.category
     """
     out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi})
     for c in ("users", "planned_control", "planned_treatment", "unsure_only",
@@ -141,7 +189,7 @@ def bucket_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetim
     ``[lo, hi)`` whose planned variant is known: ``day, interval_id, n_t`` (served whispers in
     the interval: a request or a ``treatment`` exposure row), ``n_c`` (active, not served)."""
     q = f"""
-    WITH {_events_cte(start, endpoint)},
+    WITH {_events_cte(export, start, endpoint)},
     ui AS (
         SELECT day, interval_id, user_id, bool_or(whispers) AS served
         FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0

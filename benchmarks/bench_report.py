@@ -1,0 +1,314 @@
+"""``whispers-lab report`` at 1M users, old code against new, side by side in one run (issue 18).
+
+    .venv/bin/python benchmarks/bench_report.py                # old = 89af25d, both exports
+    .venv/bin/python benchmarks/bench_report.py --old none     # the new code only
+
+Two 1M-user exports, built once into ``benchmarks/cache/`` when missing:
+
+* ``sim``: the simulator's own L export (``benchmarks/run.py``'s, seed 20261201, 70.8M rows);
+* ``steady``: ``benchmarks/steady_export.py`` (a steady user base, 102M rows), made without the
+  simulator, so the figures are not those of the data the queries were tuned on.
+
+For each export and each code version the report of ``--day`` (default 14, the plan's last day,
+which also writes the stakeholder summary) runs as its own process, twice:
+
+* **cold**: an empty cache folder (``WHISPERS_LAB_CACHE``): the export is validated in full,
+  its repeated events searched and its id profile read; what a new DuckDB-file export costs;
+* **warm**: the same cache folder again: the export was seen before (e.g. ``validate`` ran, or
+  an earlier report of the same file); for a day-partitioned export, everything but the new
+  day's partitions is in this state (see ``bench_validate_incremental.py``).
+
+Time is wall time of the whole command; memory is the peak of the **sum** of the resident sets
+of the command and every process it started (the report's kernel runs beside it), sampled every
+20 ms with psutil. The old version runs from a temporary ``git worktree`` with the same
+virtualenv (``PYTHONPATH``; its kernel inherits it).
+
+Then, per version, one in-process pass over the report's queries (open and validate, evaluate
+the day, redact the decision, the summary's evaluation, the privacy scan) with DuckDB's
+profiler on every query, to print where the time goes and how many times each table is scanned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / "cache"
+SIM = CACHE / "bench-L-1000000u-seed20261201.duckdb"
+STEADY = CACHE / "steady-1m.duckdb"
+OLD = "89af25d"  # main at the start of this work (the first build's report path + issue 18 so far)
+GOALS = {"seconds": 15.0, "peak_mb": 2048.0}
+
+
+def _ensure_exports(which: list[str]) -> dict[str, Path]:
+    CACHE.mkdir(exist_ok=True)
+    out = {}
+    if "sim" in which:
+        if not SIM.exists():
+            print(f"simulating {SIM.name} (about 1.5 min) ...", flush=True)
+            subprocess.run([sys.executable, "-m", "whispers_lab.cli", "simulate", "--users",
+                            "1000000", "--seed", "20261201", "--through-day", "14", "--out",
+                            str(SIM)], check=True, cwd=ROOT)
+        out["sim"] = SIM
+    if "steady" in which:
+        if not STEADY.exists():
+            print(f"writing {STEADY.name} (about 2 min) ...", flush=True)
+            subprocess.run([sys.executable, str(HERE / "steady_export.py"), "--users", "1000000",
+                            "--seed", "1", "--out", str(STEADY), "--quiet"], check=True, cwd=ROOT)
+        out["steady"] = STEADY
+    return out
+
+
+def _tree_rss(proc) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
+    """Wall seconds and peak summed RSS (MB) of ``args`` and its descendants."""
+    import psutil
+
+    started = time.perf_counter()
+    child = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    watched = psutil.Process(child.pid)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(watched))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = child.communicate()
+    seconds = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "rc": child.returncode,
+            "output": output}
+
+
+def _report_args(export: Path, day: int, out: Path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from whispers_lab.cli import main; sys.exit(main())",
+            "report", "--export", str(export), "--day", str(day), "--out", str(out)]
+
+
+# ---------------------------------------------------------------------------------------
+# the in-process pass with DuckDB's profiler (runs as a child, under either version)
+
+
+def _child_scans(export_path: str, day: int, out_json: str) -> None:
+    import duckdb
+
+    import whispers_lab.export as ex
+    from whispers_lab.evaluate import evaluate_day
+    from whispers_lab.plan import load_plan
+    from whispers_lab.report import privacy
+    from whispers_lab.report.summary import full_rollout_plan
+
+    scans: collections.Counter[str] = collections.Counter()
+    phase_of_query: list[tuple[str, float]] = []
+    current = ["open"]
+
+    def count(node: dict) -> None:
+        if node.get("name") in ("TABLE_SCAN", "SEQ_SCAN", "READ_PARQUET", "PARQUET_SCAN"):
+            table = (node.get("extra_info") or {}).get("Table") or "?"
+            scans[str(table).split(".")[-1]] += 1
+        for kid in node.get("children", []):
+            count(kid)
+
+    class Profiled:
+        """A DuckDB connection that reads its profiler after every statement."""
+
+        engine = "duckdb"
+
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self._con = con
+            con.execute("PRAGMA enable_profiling = 'no_output'")
+
+        def __getattr__(self, name: str):
+            return getattr(self._con, name)
+
+        def execute(self, query, *params):
+            t = time.perf_counter()
+            self._con.execute(query, *params)
+            phase_of_query.append((current[0], time.perf_counter() - t))
+            try:
+                info = json.loads(self._con.get_profiling_information(format="json"))
+                for op in info.get("operator", []):
+                    count(op)
+            except (duckdb.Error, ValueError):
+                pass
+            return self._con
+
+    real_connect = ex.connect
+    ex.connect = lambda *a, **k: Profiled(real_connect(*a, **k))
+    plan = load_plan(None)
+    times = {}
+    t0 = time.perf_counter()
+    export = ex.open_export(export_path)
+    if hasattr(export, "memoize"):
+        export.memoize()
+    times["open + validate"] = time.perf_counter() - t0
+    for name, work in (
+        ("evaluate the day", lambda: evaluate_day(export, day, plan)),
+        ("redact the decision", None),
+        ("summary's evaluation", lambda: evaluate_day(export, day, full_rollout_plan(plan))),
+        ("privacy scan of a report", None),
+    ):
+        current[0] = name
+        t = time.perf_counter()
+        if name == "evaluate the day":
+            evaluation = work()
+        elif name == "redact the decision":
+            privacy.redact(export, evaluation.decision.to_dict())
+        elif name == "privacy scan of a report":
+            privacy.find_ids(export, {"report.html": json.dumps(evaluation.decision.to_dict(),
+                                                                default=str)})
+        else:
+            work()
+        times[name] = time.perf_counter() - t
+    Path(out_json).write_text(json.dumps({"times": times, "scans": dict(scans),
+                                          "queries": len(phase_of_query)}))
+
+
+def scans_pass(pythonpath: str | None, export: Path, day: int, cache: Path) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        target = fh.name
+    env = dict(os.environ, WHISPERS_LAB_CACHE=str(cache))
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    res = run_command([sys.executable, str(Path(__file__).resolve()), "--child-scans",
+                       str(export), str(day), target], env, ROOT)
+    try:
+        doc = json.loads(Path(target).read_text())
+    except (OSError, ValueError):
+        doc = {"error": res["output"][-2000:]}
+    finally:
+        Path(target).unlink(missing_ok=True)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _old_tree(commit: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="bench-report-old-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(folder),
+                    commit], check=True)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--old", default=OLD, help=f"commit to compare with (default {OLD}; "
+                                                 "'none': new code only)")
+    ap.add_argument("--exports", default="sim,steady", help="comma list of sim, steady")
+    ap.add_argument("--day", type=int, default=14)
+    ap.add_argument("--no-scans", action="store_true", help="skip the profiled pass")
+    ap.add_argument("--child-scans", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child_scans:
+        _child_scans(args.child_scans[0], int(args.child_scans[1]), args.child_scans[2])
+        return 0
+
+    exports = _ensure_exports([s.strip() for s in args.exports.split(",") if s.strip()])
+    versions: dict[str, str | None] = {"new": str(ROOT)}
+    old_tree = None
+    if args.old.lower() != "none":
+        old_tree = _old_tree(args.old)
+        versions = {f"old {args.old}": str(old_tree), "new": str(ROOT)}
+    results: dict = {}
+    try:
+        for name, export in exports.items():
+            for version, tree in versions.items():
+                cache = Path(tempfile.mkdtemp(prefix="bench-report-cache-"))
+                env = dict(os.environ, WHISPERS_LAB_CACHE=str(cache), PYTHONPATH=str(tree))
+                for state in ("cold", "warm"):
+                    out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
+                    print(f"[{name}] {version} {state} ...", flush=True)
+                    res = run_command(_report_args(export, args.day, out), env, Path(tree))
+                    shutil.rmtree(out, ignore_errors=True)
+                    if res["rc"] != 0:
+                        print(res["output"][-3000:])
+                    results[(name, version, state)] = res
+                    print(f"    {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB, rc {res['rc']}",
+                          flush=True)
+                    for line in res["output"].splitlines():
+                        if " in " in line and ("notebook" in line or "HTML" in line
+                                               or "privacy" in line or "coverage" in line):
+                            print("      " + line.strip())
+                if not args.no_scans:
+                    print(f"[{name}] {version}: profiled pass (warm cache) ...", flush=True)
+                    results[(name, version, "scans")] = scans_pass(tree, export, args.day, cache)
+                shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        if old_tree is not None:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(old_tree)], check=False)
+
+    print()
+    print(f"whispers-lab report --day {args.day} at 1M users (goal: under "
+          f"{GOALS['seconds']:.0f} s and {GOALS['peak_mb']:.0f} MB); load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'export':<8} {'version':<14} {'cold s':>8} {'cold MB':>8} {'warm s':>8} {'warm MB':>8}")
+    for name in exports:
+        for version in versions:
+            c, w = results[(name, version, "cold")], results[(name, version, "warm")]
+            print(f"{name:<8} {version:<14} {c['seconds']:>8.1f} {c['peak_mb']:>8.0f} "
+                  f"{w['seconds']:>8.1f} {w['peak_mb']:>8.0f}")
+        if len(versions) == 2:
+            (o, n) = versions
+            for state in ("cold", "warm"):
+                a, b = results[(name, o, state)], results[(name, n, state)]
+                print(f"{name:<8} new/old {state}: time {b['seconds'] / a['seconds']:.2f}x, "
+                      f"memory {b['peak_mb'] / a['peak_mb']:.2f}x")
+    if not args.no_scans:
+        print("\nwhere the time goes (in process, warm cache) and scans per table:")
+        for name in exports:
+            for version in versions:
+                doc = results.get((name, version, "scans"), {})
+                if "error" in doc:
+                    print(f"{name} {version}: profiled pass failed: {doc['error'][-300:]}")
+                    continue
+                times = ", ".join(f"{k} {v:.1f} s" for k, v in doc.get("times", {}).items())
+                big = {t: n for t, n in sorted(doc.get("scans", {}).items())
+                       if t in ("telemetry", "api_logs", "ranking_candidates", "exposures",
+                                "users")}
+                print(f"{name} {version}: {times}; {doc.get('queries')} statements; "
+                      f"scans {big}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = HERE / "results" / f"bench_report_{stamp}.json"
+    target.write_text(json.dumps({f"{a}|{b}|{c}": {k: v for k, v in r.items() if k != "output"}
+                                  for (a, b, c), r in results.items()}, indent=1, default=str))
+    print(f"results: {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

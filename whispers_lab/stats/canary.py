@@ -78,7 +78,9 @@ def hodges_lehmann(t: np.ndarray, c: np.ndarray, alpha: float) -> ShiftEstimate:
     """Hodges-Lehmann shift (median of pairwise differences t_i - c_j) with the interval
     ``{d : |U(d) - mn/2| <= z_{1-alpha} sd(U)}`` (two-sided level 1 - 2 alpha) and the
     two-sided Mann-Whitney p-value at zero shift (scipy, asymptotic with tie correction)."""
-    t = np.asarray(t, dtype=float)
+    # both sorted: U does not depend on the order, and sorted queries make each of the ~400
+    # searchsorted passes of the bisections several times faster (memory order)
+    t = np.sort(np.asarray(t, dtype=float))
     c = np.sort(np.asarray(c, dtype=float))
     m, n = t.size, c.size
     span_lo = float(t.min() - c.max()) - 1.0

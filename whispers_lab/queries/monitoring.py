@@ -513,12 +513,22 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
                count(DISTINCT user_id) FILTER (WHERE variant = 'control') AS control_users
         FROM exposures WHERE exposed_at >= $lo AND exposed_at < $hi GROUP BY 1
     ),
+    -- per user and day first: grouping the shown and used events twice is ~3x cheaper than a
+    -- filtered count(DISTINCT user_id) over all of the telemetry
+    tel_user AS (
+        SELECT date_trunc('day', created_at) AS d, user_id,
+               count(*) FILTER (WHERE event_type = 'whispers_shown') AS n_shown,
+               count(*) FILTER (WHERE event_type = 'whispers_used') AS n_used
+        FROM telemetry
+        WHERE created_at >= $lo AND created_at < $hi
+          AND event_type IN ('whispers_shown', 'whispers_used')
+        GROUP BY 1, 2
+    ),
     tel AS (
-        SELECT date_trunc('day', created_at) AS d,
-               count(*) FILTER (WHERE event_type = 'whispers_shown') AS impressions,
-               count(*) FILTER (WHERE event_type = 'whispers_used') AS clicks,
-               count(DISTINCT user_id) FILTER (WHERE event_type = 'whispers_shown') AS shown_users
-        FROM telemetry WHERE created_at >= $lo AND created_at < $hi GROUP BY 1
+        SELECT d, CAST(sum(n_shown) AS BIGINT) AS impressions,
+               CAST(sum(n_used) AS BIGINT) AS clicks,
+               count(*) FILTER (WHERE n_shown > 0) AS shown_users
+        FROM tel_user GROUP BY d
     ),
     api AS (
         SELECT date_trunc('day', "timestamp") AS d, count(*) AS requests,

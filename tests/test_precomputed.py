@@ -1,0 +1,70 @@
+"""The report run's evaluation handed over to the notebook (issue 18: the queries run while the
+kernel starts): the notebook gets exactly the run's result, waits for it, and never waits for
+one that will not come."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from whispers_lab.errors import ExportError, ReportError
+from whispers_lab.evaluate import evaluate_day
+from whispers_lab.export import open_export
+from whispers_lab.plan import load_plan
+from whispers_lab.report import precomputed
+
+
+def test_an_evaluation_survives_the_hand_over(small_export, tmp_path):
+    with open_export(small_export) as export:
+        evaluation = evaluate_day(export, 10, load_plan(None))
+    document = evaluation.decision.to_dict()
+    precomputed.save_evaluation(tmp_path / "e.pickle", evaluation, document)
+    got, doc = precomputed.load_evaluation(tmp_path / "e.pickle", timeout=1)
+    assert doc == document
+    assert json.dumps(got.decision.to_dict(), default=str) == json.dumps(document, default=str)
+    assert got.minute_series.equals(evaluation.minute_series)
+    assert got.daily.equals(evaluation.daily)
+    assert [p.name for p in tmp_path.iterdir()] == ["e.pickle"]  # no temporary left
+
+
+def test_the_notebook_waits_for_the_run(tmp_path):
+    target = tmp_path / "e.pickle"
+    writer = threading.Timer(0.3, precomputed.save_evaluation, (target, {"a": 1}, {"b": 2}))
+    writer.start()
+    started = time.monotonic()
+    assert precomputed.load_evaluation(target, timeout=30) == ({"a": 1}, {"b": 2})
+    assert time.monotonic() - started >= 0.25
+
+
+def test_a_failed_run_stops_the_wait_with_its_message(tmp_path):
+    calls = []
+
+    def bad_open():
+        calls.append(1)
+        raise ExportError("export 'x.duckdb' does not exist")
+
+    pre = precomputed.Precompute(bad_open, lambda export: (None, None))
+    with pytest.raises(ReportError, match="does not exist"):
+        precomputed.load_evaluation(pre.path, timeout=30)
+    with pytest.raises(ExportError):
+        pre.result()
+    pre.close()
+    assert calls == [1] and not pre.path.parent.exists()
+
+
+def test_a_bug_in_the_evaluation_names_its_type(small_export):
+    def work(export):
+        raise ZeroDivisionError("boom")
+
+    pre = precomputed.Precompute(lambda: open_export(small_export, validate=False), work)
+    with pytest.raises(ReportError, match="evaluation failed: ZeroDivisionError: boom"):
+        precomputed.load_evaluation(pre.path, timeout=30)
+    pre.close()
+
+
+def test_no_result_is_waited_for_forever(tmp_path):
+    with pytest.raises(ReportError, match="did not arrive"):
+        precomputed.load_evaluation(tmp_path / "never.pickle", timeout=0.2)

@@ -92,8 +92,17 @@ def run_engine(engine: str, folder: str, day: int) -> dict:
         started_session = time.perf_counter() - t
     t = time.perf_counter()
     if engine == "spark":
-        from whispers_lab.spark import open_spark_export
+        from whispers_lab.spark import SparkExport, open_spark_export
 
+        collect = SparkExport._collect
+
+        def reported(self, frame, query, started):  # one line per query, as it finishes
+            out = collect(self, frame, query, started)
+            print(f"QUERY {time.perf_counter() - started:.2f} {len(out)} "
+                  f"{' '.join(query.split())[:90]}", file=sys.stderr, flush=True)
+            return out
+
+        SparkExport._collect = reported
         export = open_spark_export(folder, spark=session)
     else:
         from whispers_lab.export import open_export
@@ -119,11 +128,60 @@ def run_engine(engine: str, folder: str, day: int) -> dict:
     return out
 
 
+def _run_child(engine: str, folder: Path, day: int, timeout: float | None) -> dict | None:
+    """Run one engine's child; stream Spark's per-query lines; its figures (None: it failed;
+    ``{"unfinished": ...}``: stopped at ``timeout`` with what it had done)."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, __file__, "--child", engine, "--folder",
+                             str(folder), "--day", str(day)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    queries: list[tuple[float, int, str]] = []
+    tail: list[str] = []
+    started = time.perf_counter()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            if line.startswith("QUERY "):
+                sec, rows, text = line[6:].rstrip("\n").split(" ", 2)
+                queries.append((float(sec), int(rows), text))
+                if len(queries) % 10 == 0:
+                    print(f"  spark: {len(queries)} queries done in "
+                          f"{time.perf_counter() - started:.0f} s", flush=True)
+            else:
+                tail.append(line)
+                del tail[:-60]
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        reader.join(5)
+        slow = sorted(queries, reverse=True)[:5]
+        return {"unfinished": f"{len(queries)} queries finished, {sum(q[0] for q in queries):.0f} s "
+                              f"in them, {sum(q[1] for q in queries):,} rows to the driver; "
+                              f"slowest: " + "; ".join(f"{q[0]:.0f} s {q[2][:60]}" for q in slow)}
+    reader.join(5)
+    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        print(out[-3000:], "".join(tail)[-3000:], sep="\n")
+        return None
+    result = json.loads(line[len("RESULT "):])
+    if queries:
+        result["slowest"] = sorted(queries, reverse=True)[:5]
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--day", type=int, default=14)
+    ap.add_argument("--spark-timeout", type=float, default=None,
+                    help="stop Spark after this many seconds and print what it had done")
     ap.add_argument("--child", choices=["duckdb", "spark"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -142,14 +200,18 @@ def main() -> int:
     figures = {}
     for engine in ("duckdb", "spark"):
         print(f"{engine}: running ...", flush=True)
-        proc = subprocess.run([sys.executable, __file__, "--child", engine, "--folder",
-                               str(folder), "--day", str(args.day)],
-                              capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+        result = _run_child(engine, folder, args.day,
+                            args.spark_timeout if engine == "spark" else None)
+        if result is None:
             return 1
-        figures[engine] = json.loads(line[len("RESULT "):])
+        figures[engine] = result
+        if engine == "duckdb":
+            print(f"duckdb: open + validate {result['open_validate_s']:.1f} s, evaluate "
+                  f"{result['evaluate_s']:.1f} s, total {result['total_s']:.1f} s, peak "
+                  f"{result['driver_peak_mb']:.0f} MB, {result['decision']}", flush=True)
+        elif "unfinished" in result:
+            print(f"spark: stopped after {args.spark_timeout} s: {result['unfinished']}")
+            return 2
     d, s = figures["duckdb"], figures["spark"]
     print(f"\n{'':<28}{'DuckDB':>12}{'Spark local':>14}")
     print(f"{'open + validate (s)':<28}{d['open_validate_s']:>12.1f}{s['open_validate_s']:>14.1f}")
@@ -162,6 +224,8 @@ def main() -> int:
     print(f"Spark: {s['queries']} queries, {s['rows_to_driver']:,} rows reached the driver; "
           f"largest frame {s['largest'][1]:,} rows ({s['largest'][0]}); largest aggregate "
           f"{s['largest_aggregate'][1]:,} rows ({s['largest_aggregate'][0]})")
+    for sec, _, text in s.get("slowest", []):
+        print(f"  slow Spark query: {sec:.1f} s  {text[:80]}")
     print(f"decision: DuckDB {d['decision']}, Spark {s['decision']}")
     differ = [k for k in d["statuses"] if d["statuses"][k] != s["statuses"].get(k)]
     if differ or d["decision"] != s["decision"]:

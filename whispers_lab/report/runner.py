@@ -2,10 +2,12 @@
 
 :func:`write_report` is what ``whispers-lab report``, ``daily`` and ``demo`` call. It
 
-1. checks the day against the plan and opens (and validates) the export, so that a bad day or a
-   bad export fails fast with a one-line message and no kernel is started;
+1. checks the day against the plan and that the export can be opened, so that a bad day or a
+   missing or corrupt export fails fast with a one-line message and no kernel is started;
 2. executes ``notebooks/daily_report.ipynb`` with papermill (kernel ``python3``, a per-cell
-   timeout) into a temporary folder next to the target; the notebook writes ``decision.json``;
+   timeout) into a temporary folder next to the target, while a thread validates the export and
+   evaluates the day (:mod:`.precomputed`; the notebook draws that evaluation, and a contract
+   problem comes back through it as one line); the notebook writes ``decision.json``;
 3. converts the executed notebook to one self-contained HTML file (no code, no prompts, images
    embedded, no script/stylesheet/font fetched from the network);
 4. scans every output for ids of the export (:mod:`whispers_lab.report.privacy`) and for network
@@ -370,14 +372,16 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                   qa_results: str | Path | None = None) -> ReportResult:
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
-    # Opened here without validation: missing or unreadable exports fail fast, before a kernel
-    # starts. The day is evaluated (the contract validated once) in a thread while the kernel
-    # starts (.precomputed); an error there comes back through the notebook verbatim.
+    # Attached here: missing or unreadable exports fail fast, before a kernel starts. The day
+    # is evaluated (the contract validated once) in a thread while the kernel starts
+    # (.precomputed); an error there comes back through the notebook verbatim.
+    _check_openable(export_file)
     # a run killed between the two renames of a previous publication left the old report
     # under a hidden name: put it back first, so it stays the day's report if this run fails
     restore_interrupted(out / day_dir_name(day))
     summary_due = refresh_index and day >= plan.last_day
-    with open_export(export_file, validate=False) as export:
+    # opened (without validation) only to keep the export's ids out of an error message
+    with _ForErrors(export_file) as for_errors:
         tmp = make_tmp_dir(out, day)
         pre: Precompute | None = None
         try:
@@ -406,6 +410,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 # the message may quote data (a validation problem gives an example value):
                 # no id of the export goes to the terminal, the cron mail or an error page
                 try:
+                    export = for_errors.export()
                     message, _ = privacy.redact(export, failure)
                     kept = keep_failed_notebook(tmp / "report.ipynb", out, day, export)
                 except Exception as unreadable:  # the ids cannot be read (corrupt data blocks)
@@ -474,6 +479,43 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
         pre.close()
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
                         export=export_file.name, message=note, summary=summary)
+
+
+def _check_openable(export_file: Path) -> None:
+    """Raise :class:`~whispers_lab.errors.ExportError` for an export that cannot be opened (a
+    missing path, a file that is not DuckDB, unreadable Parquet): attaching it is enough."""
+    from ..engine import default_engine
+    from ..export import attach
+
+    if default_engine() != "duckdb":  # the other engine opens it in the run's thread
+        if not export_file.exists():
+            from ..errors import ExportError
+
+            raise ExportError(f"export {str(export_file)!r} does not exist")
+        return
+    con, _, _ = attach(export_file)
+    con.close()
+
+
+class _ForErrors:
+    """The export opened without validation on first use (to redact an error message), closed
+    at the end of the run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._export: Export | None = None
+
+    def export(self) -> Export:
+        if self._export is None:
+            self._export = open_export(self.path, validate=False)
+        return self._export
+
+    def __enter__(self) -> _ForErrors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._export is not None:
+            self._export.close()
 
 
 def _precompute(export_file: Path, day: int, plan: Plan, out: Path,

@@ -170,9 +170,9 @@ def _evaluate(export: SparkExport):
 
 
 @pytest.mark.parametrize("layout", ["flat", "by_day"])
-def test_evaluation_agrees_with_duckdb(layout, spark, spark_flat, day_parquet, duck_eval):
-    if layout == "flat":
-        ev, largest, users = _evaluate(spark_flat)
+def test_evaluation_agrees_with_duckdb(layout, request, spark, day_parquet, duck_eval):
+    if layout == "flat":  # (by_day alone need not open the flat copy)
+        ev, largest, users = _evaluate(request.getfixturevalue("spark_flat"))
     else:  # the layout of a data lake: telemetry/day=2026-12-08/part-0.parquet
         assert any((day_parquet / "telemetry").glob("day=*/part-0.parquet"))
         with open_spark_export(day_parquet, spark=spark) as export:

@@ -352,42 +352,44 @@ def open_spark_export(path: str | Path, *, validate: bool = True, master: str | 
             export._null_columns[t.name] = _null_typed(source)
             present.append(t.name)
         export.present = tuple(present)
-        _create_duplicate_events(export)
+        dups = _create_duplicate_events(export)
         if validate:
             export.validation = validate_attached(export, present, source=str(p))
-        _create_canonical_views(export)
+        _create_canonical_views(export, dups)
     except BaseException:
         export.close()
         raise
     return export
 
 
-def _create_duplicate_events(export: SparkExport) -> None:
+def _create_duplicate_events(export: SparkExport) -> int:
     """``telemetry_duplicates``: the ids of repeated telemetry events, as DuckDB finds them
-    (:func:`whispers_lab.export.duplicate_events_select`)."""
+    (:func:`whispers_lab.export.duplicate_events_select`). Returns how many there are (the
+    count that builds the cached table, so the canonical views need not count again)."""
     from .contract import DUPLICATE_EVENT_KEY
     from .export import duplicate_events_select
 
     empty = f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS SELECT CAST(NULL AS VARCHAR) AS event_id WHERE false"
     if "telemetry" not in export.present:
         export.sql(empty)
-        return
+        return 0
     types = export.describe("telemetry")
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         export.sql(empty)
-        return
+        return 0
     try:
         export.sql(f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS "
                    + duplicate_events_select(export, 'CAST(created_at AS TIMESTAMP)'))
-        export.scalar(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}")
+        return export.duplicate_events
     except EngineError:  # unreadable telemetry: validation says so; count every row
         export.sql(empty)
+        return 0
 
 
-def _create_canonical_views(export: SparkExport) -> None:
+def _create_canonical_views(export: SparkExport, dups: int) -> None:
+    """The contract views (``dups``: how many repeated telemetry events to leave out)."""
     from .export import empty_select
 
-    dups = export.duplicate_events
     for t in TABLES:
         if t.name in export.present:
             cols = ", ".join(_canonical(c.name, c.type) for c in t.columns)

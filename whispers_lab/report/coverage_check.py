@@ -5,21 +5,26 @@ other's runner)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import ReportError
 from ..plan import Plan
 
 
-def check_export_covers(export_path: Path, plan: Plan, day: int) -> None:
+def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = None) -> None:
     """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
     yesterday's export has not arrived). Judged on the rows' day distribution
     (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
-    that a row stamped in the future does not make a stale export look current."""
+    that a row stamped in the future does not make a stale export look current. ``export``:
+    the export at ``export_path`` already opened (None: opened here)."""
     from ..export import open_export
     from ..queries.monitoring import export_extent
 
-    with open_export(export_path, validate=False) as export:
+    if export is not None:
         extent = export_extent(export)
+    else:
+        with open_export(export_path, validate=False) as opened:
+            extent = export_extent(opened)
     start = plan.day_start(day)
     if not extent.covers(start.date()):
         if extent.end is None:

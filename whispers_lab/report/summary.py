@@ -213,7 +213,7 @@ def full_evaluation(export_path: str | Path, plan: Plan, through: int,
     from .coverage_check import check_export_covers
 
     path = Path(export_path)
-    check_export_covers(path, plan, through)
+    check_export_covers(path, plan, through, export)
     with (nullcontext(export) if export is not None else open_export(path)) as export:
         ev = evaluate_day(export, through, full_rollout_plan(plan))
         doc, _ = privacy.redact(export, ev.decision.to_dict())

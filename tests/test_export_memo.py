@@ -88,6 +88,9 @@ def test_a_temporary_table_is_remade_only_when_its_inputs_change(small_export):
         export.register("wl_in", pd.DataFrame({"x": [5, 5]}))
         export.sql(make)  # its input changed: made again
         assert export.scalar("SELECT s FROM wl_made") == 10
+        export.register("wl_in", pd.DataFrame({"x": [1, 2]}))  # back to the first inputs
+        export.sql(make)  # the table holds the second make's rows: made again
+        assert export.scalar("SELECT s FROM wl_made") == 3
         export.con.execute("DELETE FROM wl_made")  # behind the memo's back (never done)
         export.sql(make)  # same statement, same inputs: skipped
         assert export.con.execute("SELECT count(*) FROM wl_made").fetchall()[0][0] == 0

@@ -137,28 +137,29 @@ class Export:
         Results are copied out, so a caller may change what it gets."""
         self._memo = {} if on else None
 
-    def _memo_key(self, kind: str, query: str, params: Any) -> tuple[Any, ...]:
+    def _memo_key(self, kind: str, query: str, params: Any, made: str | None) -> tuple[Any, ...]:
         frozen = repr(sorted(params.items()) if isinstance(params, Mapping) else params)
         words = set(re.findall(r"\w+", query.lower()))  # the relations this query reads
-        made = _CREATE_TEMP.match(query)
-        if made:  # not the table it makes (whatever that held before)
-            words.discard(made.group(1).lower())
+        words.discard(made)  # not the table it makes (whatever that held before)
         return (kind, query, frozen,
                 tuple(sorted((n, f) for n, f in self._relations.items() if n in words)))
 
     def _cached(self, kind: str, query: str, params: Any, run: Any) -> Any:
         if self._memo is None:
             return run()
-        key = self._memo_key(kind, query, params)
-        made = _CREATE_TEMP.match(query)
-        if key in self._memo:
+        created = _CREATE_TEMP.match(query)
+        made = created.group(1).lower() if created else None
+        key = self._memo_key(kind, query, params, made)
+        fingerprint = hashlib.sha256(repr(key).encode()).hexdigest() if made else None
+        # a CREATE is skipped only while its table still holds what it made (not after the
+        # table was made again from other inputs)
+        if key in self._memo and (made is None or self._relations.get(made) == fingerprint):
             value = self._memo[key]
         else:
             value = run()
             self._memo[key] = value
             if made:  # the table holds what this statement makes, until it is made again
-                self._relations[made.group(1).lower()] = hashlib.sha256(
-                    repr(key).encode()).hexdigest()
+                self._relations[made] = fingerprint
         return value.copy() if isinstance(value, pd.DataFrame) else value
 
     def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:

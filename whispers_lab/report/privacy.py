@@ -243,7 +243,8 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
     # one of its ids' and they sort between its smallest and largest id): with ids of a
     # fixed format (a prefix and digits) the words of a report rarely are, and most columns
     # are not read at all.
-    profile = [col for col in id_profile(export) if any(map(col.may_hold, set(tokens)))]
+    distinct = set(tokens)
+    profile = [col for col in id_profile(export) if any(map(col.may_hold, distinct))]
     if not profile:
         return out
     view = "__privacy_tokens"

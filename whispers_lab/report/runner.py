@@ -533,9 +533,8 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         return export
 
     def work(export: Export) -> tuple[Any, Any]:
-        evaluation = evaluate_day(export, day, plan,
-                                  qa=read_qa_results(qa_results) if qa_results is not None
-                                  else read_qa_results(None), reports_dir=os.path.abspath(out))
+        evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
+                                  reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         return evaluation, document
 

@@ -396,6 +396,18 @@ def _save_duplicates(con: duckdb.DuckDBPyConnection, target: Path) -> None:
         pass
 
 
+def without_repeated_events(source: str) -> str:
+    """``source`` (the raw telemetry table) without the events of
+    :data:`DUPLICATE_EVENTS_TABLE`: a FROM clause for either engine.
+
+    An anti join on the event id (``NOT EXISTS``), not ``NOT IN``: the two mean the same here
+    (the table holds no NULL id, and a row without an id is kept), but Spark plans ``NOT IN``
+    as a nested loop over every pair of rows (its NULL semantics), which took 157 s instead of
+    3.6 s for one scan of 25M events against 194 repeats (1M users, docs/scale.md)."""
+    return (f"{source} AS _ev WHERE NOT EXISTS (SELECT 1 FROM {DUPLICATE_EVENTS_TABLE} AS _rep "
+            f"WHERE _rep.event_id = CAST(_ev.event_id AS VARCHAR))")
+
+
 def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> None:
     """One view per contract table in ``main``: contract columns only, canonical types, UTC.
     The ``telemetry`` view leaves out repeated events (:func:`create_duplicate_events`)."""
@@ -405,8 +417,7 @@ def create_canonical_views(con: duckdb.DuckDBPyConnection, present: Sequence[str
             cols = ", ".join(_canonical_expr(c.name, c.type, types.get(c.name, "")) for c in t.columns)
             source = f"src.{sql_ident(t.name)}"
             if t.name == "telemetry" and _has_rows(con, DUPLICATE_EVENTS_TABLE):
-                source += (f" WHERE event_id IS NULL OR event_id NOT IN "
-                           f"(SELECT event_id FROM {DUPLICATE_EVENTS_TABLE})")
+                source = without_repeated_events(source)
             con.execute(f"CREATE OR REPLACE VIEW main.{sql_ident(t.name)} AS "
                         f"SELECT {cols} FROM {source}")
         else:

@@ -388,15 +388,14 @@ def _create_duplicate_events(export: SparkExport) -> int:
 
 def _create_canonical_views(export: SparkExport, dups: int) -> None:
     """The contract views (``dups``: how many repeated telemetry events to leave out)."""
-    from .export import empty_select
+    from .export import empty_select, without_repeated_events
 
     for t in TABLES:
         if t.name in export.present:
             cols = ", ".join(_canonical(c.name, c.type) for c in t.columns)
             source = f"src.{t.name}"
             if t.name == "telemetry" and dups:
-                source += (f" WHERE event_id IS NULL OR event_id NOT IN "
-                           f"(SELECT event_id FROM {DUPLICATE_EVENTS_TABLE})")
+                source = without_repeated_events(source)
             query = to_spark(f"SELECT {cols} FROM {source}")
         else:
             query = to_spark(empty_select(t))

@@ -76,9 +76,37 @@ def spark():
     session = spark_session("local[2]", app_name="whispers-lab-tests", config={
         "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC",
         "spark.sql.adaptive.enabled": "false", "spark.sql.shuffle.partitions": "1",
-        "spark.sql.codegen.cache.maxEntries": "5000"})
+        "spark.sql.codegen.cache.maxEntries": "5000",
+        # the Spark Connect server of ``connect_url`` (started only when a test needs it)
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(_free_port())})
     yield session
     session.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def connect_url(spark):
+    """A Spark Connect server in the tests' own JVM (local mode, the same SparkContext): what
+    ``SPARK_REMOTE=sc://host:port`` reaches on a cluster, without a second JVM to start."""
+    service = spark._jvm.org.apache.spark.sql.connect.service.SparkConnectService
+    service.start(spark._jsc.sc())
+    port = spark.conf.get("spark.connect.grpc.binding.port")
+    yield f"sc://127.0.0.1:{port}"
+    from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+
+    client = RemoteSparkSession.getActiveSession() or RemoteSparkSession._default_session
+    if client is not None:  # (else it retries the server at exit)
+        client.stop()
+    empty = spark._jvm.scala.Option.empty()
+    service.stop(empty, empty)
 
 
 @pytest.fixture(scope="session")
@@ -169,35 +197,84 @@ def _evaluate(export: SparkExport):
     return ev, largest, users
 
 
-@pytest.mark.parametrize("layout", ["flat", "by_day"])
-def test_evaluation_agrees_with_duckdb(layout, request, spark, day_parquet, duck_eval):
-    if layout == "flat":  # (by_day alone need not open the flat copy)
-        ev, largest, users = _evaluate(request.getfixturevalue("spark_flat"))
-    else:  # the layout of a data lake: telemetry/day=2026-12-08/part-0.parquet
-        assert any((day_parquet / "telemetry").glob("day=*/part-0.parquet"))
-        with open_spark_export(day_parquet, spark=spark) as export:
-            # opened and validated from its files (users alone is ~680 signup-day folders);
-            # the evaluation's queries then read each table from Spark's cache, filled from
-            # those files by the first query: a Parquet read per query is the flat layout's
-            for table in export.present:
-                spark.catalog.cacheTable(table)
-            ev, largest, users = _evaluate(export)
+def _agree_with_duckdb(duck_eval, results: dict[str, dict], decision: dict) -> None:
+    """Every criterion's and trigger's result (value, interval, status, details) and the
+    decision document equal DuckDB's: floats to 1e-9 relative, the rest exactly."""
     duck = {r.id: r.to_dict() for r in duck_eval.results}
-    mine = {r.id: r.to_dict() for r in ev.results}
     # an agreement on no_data would prove nothing: every criterion and trigger has a value on
     # this export, but qa_scenarios (no QA results given; it reads no table)
     assert [rid for rid in duck if duck[rid]["value"] is None] == ["qa_scenarios"]
-    assert set(duck) == set(mine)
+    assert set(duck) == set(results)
     for rid in duck:
-        assert mine[rid]["status"] == duck[rid]["status"], rid
-        diffs = _close(duck[rid], mine[rid], rid)
+        assert results[rid]["status"] == duck[rid]["status"], rid
+        diffs = _close(duck[rid], results[rid], rid)
         assert not diffs, diffs
     # the decision document too (sums over day partitions may round in the 15th digit)
-    diffs = _close(duck_eval.decision.to_dict(), ev.decision.to_dict(), "decision")
+    diffs = _close(duck_eval.decision.to_dict(), decision, "decision")
     assert not diffs, diffs
+
+
+def test_evaluation_agrees_with_duckdb(spark_flat, duck_eval):
+    """The flat Parquet copy on a classic local session (the day-partitioned copy: below,
+    through ``daily`` on Spark Connect)."""
+    ev, largest, users = _evaluate(spark_flat)
+    _agree_with_duckdb(duck_eval, {r.id: r.to_dict() for r in ev.results}, ev.decision.to_dict())
     # only aggregates reach the driver, except the users frame of the cohort assignment
     assert largest[1] <= MAX_AGGREGATE_ROWS, largest
     assert users and all(n == USERS for _, n, _ in users)
+
+
+def test_daily_on_spark_connect_agrees_with_duckdb(connect_url, day_parquet, duck_eval,
+                                                   tmp_path, monkeypatch, capsys):
+    """``whispers-lab daily --engine spark`` with ``SPARK_REMOTE`` set, end to end (coverage
+    check, the report's evaluation, notebook, HTML, decision file) on the lake layout
+    (``telemetry/day=2026-12-08/part-0.parquet``): every session it opens is a Spark Connect
+    session, the day's decision file equals DuckDB's evaluation, only aggregates reach the
+    driver, and nothing it made stays in the server's session afterwards."""
+    import json
+
+    from whispers_lab.cli import main
+    from whispers_lab.engine import SPARK_REMOTE_ENV, spark_session
+
+    assert any((day_parquet / "telemetry").glob("day=*/part-0.parquet"))
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    (exports / "lake").symlink_to(day_parquet, target_is_directory=True)
+    monkeypatch.setenv(SPARK_REMOTE_ENV, connect_url)
+    opened: list[SparkExport] = []
+    close = SparkExport.close
+
+    def recorded(self: SparkExport) -> None:
+        if self not in opened:
+            opened.append(self)
+        close(self)
+
+    monkeypatch.setattr(SparkExport, "close", recorded)
+    today = (load_plan(None).start_date + dt.timedelta(days=DAY + 1)).isoformat()
+    code = main(["daily", "--exports", str(exports), "--out", str(out), "--today", today,
+                 "--engine", "spark"])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((out / f"day-{DAY:02d}" / "decision.json").read_text(encoding="utf-8"))
+    assert (out / f"day-{DAY:02d}" / "report.html").is_file()
+    assert opened and {type(e.spark).__module__ for e in opened} == {"pyspark.sql.connect.session"}
+    # what only the daily run adds: where its QA results would be, the report's own record
+    qa = next(c for c in doc["criteria"] if c["id"] == "qa_scenarios")
+    assert qa["status"] == "no_data" and qa["details"]["files"] == []
+    for key in ("generated_at", "report", "communications"):
+        doc.pop(key)
+    ref = json.loads(json.dumps(duck_eval.decision.to_dict(), default=str))
+    ref.pop("generated_at")
+    for part in (doc, ref):
+        part["criteria"] = [c for c in part["criteria"] if c["id"] != "qa_scenarios"]
+    diffs = _close(ref, doc, "decision")
+    assert not diffs, diffs
+    evaluated = [e for e in opened if e.results]
+    rows = [r for e in evaluated for r in e.results]
+    assert max(n for head, n, _ in rows if not head.startswith(
+        "SELECT user_id, is_internal")) <= MAX_AGGREGATE_ROWS
+    assert all(n == USERS for head, n, _ in rows if head.startswith("SELECT user_id, is_internal"))
+    # closed: its temporary views (and with them their cached data) are gone
+    assert spark_session().catalog.listTables() == []
 
 
 # ---------------------------------------------------------------------------------------

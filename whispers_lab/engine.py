@@ -229,8 +229,17 @@ def spark_session(master: str | None = None, *, app_name: str = "whispers-lab",
                           "(and Java 17)") from None
     builder = SparkSession.builder.appName(app_name)
     remote = os.environ.get(SPARK_REMOTE_ENV)
-    if remote:
-        builder = builder.remote(remote)
+    if remote and not remote.startswith("local"):
+        # a Spark Connect server (sc://host:port): Connect's own builder, which (unlike the
+        # classic one) also connects from a process that runs a classic session
+        try:
+            from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+        except ImportError as exc:
+            raise EngineError(f"Spark Connect ({SPARK_REMOTE_ENV}={remote}) needs pyspark's "
+                              f"connect extra: pip install -e \".[spark]\" ({exc})") from None
+        builder = RemoteSparkSession.builder.appName(app_name).remote(remote)
+    elif remote:  # local[*]: pyspark starts a Connect server in this process
+        builder = builder.remote(remote).config("spark.ui.showConsoleProgress", "false")
     else:
         builder = builder.master(master or os.environ.get(SPARK_MASTER_ENV) or "local[*]")
         builder = (builder.config("spark.ui.enabled", "false")

@@ -49,6 +49,13 @@ _CANONICAL: dict[str, str] = {"VARCHAR": "VARCHAR", "TIMESTAMP": "TIMESTAMP", "B
                               "INTEGER": "BIGINT", "DOUBLE": "DOUBLE"}
 
 
+#: Canonical tables kept in Spark's cache once read: the small ones, which an evaluation reads
+#: many times (``users`` above all: a lake partitions it by signup day, some 700 folders to
+#: list and open per query). The event tables are read in day windows straight from Parquet.
+CACHED_TABLES = frozenset({"users", "exposures", "flag_changes", "feedback", "support_tickets",
+                           "db_metrics"})
+
+
 def duck_type(spark_type: str) -> str:
     """The DuckDB name of a Spark SQL type (``decimal(10,2)`` -> ``DECIMAL(10,2)``)."""
     base = spark_type.split("(")[0].strip().lower()
@@ -88,7 +95,6 @@ class SparkExport:
         #: DuckDB wrote without a type; Spark reads it as int, DuckDB as NULL)
         self._null_columns: dict[str, set[str]] = {}
         self._views: set[str] = set()
-        self._cached: dict[str, Any] = {}
         self.description: list[tuple[str]] | None = None
         self._last: list[tuple[Any, ...]] = []
 
@@ -197,28 +203,26 @@ class SparkExport:
 
     # -- views -------------------------------------------------------------------------
     def _replace(self, name: str, frame: Any, cache: bool = True) -> None:
-        old = self._cached.pop(name, None)
-        if cache:
-            frame = frame.cache()
-            self._cached[name] = frame
+        """Make ``frame`` the temporary view ``name`` (cached: lazily, on first use).
+
+        Caching and uncaching go by the view's name, never through a DataFrame kept for later:
+        on Spark Connect a DataFrame is its unresolved plan, and unpersisting one whose plan
+        reads a view dropped since fails to resolve. Replacing or dropping a temporary view
+        uncaches it (Spark does so by itself)."""
         frame.createOrReplaceTempView(name)
         self._views.add(name)
-        if old is not None:
-            old.unpersist()
+        if cache:
+            self.spark.catalog.cacheTable(name)
 
     def _materialize(self, name: str, spark_sql: str) -> None:
-        try:
-            frame = self.spark.sql(spark_sql)
+        try:  # (on Spark Connect the query is analysed when the view is made)
+            self._replace(name, self.spark.sql(spark_sql))
         except Exception as exc:
             raise EngineError(f"Spark cannot create {name}: {_first_line(exc)}") from None
-        self._replace(name, frame)
 
     def _drop(self, name: str) -> None:
-        old = self._cached.pop(name, None)
-        if old is not None:
-            old.unpersist()
         try:
-            self.spark.catalog.dropTempView(name)
+            self.spark.catalog.dropTempView(name)  # uncaches it too
         except Exception:  # already gone
             pass
         self._views.discard(name)
@@ -400,9 +404,9 @@ def _create_canonical_views(export: SparkExport, dups: int) -> None:
         else:
             query = to_spark(empty_select(t))
         try:
-            export._replace(t.name, export.spark.sql(query), cache=False)
+            export._replace(t.name, export.spark.sql(query), cache=t.name in CACHED_TABLES)
         except Exception as exc:
             raise ExportError(f"table {t.name!r} cannot be read on Spark: {_first_line(exc)}") from None
 
 
-__all__ = ["SparkExport", "duck_type", "open_spark_export"]
+__all__ = ["CACHED_TABLES", "SparkExport", "duck_type", "open_spark_export"]

@@ -527,6 +527,11 @@ def test_engine_option_reaches_the_report_kernel_and_is_restored(monkeypatch):
         assert default_engine() == "spark"
         assert os.environ[SPARK_MASTER_ENV] == "spark://example:7077"
     assert default_engine() == "duckdb" and SPARK_MASTER_ENV not in os.environ
+    # no --spark-master: a master set in the job's environment (cron) stands
+    monkeypatch.setenv(SPARK_MASTER_ENV, "spark://cluster:7077")
+    with engine_environment(argparse.Namespace(engine="spark", spark_master=None)):
+        assert os.environ[SPARK_MASTER_ENV] == "spark://cluster:7077"
+    assert os.environ[SPARK_MASTER_ENV] == "spark://cluster:7077"
     monkeypatch.setenv(ENGINE_ENV, "flink")
     with pytest.raises(Exception, match="unknown engine"):
         default_engine()

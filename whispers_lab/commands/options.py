@@ -71,8 +71,9 @@ def engine_environment(args: argparse.Namespace) -> Iterator[None]:
     (it inherits the environment), finds them; restored afterwards."""
     from ..engine import ENGINE_ENV, SPARK_MASTER_ENV
 
-    wanted = {ENGINE_ENV: getattr(args, "engine", None) or "duckdb",
-              SPARK_MASTER_ENV: getattr(args, "spark_master", None)}
+    wanted = {ENGINE_ENV: getattr(args, "engine", None) or "duckdb"}
+    if getattr(args, "spark_master", None):  # else $WHISPERS_LAB_SPARK_MASTER, if set, stands
+        wanted[SPARK_MASTER_ENV] = args.spark_master
     saved = {k: os.environ.get(k) for k in wanted}
     try:
         for key, value in wanted.items():

@@ -119,7 +119,8 @@ def run_engine(engine: str, folder: str, day: int) -> dict:
            "values": {r.id: r.value for r in ev.results}}
     if engine == "spark":
         results = export.results
-        out.update({"jvm_peak_mb": _jvm_peak_mb(), "queries": len(results),
+        out.update({"master": session.sparkContext.master,
+                    "jvm_peak_mb": _jvm_peak_mb(), "queries": len(results),
                     "rows_to_driver": sum(n for _, n, _ in results),
                     "largest": max(results, key=lambda r: r[1])[:2],
                     "largest_aggregate": max((r for r in results if not r[0].startswith(
@@ -213,7 +214,10 @@ def main() -> int:
             print(f"spark: stopped after {args.spark_timeout} s: {result['unfinished']}")
             return 2
     d, s = figures["duckdb"], figures["spark"]
-    print(f"\n{'':<28}{'DuckDB':>12}{'Spark local':>14}")
+    master = s.get("master") or "local"
+    label = "Spark local" if master.startswith("local") else "Spark cluster"
+    print(f"\n{'':<28}{'DuckDB':>12}{label:>14}" + ("" if label == "Spark local" else
+                                                      f"   (master {master})"))
     print(f"{'open + validate (s)':<28}{d['open_validate_s']:>12.1f}{s['open_validate_s']:>14.1f}")
     print(f"{'evaluate day (s)':<28}{d['evaluate_s']:>12.1f}{s['evaluate_s']:>14.1f}")
     print(f"{'total (s)':<28}{d['total_s']:>12.1f}{s['total_s']:>14.1f}")

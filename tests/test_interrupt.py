@@ -329,6 +329,54 @@ def test_stopped_daily_run_publishes_an_error_page(export_path: Path, tmp_path: 
     _assert_stopped(out, run, signal.SIGINT, "daily")
 
 
+class _StoppedInFinalizer:
+    """Receives SIGTERM inside ``__del__``: the handler's RunStopped is raised there, and
+    Python prints it ("Exception ignored in ...") and drops it, as it does when the garbage
+    collector runs a finalizer at the moment a stop signal arrives."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # interrupted: the handler runs here
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_swallowed_by_a_finalizer_is_not_lost() -> None:
+    from whispers_lab.report.stopping import RunStopped, raise_if_stopped, stop_on_signals
+
+    with stop_on_signals():
+        raise_if_stopped()  # no stop yet: nothing happens
+        _StoppedInFinalizer()  # its __del__ runs at once; the RunStopped is dropped
+        with pytest.raises(RunStopped) as stop:
+            raise_if_stopped()
+        assert stop.value.signum == signal.SIGTERM and stop.value.exit_code == 128 + 15
+    raise_if_stopped()  # the block is over: forgotten
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_report_stopped_in_a_finalizer_publishes_the_error_page_not_the_report(
+        export_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The CI failure this guards against: SIGTERM arrived while a finalizer ran, its
+    RunStopped was dropped, and ``report`` went on to publish NO_GO and exit 0. A stop must
+    still end the run before publication: exit 128 + 15 and the day's ERROR page."""
+    from whispers_lab.report import runner
+
+    scan = runner.privacy.scan_files
+
+    def scan_then_stop(*args: object, **kwargs: object) -> object:
+        found = scan(*args, **kwargs)
+        _StoppedInFinalizer()  # just before the day is published
+        return found
+
+    monkeypatch.setattr(runner.privacy, "scan_files", scan_then_stop)
+    out = tmp_path / "reports"
+    code = main(["report", "--export", str(export_path), "--day", str(DAY), "--out", str(out)])
+    assert code == 128 + signal.SIGTERM, capsys.readouterr()
+    doc = json.loads((out / day_dir_name(DAY) / "decision.json").read_text(encoding="utf-8"))
+    assert doc["decision"] == "ERROR" and "stopped by SIGTERM" in doc["error"]
+    assert _staging(out) == []
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o555 does not stop "
                     "root's writes; tests/test_hardening.py::test_unwritable_out_is_a_one_line_"
                     "error covers the refusal with a folder under a regular file")

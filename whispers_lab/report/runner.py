@@ -460,6 +460,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             for name in REPORT_FILES:
                 os.chmod(tmp / name, 0o644)
             target = out / day_dir_name(day)
+            stopping.raise_if_stopped()  # (one whose exception a finalizer swallowed)
             # a stop from here on waits until the report and the index are both published
             with stopping.deferred(finishes=True):
                 replace_dir(tmp, target)
@@ -550,6 +551,7 @@ def _write_summary(out: Path, plan: Plan, export_file: Path,
     from .summary import write_summary
 
     try:
+        stopping.raise_if_stopped(finishes=True)
         result = write_summary(out, plan, export_file, export=export)
         write_index(out, plan)
     except stopping.RunStopped as stop:

@@ -59,9 +59,11 @@ def _depth() -> int:
 
 
 _pending: list[int] = []  # signals held back by a deferred section (main thread only)
+_received: list[int] = []  # every stop signal of the current block (main thread only)
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
     for sig in STOP_SIGNALS:  # one stop is enough: later signals must not break the cleanup
         signal.signal(sig, signal.SIG_IGN)
     if _depth() > 0:
@@ -80,6 +82,7 @@ def stop_on_signals() -> Iterator[None]:
         return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     _pending.clear()
+    _received.clear()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
     try:
@@ -88,6 +91,19 @@ def stop_on_signals() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
         _pending.clear()
+        _received.clear()
+
+
+def raise_if_stopped(*, finishes: bool = False) -> None:
+    """Raise :class:`RunStopped` again for a stop signal whose exception was lost.
+
+    Python runs a signal handler in the main thread between any two bytecodes, also inside a
+    finalizer (``__del__``, a weakref callback) that the garbage collector happens to run; an
+    exception raised there is printed ("Exception ignored in ...") and dropped, and the run
+    would go on to publish its report with the stop forgotten. The run calls this before it
+    publishes anything (and again before the summary), so that a stop is never lost."""
+    if _received and _depth() == 0 and threading.current_thread() is threading.main_thread():
+        raise RunStopped(_received[0], finished=finishes)
 
 
 @contextmanager

@@ -422,6 +422,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 if kept is not None:
                     message += f" (failed notebook kept at {kept})"
                 raise ReportError(message) from None
+            stopping.raise_if_stopped()  # (a stop swallowed while the notebook ran)
             scan_export, _ = pre.result()  # validated, with its id profile and query results
             decision_file = tmp / "decision.json"
             if not decision_file.is_file():

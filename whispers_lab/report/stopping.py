@@ -17,10 +17,12 @@ stop never leaves a publication half done.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 #: The signals a run stops on: ``kill``/systemd/cron timeouts, Ctrl-C, a closed terminal.
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -81,8 +83,17 @@ def stop_on_signals() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous_hook = sys.unraisablehook
     _pending.clear()
     _received.clear()
+
+    def unraisable(args: Any) -> None:
+        # a RunStopped dropped in a finalizer: not an error to print (raise_if_stopped
+        # raises it again where the run can act on it); anything else as before
+        if not (isinstance(args.exc_type, type) and issubclass(args.exc_type, RunStopped)):
+            previous_hook(args)
+
+    sys.unraisablehook = unraisable
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
     try:
@@ -90,6 +101,7 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        sys.unraisablehook = previous_hook
         _pending.clear()
         _received.clear()
 

@@ -234,13 +234,16 @@ def test_daily_on_spark_connect_agrees_with_duckdb(connect_url, day_parquet, duc
     import json
 
     from whispers_lab.cli import main
-    from whispers_lab.engine import SPARK_REMOTE_ENV, spark_session
+    from whispers_lab.engine import SPARK_CONF_ENV, SPARK_REMOTE_ENV, spark_session
 
     assert any((day_parquet / "telemetry").glob("day=*/part-0.parquet"))
     exports, out = tmp_path / "exports", tmp_path / "out"
     exports.mkdir()
     (exports / "lake").symlink_to(day_parquet, target_is_directory=True)
     monkeypatch.setenv(SPARK_REMOTE_ENV, connect_url)
+    # the settings of this file's session, for the Connect session the run makes (tiny data)
+    monkeypatch.setenv(SPARK_CONF_ENV, json.dumps({"spark.sql.adaptive.enabled": "false",
+                                                   "spark.sql.shuffle.partitions": "1"}))
     opened: list[SparkExport] = []
     close = SparkExport.close
 
@@ -274,7 +277,22 @@ def test_daily_on_spark_connect_agrees_with_duckdb(connect_url, day_parquet, duc
         "SELECT user_id, is_internal")) <= MAX_AGGREGATE_ROWS
     assert all(n == USERS for head, n, _ in rows if head.startswith("SELECT user_id, is_internal"))
     # closed: its temporary views (and with them their cached data) are gone
-    assert spark_session().catalog.listTables() == []
+    session = spark_session()
+    assert session.catalog.listTables() == []
+    assert session.conf.get("spark.sql.shuffle.partitions") == "1"  # $WHISPERS_LAB_SPARK_CONF
+
+
+def test_spark_settings_from_the_environment(monkeypatch):
+    from whispers_lab.engine import SPARK_CONF_ENV, EngineError, spark_conf_from_env
+
+    monkeypatch.delenv(SPARK_CONF_ENV, raising=False)
+    assert spark_conf_from_env() == {}
+    monkeypatch.setenv(SPARK_CONF_ENV, '{"spark.executor.memory": "8g", "spark.executor.cores": 4}')
+    assert spark_conf_from_env() == {"spark.executor.memory": "8g", "spark.executor.cores": "4"}
+    for bad in ("spark.executor.memory=8g", '["spark.executor.memory"]'):
+        monkeypatch.setenv(SPARK_CONF_ENV, bad)
+        with pytest.raises(EngineError, match=r"WHISPERS_LAB_SPARK_CONF.*spark\.executor\.memory"):
+            spark_conf_from_env()
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ ENGINES: tuple[str, ...] = ("duckdb", "spark")
 ENGINE_ENV = "WHISPERS_LAB_ENGINE"
 SPARK_MASTER_ENV = "WHISPERS_LAB_SPARK_MASTER"
 SPARK_REMOTE_ENV = "SPARK_REMOTE"
+#: More Spark settings for the session, as a JSON object of strings (executor memory on a
+#: cluster, say): ``{"spark.executor.memory": "8g"}``. Given settings win over it.
+SPARK_CONF_ENV = "WHISPERS_LAB_SPARK_CONF"
 #: Shuffle partitions of the Spark session: the evaluation's aggregates are small, so a few
 #: partitions beat Spark's default of 200 (each an empty task on a small export).
 SPARK_SHUFFLE_PARTITIONS = 4
@@ -215,13 +218,31 @@ def _head(query: str) -> str:
 # the Spark session
 
 
+def spark_conf_from_env() -> dict[str, str]:
+    """The settings of ``$WHISPERS_LAB_SPARK_CONF`` (a JSON object; none when unset)."""
+    import json
+
+    text = os.environ.get(SPARK_CONF_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise EngineError(f"${SPARK_CONF_ENV} is not JSON ({exc}): expected an object of "
+                          f"Spark settings, such as {{\"spark.executor.memory\": \"8g\"}}") from None
+    if not isinstance(conf, dict) or not all(isinstance(k, str) for k in conf):
+        raise EngineError(f"${SPARK_CONF_ENV} must be a JSON object of Spark settings, such as "
+                          f"{{\"spark.executor.memory\": \"8g\"}}; got {type(conf).__name__}")
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in conf.items()}
+
+
 def spark_session(master: str | None = None, *, app_name: str = "whispers-lab",
                   config: Mapping[str, str] | None = None) -> Any:
     """The Spark session for ``--engine spark``: Spark Connect when ``$SPARK_REMOTE`` is set,
     else ``master`` (``--spark-master``, ``$WHISPERS_LAB_SPARK_MASTER``), else ``local[*]``.
     UTC session time zone, :data:`SPARK_SHUFFLE_PARTITIONS` shuffle partitions, non-ANSI
     arithmetic (a division by zero is NULL, as in DuckDB), Arrow for results. ``config``:
-    more Spark settings (they win over these)."""
+    more Spark settings (they win over these and over ``$WHISPERS_LAB_SPARK_CONF``)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -250,7 +271,7 @@ def spark_session(master: str | None = None, *, app_name: str = "whispers-lab",
                .config("spark.sql.ansi.enabled", "false")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
                .config("spark.sql.parquet.inferTimestampNTZ.enabled", "true"))
-    for key, value in (config or {}).items():
+    for key, value in {**spark_conf_from_env(), **(config or {})}.items():
         builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()
@@ -271,6 +292,7 @@ __all__ = [
     "engine_of",
     "mask_days",
     "parse_duckdb",
+    "spark_conf_from_env",
     "spark_session",
     "spark_source_view",
     "to_spark",

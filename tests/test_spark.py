@@ -188,13 +188,14 @@ def _frames_agree(a: pd.DataFrame, b: pd.DataFrame) -> None:
 # the daily evaluation
 
 
-def _evaluate(export: SparkExport):
-    export.results.clear()
-    ev = evaluate_day(export, DAY, load_plan(None))
-    largest = max((r for r in export.results if not r[0].startswith(
-        "SELECT user_id, is_internal")), key=lambda r: r[1])
-    users = [r for r in export.results if r[0].startswith("SELECT user_id, is_internal")]
-    return ev, largest, users
+def _assert_only_aggregates(results: list[tuple[str, int, float]]) -> None:
+    """Of the frames that reached the driver (:attr:`SparkExport.results`), only the cohort
+    assignment's users frame (one row per user) is larger than an aggregate may be."""
+    users = "SELECT user_id, is_internal"
+    largest = max((r for r in results if not r[0].startswith(users)), key=lambda r: r[1])
+    assert largest[1] <= MAX_AGGREGATE_ROWS, largest
+    counts = [n for head, n, _ in results if head.startswith(users)]
+    assert counts and all(n == USERS for n in counts), counts
 
 
 def _agree_with_duckdb(duck_eval, results: dict[str, dict], decision: dict) -> None:
@@ -217,11 +218,10 @@ def _agree_with_duckdb(duck_eval, results: dict[str, dict], decision: dict) -> N
 def test_evaluation_agrees_with_duckdb(spark_flat, duck_eval):
     """The flat Parquet copy on a classic local session (the day-partitioned copy: below,
     through ``daily`` on Spark Connect)."""
-    ev, largest, users = _evaluate(spark_flat)
+    spark_flat.results.clear()
+    ev = evaluate_day(spark_flat, DAY, load_plan(None))
     _agree_with_duckdb(duck_eval, {r.id: r.to_dict() for r in ev.results}, ev.decision.to_dict())
-    # only aggregates reach the driver, except the users frame of the cohort assignment
-    assert largest[1] <= MAX_AGGREGATE_ROWS, largest
-    assert users and all(n == USERS for _, n, _ in users)
+    _assert_only_aggregates(spark_flat.results)
 
 
 def test_daily_on_spark_connect_agrees_with_duckdb(connect_url, day_parquet, duck_eval,
@@ -271,11 +271,7 @@ def test_daily_on_spark_connect_agrees_with_duckdb(connect_url, day_parquet, duc
         part["criteria"] = [c for c in part["criteria"] if c["id"] != "qa_scenarios"]
     diffs = _close(ref, doc, "decision")
     assert not diffs, diffs
-    evaluated = [e for e in opened if e.results]
-    rows = [r for e in evaluated for r in e.results]
-    assert max(n for head, n, _ in rows if not head.startswith(
-        "SELECT user_id, is_internal")) <= MAX_AGGREGATE_ROWS
-    assert all(n == USERS for head, n, _ in rows if head.startswith("SELECT user_id, is_internal"))
+    _assert_only_aggregates([r for e in opened for r in e.results])
     # closed: its temporary views (and with them their cached data) are gone
     session = spark_session()
     assert session.catalog.listTables() == []

@@ -8,6 +8,7 @@ import json
 import pandas as pd
 import pytest
 
+from whispers_lab import export as export_module
 from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export
 from whispers_lab.plan import load_plan
@@ -107,3 +108,22 @@ def test_results_are_copies_and_memory_is_off_by_default(small_export):
         assert export.sql(query).loc[0, "user_id"] != "changed"
         export.memoize(False)
         assert export._memo is None
+
+
+def test_frames_with_equal_strings_share_a_fingerprint_and_one_changed_value_does_not():
+    """The memo's fingerprint of a registered frame reads its Arrow buffers: equal content
+    (whatever the string storage) is one key, one changed character or row is another."""
+    serial = iter(range(100))
+    ids = [f"u{i:05d}" for i in range(1000)]
+    base = pd.DataFrame({"user_id": pd.Series(ids, dtype=str), "bucket": range(1000)})
+    same = pd.DataFrame({"user_id": pd.Series(list(ids), dtype=str), "bucket": range(1000)})
+    changed = base.copy()
+    changed.loc[517, "user_id"] = "u00518"
+    shorter = base.iloc[:999]
+    fp = [export_module._fingerprint(f, serial) for f in (base, same, changed, shorter)]
+    assert fp[0] == fp[1]
+    assert len(set(fp[1:])) == 3
+    # a column of mixed Python objects (not Arrow-convertible) still gets a content digest
+    mixed = pd.DataFrame({"x": pd.Series([1, "a", 2.5], dtype=object)})
+    assert (export_module._fingerprint(mixed, serial)
+            == export_module._fingerprint(mixed.copy(), serial))

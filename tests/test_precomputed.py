@@ -68,3 +68,31 @@ def test_a_bug_in_the_evaluation_names_its_type(small_export):
 def test_no_result_is_waited_for_forever(tmp_path):
     with pytest.raises(ReportError, match="did not arrive"):
         precomputed.load_evaluation(tmp_path / "never.pickle", timeout=0.2)
+
+
+def test_work_after_the_hand_over_runs_and_its_failure_is_not_the_days(small_export):
+    """``then`` (the summary's evaluation) runs once the day is handed over; when it fails,
+    the day's result stands and ``then_result`` is None (its caller computes it again)."""
+    order = []
+
+    def work(export):
+        order.append("day")
+        return {"day": 14}, {"decision": "GO"}
+
+    def then(export):
+        order.append("then")
+        return export.scalar("SELECT count(*) FROM users")
+
+    pre = precomputed.Precompute(lambda: open_export(small_export, validate=False), work, then)
+    assert precomputed.load_evaluation(pre.path, timeout=30) == ({"day": 14}, {"decision": "GO"})
+    _, evaluation = pre.result()
+    assert evaluation == {"day": 14} and order == ["day", "then"] and pre.then_result > 0
+    pre.close()
+
+    def broken(export):
+        raise ZeroDivisionError("boom")
+
+    pre = precomputed.Precompute(lambda: open_export(small_export, validate=False), work, broken)
+    _, evaluation = pre.result()
+    assert evaluation == {"day": 14} and pre.error is None and pre.then_result is None
+    pre.close()

@@ -5,6 +5,7 @@ a simulated export (checked against pandas over the raw api_logs), the `summary`
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -357,3 +358,22 @@ def test_report_on_the_last_day_writes_the_summary(small_export: Path, tmp_path:
     assert "summary.html" in (out / "index.html").read_text(encoding="utf-8")
     frame = pd.DataFrame(doc["metrics"])
     assert len(frame) == len(summary.SUCCESS_METRICS)
+
+
+def test_the_summarys_evaluation_computed_ahead_is_the_one_it_would_compute(small_export: Path,
+                                                                          tmp_path: Path):
+    """The report run computes the summary's evaluation while its kernel draws the day: it is
+    what build_summary computes itself, and it is used only for the same export and day."""
+    out = tmp_path / "reports"
+    _write_days(out, {8: _doc(8), PLAN.last_day: _doc(PLAN.last_day)})
+    with open_export(small_export) as export:
+        ahead = summary.evaluate_ahead(small_export, PLAN, PLAN.last_day, export)
+    fresh = summary.build_summary(out, PLAN, small_export, generated_at="t")
+    assert summary.build_summary(out, PLAN, small_export, generated_at="t", ahead=ahead) == fresh
+    marked = dataclasses.replace(ahead, facts={**ahead.facts, "name": "from-ahead"})
+    used = summary.build_summary(out, PLAN, small_export, generated_at="t", ahead=marked)
+    assert used["export"]["name"] == "from-ahead"
+    for other in (dataclasses.replace(marked, through=PLAN.last_day - 1),
+                  dataclasses.replace(marked, export_path=str(tmp_path / "other.duckdb"))):
+        assert summary.build_summary(out, PLAN, small_export, generated_at="t",
+                                     ahead=other) == fresh

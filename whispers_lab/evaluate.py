@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import cohort, rules
@@ -167,7 +168,7 @@ def _integrity(export: Export, day: int, plan: Plan, state: RolloutState
     users = qe.users_for_assignment(export)
     if len(users):
         bucket, category, _ = cohort.categories(users, plan)
-        names = [cohort.CATEGORY_NAMES[int(c)] for c in category]
+        names = pd.Series(np.asarray(cohort.CATEGORY_NAMES, dtype=object)[category], dtype=str)
     else:  # no users: nobody can be compared (no_data)
         bucket, names = [], []
     qs.register_assignment(export, users["user_id"], names, bucket)

@@ -23,6 +23,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from .atomic import replace_dir
 from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
@@ -95,7 +96,21 @@ def _fingerprint(frame: Any, serial: Iterator[int]) -> str:
     object gets a name of its own, so that nothing read through it is ever reused."""
     if isinstance(frame, pd.DataFrame):
         h = hashlib.sha256(repr([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
-        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        # the Arrow buffers of each column (zero-copy for Arrow-backed strings), with each
+        # chunk's offset and length: equal digests mean equal values; a sliced column hashes
+        # bytes outside its slice too, which can only make equal frames look different
+        # (a remembered result not reused), never the reverse
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+        except (pa.ArrowException, TypeError, ValueError):  # mixed objects: pandas' hash
+            h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+            return h.hexdigest()
+        for column in table.columns:
+            h.update(str(column.type).encode())
+            for chunk in column.chunks:
+                h.update(f"{chunk.offset}:{len(chunk)}".encode())
+                for buffer in chunk.buffers():
+                    h.update(b"-" if buffer is None else memoryview(buffer))
         return h.hexdigest()
     return f"object-{next(serial)}"
 

@@ -40,9 +40,10 @@ def flag_log(export: Export, hi: dt.datetime) -> pd.DataFrame:
 def register_assignment(export: Export, user_ids: pd.Series, category: pd.Series | list,
                         bucket: pd.Series | list) -> None:
     """Register ``user_id, category, bucket`` as :data:`ASSIGNMENT_RELATION`."""
+    # strings stay Arrow-backed arrays (no Python object per row), positional (no index)
     export.register(ASSIGNMENT_RELATION, pd.DataFrame({
-        "user_id": pd.Series(user_ids).astype(str).to_numpy(),
-        "category": pd.Series(category).astype(str).to_numpy(),
+        "user_id": pd.Series(user_ids).astype(str).array,
+        "category": pd.Series(category).astype(str).array,
         "bucket": pd.Series(bucket).astype("int64").to_numpy(),
     }))
 

@@ -76,17 +76,22 @@ class Precompute:
 
     ``work(export)`` returns ``(evaluation, document)``; ``open_export()`` opens the export
     (validating it). Use :attr:`path` as the notebook's ``evaluation_path``; after the notebook,
-    :meth:`result` gives ``(export, evaluation)`` or raises what the thread raised. The caller
-    closes :attr:`export` (:meth:`close`)."""
+    :meth:`result` gives ``(export, evaluation)`` or raises what the thread raised. ``then``:
+    more work on the export once the evaluation is handed over, run while the kernel draws it
+    (its value in :attr:`then_result`). The caller closes :attr:`export` (:meth:`close`)."""
 
-    def __init__(self, open_export: Any, work: Any) -> None:
+    def __init__(self, open_export: Any, work: Any, then: Any = None) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="whispers-evaluation-"))
         self.path = self._folder / "evaluation.pickle"
         self.export: Any = None
         self.evaluation: Any = None
         self.error: BaseException | None = None
+        #: what ``then(export)`` returned (None: no ``then``, or it failed: its caller
+        #: computes it again and meets the error there)
+        self.then_result: Any = None
         self._open = open_export
         self._work = work
+        self._then = then
         self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="whispers-report-evaluation",
                                         daemon=True)
@@ -99,14 +104,26 @@ class Precompute:
                 return
             self.evaluation, document = self._work(self.export)
             save_evaluation(self.path, self.evaluation, document)
-        except BaseException as exc:  # handed to the run (result()) and to the notebook
-            self.error = exc
-            message = (str(exc) if isinstance(exc, WhispersLabError) else
-                       f"the report's evaluation failed: {type(exc).__name__}: {exc}")
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        if self._then is not None and not self._cancelled.is_set():
+            # while the kernel draws the day: work the run needs after the notebook (the
+            # stakeholder summary's evaluation); the day's report never depends on it
             try:
-                _save_failure(self.path, message)
-            except OSError:
-                pass
+                self.then_result = self._then(self.export)
+            except Exception:
+                self.then_result = None
+
+    def _fail(self, exc: BaseException) -> None:
+        """Hand the error to the run (:meth:`result`) and to the notebook."""
+        self.error = exc
+        message = (str(exc) if isinstance(exc, WhispersLabError) else
+                   f"the report's evaluation failed: {type(exc).__name__}: {exc}")
+        try:
+            _save_failure(self.path, message)
+        except OSError:
+            pass
 
     def result(self) -> tuple[Any, Any]:
         """Wait for the thread; ``(export, evaluation)``, or raise its error."""

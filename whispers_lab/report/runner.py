@@ -385,7 +385,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
         tmp = make_tmp_dir(out, day)
         pre: Precompute | None = None
         try:
-            pre = _precompute(export_file, day, plan, out, qa_results, memoize=summary_due)
+            pre = _precompute(export_file, day, plan, out, qa_results,
+                              summary_day=day if summary_due else None)
             parameters = {"export_path": str(export_file), "day": int(day),
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           # absolute: the kernel runs inside tmp, where a relative --out
@@ -475,8 +476,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 pre.close()
             raise
     try:
-        summary, note = (_write_summary(out, plan, export_file, pre.export) if summary_due
-                         else (None, ""))
+        summary, note = (_write_summary(out, plan, export_file, pre.export, pre.then_result)
+                         if summary_due else (None, ""))
     finally:
         pre.close()
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
@@ -521,16 +522,19 @@ class _ForErrors:
 
 
 def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
-                qa_results: str | Path | None, *, memoize: bool) -> Precompute:
+                qa_results: str | Path | None, *, summary_day: int | None) -> Precompute:
     """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
-    the notebook's setup cell would compute, with the same arguments. ``memoize``: the export
-    keeps its query results for the stakeholder summary's evaluation that follows."""
+    the notebook's setup cell would compute, with the same arguments. ``summary_day``: the
+    stakeholder summary follows; the export keeps its query results, and the summary's
+    evaluation through that day is computed in the same thread while the kernel draws the
+    day (:func:`whispers_lab.report.summary.evaluate_ahead`)."""
     from ..evaluate import evaluate_day
     from ..qa import read_qa_results
+    from .summary import evaluate_ahead
 
     def opened() -> Export:
         export = open_export(export_file)
-        if memoize:
+        if summary_day is not None:
             export.memoize()
         return export
 
@@ -540,20 +544,24 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         return evaluation, document
 
-    return Precompute(opened, work)
+    ahead = (None if summary_day is None else
+             lambda export: evaluate_ahead(export_file, plan, summary_day, export))
+    return Precompute(opened, work, ahead)
 
 
 def _write_summary(out: Path, plan: Plan, export_file: Path,
-                   export: Export | None = None) -> tuple[Path | None, str]:
+                   export: Export | None = None, ahead: Any = None) -> tuple[Path | None, str]:
     """issue 15: after the plan's last day is reported, the stakeholder summary of the whole
     rollout (:mod:`whispers_lab.report.summary`), then the index again (it links it). The
     day's report is published already: a failure here is returned as a message, never
-    undoes it, and a stop signal now leaves that report standing (``finished``)."""
+    undoes it, and a stop signal now leaves that report standing (``finished``). ``ahead``:
+    the summary's evaluation computed during the notebook (used when its day is the one the
+    summary needs)."""
     from .summary import write_summary
 
     try:
         stopping.raise_if_stopped(finishes=True)
-        result = write_summary(out, plan, export_file, export=export)
+        result = write_summary(out, plan, export_file, export=export, ahead=ahead)
         write_index(out, plan)
     except stopping.RunStopped as stop:
         raise stopping.RunStopped(stop.signum, finished=True) from None

@@ -259,10 +259,32 @@ def _outcome(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "complete": decision == "GO" and day >= plan.last_day}
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """:func:`full_evaluation`'s result through ``through``, computed before it was asked
+    for (:func:`evaluate_ahead`)."""
+
+    export_path: str
+    through: int
+    metrics: list[dict[str, Any]]
+    facts: dict[str, Any]
+
+
+def evaluate_ahead(export_path: str | Path, plan: Plan, through: int, export: Any) -> Ahead:
+    """:func:`full_evaluation` through ``through``, for a summary written later by the same run
+    (the report run computes it while its kernel draws the day: the summary then only reads
+    the day folders and writes its page)."""
+    metrics, facts = full_evaluation(export_path, plan, through, plan.criteria.min_group_users,
+                                     export=export)
+    return Ahead(str(export_path), through, metrics, facts)
+
+
 def build_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | None = None,
-                  *, generated_at: str | None = None, export: Any = None) -> dict[str, Any]:
+                  *, generated_at: str | None = None, export: Any = None,
+                  ahead: Ahead | None = None) -> dict[str, Any]:
     """The summary document (what ``summary.json`` holds) from the report folder's day
-    folders, plus the full-rollout computation when ``export_path`` is given. Raises
+    folders, plus the full-rollout computation when ``export_path`` is given (taken from
+    ``ahead`` when that was computed for the same export, plan and last decided day). Raises
     :class:`ReportError` when the folder holds no day report."""
     from .confirmation import collect_confirmations
 
@@ -276,8 +298,12 @@ def build_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | Non
     decided = history.reported_days(days)
     through = max(days)
     if export_path is not None:
-        metrics, facts = full_evaluation(export_path, plan, max(decided or [through]),
-                                         min_users, export=export)
+        last = max(decided or [through])
+        if (ahead is not None and ahead.through == last
+                and ahead.export_path == str(export_path)):
+            metrics, facts = ahead.metrics, ahead.facts
+        else:
+            metrics, facts = full_evaluation(export_path, plan, last, min_users, export=export)
         basis = ("computed afresh from the export over the whole rollout: the system metrics "
                  "and the survey over every percentage day (the audience), the comparisons "
                  "over every stage, privacy incidents over every day")
@@ -532,14 +558,16 @@ class SummaryResult:
 
 
 def write_summary(out_dir: str | Path, plan: Plan, export_path: str | Path | None = None,
-                  *, generated_at: str | None = None, export: Any = None) -> SummaryResult:
+                  *, generated_at: str | None = None, export: Any = None,
+                  ahead: Ahead | None = None) -> SummaryResult:
     """Build the summary and write ``summary.json`` and ``summary.html`` into ``out_dir``,
     each atomically, after the privacy scan (against the export when given) and the check
     that nothing would load from the network. The caller holds the folder's lock.
     ``export``: the export at ``export_path`` already opened and validated (the report run's);
-    None: opened here."""
+    None: opened here. ``ahead``: see :func:`build_summary`."""
     out = Path(out_dir)
-    doc = build_summary(out, plan, export_path, generated_at=generated_at, export=export)
+    doc = build_summary(out, plan, export_path, generated_at=generated_at, export=export,
+                        ahead=ahead)
     frame = history.trend_frame(plan, collect_days(out), plan.criteria.min_group_users)
     page = summary_html(doc, plan, trend_charts(frame))
     text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"

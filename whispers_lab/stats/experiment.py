@@ -296,10 +296,10 @@ def experiment_results(export: Export, day: int, plan: Plan,
     )
 
 
-def _categories(reason: pd.Series) -> list[str]:
+def _categories(reason: pd.Series) -> pd.Series:
     """Assignment category of each cohort reason (internal, beta, holdout, else by bucket)."""
-    keep = {"internal", "beta", "holdout"}
-    return [r if r in keep else "bucketed" for r in reason.astype(str)]
+    text = pd.Series(reason).astype(str)
+    return text.where(text.isin(("internal", "beta", "holdout")), "bucketed")
 
 
 def srm_coded(r: StatResult) -> StatResult:

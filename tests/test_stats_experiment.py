@@ -197,6 +197,32 @@ def test_canary_units_use_the_planned_variant_of_the_day(hand_export):
     assert sorted(u["variant"]) == ["control", "treatment"]  # B | C
     assert u.loc[u["duration_ms"].notna(), "variant"].tolist() == ["control"]
     assert "user_id" not in u.columns
+    # each arm's active users before the draw: one each here, and with a draw of one unit
+    # per arm the count is still of every active user, not of the drawn ones
+    assert u.groupby("variant")["arm_active"].max().to_dict() == {"control": 1, "treatment": 1}
+
+
+def test_canary_arm_counts_are_every_active_user_not_the_drawn_ones(small_export):
+    """``arm_active`` is the number of active randomised users per arm before the draw,
+    counted here independently from the raw rows with pandas."""
+    lo, hi, day = PLAN.day_start(12), PLAN.day_start(13), 12
+    with open_export(small_export) as ex:
+        r = experiment_results(ex, day, PLAN)  # makes the randomised table
+        few = q.canary_units(ex, lo, hi, day, 5, 7)
+        pop = ex.sql(f"SELECT user_id, f_day FROM {q.RANDOMISED_TABLE}")
+        api = ex.sql("SELECT DISTINCT user_id FROM api_logs WHERE \"timestamp\" >= $lo AND "
+                     "\"timestamp\" < $hi AND endpoint <> $ep AND user_id IS NOT NULL",
+                     {"lo": lo, "hi": hi, "ep": q.WHISPERS_ENDPOINT})
+        opens = ex.sql("SELECT DISTINCT user_id FROM telemetry WHERE created_at >= $lo AND "
+                       "created_at < $hi AND event_type = 'app_open'", {"lo": lo, "hi": hi})
+    active = pop[pop["user_id"].isin(set(api["user_id"]) | set(opens["user_id"]))]
+    treated = int((active["f_day"] <= day).sum())
+    want = {"treatment": treated, "control": len(active) - treated}
+    assert few.groupby("variant")["arm_active"].max().to_dict() == want
+    assert few["variant"].value_counts().max() <= 5 < min(want.values())
+    for result in r.canary:  # what the day's canary comparison records
+        assert (result.details["active_treated"], result.details["active_control"]) == (
+            want["treatment"], want["control"])
 
 
 # -------------------------------------------------------------------------------------------

@@ -493,7 +493,8 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
     (treatment iff ``f <= day``: intention to treat, so that being served does not select the
     more active users). Columns: variant, duration_ms (mean of the user's requests to other
     endpoints), error_rate (share with status >= 400), opens (app_open events), each NULL when
-    the user had no such activity that day."""
+    the user had no such activity that day; ``arm_active``: how many active users the arm had
+    before the draw (for the record)."""
     q = f"""
     WITH pop AS (
         SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
@@ -513,6 +514,7 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
     ),
     joined AS (
         SELECT p.variant, a.duration_ms, a.error_rate, o.opens,
+               count(*) OVER (PARTITION BY p.variant) AS arm_active,
                row_number() OVER (PARTITION BY p.variant
                                   ORDER BY md5(p.user_id || ':' || CAST($seed AS VARCHAR)),
                                   p.user_id) AS rk
@@ -520,33 +522,11 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
                    LEFT JOIN op o ON o.user_id = p.user_id
         WHERE a.user_id IS NOT NULL OR o.user_id IS NOT NULL
     )
-    SELECT variant, duration_ms, error_rate, opens FROM joined WHERE rk <= $max_units
+    SELECT variant, duration_ms, error_rate, opens, arm_active FROM joined
+    WHERE rk <= $max_units
     """
     return export.sql(q, {"lo": lo, "hi": hi, "day": int(day), "ep": endpoint,
                           "seed": int(seed), "max_units": int(max_units)})
-
-
-def canary_population(export: Export, lo: dt.datetime, hi: dt.datetime, day: int,
-                      endpoint: str = WHISPERS_ENDPOINT) -> dict[str, int]:
-    """How many active users each arm had before sampling (for the record)."""
-    q = f"""
-    WITH pop AS (
-        SELECT user_id, CASE WHEN f_day <= $day THEN 'treatment' ELSE 'control' END AS variant
-        FROM {RANDOMISED_TABLE}
-    ),
-    active AS (
-        SELECT DISTINCT user_id FROM api_logs
-        WHERE "timestamp" >= $lo AND "timestamp" < $hi AND endpoint <> $ep AND user_id IS NOT NULL
-        UNION
-        SELECT DISTINCT user_id FROM telemetry
-        WHERE created_at >= $lo AND created_at < $hi AND event_type = 'app_open'
-    )
-    SELECT count(*) FILTER (WHERE p.variant = 'treatment') AS active_treated,
-           count(*) FILTER (WHERE p.variant = 'control') AS active_control
-    FROM pop p JOIN active a ON a.user_id = p.user_id
-    """
-    row = export.sql(q, {"lo": lo, "hi": hi, "day": int(day), "ep": endpoint}).iloc[0]
-    return {k: int(v) for k, v in row.items()}
 
 
 def first_exposure_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,

@@ -63,25 +63,35 @@ def _row(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def activity_days(export: Export) -> pd.DataFrame:
-    """Rows per UTC date over every activity table (api_logs, telemetry, exposures, feedback,
-    support_tickets, db_metrics; ``users.signup_at`` is not activity): date, rows, last (the
-    latest timestamp of the date). One scan of each table's time column."""
+    """Rows per activity table and UTC date (api_logs, telemetry, exposures, feedback,
+    support_tickets, db_metrics; ``users.signup_at`` is not activity): source, date, rows,
+    last (the latest timestamp of the table on that date). One scan of each table's time
+    column serves the export's extent and each table's latest row (:func:`latest_row`)."""
     return export.sql(
-        "SELECT CAST(t AS DATE) AS date, count(*) AS rows, max(t) AS last FROM ("
-        " SELECT \"timestamp\" AS t FROM api_logs"
-        " UNION ALL SELECT created_at FROM telemetry"
-        " UNION ALL SELECT exposed_at FROM exposures"
-        " UNION ALL SELECT submitted_at FROM feedback"
-        " UNION ALL SELECT created_at FROM support_tickets"
-        " UNION ALL SELECT \"timestamp\" FROM db_metrics)"
-        " WHERE t IS NOT NULL GROUP BY 1 ORDER BY 1")
+        "SELECT source, CAST(t AS DATE) AS date, count(*) AS rows, max(t) AS last FROM ("
+        " SELECT 'api_logs' AS source, \"timestamp\" AS t FROM api_logs"
+        " UNION ALL SELECT 'telemetry', created_at FROM telemetry"
+        " UNION ALL SELECT 'exposures', exposed_at FROM exposures"
+        " UNION ALL SELECT 'feedback', submitted_at FROM feedback"
+        " UNION ALL SELECT 'support_tickets', created_at FROM support_tickets"
+        " UNION ALL SELECT 'db_metrics', \"timestamp\" FROM db_metrics)"
+        " WHERE t IS NOT NULL GROUP BY 1, 2 ORDER BY 2, 1")
+
+
+def latest_row(export: Export, table: str) -> dt.datetime | None:
+    """The latest timestamp of an activity table (every row, a future-stamped one too), from
+    :func:`activity_days`. None when the table holds no timed row."""
+    days = activity_days(export)
+    last = days.loc[days["source"] == table, "last"]
+    return None if last.empty else pd.Timestamp(last.max()).to_pydatetime()
 
 
 def export_extent(export: Export) -> Extent:
     """Where the export's data lie, from the rows' day distribution (see
     :mod:`whispers_lab.coverage`): a row stamped in the future does not move its end."""
-    days = activity_days(export)
-    dates = [pd.Timestamp(d).date() for d in days["date"]]
+    days = activity_days(export).groupby("date", sort=True).agg(rows=("rows", "sum"),
+                                                                last=("last", "max"))
+    dates = [pd.Timestamp(d).date() for d in days.index]
     return extent_from_days(dict(zip(dates, days["rows"].astype(int), strict=True)),
                             {d: pd.Timestamp(t).to_pydatetime()
                              for d, t in zip(dates, days["last"], strict=True)})

@@ -96,8 +96,13 @@ def _day_expr(start: dt.date, col: str) -> str:
 
 
 def _events_cte(export: Export, start: dt.date, endpoint: str) -> str:
-    """Every whispers request (kind 1), exposure row (2) and app open (3) of the window, with
-    the planned variant at its time (``planned``: 1 treatment, 0 control, -1 not known)."""
+    """Every whispers request (kind 1), exposure row (2) and app open (3) of the window,
+    counted per user, rollout day and state interval (``pl``: ``user_id, interval_id, day,
+    whispers`` (requests and ``treatment`` exposure rows), ``control_rows``, ``opens``,
+    ``last_t`` (the group's latest event), ``category`` and the planned variant of the
+    interval, ``planned``: 1 treatment, 0 control, -1 not known). The planned variant is the
+    same for every event of a group, so grouping before the join with the assignment (one
+    row per user) reads one row per group instead of one per event."""
     case = _interval_of(export, "e.t")
     in_interval = (f"s.interval_id = {case}" if case is not None
                    else "e.t >= s.start_at AND e.t < s.end_at")
@@ -113,14 +118,23 @@ def _events_cte(export: Export, start: dt.date, endpoint: str) -> str:
         SELECT user_id, created_at, 3, NULL FROM telemetry
         WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
     ),
-    pl AS (
-        SELECT e.user_id, e.t, e.kind, e.variant, a.category, s.interval_id,
-               {_day_expr(start, 'e.t')} AS day,
-               {_planned_sql()} AS planned,
-               (e.kind = 1 OR (e.kind = 2 AND e.variant = 'treatment')) AS whispers
+    eg AS (
+        SELECT e.user_id, s.interval_id, {_day_expr(start, 'e.t')} AS day,
+               count(*) FILTER (WHERE e.kind = 1 OR (e.kind = 2 AND e.variant = 'treatment'))
+                   AS whispers,
+               count(*) FILTER (WHERE e.kind = 2 AND e.variant = 'control') AS control_rows,
+               count(*) FILTER (WHERE e.kind = 3) AS opens,
+               max(e.t) AS last_t
         FROM ev e
-        JOIN {ASSIGNMENT_RELATION} a ON a.user_id = e.user_id
         JOIN {INTERVALS_RELATION} s ON {in_interval}
+        GROUP BY e.user_id, s.interval_id, {_day_expr(start, 'e.t')}
+    ),
+    pl AS (
+        SELECT g.user_id, g.interval_id, g.day, g.whispers, g.control_rows, g.opens, g.last_t,
+               a.category, {_planned_sql()} AS planned
+        FROM eg g
+        JOIN {ASSIGNMENT_RELATION} a ON a.user_id = g.user_id
+        JOIN {INTERVALS_RELATION} s ON s.interval_id = g.interval_id
     )"""
 
 
@@ -143,12 +157,11 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
     ud_all AS (
         SELECT day, user_id, any_value(category) AS category,
                bool_or(planned = 0) AS in_c, bool_or(planned = 1) AS in_t,
-               count(*) FILTER (WHERE planned = 0 AND whispers) AS whispers_c,
-               count(*) FILTER (WHERE planned = 1 AND whispers) AS whispers_t,
-               count(*) FILTER (WHERE planned = 1 AND kind = 2 AND variant = 'control')
-                   AS control_rows_t,
-               count(*) FILTER (WHERE planned = 1 AND kind = 3) AS opens_t,
-               max(t) AS last_t
+               coalesce(sum(whispers) FILTER (WHERE planned = 0), 0) AS whispers_c,
+               coalesce(sum(whispers) FILTER (WHERE planned = 1), 0) AS whispers_t,
+               coalesce(sum(control_rows) FILTER (WHERE planned = 1), 0) AS control_rows_t,
+               coalesce(sum(opens) FILTER (WHERE planned = 1), 0) AS opens_t,
+               max(last_t) AS last_t
         FROM pl GROUP BY day, user_id
     ),
     -- the last exposure row is looked up only where it decides: treatment-planned users who
@@ -191,10 +204,9 @@ def bucket_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetim
     the interval: a request or a ``treatment`` exposure row), ``n_c`` (active, not served)."""
     q = f"""
     WITH {_events_cte(export, start, endpoint)},
-    ui AS (
-        SELECT day, interval_id, user_id, bool_or(whispers) AS served
+    ui AS (  -- one row per user, day and interval already
+        SELECT day, interval_id, user_id, whispers > 0 AS served
         FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0
-        GROUP BY ALL
     )
     SELECT day, interval_id, count(*) FILTER (WHERE served) AS n_t,
            count(*) FILTER (WHERE NOT served) AS n_c

@@ -524,17 +524,19 @@ class _ForErrors:
 def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
                 qa_results: str | Path | None, *, summary_day: int | None) -> Precompute:
     """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
-    the notebook's setup cell would compute, with the same arguments. ``summary_day``: the
-    stakeholder summary follows; the export keeps its query results, and the summary's
-    evaluation through that day is computed in the same thread while the kernel draws the
-    day (:func:`whispers_lab.report.summary.evaluate_ahead`)."""
+    the notebook's setup cell would compute, with the same arguments; the export remembers
+    its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
+    stakeholder summary follows; its evaluation through that day is computed in the same
+    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`)."""
     from ..evaluate import evaluate_day
     from ..qa import read_qa_results
     from .summary import evaluate_ahead
 
     def opened() -> Export:
         export = open_export(export_file)
-        if summary_day is not None:
+        # a query asked twice (by the day's evaluation, or again by the summary's) runs once
+        # (DuckDB; Spark's export keeps its tables cached instead)
+        if hasattr(export, "memoize"):
             export.memoize()
         return export
 

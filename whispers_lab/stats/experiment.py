@@ -27,6 +27,7 @@ from ..export import Export
 from ..plan import Plan
 from ..queries import experiment as q
 from ..queries import state as qs
+from ..queries.monitoring import latest_row
 from ..results import StatResult
 from . import design as dz
 from . import power as pw
@@ -188,7 +189,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     beta_users = beta_sel.count if beta_sel is not None else 0
     quality = q.exposure_quality(export, start, t0, hi)
     # windows can only close on days the export covers: judge them as of its last day
-    _, data_end = export.time_range("telemetry")
+    data_end = latest_row(export, "telemetry")
     obs_day = day if data_end is None else min(day, plan.day_of(pd.Timestamp(data_end)))
     obs_note = (f" The export's events end on day {obs_day}, so retention windows are judged "
                 f"as of day {obs_day}." if obs_day < day else "")
@@ -346,7 +347,9 @@ def _canary(export: Export, s: StatSettings, day: int, lo: Any, hi: Any,
                            {"day": day, "code": "no_data"})
                 for m, _, _, label in CANARY_METRICS]
     units = q.canary_units(export, lo, hi, day, s.canary_max_units, s.seed)
-    popn = q.canary_population(export, lo, hi, day)
+    arms = units.groupby("variant", observed=True)["arm_active"].max()
+    popn = {"active_treated": int(arms.get("treatment", 0)),
+            "active_control": int(arms.get("control", 0))}
     out = []
     for metric, col, harm, label in CANARY_METRICS:
         t = units.loc[units["variant"] == "treatment", col].dropna().to_numpy(float)

@@ -377,3 +377,19 @@ def test_the_summarys_evaluation_computed_ahead_is_the_one_it_would_compute(smal
                   dataclasses.replace(marked, export_path=str(tmp_path / "other.duckdb"))):
         assert summary.build_summary(out, PLAN, small_export, generated_at="t",
                                      ahead=other) == fresh
+
+
+def test_trend_charts_of_one_day_tick_whole_days_only():
+    """A summary written after only the last day's report draws one point per chart: its day
+    axis shows that day, not fractional days (13.50, 13.65, ... as it did)."""
+    days = {d: v for d, v in _days().items() if d == max(_days())}
+    frame = history.trend_frame(PLAN, days, MIN)
+    figures = [trends.retention_chart(frame), trends.exposure_chart(frame),
+               trends.interval_chart(frame, "error_rate", "Error rate", lambda v, _: f"{v}",
+                                     "none")]
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in [a for a in fig.axes if a.get_xlabel() == "rollout day"]:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert ticks == [float(max(days))], ticks

@@ -68,7 +68,8 @@ def _style(ax, days: np.ndarray) -> None:
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.tick_params(labelsize=7)
-    ax.xaxis.set_major_locator(MaxNLocator(8, integer=True))
+    # whole days only, also when one day is drawn (one integer in view: min_n_ticks=1)
+    ax.xaxis.set_major_locator(MaxNLocator(8, integer=True, min_n_ticks=1))
     if len(days):
         ax.set_xlim(float(days.min()) - 0.6, float(days.max()) + 0.6)
     ax.set_xlabel("rollout day", fontsize=7)

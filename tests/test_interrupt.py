@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -433,3 +434,54 @@ def test_unwritable_index_is_a_one_line_error(export_path: Path, tmp_path: Path,
     folder = out / day_dir_name(DAY)
     assert sorted(p.name for p in folder.iterdir()) == sorted(REPORT_FILES)
     assert not [p for p in out.iterdir() if p.name.startswith(".day-")]
+
+
+
+def test_a_kernel_launch_under_way_at_a_stop_never_starts() -> None:
+    """The CI flake this guards against: SIGTERM came while papermill was preparing the kernel
+    (its manager made, its process not yet started); the process started after the run had
+    removed its staging folder and printed a traceback (no working folder) into the run's
+    one-line stderr. A manager made before the stop starts no process after it."""
+    import asyncio
+
+    from whispers_lab.errors import ReportError
+    from whispers_lab.report import runner
+
+    kernels: list[object] = []
+    stopped = threading.Event()
+    manager = runner.tracked_kernel_manager(kernels, stopped)()
+    assert kernels == [manager]
+    stopped.set()
+    with pytest.raises(ReportError, match="stopped before its kernel started"):
+        asyncio.run(manager._async_launch_kernel([sys.executable, "-c", "pass"]))
+    assert manager.provisioner is None or manager.provisioner.pid is None  # nothing started
+    with pytest.raises(ReportError, match="stopped before its kernel started"):
+        runner.tracked_kernel_manager(kernels, stopped)()
+    assert kernels == [manager]
+
+
+def test_a_kernel_that_appears_after_the_stop_is_killed_at_once() -> None:
+    """The notebook thread of a stopped run may get its kernel's process a moment after the
+    stop, and then waits for that kernel: the run keeps killing until the thread gives up,
+    instead of killing once and waiting out the grace (when the late kernel lived on)."""
+    from types import SimpleNamespace
+
+    from whispers_lab.report import runner
+
+    kernels: list[object] = []
+    process: list[subprocess.Popen] = []
+
+    def notebook_thread() -> None:  # the launch finishes 0.3 s after the stop
+        time.sleep(0.3)
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        process.append(proc)
+        kernels.append(SimpleNamespace(provisioner=SimpleNamespace(pid=proc.pid)))
+        proc.wait()  # nbclient waiting for the kernel to answer
+
+    worker = threading.Thread(target=notebook_thread, daemon=True)
+    worker.start()
+    started = time.monotonic()
+    runner._stop_kernels(worker, kernels, grace=30.0)
+    assert time.monotonic() - started < 10.0
+    assert not worker.is_alive()
+    assert process[0].wait(timeout=5) == -signal.SIGKILL

@@ -140,33 +140,56 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
         while worker.is_alive():
             worker.join(0.25)
     except BaseException:
-        stopped.set()   # no new kernel from here on
-        _kill_kernels(kernels)
-        worker.join(STOP_GRACE_S)
-        # a kernel whose launch was under way at the stop has a process only now: kill it too,
-        # before the caller removes the staging folder it runs in
-        _kill_kernels(kernels)
+        stopped.set()   # no new kernel, and no kernel process, from here on
+        _stop_kernels(worker, kernels, STOP_GRACE_S)
         raise
     if "error" in outcome:
         raise outcome["error"]
+
+
+def _stop_kernels(worker: threading.Thread, kernels: list[Any], grace: float) -> None:
+    """Kill the kernels of a stopped run until its notebook thread has given up (or ``grace``
+    seconds). A kernel whose launch was under way at the stop gets its process id only a
+    moment later, and the thread waits for that kernel: killing it once and then waiting let
+    a late kernel start in the staging folder the caller removes."""
+    deadline = time.monotonic() + grace
+    while True:
+        _kill_kernels(kernels)
+        if not worker.is_alive() or time.monotonic() >= deadline:
+            break
+        worker.join(0.1)
+    _kill_kernels(kernels)
+
+
+def tracked_kernel_manager(kernels: list[Any], stopped: threading.Event | None) -> type:
+    """nbclient's kernel manager class, each instance remembered in ``kernels`` so that a
+    stopped run can kill its kernel; once ``stopped`` is set, no manager is made and no
+    kernel process is started (a launch under way at the stop raises instead)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if stopped is not None and stopped.is_set():
+                raise ReportError("the report run was stopped before its kernel started")
+            super().__init__(*args, **kwargs)
+            kernels.append(self)
+
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            if stopped is not None and stopped.is_set():
+                raise ReportError("the report run was stopped before its kernel started")
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+
+        _launch_kernel = _async_launch_kernel
+
+    return TrackedKernelManager
 
 
 def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, notebook: Path,
                    kernels: list[Any], on_cell: Callable[[], None] | None = None,
                    stopped: threading.Event | None = None) -> None:
     import papermill
-    from jupyter_client.manager import AsyncKernelManager
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
-
-    class TrackedKernelManager(AsyncKernelManager):
-        """nbclient's kernel manager, remembered so that a stopped run can kill the kernel."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if stopped is not None and stopped.is_set():
-                raise ReportError("the report run was stopped before its kernel started")
-            super().__init__(*args, **kwargs)
-            kernels.append(self)
 
     # The kernel talks to us over Unix sockets in a private folder (mode 0700), not over
     # unencrypted localhost TCP ports that any local user could reach.
@@ -177,7 +200,7 @@ def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, noteb
             str(notebook), str(output), parameters=parameters, kernel_name=KERNEL_NAME,
             progress_bar=False, log_output=False, request_save_on_cell_execute=False,
             execution_timeout=timeout, cwd=str(output.parent), config=config,
-            kernel_manager_class=TrackedKernelManager,
+            kernel_manager_class=tracked_kernel_manager(kernels, stopped),
             on_cell_executed=(lambda **_: on_cell()) if on_cell is not None else None,
             # the shutdown interrupt makes the kernel log a spurious "KeyboardInterrupt"
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],

@@ -469,3 +469,26 @@ def test_banner_and_index_show_the_state():
     page = index_html(PLAN, {10: doc, 11: assumed | {"day": 11}})
     assert "<td class='off-plan' data-label='Stage in force'>10%</td>" in page  # 25% planned
     assert "<td data-label='Stage in force'>25% (assumed)</td>" in page
+
+
+def test_one_reading_gives_the_days_share_and_every_days_served_counts(small_export):
+    """``served_and_share`` reads the events of days 8-12 once: its served counts cover every
+    day, and its share, kept to day 12, is the share computed from day 12's events alone (and
+    day 12's rows of the share over all five days)."""
+    with open_export(small_export) as ex:
+        state = st.resolve_state(ex, PLAN, 12)
+        users = ex.sql("SELECT user_id, is_internal, micro_memory_count, engagement_score "
+                       "FROM users")
+        bucket, category, _ = cohort.categories(users, state.dated_plan())
+        qs.register_assignment(ex, users["user_id"],
+                               [cohort.CATEGORY_NAMES[int(c)] for c in category], bucket)
+        qs.register_intervals(ex, state.intervals(12))
+        lo, day12, hi = PLAN.day_start(8), PLAN.day_start(12), PLAN.day_start(13)
+        served, share = qs.served_and_share(ex, PLAN.start_date, lo, hi, day12)
+        alone = qs.bucket_share(ex, PLAN.start_date, day12, hi)
+        wide = qs.bucket_share(ex, PLAN.start_date, lo, hi)
+    assert sorted(served["day"].unique()) == [8, 9, 10, 11, 12]  # every day of the window
+    assert (served["users"] > 0).all()
+    pd.testing.assert_frame_equal(share, alone)
+    assert set(share["day"]) == {12} and len(wide) > len(share)  # the other days left out
+    pd.testing.assert_frame_equal(share, wide[wide["day"] == 12].reset_index(drop=True))

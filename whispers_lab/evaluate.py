@@ -176,9 +176,8 @@ def _integrity(export: Export, day: int, plan: Plan, state: RolloutState
     qs.register_intervals(export, intervals)
     first_pct = min((d for d, _ in plan.percentage_stages()), default=day)
     lo_day = min(first_pct, day)
-    counts = qs.served_vs_planned(export, plan.start_date, plan.day_start(lo_day),
-                                  plan.day_start(day + 1))
-    shares = qs.bucket_share(export, plan.start_date, plan.day_start(day), plan.day_start(day + 1))
+    counts, shares = qs.served_and_share(export, plan.start_date, plan.day_start(lo_day),
+                                         plan.day_start(day + 1), plan.day_start(day))
     share_of = dict(zip(intervals["interval_id"],
                         qs.interval_share(intervals, plan.assignment.buckets,
                                           plan.assignment.holdout_buckets), strict=True))

@@ -138,20 +138,18 @@ def _events_cte(export: Export, start: dt.date, endpoint: str) -> str:
     )"""
 
 
-def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
-                      endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
-    """Every user active in ``[lo, hi)`` (an app open, an exposure row or a whispers request),
-    per rollout day and category: ``day, category, users, planned_control, planned_treatment,
-    unsure_only`` (users with only events whose planned variant is not known) and the two kinds
-    of mismatch:
+_SERVED_COLUMNS: tuple[str, ...] = ("users", "planned_control", "planned_treatment",
+                                    "unsure_only", "control_served_whispers",
+                                    "treatment_served_control")
 
-    * ``control_served_whispers``: users with a whispers request, or a ``treatment`` exposure
-      row, at a time the state plans them as control;
-    * ``treatment_served_control``: users planned as treatment who got a ``control`` exposure
-      row then, or who opened the app then, made no whispers request then, and whose latest
-      exposure row (the variant they were last served, carried forward) is not ``treatment``
-      (an as-of join on DuckDB; its Spark variant in :data:`whispers_lab.engine.VARIANTS`).
-    """
+
+def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
+                     share_from: dt.datetime, endpoint: str = WHISPERS_ENDPOINT
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`served_vs_planned` over ``[lo, hi)`` and :func:`bucket_share` over
+    ``[share_from, hi)`` (a day start inside it) from one reading of the events: one query,
+    whose two parts are told apart by a ``part`` column."""
+    share_day = (pd.Timestamp(share_from).date() - start).days
     q = f"""
     WITH {_events_cte(export, start, endpoint)},
     ud_all AS (
@@ -183,18 +181,52 @@ def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.da
                count(*) FILTER (WHERE in_c AND whispers_c > 0) AS control_served_whispers,
                count(*) FILTER (WHERE in_t AND control_rows_t > 0) AS control_rows_users
         FROM ud_all GROUP BY day, category
+    ),
+    ui AS (  -- one row per user, day and interval already
+        SELECT day, interval_id, whispers > 0 AS served
+        FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0
+                  AND day >= $share_day
+    ),
+    share AS (
+        SELECT day, interval_id, count(*) FILTER (WHERE served) AS n_t,
+               count(*) FILTER (WHERE NOT served) AS n_c
+        FROM ui GROUP BY day, interval_id
     )
-    SELECT c.day, c.category, c.users, c.planned_control, c.planned_treatment, c.unsure_only,
+    SELECT 'served' AS part, c.day, c.category, CAST(NULL AS BIGINT) AS interval_id,
+           c.users, c.planned_control, c.planned_treatment, c.unsure_only,
            c.control_served_whispers,
-           c.control_rows_users + coalesce(o.n, 0) AS treatment_served_control
+           c.control_rows_users + coalesce(o.n, 0) AS treatment_served_control,
+           CAST(NULL AS BIGINT) AS n_t, CAST(NULL AS BIGINT) AS n_c
     FROM counts c LEFT JOIN opened_without o ON o.day = c.day AND o.category = c.category
-    ORDER BY c.day, c.category
+    UNION ALL
+    SELECT 'share', day, CAST(NULL AS VARCHAR), interval_id, NULL, NULL, NULL, NULL, NULL,
+           NULL, n_t, n_c
+    FROM share
     """
-    out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi})
-    for c in ("users", "planned_control", "planned_treatment", "unsure_only",
-              "control_served_whispers", "treatment_served_control"):
-        out[c] = out[c].astype("int64")
-    return out
+    out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi, "share_day": int(share_day)})
+    served = out.loc[out["part"] == "served", ["day", "category", *_SERVED_COLUMNS]]
+    served = served.astype({c: "int64" for c in ("day", *_SERVED_COLUMNS)})
+    share = out.loc[out["part"] == "share", ["day", "interval_id", "n_t", "n_c"]]
+    share = share.astype({c: "int64" for c in ("day", "interval_id", "n_t", "n_c")})
+    return (served.sort_values(["day", "category"]).reset_index(drop=True),
+            share.sort_values(["day", "interval_id"]).reset_index(drop=True))
+
+
+def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
+                      endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
+    """Every user active in ``[lo, hi)`` (an app open, an exposure row or a whispers request),
+    per rollout day and category: ``day, category, users, planned_control, planned_treatment,
+    unsure_only`` (users with only events whose planned variant is not known) and the two kinds
+    of mismatch:
+
+    * ``control_served_whispers``: users with a whispers request, or a ``treatment`` exposure
+      row, at a time the state plans them as control;
+    * ``treatment_served_control``: users planned as treatment who got a ``control`` exposure
+      row then, or who opened the app then, made no whispers request then, and whose latest
+      exposure row (the variant they were last served, carried forward) is not ``treatment``
+      (an as-of join on DuckDB; its Spark variant in :data:`whispers_lab.engine.VARIANTS`).
+    """
+    return served_and_share(export, start, lo, hi, hi, endpoint)[0]
 
 
 def bucket_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,
@@ -202,17 +234,7 @@ def bucket_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetim
     """Randomised users (bucket-assigned and holdout) active in each state interval of
     ``[lo, hi)`` whose planned variant is known: ``day, interval_id, n_t`` (served whispers in
     the interval: a request or a ``treatment`` exposure row), ``n_c`` (active, not served)."""
-    q = f"""
-    WITH {_events_cte(export, start, endpoint)},
-    ui AS (  -- one row per user, day and interval already
-        SELECT day, interval_id, user_id, whispers > 0 AS served
-        FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0
-    )
-    SELECT day, interval_id, count(*) FILTER (WHERE served) AS n_t,
-           count(*) FILTER (WHERE NOT served) AS n_c
-    FROM ui GROUP BY ALL ORDER BY day, interval_id
-    """
-    return export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi})
+    return served_and_share(export, start, lo, hi, lo, endpoint)[1]
 
 
 def srm_counts_by_state(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime,
@@ -254,4 +276,5 @@ def interval_share(intervals: pd.DataFrame, buckets: int, holdout_buckets: int) 
 
 __all__ = ["ASSIGNMENT_RELATION", "CATEGORIES", "INTERVALS_RELATION", "bucket_share",
            "flag_log", "interval_share", "register_assignment", "register_intervals",
+           "served_and_share",
            "served_vs_planned", "srm_counts_by_state"]

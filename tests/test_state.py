@@ -269,14 +269,20 @@ def _served_export(tmp_path: Path, with_log: bool) -> Path:
     return write_export(tables, tmp_path / f"served-{int(with_log)}.duckdb")
 
 
+def _register_state(ex, state: st.RolloutState, day: int) -> None:
+    """Every user's assignment category and the state's intervals of ``day``, as the
+    evaluation registers them."""
+    users = ex.sql("SELECT user_id, is_internal, micro_memory_count, engagement_score "
+                   "FROM users")
+    bucket, category, _ = cohort.categories(users, state.dated_plan())
+    qs.register_assignment(ex, users["user_id"],
+                           [cohort.CATEGORY_NAMES[int(c)] for c in category], bucket)
+    qs.register_intervals(ex, state.intervals(day))
+
+
 def _day10(export_path: Path, state: st.RolloutState) -> dict[str, int]:
     with open_export(export_path) as ex:
-        users = ex.sql("SELECT user_id, is_internal, micro_memory_count, engagement_score "
-                       "FROM users")
-        bucket, category, _ = cohort.categories(users, state.dated_plan())
-        qs.register_assignment(ex, users["user_id"],
-                               [cohort.CATEGORY_NAMES[int(c)] for c in category], bucket)
-        qs.register_intervals(ex, state.intervals(10))
+        _register_state(ex, state, 10)
         counts = qs.served_vs_planned(ex, PLAN.start_date, PLAN.day_start(10), PLAN.day_start(11))
     cols = ["users", "planned_control", "planned_treatment", "unsure_only",
             "control_served_whispers", "treatment_served_control"]
@@ -476,13 +482,7 @@ def test_one_reading_gives_the_days_share_and_every_days_served_counts(small_exp
     day, and its share, kept to day 12, is the share computed from day 12's events alone (and
     day 12's rows of the share over all five days)."""
     with open_export(small_export) as ex:
-        state = st.resolve_state(ex, PLAN, 12)
-        users = ex.sql("SELECT user_id, is_internal, micro_memory_count, engagement_score "
-                       "FROM users")
-        bucket, category, _ = cohort.categories(users, state.dated_plan())
-        qs.register_assignment(ex, users["user_id"],
-                               [cohort.CATEGORY_NAMES[int(c)] for c in category], bucket)
-        qs.register_intervals(ex, state.intervals(12))
+        _register_state(ex, st.resolve_state(ex, PLAN, 12), 12)
         lo, day12, hi = PLAN.day_start(8), PLAN.day_start(12), PLAN.day_start(13)
         served, share = qs.served_and_share(ex, PLAN.start_date, lo, hi, day12)
         alone = qs.bucket_share(ex, PLAN.start_date, day12, hi)

@@ -134,6 +134,11 @@ class SparkExport:
             self.largest_result = (len(out), head)
         return out
 
+    def memoize(self, on: bool = True) -> None:
+        """What :meth:`whispers_lab.export.Export.memoize` asks, kept as Spark keeps it: the
+        small tables an evaluation reads again stay in Spark's cache (:data:`CACHED_TABLES`),
+        and query results are not remembered (each query runs on the cluster again)."""
+
     def sql(self, query: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
         """Run a query and return its (small, aggregated) result as a DataFrame."""
         started = time.perf_counter()

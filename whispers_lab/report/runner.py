@@ -558,9 +558,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     def opened() -> Export:
         export = open_export(export_file)
         # a query asked twice (by the day's evaluation, or again by the summary's) runs once
-        # (DuckDB; Spark's export keeps its tables cached instead)
-        if hasattr(export, "memoize"):
-            export.memoize()
+        export.memoize()
         return export
 
     def work(export: Export) -> tuple[Any, Any]:

@@ -26,8 +26,10 @@ users among many dormant ones). ``--legacy`` also runs the first build's retenti
 rules on the same draws, for before/after figures.
 
 Prints, per population, size and effect: replicates, the share held (NO_GO or ROLLBACK) on any
-of days 8-14 with its Monte Carlo standard error, the share held by day 11, 12 and 14, and what
-held it. Results go to ``benchmarks/results/mc_decisions.json``.
+of days 8-14 with its Monte Carlo standard error, the share held by day 11, 12 and 14, the
+share whose retention passed by day 12 next to the mean chance of that which the report's design
+power (:func:`whispers_lab.stats.experiment.observed_design_power`) gave on day 9 from the traffic
+seen so far, and what held it. Results go to ``benchmarks/results/mc_decisions.json``.
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ from whispers_lab.plan import CRITERION_IDS, TRIGGER_IDS, Plan, load_plan  # noq
 from whispers_lab.results import CriterionResult  # noqa: E402
 from whispers_lab.simulate.params import ModelParams  # noqa: E402
 from whispers_lab.stats import design as dz  # noqa: E402
-from whispers_lab.stats.experiment import plan_schedule, srm_coded  # noqa: E402
+from whispers_lab.stats.experiment import (  # noqa: E402
+    observed_design_power,
+    plan_schedule,
+    srm_coded,
+)
 from whispers_lab.stats.rates import proportion_vs_threshold, ratio_vs_threshold  # noqa: E402
 from whispers_lab.stats.retention import (  # noqa: E402
     StagedData,
@@ -66,7 +72,10 @@ from whispers_lab.stats.retention import (  # noqa: E402
 )
 from whispers_lab.stats.settings import StatSettings  # noqa: E402
 from whispers_lab.stats.srm import srm_test  # noqa: E402
-from whispers_lab.stats.staggered import cells_from_activity  # noqa: E402
+from whispers_lab.stats.staggered import (  # noqa: E402
+    cells_from_activity,
+    preperiod_lags_from_activity,
+)
 from whispers_lab.stats.sufficient import RatioStat, ratio_from_units  # noqa: E402
 from whispers_lab.stats.tickets import (  # noqa: E402
     schedule_user_days,
@@ -231,7 +240,7 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
     base = -PRE
     cells, pairs = cells_from_activity(sim["active"], sim["f"], sched.stages, base,
                                        s.covariate_days, [s.primary_k], 14)
-    lags = _preperiod_lags(sim["active"], base)
+    lags = preperiod_lags_from_activity(sim["active"], base, [s.primary_k])
     profile = dz.arrival_profile(lags, users, sched.final_day - min(sched.stages) + 1)
     counts = pd.DataFrame({"f_day": sim["f"]}).value_counts().rename("n").reset_index()
     shares = dz.ArmShares.from_counts(counts)
@@ -242,6 +251,9 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
     eng = _engagement(sim, plan, rng, params)
     margin, _ = margin_in_force(s, data.baseline.get(s.primary_k))
     hist = retention_history(data, s.primary_k, max(DAYS), margin, s).set_index("day")
+    # what the report shows on day 9: the chance to pass retention by day 12 on this traffic
+    design = observed_design_power(data, retention_history(data, s.primary_k, 9, margin, s),
+                                   margin, s, 12)
     t_hist = ticket_history(tickets, min(sched.stages), max(DAYS), sched.final_day, future,
                             pre_rate, plan.threshold("support_ticket_rate_ratio", max(DAYS)), s)
     out_days = {}
@@ -289,7 +301,9 @@ def replicate(args: tuple[int, int, str, str, int, bool]) -> dict[str, Any]:
     if legacy:
         for d, v in _legacy_days(sim, tickets, eng, plan).items():
             out_days[d]["legacy"] = v
-    return {"rep": rep, "days": out_days}
+    return {"rep": rep, "days": out_days,
+            "design_power_by_12": design["power_by_day"] if design else None,
+            "retention_passed_by_12": bool(12 in hist.index and hist.loc[12, "status"] == "pass")}
 
 
 def _win(prefix: str, events: float, n: float) -> dict[str, Any]:
@@ -297,26 +311,6 @@ def _win(prefix: str, events: float, n: float) -> dict[str, Any]:
     return {f"{prefix}_n": st.n, f"{prefix}_num": st.sum_num, f"{prefix}_den": st.sum_den,
             f"{prefix}_num2": st.sum_num2, f"{prefix}_den2": st.sum_den2,
             f"{prefix}_numden": st.sum_num_den, "requests": n}
-
-
-def _preperiod_lags(active: np.ndarray, base: int) -> pd.DataFrame:
-    """The numpy twin of ``queries.experiment.preperiod_lags`` (k = 1)."""
-    parts = []
-    for p in range(base, 0):
-        w = active[:, p - base:-base]
-        has = w.any(axis=1)
-        rows = np.flatnonzero(has)
-        lag = np.argmax(w[rows], axis=1)
-        ok = lag + 1 < w.shape[1]
-        back = np.zeros(lag.size)
-        back[ok] = w[rows[ok], lag[ok] + 1]
-        users = np.bincount(lag, minlength=w.shape[1])
-        returned = np.bincount(lag, weights=back, minlength=w.shape[1])
-        lags = np.flatnonzero(users)
-        parts.append(pd.DataFrame({
-            "p": p, "lag": lags, "users": users[lags],
-            "returned_1": np.where(p + lags + 1 <= -1, returned[lags], np.nan)}))
-    return pd.concat(parts, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -384,6 +378,9 @@ def summarise(runs: list[dict[str, Any]], legacy: bool) -> dict[str, Any]:
            "held_days_mean": float(np.mean([sum(r["days"][d]["decision"] != "GO" for d in DAYS)
                                             for r in runs])),
            "causes": dict(sorted(causes.items(), key=lambda kv: -kv[1]))}
+    predicted = [r["design_power_by_12"] for r in runs if r.get("design_power_by_12") is not None]
+    out["retention_pass_by_12_predicted_day_9"] = float(np.mean(predicted)) if predicted else None
+    out["retention_pass_by_12"] = float(np.mean([r["retention_passed_by_12"] for r in runs]))
     if legacy:
         out["legacy_held_any"] = float(np.mean([any(r["days"][d]["legacy"]["held"] for d in DAYS)
                                                 for r in runs]))
@@ -394,6 +391,13 @@ def summarise(runs: list[dict[str, Any]], legacy: bool) -> dict[str, Any]:
         out["legacy_held_by_14"] = float(np.mean([any(r["days"][d]["legacy"]["held"]
                                                       for d in DAYS) for r in runs]))
     return out
+
+
+def _predicted(summ: dict[str, Any]) -> str:
+    """Retention passed by day 12: realised / predicted on day 9 by the report's design power."""
+    pred = summ.get("retention_pass_by_12_predicted_day_9")
+    return (f"{summ['retention_pass_by_12']:.3f} / " + (f"{pred:.3f}" if pred is not None
+                                                         else "-"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -413,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     started = time.time()
     print(f"{'population':<11} {'users':>9} {'effect':<10} {'reps':>5} {'held any 8-14':>16} "
-          f"{'by 11':>6} {'by 12':>6} {'by 14':>6} {'rollback':>8}  causes (blocking days)"
+          f"{'by 11':>6} {'by 12':>6} {'by 14':>6} {'rollback':>8} {'ret. pass by 12':>16}  "
+          f"causes (blocking days)"
           + ("   legacy: any / by 11 / by 12 / by 14" if args.legacy else ""))
     with ProcessPoolExecutor(max_workers=max(args.workers, 1)) as pool:
         for pop in args.populations:
@@ -437,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                     line = (f"{pop:<11} {users:>9,} {effect:<10} {reps:>5} "
                             f"{summ['held_any']:>8.3f} ±{summ['held_any_se']:.3f} "
                             f"{summ['held_by_11']:>6.3f} {summ['held_by_12']:>6.3f} "
-                            f"{summ['held_by_14']:>6.3f} {summ['rolled_back_by_14']:>8.3f}  {causes}")
+                            f"{summ['held_by_14']:>6.3f} {summ['rolled_back_by_14']:>8.3f} "
+                            f"{_predicted(summ):>16}  {causes}")
                     if args.legacy:
                         line += (f"   {summ['legacy_held_any']:.3f} / {summ['legacy_held_by_11']:.3f}"
                                  f" / {summ['legacy_held_by_12']:.3f} / {summ['legacy_held_by_14']:.3f}")

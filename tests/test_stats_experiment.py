@@ -19,7 +19,7 @@ from whispers_lab.simulate import simulate
 from whispers_lab.stats import ExperimentResults, StatSettings, experiment_results
 from whispers_lab.stats import design as dz
 from whispers_lab.stats.retention import StagedData, analyse_retention
-from whispers_lab.stats.staggered import cells_from_activity
+from whispers_lab.stats.staggered import cells_from_activity, preperiod_lags_from_activity
 
 from factories import valid_tables
 
@@ -170,6 +170,14 @@ def test_preperiod_lags_count_first_visits_after_each_pseudo_start(hand_export):
     assert by[(-14, 11)] == (1, 0.0)
     # from p = -2: A on -1 (lag 1); its window reaches day 0, so returned is unknown
     assert by[(-2, 1)][0] == 1 and pd.isna(by[(-2, 1)][1])
+
+
+def test_numpy_twin_gives_the_same_preperiod_lags(hand_export):
+    _, active = _hand_activity(hand_export)
+    got = preperiod_lags_from_activity(active, -14, [1, 3])
+    sql = q.preperiod_lags(hand_export, -14, [1, 3])
+    assert len(got) == len(sql) > 0
+    pd.testing.assert_frame_equal(got.astype(float), sql.astype(float), check_dtype=False)
 
 
 def test_srm_counts_and_quality(hand_export):

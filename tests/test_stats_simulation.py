@@ -16,9 +16,16 @@ from scipy import stats
 from whispers_lab.stats import design as dz
 from whispers_lab.stats import sequential
 from whispers_lab.stats.cuped import cuped_difference
+from whispers_lab.stats.experiment import observed_design_power
+from whispers_lab.stats.retention import StagedData, retention_history
 from whispers_lab.stats.settings import StatSettings
 from whispers_lab.stats.srm import srm_test
-from whispers_lab.stats.staggered import cells_from_activity, empty_pairs, estimate
+from whispers_lab.stats.staggered import (
+    cells_from_activity,
+    empty_pairs,
+    estimate,
+    preperiod_lags_from_activity,
+)
 from whispers_lab.stats.sufficient import regression_from_units
 
 pytestmark = pytest.mark.slow
@@ -161,3 +168,31 @@ def test_cuped_narrows_the_interval_without_bias():
     assert rho2 > 0.1
     assert np.mean(vr) == pytest.approx(rho2, abs=0.02)
     assert abs(covered / runs - 0.90) < _mc_bound(0.9, runs)
+
+
+@pytest.mark.parametrize(("beta", "users"), [((4.0, 3.0), 10000), ((0.6, 2.4), 20000)],
+                         ids=["steady", "churny"])
+def test_observed_design_power_predicts_how_often_a_healthy_rollout_passes(beta, users):
+    """The report's "chance to pass by day 12", computed on day 9 from the traffic seen so far,
+    against how often rollouts with no effect actually pass by day 12. Sizes are chosen so the
+    chance is about 40%, where a miscalibrated projection (information, boundaries, arrival
+    profile) shows most."""
+    s = StatSettings()
+    sched = dz.Schedule(STAGES, 14)
+    rng = np.random.default_rng(17)
+    runs, margin = 150, 0.02
+    predicted, passed = [], []
+    for _ in range(runs):
+        active, f = _rollout(rng, users, beta, 0.0)
+        cells, pairs = cells_from_activity(active, f, STAGES, -14, 14, [1], 14)
+        lags = preperiod_lags_from_activity(active, -14, [1])
+        counts = pd.DataFrame({"f_day": f}).value_counts().rename("n").reset_index()
+        data = StagedData(cells, pairs, sched, dz.arrival_profile(lags, users, 14 - 8 + 1),
+                          dz.ArmShares.from_counts(counts), users, {})
+        on_day_9 = observed_design_power(data, retention_history(data, 1, 9, margin, s), margin,
+                                         s, 12)
+        predicted.append(on_day_9["power_by_day"])
+        passed.append(retention_history(data, 1, 12, margin, s)["status"].iloc[-1] == "pass")
+    p = float(np.mean(predicted))
+    assert 0.2 < p < 0.7   # the informative range (the sizes above put it near 0.4)
+    assert abs(float(np.mean(passed)) - p) < _mc_bound(p, runs)

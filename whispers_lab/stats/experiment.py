@@ -383,13 +383,31 @@ def design_summary(plan: Plan, s: StatSettings, sched: dz.Schedule, data: Staged
     out["expected"] = design_power(sched, s.primary_k, exp_profile, exp_shares,
                                    d.expected_users, var, margin, s, req)
     out["expected"]["users"] = d.expected_users
-    hist = primary.history
-    if data.n_users > 0 and len(hist) and hist["information"].gt(0).any():
-        last = hist.loc[hist["information"] > 0].iloc[-1]
-        obs_var = float(last["se"]) ** 2 * float(last["weight"]) if last["weight"] > 0 else var
-        out["observed"] = design_power(sched, s.primary_k, data.profile, data.shares,
-                                       data.n_users, obs_var, margin, s, req)
-        out["observed"]["users"] = data.n_users
+    observed = observed_design_power(data, primary.history, margin, s, req, fallback_var=var)
+    if observed is not None:
+        out["observed"] = observed
+    return out
+
+
+def observed_design_power(data: StagedData, history: pd.DataFrame, margin: float,
+                          s: StatSettings, by_day: int, *, fallback_var: float | None = None
+                          ) -> dict[str, Any] | None:
+    """:func:`design_power` for the traffic observed so far: the export's arrival profile, arm
+    shares and users, and the outcome variance implied by the latest look of ``history`` (a
+    :func:`~whispers_lab.stats.retention.retention_history`), ``se^2 x weight``. None before
+    the first look. Calibrated by simulation (``tests/test_stats_simulation.py``)."""
+    if data.n_users <= 0 or not len(history) or not history["information"].gt(0).any():
+        return None
+    last = history.loc[history["information"] > 0].iloc[-1]
+    if last["weight"] > 0:
+        var = float(last["se"]) ** 2 * float(last["weight"])
+    elif fallback_var is not None:
+        var = fallback_var
+    else:
+        return None
+    out = design_power(data.schedule, s.primary_k, data.profile, data.shares, data.n_users,
+                       var, margin, s, by_day)
+    out["users"] = data.n_users
     return out
 
 

@@ -303,3 +303,38 @@ def _group_pairs(k: int, s1: int, s2: int, a1: np.ndarray, arm1: np.ndarray, y1:
         "arm1": np.where(left % 2 == 1, "treatment", "control"), "s2": s2, "a2": right // 2,
         "arm2": np.where(right % 2 == 1, "treatment", "control"),
         "n": t["n"].astype(np.int64), **{c: t[c] for c in PAIR_COLUMNS[8:]}})
+
+
+def preperiod_lags_from_activity(active: np.ndarray, base_day: int,
+                                 k_values: tuple[int, ...] | list[int] = (1,)) -> pd.DataFrame:
+    """The frame of :func:`whispers_lab.queries.experiment.preperiod_lags` (``p, lag, users,
+    returned_<k>``) from a boolean activity matrix ``active[user, day - base_day]`` that covers
+    at least days ``base_day..-1``: for every pseudo-start ``p`` in ``[base_day, -1]``, the
+    users whose first active day on or after ``p`` is ``p + lag``, and how many of them were
+    active again within k days (NaN when that window reaches day 0). Vectorised over users;
+    checked against the SQL on a hand-made export."""
+    active = np.asarray(active, dtype=bool)
+    pre = -int(base_day)
+    ks = sorted(set(int(k) for k in k_values))
+    cols = ["p", "lag", "users", *(f"returned_{k}" for k in ks)]
+    if pre <= 0:
+        return pd.DataFrame({c: [] for c in cols})
+    act = active[:, :pre]
+    csum = np.concatenate([np.zeros((act.shape[0], 1), np.int32),
+                           np.cumsum(act, axis=1, dtype=np.int32)], axis=1)
+    parts = []
+    for p in range(int(base_day), 0):
+        w = act[:, p - int(base_day):]
+        rows = np.flatnonzero(w.any(axis=1))
+        lag = np.argmax(w[rows], axis=1)
+        users = np.bincount(lag, minlength=w.shape[1])
+        lags = np.flatnonzero(users)
+        part = {"p": np.full(lags.size, p), "lag": lags, "users": users[lags]}
+        first = p - int(base_day) + lag      # column of the first active day
+        for k in ks:
+            end = np.minimum(first + k + 1, pre)
+            back = (csum[rows, end] - csum[rows, first + 1]) > 0
+            returned = np.bincount(lag, weights=back, minlength=w.shape[1])[lags]
+            part[f"returned_{k}"] = np.where(p + lags + k <= -1, returned, np.nan)
+        parts.append(pd.DataFrame(part))
+    return pd.concat(parts, ignore_index=True)[cols]

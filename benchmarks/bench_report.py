@@ -113,7 +113,9 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
 
 
 def _report_args(export: Path, day: int, out: Path) -> list[str]:
-    return [sys.executable, "-c", "import sys; from whispers_lab.cli import main; sys.exit(main())",
+    # the console script's entry point (the old version's, when it has none: main)
+    return [sys.executable, "-c", "import sys; import whispers_lab.cli as c; "
+            "sys.exit(getattr(c, 'entry', c.main)())",
             "report", "--export", str(export), "--day", str(day), "--out", str(out)]
 
 

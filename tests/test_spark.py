@@ -34,6 +34,7 @@ from whispers_lab.plan import load_plan
 from whispers_lab.queries import experiment as qe
 from whispers_lab.queries import monitoring as qm
 from whispers_lab.queries import state as qs
+from whispers_lab.report import privacy
 
 from factories import valid_tables
 
@@ -549,3 +550,18 @@ def test_engine_option_reaches_the_report_kernel_and_is_restored(monkeypatch):
     monkeypatch.setenv(ENGINE_ENV, "flink")
     with pytest.raises(Exception, match="unknown engine"):
         default_engine()
+
+
+def test_the_privacy_scan_finds_the_same_ids(both):
+    """The ids a page would leak, found on both engines (the tokens reach the scan as a list
+    parameter: DuckDB list_contains, Spark array_contains), quotes and backslashes included."""
+    duck, sp = both
+    user = str(duck.sql("SELECT min(user_id) AS u FROM users")["u"].iloc[0])
+    request = str(duck.sql("SELECT max(request_id) AS r FROM api_logs")["r"].iloc[0])
+    texts = {"page.html": f"<td>{user}</td> it's a \\ {request}; day-14 {user}x",
+             "clean.json": '{"n": 1066645, "note": "nothing to see"}'}
+    found = privacy.find_ids(duck, texts)
+    assert found == privacy.find_ids(sp, texts)
+    assert {(leak.file, leak.column) for leak in found} >= {("page.html", "user_id"),
+                                                            ("page.html", "request_id")}
+    assert not any(leak.file == "clean.json" for leak in found)

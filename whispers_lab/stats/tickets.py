@@ -37,8 +37,9 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 from scipy import signal, stats
+from statsmodels.genmod.families import Poisson
+from statsmodels.genmod.generalized_linear_model import GLM
 
 from ..results import StatResult
 from . import design as dz
@@ -116,7 +117,7 @@ def poisson_ratio(wide: pd.DataFrame) -> tuple[float, float]:
     x = np.column_stack([treat, day_fx])
     with warnings.catch_warnings():   # a day without tickets in one arm: its effect is +-inf,
         warnings.simplefilter("ignore")  # which does not touch the common ratio
-        fit = sm.GLM(y, x, family=sm.families.Poisson(), offset=np.log(expo)).fit()
+        fit = GLM(y, x, family=Poisson(), offset=np.log(expo)).fit()
     return float(fit.params[0]), float(fit.bse[0])
 
 

@@ -86,3 +86,72 @@ def test_bounded_sample_is_seeded_and_bounded():
     a, b = bounded_sample(v, 1000, 3), bounded_sample(v, 1000, 3)
     assert a.size == 1000 and np.array_equal(a, b)
     assert bounded_sample(v[:10], 1000, 3).size == 10
+
+
+def _u_inversion(t, c, alpha):
+    """Brute force over the m x n differences: the ends of ``{d : |U(d) - mn/2| <= z sd}`` and
+    the median's two sides, each as (value, open) where open means "just past the value" (the
+    infimum or supremum is not attained: U jumps over the target at that difference)."""
+    d = (np.asarray(t, float)[:, None] - np.asarray(c, float)[None, :]).ravel()
+    m, n = len(t), len(c)
+    mn = m * n
+    z = stats.norm.isf(alpha)
+    sd = math.sqrt(mn * (m + n + 1) / 12)
+
+    def u(x):
+        return (d > x).sum() + 0.5 * (d == x).sum()
+
+    def inf_at_most(target):
+        for v in np.unique(d):
+            if u(v) <= target:
+                return v, False
+            if (d > v).sum() <= target:
+                return v, True
+        raise AssertionError
+
+    def sup_at_least(target):
+        for v in np.unique(d)[::-1]:
+            if u(v) >= target:
+                return v, False
+            if (d >= v).sum() >= target:
+                return v, True
+        raise AssertionError
+
+    return (inf_at_most(mn / 2), sup_at_least(mn / 2), inf_at_most(mn / 2 + z * sd),
+            sup_at_least(mn / 2 - z * sd))
+
+
+def _agrees(value, ref, upward):
+    v, is_open = ref
+    if not is_open:
+        return value == v
+    return value == np.nextafter(v, np.inf if upward else -np.inf)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hodges_lehmann_inverts_the_mid_rank_test_exactly_on_ties(seed):
+    """Count data (many equal values): every end is the difference where U crosses its target,
+    exactly, or the float just past it when U jumps over the target there."""
+    rng = np.random.default_rng(seed)
+    m, n = rng.integers(30, 120, 2)
+    lam = [0.3, 3.0][seed % 2]
+    t, c = rng.poisson(lam, m).astype(float), rng.poisson(lam * 1.1, n).astype(float)
+    h = hodges_lehmann(t, c, 0.05)
+    a, b, low, high = _u_inversion(t, c, 0.05)
+    assert _agrees(h.low, low, upward=True) and _agrees(h.high, high, upward=False)
+    sides = [np.nextafter(v, np.inf) if o else v for v, o in (a,)] + \
+            [np.nextafter(v, -np.inf) if o else v for v, o in (b,)]
+    assert h.shift == pytest.approx(0.5 * (sides[0] + sides[1]), abs=1e-12)
+
+
+def test_an_interval_end_on_a_tie_at_zero_is_zero_exactly():
+    """33 of 40 treated users at 0 and the rest at 1, every control user at 0: the mid-rank
+    U at zero shift (987) lies within mn/2 +- z sd (662.7 to 1017.3), so both ends of the
+    interval are 0 exactly, and the location test (``low > 0``) does not call the shift
+    significant. The bisection this replaced never probed exactly 0 and returned a lower end of
+    1.6e-30, a float artifact that read as a significant increase."""
+    t = np.array([0.0] * 33 + [1.0] * 7)
+    c = np.zeros(42)
+    h = hodges_lehmann(t, c, 0.05)
+    assert (h.low, h.high, h.shift) == (0.0, 0.0, 0.0)
+    assert h.u_statistic == 987.0

@@ -54,14 +54,21 @@ def _rollout(rng: np.random.Generator, users: int, beta: tuple[float, float], ef
     return active, f
 
 
+def _staged(rng: np.random.Generator, users: int, beta: tuple[float, float], effect: float = 0.0,
+            last: int = 14) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """One rollout and its D1 stage cells and cross-stage pairs through ``last``."""
+    active, f = _rollout(rng, users, beta, effect)
+    cells, pairs = cells_from_activity(active, f, STAGES, -14, 14, [1], last)
+    return active, f, cells, pairs
+
+
 @pytest.mark.parametrize("beta", [(4.0, 3.0), (0.6, 2.4)], ids=["steady", "churny"])
 def test_staggered_estimate_is_unbiased_and_its_variance_calibrated(beta):
     rng = np.random.default_rng(11)
     runs, users = 150, 6000
     z, z_no_pairs = [], []
     for _ in range(runs):
-        active, f = _rollout(rng, users, beta, 0.0)
-        cells, pairs = cells_from_activity(active, f, STAGES, -14, 14, [1], 14)
+        _, _, cells, pairs = _staged(rng, users, beta)
         e = estimate(cells, pairs, 1, 14)
         z.append(e.diff / e.se)
         e0 = estimate(cells, empty_pairs(), 1, 14)
@@ -79,8 +86,7 @@ def test_a_drop_in_return_is_estimated_at_its_size():
     runs, users, effect = 60, 8000, -0.03
     diffs = []
     for _ in range(runs):
-        active, f = _rollout(rng, users, (4.0, 3.0), effect)
-        cells, pairs = cells_from_activity(active, f, STAGES, -14, 14, [1], 13)
+        _, _, cells, pairs = _staged(rng, users, (4.0, 3.0), effect, last=13)
         diffs.append(estimate(cells, pairs, 1, 13).diff)
     diffs = np.asarray(diffs)
     assert abs(diffs.mean() - effect) < 3.5 * diffs.std(ddof=1) / np.sqrt(runs)
@@ -183,8 +189,7 @@ def test_observed_design_power_predicts_how_often_a_healthy_rollout_passes(beta,
     runs, margin = 150, 0.02
     predicted, passed = [], []
     for _ in range(runs):
-        active, f = _rollout(rng, users, beta, 0.0)
-        cells, pairs = cells_from_activity(active, f, STAGES, -14, 14, [1], 14)
+        active, f, cells, pairs = _staged(rng, users, beta)
         lags = preperiod_lags_from_activity(active, -14, [1])
         counts = pd.DataFrame({"f_day": f}).value_counts().rename("n").reset_index()
         data = StagedData(cells, pairs, sched, dz.arrival_profile(lags, users, 14 - 8 + 1),

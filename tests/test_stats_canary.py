@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from whispers_lab.stats.canary import bounded_sample, canary_metric, hodges_lehmann, tails_check
+from whispers_lab.stats.canary import (
+    _first_not_below,
+    _order_statistic,
+    bounded_sample,
+    canary_metric,
+    hodges_lehmann,
+    tails_check,
+)
 from whispers_lab.stats.settings import StatSettings
 
 S = StatSettings()
@@ -155,3 +162,37 @@ def test_an_interval_end_on_a_tie_at_zero_is_zero_exactly():
     h = hodges_lehmann(t, c, 0.05)
     assert (h.low, h.high, h.shift) == (0.0, 0.0, 0.0)
     assert h.u_statistic == 987.0
+
+
+@pytest.mark.parametrize("values", ["tenths", "continuous"])
+def test_pairwise_difference_selection_equals_sorting_every_difference(values):
+    """Past the size where the remaining differences are sorted directly (a million cells
+    here), with values in tenths (0.3 - 0.1 rounds to 0.19999999999999998, so a search for
+    ``t_i - pivot`` in c can put a block of equal values on the wrong side of the pivot)."""
+    rng = np.random.default_rng(7)
+    if values == "tenths":
+        t = np.sort(np.round(rng.lognormal(0.3, 0.4, 1000), 1))
+        c = np.sort(np.round(rng.lognormal(0.2, 0.4, 1100), 1))
+    else:
+        t, c = np.sort(rng.normal(0.3, 1, 1000)), np.sort(rng.normal(0, 1, 1100))
+    every = np.sort((t[:, None] - c[None, :]).ravel())
+    for rank in (1, 17, every.size // 3, every.size // 2, every.size - 5, every.size):
+        assert _order_statistic(t, c, rank) == every[rank - 1]
+
+
+def test_counts_around_a_pivot_are_those_of_the_rounded_differences():
+    """The selection's counts per row agree with the differences as numpy rounds them; the
+    plain search for ``t_i - pivot`` in c disagreed for more than half of such pivots."""
+    rng = np.random.default_rng(1)
+    plain_wrong = 0
+    for _ in range(300):
+        t = np.sort(np.round(rng.uniform(0, 3, 50), 1))
+        c = np.sort(np.round(rng.uniform(0, 3, 50), 1))
+        d = t[:, None] - c[None, :]
+        pivot = d[rng.integers(50), rng.integers(50)]
+        for strict in (True, False):
+            not_below = (d >= pivot) if strict else (d > pivot)
+            assert (_first_not_below(t, c, pivot, strict) == not_below.sum(axis=1)).all()
+        plain = np.searchsorted(c, t - pivot, side="right")
+        plain_wrong += bool((plain != (d >= pivot).sum(axis=1)).any())
+    assert plain_wrong > 100

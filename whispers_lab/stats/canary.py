@@ -54,6 +54,35 @@ def _u_at(t: np.ndarray, c_sorted: np.ndarray, delta: float) -> float:
     return float(left.sum() + 0.5 * (right - left).sum())
 
 
+def _first_not_below(t: np.ndarray, c: np.ndarray, pivot: float, strict: bool) -> np.ndarray:
+    """Per row i, the number of c_j (ascending) whose difference ``t_i - c_j`` is not below
+    ``pivot`` (``>= pivot`` when ``strict``, ``> pivot`` otherwise), counted on the rounded
+    differences themselves: the differences fall as c grows, so the count is a search in c for
+    ``t_i - pivot``, whose own rounding can put a block of equal c values on the wrong side;
+    that block is moved across (at most a few passes), so a pivot's own cell is always counted
+    with it and every round of the selection makes progress."""
+    n = c.size
+    k = np.searchsorted(c, t - pivot, side="right" if strict else "left")
+    rows = np.arange(t.size)
+
+    def below(j: np.ndarray, i: np.ndarray) -> np.ndarray:
+        d = t[i] - c[j]
+        return d < pivot if strict else d <= pivot
+
+    for _ in range(64):
+        # c[k - 1] counted as not below, but its difference is below: move k before its block
+        i = rows[(k > 0)]
+        i = i[below(k[i] - 1, i)]
+        # c[k] counted as below, but its difference is not: move k past its block
+        j = rows[(k < n)]
+        j = j[~below(k[j], j)]
+        if not i.size and not j.size:
+            return k
+        k[i] = np.searchsorted(c, c[k[i] - 1], side="left")
+        k[j] = np.searchsorted(c, c[k[j]], side="right")
+    return k  # pragma: no cover (rounding moves a block by one position at most)
+
+
 def _order_statistic(t: np.ndarray, c: np.ndarray, rank: int) -> float:
     """The ``rank``-th smallest (1-based) pairwise difference ``t_i - c_j`` (``t`` and ``c``
     sorted ascending) without building the m x n matrix: randomised selection in a matrix
@@ -79,9 +108,8 @@ def _order_statistic(t: np.ndarray, c: np.ndarray, rank: int) -> float:
         row = int(np.searchsorted(ends, pick, side="right"))
         col = int(lo[row] + pick - (ends[row] - sizes[row]))
         pivot = t[row] - c[n - 1 - col]
-        # in row i, t_i - c[n-1-j] < pivot exactly for the j below #{c > t_i - pivot}
-        less = np.clip(n - np.searchsorted(c, t - pivot, side="right"), lo, hi)
-        at_most = np.clip(n - np.searchsorted(c, t - pivot, side="left"), lo, hi)
+        less = np.clip(n - _first_not_below(t, c, pivot, strict=True), lo, hi)
+        at_most = np.clip(n - _first_not_below(t, c, pivot, strict=False), lo, hi)
         n_less, n_at_most = int((less - lo).sum()), int((at_most - lo).sum())
         if need <= n_less:
             hi = less

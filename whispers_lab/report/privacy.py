@@ -230,21 +230,18 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
     lengths = id_lengths(export)
     out = _long_matches(export, texts) if lengths and lengths[-1] > LONG_ID_CHARS else {}
     lengths = [n for n in lengths if n <= LONG_ID_CHARS]
-    names: list[str] = []
-    tokens: list[str] = []
+    files: dict[str, set[str]] = {}  # token -> the texts it appears in
     for name, text in texts.items():
-        found = candidate_tokens(strip_embedded_binary(text), lengths)
-        names.extend([name] * len(found))
-        tokens.extend(found)
-    if not tokens:
+        for token in candidate_tokens(strip_embedded_binary(text), lengths):
+            files.setdefault(token, set()).add(name)
+    if not files:
         return out
     # A column is read only for the tokens that could be one of its values (their length is
     # one of its ids' and they sort between its smallest and largest id): with ids of a
     # fixed format (a prefix and digits) the words of a report rarely are, and most columns
     # are not read at all.
-    distinct = set(tokens)
-    held = {col: sorted(t for t in distinct if col.may_hold(t)) for col in id_profile(export)}
-    held = {col: tokens_ for col, tokens_ in held.items() if tokens_}
+    held = {col: sorted(t for t in files if col.may_hold(t)) for col in id_profile(export)}
+    held = {col: values for col, values in held.items() if values}
     if not held:
         return out
     # The tokens go to the scan as a constant list (a query parameter): DuckDB then skips the
@@ -260,9 +257,6 @@ def _matches(export: Export, texts: Mapping[str, str]) -> dict[tuple[str, str], 
                      f"WHERE list_contains(CAST($t{i} AS VARCHAR[]), {sql_ident(col.column)})")
     frame = export.sql("SELECT DISTINCT col, token FROM (" + " UNION ALL ".join(parts) + ")",
                        params)
-    files: dict[str, set[str]] = {}
-    for name, token in zip(names, tokens, strict=True):
-        files.setdefault(token, set()).add(name)
     for col, token in frame.itertuples(index=False):
         # whisper_id values are memory ids: report them under one name
         key_col = "memory_id" if col == "whisper_id" else str(col)

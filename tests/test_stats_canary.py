@@ -128,11 +128,10 @@ def _u_inversion(t, c, alpha):
             sup_at_least(mn / 2 - z * sd))
 
 
-def _agrees(value, ref, upward):
+def _placed(ref, upward):
+    """The float a (value, open) end of :func:`_u_inversion` lands on."""
     v, is_open = ref
-    if not is_open:
-        return value == v
-    return value == np.nextafter(v, np.inf if upward else -np.inf)
+    return np.nextafter(v, np.inf if upward else -np.inf) if is_open else v
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -145,10 +144,9 @@ def test_hodges_lehmann_inverts_the_mid_rank_test_exactly_on_ties(seed):
     t, c = rng.poisson(lam, m).astype(float), rng.poisson(lam * 1.1, n).astype(float)
     h = hodges_lehmann(t, c, 0.05)
     a, b, low, high = _u_inversion(t, c, 0.05)
-    assert _agrees(h.low, low, upward=True) and _agrees(h.high, high, upward=False)
-    sides = [np.nextafter(v, np.inf) if o else v for v, o in (a,)] + \
-            [np.nextafter(v, -np.inf) if o else v for v, o in (b,)]
-    assert h.shift == pytest.approx(0.5 * (sides[0] + sides[1]), abs=1e-12)
+    assert h.low == _placed(low, upward=True) and h.high == _placed(high, upward=False)
+    assert h.shift == pytest.approx(0.5 * (_placed(a, upward=True) + _placed(b, upward=False)),
+                                    abs=1e-12)
 
 
 def test_an_interval_end_on_a_tie_at_zero_is_zero_exactly():

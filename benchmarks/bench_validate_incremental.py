@@ -1,6 +1,7 @@
 """``whispers-lab validate`` before and after issue 18, side by side in one run.
 
     .venv/bin/python benchmarks/bench_validate_incremental.py [--users 1000000] [--old-commit dffcd9b]
+        [--previous COMMIT] [--export PATH]
 
 Checks out the old commit into a temporary folder (``git worktree``), then times, on the same
 machine in the same run, each in its own process (peak RSS is the process's own):
@@ -9,15 +10,19 @@ machine in the same run, each in its own process (peak RSS is the process's own)
   once with ``whispers-lab simulate`` and reused): old validation; new validation with an empty
   cache (cold: every rule of a table in one scan, plus the one-off search for repeated
   events); new validation again (warm: nothing changed since, the manifest answers);
+* with ``--previous``, a second old commit's cold validation of the same file (an
+  intermediate version, as a further column of comparison);
 * the same data as a day-partitioned Parquet export: new validation cold; warm; and after one
   day's telemetry and api_logs partitions were rewritten (incremental: only those re-checked).
 
-Prints one table; ratios are old / new.
+``--export`` times an existing DuckDB export instead of simulating one. Prints one table
+(ratios are old / new) and writes it to ``benchmarks/results/bench_validate_<UTC time>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -100,18 +105,25 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--old-commit", default="dffcd9b")
+    ap.add_argument("--previous", help="an intermediate commit: its cold validation of the file")
+    ap.add_argument("--export", type=Path, help="an existing DuckDB export to time")
     args = ap.parse_args()
-    duck = _export(args.users)
+    duck = args.export.resolve() if args.export else _export(args.users)
     folder = _partitioned(duck)
     old = Path(tempfile.mkdtemp(prefix="whispers-old-"))
     cache = Path(tempfile.mkdtemp(prefix="whispers-bench-cache-"))
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old / "src"),
-                    args.old_commit], check=True, capture_output=True)
+    olds = [("src", args.old_commit)] + ([("prev", args.previous)] if args.previous else [])
+    for folder_name, commit in olds:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach",
+                        str(old / folder_name), commit], check=True, capture_output=True)
     rows = []
     try:
         src_old, src_new = old / "src", ROOT
         o = _run(src_old, [str(duck)], None)
-        rows.append(("DuckDB file, old (dffcd9b)", o, None))
+        rows.append((f"DuckDB file, old ({args.old_commit})", o, None))
+        if args.previous:
+            p = _run(old / "prev", [str(duck)], Path(tempfile.mkdtemp(dir=cache)))
+            rows.append((f"DuckDB file, {args.previous}, cold cache", p, o))
         n = _run(src_new, [str(duck)], cache)
         rows.append(("DuckDB file, new, cold cache", n, o))
         rows.append(("DuckDB file, new, warm (unchanged)", _run(src_new, [str(duck)], cache), o))
@@ -122,12 +134,21 @@ def main() -> None:
         day = _rewrite_one_day(folder)
         rows.append((f"partitioned, new, {day} rewritten", _run(src_new, [str(folder)], cache), po))
     finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old / "src")],
-                       check=False, capture_output=True)
+        for folder_name, _ in olds:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                            str(old / folder_name)], check=False, capture_output=True)
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
-    print(f"whispers-lab validate, {args.users:,} users ({duck.name}), {os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    head = (f"whispers-lab validate, {duck.name}, {os.cpu_count()} cores, "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"bench_validate_{stamp}.json").write_text(json.dumps(
+        {"title": head, "rows": [{"case": label, "seconds": sec, "peak_mb": mb,
+                                  "old_seconds": base[0] if base else None}
+                                 for label, (sec, mb), base in rows]}, indent=1) + "\n")
+    print(head)
     print(f"  {'case':<42} {'seconds':>8} {'peak MB':>8} {'old/new':>8}")
     for label, (sec, mb), base in rows:
         ratio = f"{base[0] / sec:.1f}x" if base else ""

@@ -83,7 +83,7 @@ BREAKS = [
     ("telemetry", "event_type", ["app_open", "whispers_shown", "clicked", "app_open"], "domain", "'whispers_used'"),
     ("api_logs", "status", pd.array([200, 700], dtype="int32"), "domain", "in [100, 599]"),
     ("api_logs", "duration_ms", [42.0, -1.0], "domain", ">= 0"),
-    ("api_logs", "duration_ms", [np.inf, 3.0], "domain", "finite"),
+    ("api_logs", "duration_ms", [np.inf, 120.5], "domain", "finite"),
     ("api_logs", "weight_source", ["user", "default"], "domain", "'fallback'"),
     ("ranking_candidates", "context_similarity", [0.8, 1.2], "domain", "in [0, 1]"),
     ("ranking_candidates", "propensity", [0.0, None], "domain", "in (0, 1]"),
@@ -107,6 +107,11 @@ def test_each_value_rule_has_its_message(tmp_path, fmt, table, column, values, r
     assert (p.table, p.column, p.rule, p.rows) == (table, column, rule, 1)
     assert words in str(p)
     assert p.example is not None
+    if rule == "domain":  # the example is the broken row's value, not any row's
+        good = [v for v in valid_tables()[table][column].tolist() if not pd.isna(v)]
+        bad = [v for v in pd.Series(values).tolist() if not pd.isna(v) and v not in good]
+        assert len(bad) == 1, bad
+        assert p.example == repr(bad[0]), (p.example, bad)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -67,6 +67,8 @@ CACHE_ENV = "WHISPERS_LAB_CACHE"
 #: event; created by ``whispers_lab.export`` and left out of its ``telemetry`` view.
 DUPLICATE_EVENTS_TABLE = "telemetry_duplicates"
 _UNIT = "__whispers_unit"
+#: Prefix of the scan's inner columns (kept apart from any column of an export).
+_P = "__whispers_"
 
 EXAMPLE_CHARS = 60
 
@@ -324,28 +326,34 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         if set(rule.columns) <= usable:
             parts.append((None, rule.id, f"NOT ({rule.predicate})", rule.expected))
     source, grouped = _source(table, units, kind)
-    selects = [f"{_UNIT} AS unit" if grouped else "NULL AS unit", "count(*) AS rows"]
-    for i, (column, _, predicate, _) in enumerate(parts):
-        shown = sql_ident(column) if column else "NULL"
-        selects.append(f"count(*) FILTER (WHERE {predicate}) AS n{i}")
-        selects.append(f"first({shown}) FILTER (WHERE {predicate}) AS e{i}")
+    # Every per-row expression (the rules' truth values, the hashes, the time) is computed in
+    # an inner projection and the aggregates read those narrow columns only. Written inline,
+    # the aggregates' wide inputs (a hash over every column) went into DuckDB's distinct and
+    # histogram states: 12 s instead of 4 s on 32M API rows (docs/scale.md).
+    inner = [f"{_UNIT} AS {_P}unit"] if grouped else []
+    selects = [f"{_P}unit AS unit" if grouped else "NULL AS unit", "count(*) AS rows"]
+    for i, (_, _, predicate, _) in enumerate(parts):
+        inner.append(f"({predicate}) AS {_P}b{i}")
+        selects.append(f"count(*) FILTER (WHERE {_P}b{i}) AS n{i}")
     # Row-group statistics answer most predicates without reading the data, so a corrupt data
     # block would pass unseen; hashing every contract column reads (and checksums) all of it.
     everything = ", ".join(sql_ident(c.name) for c in table.columns if c.name in usable)
-    selects.append(f"bit_xor({variant(con, 'hash64', cols=everything)}) AS read_all"
-                   if everything else "0 AS read_all")
+    inner.append(f"{variant(con, 'hash64', cols=everything) if everything else '0'} AS {_P}all")
+    selects.append(f"bit_xor({_P}all) AS read_all")
     keys = [k for k in table.unique if set(k) <= usable]
     for j, key in enumerate(keys):
-        cols = ", ".join(sql_ident(c) for c in key)
-        selects.append(f"count(DISTINCT {variant(con, 'hash64', cols=cols)}) AS k{j}")
+        inner.append(f"{variant(con, 'hash64', cols=', '.join(sql_ident(c) for c in key))} "
+                     f"AS {_P}k{j}")
+        selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
     time_col = table.time_column if table.time_column in usable else None
     if time_col:
-        t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
-        selects += [f"{variant(con, 'day_histogram', t=t)} AS days", f"min({t}) AS t_min",
-                    f"max({t}) AS t_max"]
+        inner.append(f"CAST({sql_ident(time_col)} AS TIMESTAMP) AS {_P}t")
+        selects += [f"{variant(con, 'day_histogram', t=f'{_P}t')} AS days",
+                    f"min({_P}t) AS t_min", f"max({_P}t) AS t_max"]
     else:
         selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
-    query = f"SELECT {', '.join(selects)} FROM {source}" + (" GROUP BY ALL" if grouped else "")
+    query = (f"SELECT {', '.join(selects)} FROM (SELECT {', '.join(inner)} FROM {source}) "
+             f"AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
     if time_col and engine_of(con) == "spark" and not grouped:  # no histogram(): count the days
@@ -357,7 +365,6 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     by_file = {f: u.name for u in units for f in u.files}
     scan = _Scan({}, {}, {}, {}, False, [])
     totals = [0] * len(parts)
-    examples: list[Any] = [None] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
         unit = by_file.get(rec["unit"], rec["unit"]) if grouped else units[0].name
@@ -369,8 +376,6 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
             if n:
                 totals[i] += n
                 scan.bad[unit] += n
-                if examples[i] is None:
-                    examples[i] = rec[f"e{i}"]
         for j in range(len(keys)):
             if int(rec[f"k{j}"]) < rows:
                 scan.keys_repeat = True
@@ -378,6 +383,9 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         days = rec["days"] or {}
         scan.days[unit] = {(d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d))): int(n)
                            for d, n in dict(days).items() if d is not None}
+    examples = _examples(con, source, [(column, predicate) if totals[i] and column and
+                                       rule != "not_null" else None
+                                       for i, (column, rule, predicate, _) in enumerate(parts)])
     for i, (column, rule, _, expected) in enumerate(parts):
         if totals[i]:
             example = "NULL" if rule == "not_null" else (_example(examples[i]) if column else None)
@@ -385,6 +393,21 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
                 next(r for r in table.rules if r.id == rule).columns), rule, expected, totals[i],
                 example))
     return scan
+
+
+def _examples(con: duckdb.DuckDBPyConnection, source: str,
+              wanted: Sequence[tuple[str, str] | None]) -> list[Any]:
+    """One value of each wanted ``(column, predicate)`` (a broken row's value), read by a second
+    scan that runs only when some rule is broken (None where nothing is wanted)."""
+    asked = [(i, col, pred) for i, w in enumerate(wanted) if w is not None for col, pred in [w]]
+    out: list[Any] = [None] * len(wanted)
+    if asked:
+        row = con.execute("SELECT " + ", ".join(
+            f"first({sql_ident(col)}) FILTER (WHERE {pred}) AS e{i}" for i, col, pred in asked)
+            + f" FROM {source}").fetchone()
+        for (i, _, _), value in zip(asked, row, strict=True):
+            out[i] = value
+    return out
 
 
 def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str],

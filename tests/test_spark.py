@@ -565,3 +565,55 @@ def test_the_privacy_scan_finds_the_same_ids(both):
     assert {(leak.file, leak.column) for leak in found} >= {("page.html", "user_id"),
                                                             ("page.html", "request_id")}
     assert not any(leak.file == "clean.json" for leak in found)
+
+
+# ---------------------------------------------------------------------------------------
+# incremental validation
+
+
+def test_validation_on_spark_rechecks_only_changed_files(spark, day_parquet, tmp_path):
+    """Spark keeps the same manifest as DuckDB: an unchanged file is not read again, a changed
+    one is, a problem in it is caught, and so is a key it repeats from an unchanged file."""
+    from whispers_lab import validation
+    from whispers_lab.export import duplicate_events_cache_file
+
+    folder = tmp_path / "lake"
+    shutil.copytree(day_parquet, folder)
+    units = sum(len(validation.list_units(folder, "parquet", t.name)) for t in validation.TABLES)
+    with open_spark_export(folder, spark=spark) as sp:
+        first = sp.validation
+        dups = sp.duplicate_events
+    assert (first.units_checked, first.units_reused) == (units, 0)
+    assert duplicate_events_cache_file(folder, "parquet").is_file()
+    with open_spark_export(folder, spark=spark) as sp:
+        again = sp.validation
+        assert sp.duplicate_events == dups  # read back from the cache folder
+    assert (again.units_checked, again.units_reused) == (0, units)
+    assert again.tables == first.tables and again.notices == first.notices
+    with open_export(folder) as duck:  # DuckDB reads the manifest Spark wrote, and agrees
+        assert (duck.validation.units_checked, duck.validation.tables) == (0, first.tables)
+
+    days = sorted(p.name for p in (folder / "api_logs").iterdir())
+    api_file = next((folder / "api_logs" / days[5]).glob("*.parquet"))
+    table = pq.read_table(api_file, partitioning=None)
+    broken = table.set_column(table.schema.get_field_index("status"), "status",
+                              pa.array([999] * table.num_rows, pa.int32()))
+    pq.write_table(broken, api_file)
+    tel_days = sorted(p.name for p in (folder / "telemetry").iterdir())
+    early = pq.read_table(next((folder / "telemetry" / tel_days[2]).glob("*.parquet")),
+                          partitioning=None)
+    late_file = next((folder / "telemetry" / tel_days[6]).glob("*.parquet"))
+    late = pq.read_table(late_file, partitioning=None)
+    reuse = late.slice(0, 1).set_column(late.schema.get_field_index("event_id"), "event_id",
+                                        early["event_id"].slice(0, 1))
+    pq.write_table(pa.concat_tables([late, reuse.cast(late.schema)]), late_file)
+    with pytest.raises(ExportValidationError) as info:
+        open_spark_export(folder, spark=spark)
+    assert sorted((p.table, p.column, p.rule, p.rows) for p in info.value.problems) == [
+        ("api_logs", "status", "domain", table.num_rows), ("telemetry", "event_id", "unique", 2)]
+
+    pq.write_table(table, api_file)  # repaired: only the two rewritten files are read again
+    pq.write_table(late, late_file)
+    with open_spark_export(folder, spark=spark) as sp:
+        assert (sp.validation.units_checked, sp.validation.units_reused) == (2, units - 2)
+        assert sp.validation.tables == first.tables

@@ -41,9 +41,9 @@ from .validation import (
 )
 
 __all__ = ["Export", "attach", "connect", "create_canonical_views", "describe_source",
-           "duplicate_events_select", "empty_select", "is_duckdb_file", "open_export",
-           "sql_ident", "sql_string", "to_parquet_folder", "write_export",
-           "write_partitioned_export"]
+           "duplicate_events_cache_file", "duplicate_events_select", "empty_select",
+           "is_duckdb_file", "open_export", "sql_ident", "sql_string", "to_parquet_folder",
+           "write_export", "write_partitioned_export"]
 
 DUCKDB_MAGIC = b"DUCK"
 
@@ -348,7 +348,7 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     types = describe_source(con, "telemetry")
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         return
-    cached = _duplicates_cache_file(path, kind) if use_cache else None
+    cached = duplicate_events_cache_file(path, kind) if use_cache else None
     if cached is not None and cached.is_file():
         try:
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
@@ -385,7 +385,10 @@ def duplicate_events_select(engine: Any, ts: str) -> str:
           AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""
 
 
-def _duplicates_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
+def duplicate_events_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
+    """Where the repeated events' ids of the export at ``path`` (``kind``: ``duckdb`` or
+    ``parquet``) are kept: a Parquet file in the cache folder named by the checksums of the
+    telemetry's units (None: caching off, or no such export)."""
     root = cache_dir()
     if path is None or kind not in ("duckdb", "parquet") or root is None:
         return None
@@ -467,7 +470,8 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
     if name == "spark":
         from .spark import open_spark_export
 
-        return open_spark_export(path, validate=validate, master=spark_master)
+        return open_spark_export(path, validate=validate, master=spark_master,
+                                 use_cache=use_cache)
     if name != "duckdb":
         raise ExportError(f"unknown engine {name!r} (known: duckdb, spark)")
     con, kind, found = attach(path, threads=threads)

@@ -30,8 +30,10 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlglot import exp
 
+from .atomic import atomic_path
 from .contract import CONTRACT, TABLES
 from .engine import EngineError, parse_duckdb, spark_session, spark_source_view, to_spark
 from .errors import ExportError
@@ -95,6 +97,7 @@ class SparkExport:
         #: DuckDB wrote without a type; Spark reads it as int, DuckDB as NULL)
         self._null_columns: dict[str, set[str]] = {}
         self._views: set[str] = set()
+        self._file_views = 0
         self.description: list[tuple[str]] | None = None
         self._last: list[tuple[Any, ...]] = []
 
@@ -186,6 +189,22 @@ class SparkExport:
 
     def unregister(self, name: str) -> None:
         self._drop(name)
+
+    def files_view(self, table: str, files: Sequence[str], unit_column: str) -> str:
+        """A temporary view of some Parquet files of ``table`` with the file each row came
+        from (a ``file:`` URI) in ``unit_column``: what incremental validation scans."""
+        self._file_views += 1
+        name = f"{spark_source_view(table)}__files{self._file_views}"
+        try:
+            frame = self.spark.read.option("mergeSchema", "true").parquet(*files)
+            # the column through the frame, not functions.col: in a process that also holds
+            # a classic session, functions.col makes a classic Column, which Connect rejects
+            frame = frame.select("*", frame["_metadata"]["file_path"].alias(unit_column))
+        except Exception as exc:
+            raise EngineError(f"table {table!r}: its files cannot be read: "
+                              f"{_first_line(exc)}") from None
+        self._replace(name, frame, cache=False)
+        return name
 
     def has(self, table: str) -> bool:
         return table in self.present
@@ -320,8 +339,13 @@ def _canonical(name: str, logical: str) -> str:
 
 
 def open_spark_export(path: str | Path, *, validate: bool = True, master: str | None = None,
-                      spark: Any = None) -> SparkExport:
+                      spark: Any = None, use_cache: bool = True) -> SparkExport:
     """Open an export on Spark (a Parquet folder; a DuckDB file is copied to Parquet first).
+
+    Validation is incremental as on DuckDB (:mod:`whispers_lab.validation`): each Parquet file
+    of the folder read is a unit, and the files unchanged since the last clean validation are
+    not read again; the repeated telemetry events found once are read back from the cache
+    folder. ``use_cache=False`` checks and searches everything.
 
     ``spark``: a session to use (tests share one); else :func:`whispers_lab.engine.spark_session`
     with ``master``. Raises :class:`ExportError` for an unreadable export and
@@ -361,9 +385,10 @@ def open_spark_export(path: str | Path, *, validate: bool = True, master: str | 
             export._null_columns[t.name] = _null_typed(source)
             present.append(t.name)
         export.present = tuple(present)
-        dups = _create_duplicate_events(export)
+        dups = _create_duplicate_events(export, use_cache=use_cache)
         if validate:
-            export.validation = validate_attached(export, present, source=str(p))
+            export.validation = validate_attached(export, present, source=str(p), path=folder,
+                                                  kind="parquet", use_cache=use_cache)
         _create_canonical_views(export, dups)
     except BaseException:
         export.close()
@@ -371,12 +396,16 @@ def open_spark_export(path: str | Path, *, validate: bool = True, master: str | 
     return export
 
 
-def _create_duplicate_events(export: SparkExport) -> int:
+def _create_duplicate_events(export: SparkExport, *, use_cache: bool = True) -> int:
     """``telemetry_duplicates``: the ids of repeated telemetry events, as DuckDB finds them
     (:func:`whispers_lab.export.duplicate_events_select`). Returns how many there are (the
-    count that builds the cached table, so the canonical views need not count again)."""
+    count that builds the cached table, so the canonical views need not count again).
+
+    The search is a window over all of the telemetry; its result is kept in the cache folder
+    under the checksums of the telemetry's files, the same file DuckDB keeps for the same
+    folder (:func:`whispers_lab.export.create_duplicate_events`), and read back when present."""
     from .contract import DUPLICATE_EVENT_KEY
-    from .export import duplicate_events_select
+    from .export import duplicate_events_cache_file, duplicate_events_select
 
     empty = f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS SELECT CAST(NULL AS VARCHAR) AS event_id WHERE false"
     if "telemetry" not in export.present:
@@ -386,13 +415,35 @@ def _create_duplicate_events(export: SparkExport) -> int:
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         export.sql(empty)
         return 0
+    cached = duplicate_events_cache_file(export.parquet_dir, "parquet") if use_cache else None
+    if cached is not None and cached.is_file():
+        try:
+            ids = pq.read_table(cached, columns=["event_id"]).cast(
+                pa.schema([pa.field("event_id", pa.string())]))
+        except (OSError, pa.ArrowException):  # a damaged cache file: search again
+            pass
+        else:
+            export._replace(DUPLICATE_EVENTS_TABLE, export.spark.createDataFrame(ids.to_pandas())
+                            if ids.num_rows else export.spark.sql(to_spark(
+                                "SELECT CAST(NULL AS VARCHAR) AS event_id WHERE false")))
+            return ids.num_rows
     try:
         export.sql(f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS "
                    + duplicate_events_select(export, 'CAST(created_at AS TIMESTAMP)'))
-        return export.duplicate_events
+        found = export.duplicate_events
     except EngineError:  # unreadable telemetry: validation says so; count every row
         export.sql(empty)
         return 0
+    if cached is not None:
+        ids = export.sql(f"SELECT event_id FROM {DUPLICATE_EVENTS_TABLE}")
+        table = pa.Table.from_pandas(ids.astype({"event_id": object}), preserve_index=False,
+                                     schema=pa.schema([pa.field("event_id", pa.string())]))
+        try:
+            with atomic_path(cached) as tmp:
+                pq.write_table(table, tmp)
+        except (OSError, pa.ArrowException):  # the cache is a shortcut only
+            pass
+    return found
 
 
 def _create_canonical_views(export: SparkExport, dups: int) -> None:

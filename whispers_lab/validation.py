@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import duckdb
 
@@ -295,13 +296,24 @@ def _save_manifest(path: Path | None, export_path: Path, units: Mapping[str, Any
 # the scan
 
 
-def _source(table: Table, units: Sequence[Unit], kind: str) -> tuple[str, bool]:
-    """SQL to read ``units`` of ``table``, and whether it carries the unit column."""
+def _source(con: Any, table: Table, units: Sequence[Unit], kind: str) -> tuple[str, bool]:
+    """SQL to read ``units`` of ``table``, and whether it carries the unit column (the file
+    each row came from, as a path or, on Spark, a ``file:`` URI)."""
     if kind == "duckdb":
         return f"src.{sql_ident(table.name)}", False
+    if engine_of(con) == "spark":
+        return con.files_view(table.name, [f for u in units for f in u.files], _UNIT), True
     files = ", ".join(sql_string(f) for u in units for f in u.files)
     return (f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
             f"filename = {sql_string(_UNIT)})", True)
+
+
+def _local_path(name: Any) -> str:
+    """The real path of a file named by DuckDB (a path) or Spark (a ``file:`` URI)."""
+    text = str(name)
+    if text.startswith("file:"):
+        text = unquote(urlparse(text).path)
+    return os.path.realpath(text)
 
 
 @dataclass
@@ -325,7 +337,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     for rule in table.rules:
         if set(rule.columns) <= usable:
             parts.append((None, rule.id, f"NOT ({rule.predicate})", rule.expected))
-    source, grouped = _source(table, units, kind)
+    source, grouped = _source(con, table, units, kind)
     # Every per-row expression (the rules' truth values, the hashes, the time) is computed in
     # an inner projection and the aggregates read those narrow columns only. Written inline,
     # the aggregates' wide inputs (a hash over every column) went into DuckDB's distinct and
@@ -356,18 +368,21 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
              f"AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
-    if time_col and engine_of(con) == "spark" and not grouped:  # no histogram(): count the days
+    if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
-        per_day = con.execute(f"SELECT CAST({t} AS DATE) AS d, count(*) AS n FROM {source} "
-                              f"WHERE {t} IS NOT NULL GROUP BY 1").fetchall()
-        at = names.index("days")
-        result = [(*row[:at], {d: n for d, n in per_day}, *row[at + 1:]) for row in result]
-    by_file = {f: u.name for u in units for f in u.files}
+        per_day: dict[Any, dict[Any, int]] = {}
+        for unit, d, n in con.execute(
+                f"SELECT {_UNIT if grouped else 'NULL'} AS unit, CAST({t} AS DATE) AS d, "
+                f"count(*) AS n FROM {source} WHERE {t} IS NOT NULL GROUP BY 1, 2").fetchall():
+            per_day.setdefault(unit, {})[d] = n
+        at, by = names.index("days"), names.index("unit")
+        result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
+    by_file = {_local_path(f): u.name for u in units for f in u.files}
     scan = _Scan({}, {}, {}, {}, False, [])
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
-        unit = by_file.get(rec["unit"], rec["unit"]) if grouped else units[0].name
+        unit = by_file.get(_local_path(rec["unit"]), rec["unit"]) if grouped else units[0].name
         rows = int(rec["rows"])
         scan.rows[unit] = rows
         scan.bad[unit] = 0
@@ -416,7 +431,7 @@ def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: se
     keys = [k for k in table.unique if set(k) <= usable]
     if not keys or len(changed) + len(reused) <= 1:
         return False
-    new, _ = _source(table, changed, kind)
+    new, _ = _source(con, table, changed, kind)
     for key in keys:
         cols = ", ".join(sql_ident(c) for c in key)
         if len(changed) > 1:
@@ -427,7 +442,7 @@ def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: se
         if reused:
             # a join on the raw key: DuckDB pushes the changed units' key range into the scan
             # of the others, so time-ordered ids read only the row groups that could match
-            old, _ = _source(table, reused, kind)
+            old, _ = _source(con, table, reused, kind)
             n = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {cols} FROM {new}) a "
                             f"JOIN (SELECT {cols} FROM {old}) b USING ({cols})").fetchone()[0]
             if n:
@@ -530,9 +545,12 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                                  f"readable data, got: {str(exc).strip().splitlines()[0]}"))
             changed, reused = units, []
         else:
+            # an unchanged unit stays valid on its own and every changed unit is checked
+            # against it, so it keeps its entry when the table has a problem; the changed
+            # units are recorded only when the whole table passes
+            for u in reused:
+                manifest[u.name] = cached[u.name]
             if not found:
-                for u in reused:
-                    manifest[u.name] = cached[u.name]
                 for u in changed:
                     if u.checksum:
                         first, last = scan.span.get(u.name, (None, None))

@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path", help="DuckDB file or folder of <table>.parquet files")
     p.add_argument("--full", action="store_true",
                    help="check every part of the export, even those unchanged since the last "
-                        "validation (the manifest in the cache folder is then rewritten; "
-                        "Spark always checks everything)")
+                        "validation (the manifest in the cache folder is then rewritten)")
     options.add_engine(p)
     p.set_defaults(func=run)
 

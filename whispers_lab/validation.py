@@ -8,7 +8,8 @@ rows break it and one example.
 **One scan per table** checks every column and row rule, counts the distinct hashes of each
 unique key, checksums every value (so a corrupt data block cannot pass unread) and counts the
 rows per UTC day. Only when a key hash repeats does an exact ``GROUP BY`` on the key run, to
-name the duplicates.
+name the duplicates, and only when a rule is broken does a second scan fetch one example of
+each broken rule.
 
 Beside problems, validation reports :class:`Notice`\\ s: data the lab accepts but handles
 specially. Telemetry events repeated under a new ``event_id`` (same user, type, request and
@@ -28,8 +29,12 @@ size, modification and change times (ns), inode and Parquet footer (row counts, 
 per-column statistics), so any rewrite, copy or append invalidates it; so does a new
 contract or a new version of these checks (:data:`CHECKS_VERSION`). ``whispers-lab validate
 --full`` ignores the manifest, and setting ``WHISPERS_LAB_CACHE`` to an empty string turns
-caching off. A file whose bytes rot on disk with all of the above unchanged is not re-read:
-run ``--full`` for an audit.
+caching off. A table with a problem records none of its changed units, but its unchanged units
+keep their entries (each is still clean on its own, and every changed unit is checked against
+it), so a repaired file is the only one read again. Spark (``--engine spark``) keeps the same
+manifest and the same cached list of repeated events: a DuckDB run and a Spark run of one
+export each reuse what the other checked. A file whose bytes rot on disk with all of the
+above unchanged is not re-read: run ``--full`` for an audit.
 """
 
 from __future__ import annotations

@@ -204,6 +204,26 @@ def test_a_key_repeated_across_partitions_is_caught(small_sim, tmp_path: Path) -
     assert [(p.table, p.rule, p.rows) for p in info.value.problems] == [("telemetry", "unique", 2)]
 
 
+def test_a_key_repeated_within_one_of_many_new_partitions_is_caught(small_sim,
+                                                                   tmp_path: Path) -> None:
+    """A first validation reads every partition at once; a key repeated inside one of them is
+    found by the count over all of them (the scan counts distinct keys only for one unit)."""
+    folder = _partitioned(small_sim, tmp_path / "export")
+    file = _day_file(folder, "api_logs", small_sim.plan.start_date + dt.timedelta(days=4))
+    table = pq.read_table(file, partitioning=None)
+    pq.write_table(pa.concat_tables([table, table.slice(3, 1)]), file)
+    with pytest.raises(ExportValidationError) as info:
+        open_export(folder)
+    assert [(p.table, p.column, p.rule, p.rows) for p in info.value.problems] == [
+        ("api_logs", "request_id", "unique", 2)]
+    pq.write_table(table, file)  # repaired: api_logs is read again in full, nothing else
+    units = {t.name: len(validation.list_units(folder, "parquet", t.name))
+             for t in validation.TABLES}
+    again = _validate(folder)
+    assert (again.units_checked, again.units_reused) == (units["api_logs"],
+                                                         sum(units.values()) - units["api_logs"])
+
+
 def test_manifest_is_invalidated_by_new_checks(small_sim, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     folder = _partitioned(small_sim, tmp_path / "export")

@@ -327,7 +327,7 @@ class _Scan:
     bad: dict[str, int]  # unit name -> rows breaking some rule
     days: dict[str, dict[dt.date, int]]
     span: dict[str, tuple[dt.datetime | None, dt.datetime | None]]  # first and last time
-    keys_repeat: bool  # some key hash repeats within a unit
+    keys_repeat: bool  # some key hash repeats (counted for a single unit only)
     problems: list[Problem]
 
 
@@ -357,7 +357,10 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     everything = ", ".join(sql_ident(c.name) for c in table.columns if c.name in usable)
     inner.append(f"{variant(con, 'hash64', cols=everything) if everything else '0'} AS {_P}all")
     selects.append(f"bit_xor({_P}all) AS read_all")
-    keys = [k for k in table.unique if set(k) <= usable]
+    # Distinct key hashes per unit only for a single unit: over several, the count across all
+    # of them (:func:`_keys_repeat_across`) finds a repeat within a unit too, and one distinct
+    # count per unit beside it cost a third of the grouped scan (docs/scale.md).
+    keys = [k for k in table.unique if set(k) <= usable] if len(units) == 1 else []
     for j, key in enumerate(keys):
         inner.append(f"{variant(con, 'hash64', cols=', '.join(sql_ident(c) for c in key))} "
                      f"AS {_P}k{j}")
@@ -525,8 +528,10 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         whole = len(usable) == len(table.columns)
         reused = [u for u in units if whole and u.checksum and
                   (cached.get(u.name) or {}).get("checksum") == u.checksum]
-        changed = [u for u in units if u not in reused]
+        kept = {u.name for u in reused}  # (by name: comparing whole units was quadratic)
+        changed = [u for u in units if u.name not in kept]
         table_days: dict[dt.date, int] = {}
+        day_counts: list[Mapping[dt.date, int]] = []
         spans: list[tuple[int, Any, Any]] = []
         try:
             if changed:
@@ -537,14 +542,15 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                 if repeat:
                     found += _check_unique(con, table, usable)
                 for u in changed:
-                    table_days = merge_days(table_days, scan.days.get(u.name, {}))
+                    day_counts.append(scan.days.get(u.name, {}))
                     spans.append((scan.rows.get(u.name, 0), *scan.span.get(u.name, (None, None))))
             for u in reused:
                 entry = cached[u.name]
-                table_days = merge_days(table_days, {dt.date.fromisoformat(d): int(n)
-                                                     for d, n in entry["days"].items()})
+                day_counts.append({dt.date.fromisoformat(d): int(n)
+                                   for d, n in entry["days"].items()})
                 spans.append((int(entry["rows"]), _time(entry.get("first")),
                               _time(entry.get("last"))))
+            table_days = merge_days(*day_counts)  # once: merging unit by unit was quadratic
         except (duckdb.Error, EngineError) as exc:
             found.append(Problem(table.name, None, "unreadable",
                                  f"readable data, got: {str(exc).strip().splitlines()[0]}"))

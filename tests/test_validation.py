@@ -236,3 +236,59 @@ def test_manifest_is_invalidated_by_new_checks(small_sim, tmp_path: Path,
     monkeypatch.setenv(validation.CACHE_ENV, "")  # caching off: nothing reused, nothing kept
     assert validation.manifest_path(folder) is None
     assert _validate(folder).units_reused == 0
+
+
+def _repeats(folder: Path, **kwargs: object) -> set[str]:
+    with open_export(folder, **kwargs) as export:
+        return {r[0] for r in export.con.execute(
+            "SELECT event_id FROM telemetry_duplicates").fetchall()}
+
+
+def _with_rows(file: Path, rows: list[dict]) -> pa.Table:
+    """``file``'s table with ``rows`` (overrides of its first row) appended; the old table."""
+    table = pq.read_table(file, partitioning=None)
+    extra = [table.slice(0, 1).to_pylist()[0] | row for row in rows]
+    pq.write_table(pa.concat_tables([table, pa.Table.from_pylist(extra, table.schema)]), file)
+    return table
+
+
+def test_repeated_events_of_changed_partitions_are_searched_again_in_their_span_only(
+        small_sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After one day's telemetry is rewritten, the repeated events are searched again only
+    over the span of its rows (old and new) widened by the repeat window, and the result is
+    what a full search finds: also for a row of an unchanged day that now repeats a row added
+    to the changed one, and for a row added to the changed day that repeats an unchanged one."""
+    from whispers_lab import export as ex
+
+    folder = _partitioned(small_sim, tmp_path / "export")
+    start = small_sim.plan.start_date
+    searched: list[str] = []
+    real = ex.duplicate_events_select
+    monkeypatch.setattr(ex, "duplicate_events_select", lambda *a, **k: (
+        searched.append(str(k.get("where", ""))), real(*a, **k))[1])
+    first = _repeats(folder)
+    assert searched == [""]  # the first search reads everything
+
+    before, day, after = (_day_file(folder, "telemetry", start + dt.timedelta(days=d))
+                          for d in (4, 5, 6))
+    x = pq.read_table(before, partitioning=None).sort_by([("created_at", "descending")])
+    y = pq.read_table(after, partitioning=None).sort_by("created_at")
+    x, y = x.slice(0, 1).to_pylist()[0], y.slice(0, 1).to_pylist()[0]
+    key = [*ex.DUPLICATE_EVENT_KEY]
+    old = _with_rows(day, [
+        # repeats x (the previous day's last event) half a second later
+        {"event_id": "zz-repeat-x", **{k: x[k] for k in key},
+         "created_at": x["created_at"] + dt.timedelta(seconds=0.5)},
+        # comes half a second before y (the next day's first event): y now repeats it
+        {"event_id": "aa-before-y", **{k: y[k] for k in key},
+         "created_at": y["created_at"] - dt.timedelta(seconds=0.5)}])
+    searched.clear()
+    changed = _repeats(folder)
+    assert len(searched) == 1 and searched[0]  # a search of a span, not of everything
+    assert changed == _repeats(folder, use_cache=False)
+    assert changed - first == {"zz-repeat-x", str(y["event_id"])}
+
+    pq.write_table(old, day)  # the day re-delivered as it was: the repeats are gone again
+    searched.clear()
+    assert _repeats(folder) == first == _repeats(folder, use_cache=False)
+    assert len(searched) == 2 and searched[0]

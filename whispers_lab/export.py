@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .atomic import replace_dir
+from .atomic import atomic_path, replace_dir
 from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
 from .engine import default_engine, variant
 from .errors import ExportError
@@ -341,8 +342,14 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     (:func:`whispers_lab.validation.cache_dir`, ``duplicates/``) under the checksums of the
     export's telemetry (:func:`whispers_lab.validation.list_units`): every later opening of the
     same data reads it back. Rows whose key columns are missing or unreadable get no
-    deduplication (validation reports those columns)."""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} (event_id VARCHAR)")
+    deduplication (validation reports those columns).
+
+    For a Parquet export whose telemetry changed in a few files since the last search (a new
+    day's partition, a re-delivered one), only the time span those files cover, before and
+    after the change, is searched again (:func:`_update_duplicates`): a row's status depends
+    only on the latest earlier row of its key, at most ``DUPLICATE_EVENT_SECONDS`` before it."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} "
+                f"(event_id VARCHAR, ts TIMESTAMP)")
     if "telemetry" not in present:
         return
     types = describe_source(con, "telemetry")
@@ -351,35 +358,141 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     cached = duplicate_events_cache_file(path, kind) if use_cache else None
     if cached is not None and cached.is_file():
         try:
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} (event_id) "
                         f"SELECT event_id FROM read_parquet({sql_string(str(cached))})")
             return
         except duckdb.Error:  # a damaged cache file: compute again
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
+    index = _duplicates_index_file(path) if cached is not None and kind == "parquet" else None
+    units = list_units(Path(path), "parquet", "telemetry") if index is not None else []
     try:
-        con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {duplicate_events_select('duckdb', ts)}")
+        spans = _update_duplicates(con, index, units, ts) if index is not None else None
+        if spans is None:
+            con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
+                        f"{duplicate_events_select('duckdb', ts, with_ts=True)}")
+            spans = _unit_spans(con, units, ts) if index is not None else None
     except duckdb.Error:  # unreadable telemetry: validation says so; count every row
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
         return
     if cached is not None:
         _save_duplicates(con, cached)
+        if index is not None and spans is not None:
+            _save_duplicates_index(index, cached, units, spans)
 
 
-def duplicate_events_select(engine: Any, ts: str) -> str:
+_UNIT_COLUMN = "__whispers_file"
+
+
+def _duplicates_index_file(path: str | Path | None) -> Path | None:
+    """The record of the last search of repeated events in the export at ``path``: the cached
+    result's file and, per telemetry file, its checksum and time span."""
+    root = cache_dir()
+    if root is None or path is None:
+        return None
+    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32]
+    return root / "duplicates" / f"latest-{key}.json"
+
+
+def _unit_spans(con: duckdb.DuckDBPyConnection, units: Sequence[Any], ts: str
+                ) -> dict[str, tuple[str | None, str | None]]:
+    """The first and last ``ts`` of each unit (ISO text; None for a unit with no timed row)."""
+    files = [f for u in units for f in u.files]
+    if not files:
+        return {}
+    listed = ", ".join(sql_string(f) for f in files)
+    rows = con.execute(
+        f"SELECT {_UNIT_COLUMN}, min({ts}), max({ts}) FROM read_parquet([{listed}], "
+        f"hive_partitioning = true, union_by_name = true, filename = {sql_string(_UNIT_COLUMN)}) "
+        f"GROUP BY 1").fetchall()
+    by_file = {os.path.realpath(f): u.name for u in units for f in u.files}
+    spans: dict[str, tuple[str | None, str | None]] = {u.name: (None, None) for u in units}
+    for file, first, last in rows:
+        spans[by_file.get(os.path.realpath(str(file)), str(file))] = (
+            None if first is None else first.isoformat(), None if last is None else last.isoformat())
+    return spans
+
+
+def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Sequence[Any],
+                       ts: str) -> dict[str, tuple[str | None, str | None]] | None:
+    """Fill ``telemetry_duplicates`` from the last search's result and a search of only the
+    span the changed telemetry files cover (their old and new rows), or return None when the
+    last search cannot be used (none recorded, another contract, most files changed).
+
+    A row repeats an event when the latest earlier row of its key is at most ``s`` =
+    ``DUPLICATE_EVENT_SECONDS`` older. With ``[lo, hi]`` the span of every changed row, old or
+    new, only rows in ``[lo, hi + s]`` can change status; their predecessors that matter lie
+    in ``[lo - s, hi + s]``, so that is all that is read again. Returns every unit's span."""
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+        previous = index.parent / str(doc["file"])
+        old: dict[str, list[Any]] = dict(doc["units"])
+        if doc.get("checks") != checks_digest() or not previous.is_file():
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    changed = [u for u in units if (old.get(u.name) or [None])[0] != u.checksum]
+    removed = [n for n in old if n not in {u.name for u in units}]
+    if (not changed and not removed) or 2 * len(changed) > len(units):
+        return None
+    new_spans = _unit_spans(con, changed, ts)
+    bounds = [tuple(old[n][1:3]) for n in [*removed, *(u.name for u in changed if u.name in old)]]
+    bounds += list(new_spans.values())
+    firsts = [pd.Timestamp(f) for f, _ in bounds if f is not None]
+    lasts = [pd.Timestamp(t) for _, t in bounds if t is not None]
+    kept = f"SELECT event_id, ts FROM read_parquet({sql_string(str(previous))})"
+    try:
+        if not firsts:  # the changed files hold no timed row: no status can change
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept}")
+        else:
+            s = pd.Timedelta(seconds=DUPLICATE_EVENT_SECONDS)
+            lo, hi = min(firsts), max(lasts) + s
+            window = {"lo": lo.to_pydatetime(), "hi": hi.to_pydatetime(),
+                      "lo_margin": (lo - s).to_pydatetime()}
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept} "
+                        f"WHERE ts < $lo OR ts > $hi", {"lo": window["lo"], "hi": window["hi"]})
+            search = duplicate_events_select("duckdb", ts, with_ts=True,
+                                             where=f"{ts} >= $lo_margin AND {ts} <= $hi")
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} SELECT event_id, ts FROM "
+                        f"({search}) WHERE ts >= $lo AND ts <= $hi", window)
+    except duckdb.Error:  # a cache file without times (Spark writes ids only): search anew
+        con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+        return None
+    again = {u.name for u in changed}
+    spans = {u.name: (old[u.name][1], old[u.name][2]) for u in units if u.name not in again}
+    spans.update(new_spans)
+    return spans
+
+
+def _save_duplicates_index(index: Path, result: Path, units: Sequence[Any],
+                           spans: Mapping[str, tuple[str | None, str | None]]) -> None:
+    doc = {"checks": checks_digest(), "file": result.name,
+           "units": {u.name: [u.checksum, *spans.get(u.name, (None, None))] for u in units}}
+    try:
+        with atomic_path(index) as tmp:
+            Path(tmp).write_text(json.dumps(doc), encoding="utf-8")
+    except OSError:  # the cache is a shortcut only
+        pass
+
+
+def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
+                            where: str = "") -> str:
     """The SELECT of the repeated telemetry events' ids (see :func:`create_duplicate_events`)
     over ``src.telemetry`` with ``ts`` the SQL of its canonical ``created_at``, for the engine
-    of ``engine`` (an export or an engine name)."""
+    of ``engine`` (an export or an engine name); ``with_ts``: their times too; ``where``: a
+    condition on the rows searched (a time span)."""
     key = variant(engine, "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
     within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
     # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
     # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
     # only if their events fall within the same second.
     return f"""
-        SELECT event_id FROM (
+        SELECT event_id{", ts" if with_ts else ""} FROM (
             SELECT CAST(event_id AS VARCHAR) AS event_id, ts,
                    lag(ts) OVER (PARTITION BY k ORDER BY ts, event_id) AS prev_ts
-            FROM (SELECT event_id, {ts} AS ts, {key} AS k FROM src.telemetry)
+            FROM (SELECT event_id, {ts} AS ts, {key} AS k FROM src.telemetry
+                  {f"WHERE {where}" if where else ""})
         )
         WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
           AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""

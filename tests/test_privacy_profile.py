@@ -66,3 +66,62 @@ def test_a_changed_export_under_the_same_path_is_profiled_again(tmp_path):
     with open_export(path) as export:
         assert [leak.column for leak in privacy.find_ids(export, {"x": "id u9 here"})] == [
             "user_id"]
+
+
+def _raw_profile(folder, columns) -> list[privacy.IdColumn]:
+    """Each id column's ranges straight from all of its Parquet files (an independent count)."""
+    import duckdb
+
+    con = duckdb.connect()
+    out = []
+    for table, col in columns:
+        v = f'CAST("{col}" AS VARCHAR)'
+        files = sorted(folder.glob(f"{table}/**/*.parquet")) or [folder / f"{table}.parquet"]
+        listed = ", ".join(f"'{f}'" for f in files)
+        rows = con.execute(f"SELECT length({v}), min({v}), max({v}) FROM read_parquet("
+                           f"[{listed}], hive_partitioning = true, union_by_name = true) "
+                           f"WHERE \"{col}\" IS NOT NULL GROUP BY 1").fetchall()
+        out.append(privacy.IdColumn(table, col, tuple(sorted((int(n), lo, hi) for n, lo, hi in rows))))
+    return out
+
+
+def test_a_partitioned_export_is_profiled_file_by_file(small_sim, tmp_path, monkeypatch):
+    """A day-partitioned export's profile is merged from one profile per file, kept under the
+    file's checksum: after a day is rewritten only its files are read again, and the merged
+    profile is what all the files hold."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from whispers_lab.export import write_partitioned_export
+
+    folder = write_partitioned_export(dict(small_sim.tables), tmp_path / "lake")
+    read: list[str] = []
+    real = privacy._profile_files
+    monkeypatch.setattr(privacy, "_profile_files", lambda export, table, cols, todo: (
+        read.extend(f for unit, _ in todo for f in unit.files),
+        real(export, table, cols, todo))[1])
+    with open_export(folder) as export:
+        first = privacy.id_profile(export)
+        columns = [(c.table, c.column) for c in first]
+        with_view = {(c.table, c.column): c for c in privacy.id_profile(export)}
+        ids = export.sql("SELECT DISTINCT user_id FROM users")["user_id"].tolist()
+    assert first == _raw_profile(folder, columns)
+    assert all(with_view[("users", "user_id")].may_hold(u) for u in ids)
+    every = len(read)
+    assert every > 20
+
+    day = small_sim.plan.start_date + dt.timedelta(days=6)
+    file = next((folder / "api_logs" / f"date={day.isoformat()}").glob("*.parquet"))
+    table = pq.read_table(file, partitioning=None)
+    longer = table.slice(0, 1).set_column(table.schema.get_field_index("request_id"),
+                                          "request_id", pa.array(["~" * 40]))
+    pq.write_table(pa.concat_tables([table, longer.cast(table.schema)]), file)
+    read.clear()
+    with open_export(folder) as export:
+        again = privacy.id_profile(export)
+    assert read == [str(file)]  # that file only
+    assert again == _raw_profile(folder, columns) != first
+    requests = next(c for c in again if (c.table, c.column) == ("api_logs", "request_id"))
+    assert requests.may_hold("~" * 40)

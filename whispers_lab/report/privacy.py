@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import numpy as np
 
 from ..contract import TABLES
@@ -118,6 +120,9 @@ def id_profile(export: Export) -> list[IdColumn]:
     columns = [(t, c) for t, c in ID_COLUMNS if export.has(t)]
     cache = _profile_cache_file(export)
     out = _read_profile(cache, columns)
+    fresh = out is None
+    if out is None:
+        out = _profile_by_file(export, columns)
     if out is None:
         ranges: dict[tuple[str, str], list[tuple[int, str, str]]] = {k: [] for k in columns}
         if columns:
@@ -130,6 +135,7 @@ def id_profile(export: Export) -> list[IdColumn]:
             for t, c, n, lo, hi in frame.itertuples(index=False):
                 ranges[(str(t), str(c))].append((int(n), str(lo), str(hi)))
         out = [IdColumn(t, c, tuple(sorted(ranges[(t, c)]))) for t, c in columns]
+    if fresh:
         _write_profile(cache, out)
     try:
         export._privacy_id_profile = tuple(out)  # type: ignore[attr-defined]
@@ -154,6 +160,90 @@ def _profile_cache_file(export: Export) -> Path | None:
     except OSError:
         return None
     return root / "privacy" / f"{digest.hexdigest()[:40]}.json"
+
+
+_FILE_COLUMN = "__whispers_file"
+
+
+def _profile_by_file(export: Export, columns: list[tuple[str, str]]) -> list[IdColumn] | None:
+    """The profile of a Parquet export on DuckDB from one profile per file, each kept in the
+    cache folder under the file's checksum: when a day's partition is added or rewritten, only
+    its files are read. None when that does not apply (another engine or layout, no cache).
+
+    A file's profile reads its raw rows, repeated telemetry events included, so its ranges may
+    be wider than the deduplicated view's: more tokens are then looked up, none is missed."""
+    from ..validation import cache_dir, checks_digest, list_units
+
+    root = cache_dir()
+    if (root is None or getattr(export, "kind", None) != "parquet"
+            or getattr(export, "engine", None) != "duckdb" or not columns):
+        return None
+    folder = root / "privacy" / "files"
+    tables = sorted({t for t, _ in columns})
+    ranges: dict[tuple[str, str], dict[int, tuple[str, str]]] = {k: {} for k in columns}
+    try:
+        for table in tables:
+            cols = [c for t, c in columns if t == table]
+            todo = []
+            for unit in list_units(Path(export.path), "parquet", table):
+                name = hashlib.sha256(f"privacy-file-1:{checks_digest()}:{table}:{unit.name}:"
+                                      f"{unit.checksum}".encode()).hexdigest()[:40]
+                known = _read_file_profile(folder / f"{name}.json", cols)
+                if known is None:
+                    todo.append((unit, folder / f"{name}.json"))
+                else:
+                    _merge(ranges, table, known)
+            for found, target in _profile_files(export, table, cols, todo):
+                _merge(ranges, table, found)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    from ..atomic import write_text_atomic
+
+                    write_text_atomic(target, json.dumps(found))
+                except OSError:  # the cache is only a shortcut
+                    pass
+    except (OSError, duckdb.Error):  # unreadable files: the view's query says what is wrong
+        return None
+    return [IdColumn(t, c, tuple(sorted((n, lo, hi) for n, (lo, hi) in ranges[(t, c)].items())))
+            for t, c in columns]
+
+
+def _read_file_profile(path: Path, cols: list[str]) -> dict[str, list[list[Any]]] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and sorted(doc) == sorted(cols) else None
+
+
+def _merge(ranges: dict[tuple[str, str], dict[int, tuple[str, str]]], table: str,
+           found: dict[str, list[list[Any]]]) -> None:
+    for col, rows in found.items():
+        into = ranges[(table, col)]
+        for n, lo, hi in rows:
+            old = into.get(int(n))
+            into[int(n)] = ((str(lo), str(hi)) if old is None
+                            else (min(old[0], str(lo)), max(old[1], str(hi))))
+
+
+def _profile_files(export: Export, table: str, cols: list[str], todo: list[tuple[Any, Path]]
+                   ) -> list[tuple[dict[str, list[list[Any]]], Path]]:
+    """The profile of each of ``todo``'s files, read in one query per column."""
+    if not todo:
+        return []
+    files = [f for unit, _ in todo for f in unit.files]
+    source = (f"read_parquet([{', '.join(sql_string(f) for f in files)}], hive_partitioning = "
+              f"true, union_by_name = true, filename = {sql_string(_FILE_COLUMN)})")
+    by_file = {os.path.realpath(f): i for i, (unit, _) in enumerate(todo) for f in unit.files}
+    found: list[dict[str, list[list[Any]]]] = [{c: [] for c in cols} for _ in todo]
+    for col in cols:
+        v = f"CAST({sql_ident(col)} AS VARCHAR)"
+        rows = export.con.execute(
+            f"SELECT {_FILE_COLUMN}, length({v}), min({v}), max({v}) FROM {source} "
+            f"WHERE {sql_ident(col)} IS NOT NULL GROUP BY 1, 2").fetchall()
+        for file, n, lo, hi in rows:
+            found[by_file[os.path.realpath(str(file))]][col].append([int(n), str(lo), str(hi)])
+    return [(doc, target) for doc, (_, target) in zip(found, todo, strict=True)]
 
 
 def _read_profile(cache: Path | None, columns: list[tuple[str, str]]) -> list[IdColumn] | None:

@@ -33,11 +33,14 @@ from .errors import ExportError
 from .sql import sql_ident, sql_string
 from .validation import (
     DUPLICATE_EVENTS_TABLE,
+    FILE_COLUMN,
     ValidationResult,
     cache_dir,
     checks_digest,
     describe_source,
+    files_source,
     list_units,
+    local_path,
     validate_attached,
 )
 
@@ -382,9 +385,6 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
             _save_duplicates_index(index, cached, units, spans)
 
 
-_UNIT_COLUMN = "__whispers_file"
-
-
 def _duplicates_index_file(path: str | Path | None) -> Path | None:
     """The record of the last search of repeated events in the export at ``path``: the cached
     result's file and, per telemetry file, its checksum and time span."""
@@ -401,15 +401,12 @@ def _unit_spans(con: duckdb.DuckDBPyConnection, units: Sequence[Any], ts: str
     files = [f for u in units for f in u.files]
     if not files:
         return {}
-    listed = ", ".join(sql_string(f) for f in files)
-    rows = con.execute(
-        f"SELECT {_UNIT_COLUMN}, min({ts}), max({ts}) FROM read_parquet([{listed}], "
-        f"hive_partitioning = true, union_by_name = true, filename = {sql_string(_UNIT_COLUMN)}) "
-        f"GROUP BY 1").fetchall()
-    by_file = {os.path.realpath(f): u.name for u in units for f in u.files}
+    rows = con.execute(f"SELECT {FILE_COLUMN}, min({ts}), max({ts}) FROM {files_source(files)} "
+                       f"GROUP BY 1").fetchall()
+    by_file = {local_path(f): u.name for u in units for f in u.files}
     spans: dict[str, tuple[str | None, str | None]] = {u.name: (None, None) for u in units}
     for file, first, last in rows:
-        spans[by_file.get(os.path.realpath(str(file)), str(file))] = (
+        spans[by_file.get(local_path(file), str(file))] = (
             None if first is None else first.isoformat(), None if last is None else last.isoformat())
     return spans
 

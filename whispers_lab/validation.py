@@ -72,7 +72,8 @@ CACHE_ENV = "WHISPERS_LAB_CACHE"
 #: Temporary table (in the export's connection) of the telemetry rows that repeat an earlier
 #: event; created by ``whispers_lab.export`` and left out of its ``telemetry`` view.
 DUPLICATE_EVENTS_TABLE = "telemetry_duplicates"
-_UNIT = "__whispers_unit"
+#: The column naming the file each row came from, in :func:`files_source`.
+FILE_COLUMN = "__whispers_unit"
 #: Prefix of the scan's inner columns (kept apart from any column of an export).
 _P = "__whispers_"
 
@@ -306,14 +307,22 @@ def _source(con: Any, table: Table, units: Sequence[Unit], kind: str) -> tuple[s
     each row came from, as a path or, on Spark, a ``file:`` URI)."""
     if kind == "duckdb":
         return f"src.{sql_ident(table.name)}", False
+    files = [f for u in units for f in u.files]
     if engine_of(con) == "spark":
-        return con.files_view(table.name, [f for u in units for f in u.files], _UNIT), True
-    files = ", ".join(sql_string(f) for u in units for f in u.files)
-    return (f"read_parquet([{files}], hive_partitioning = true, union_by_name = true, "
-            f"filename = {sql_string(_UNIT)})", True)
+        return con.files_view(table.name, files, FILE_COLUMN), True
+    return files_source(files), True
 
 
-def _local_path(name: Any) -> str:
+def files_source(files: Sequence[str]) -> str:
+    """DuckDB SQL reading ``files`` (Parquet) as :func:`whispers_lab.export.attach` reads a
+    table, with the file each row came from in :data:`FILE_COLUMN` (map it back with
+    :func:`local_path`)."""
+    listed = ", ".join(sql_string(f) for f in files)
+    return (f"read_parquet([{listed}], hive_partitioning = true, union_by_name = true, "
+            f"filename = {sql_string(FILE_COLUMN)})")
+
+
+def local_path(name: Any) -> str:
     """The real path of a file named by DuckDB (a path) or Spark (a ``file:`` URI)."""
     text = str(name)
     if text.startswith("file:"):
@@ -347,7 +356,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # an inner projection and the aggregates read those narrow columns only. Written inline,
     # the aggregates' wide inputs (a hash over every column) went into DuckDB's distinct and
     # histogram states: 12 s instead of 4 s on 32M API rows (docs/scale.md).
-    inner = [f"{_UNIT} AS {_P}unit"] if grouped else []
+    inner = [f"{FILE_COLUMN} AS {_P}unit"] if grouped else []
     selects = [f"{_P}unit AS unit" if grouped else "NULL AS unit", "count(*) AS rows"]
     for i, (_, _, predicate, _) in enumerate(parts):
         inner.append(f"({predicate}) AS {_P}b{i}")
@@ -380,17 +389,17 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
         per_day: dict[Any, dict[Any, int]] = {}
         for unit, d, n in con.execute(
-                f"SELECT {_UNIT if grouped else 'NULL'} AS unit, CAST({t} AS DATE) AS d, "
+                f"SELECT {FILE_COLUMN if grouped else 'NULL'} AS unit, CAST({t} AS DATE) AS d, "
                 f"count(*) AS n FROM {source} WHERE {t} IS NOT NULL GROUP BY 1, 2").fetchall():
             per_day.setdefault(unit, {})[d] = n
         at, by = names.index("days"), names.index("unit")
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
-    by_file = {_local_path(f): u.name for u in units for f in u.files}
+    by_file = {local_path(f): u.name for u in units for f in u.files}
     scan = _Scan({}, {}, {}, {}, False, [])
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
-        unit = by_file.get(_local_path(rec["unit"]), rec["unit"]) if grouped else units[0].name
+        unit = by_file.get(local_path(rec["unit"]), rec["unit"]) if grouped else units[0].name
         rows = int(rec["rows"])
         scan.rows[unit] = rows
         scan.bad[unit] = 0

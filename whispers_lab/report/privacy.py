@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -162,9 +161,6 @@ def _profile_cache_file(export: Export) -> Path | None:
     return root / "privacy" / f"{digest.hexdigest()[:40]}.json"
 
 
-_FILE_COLUMN = "__whispers_file"
-
-
 def _profile_by_file(export: Export, columns: list[tuple[str, str]]) -> list[IdColumn] | None:
     """The profile of a Parquet export on DuckDB from one profile per file, each kept in the
     cache folder under the file's checksum: when a day's partition is added or rewritten, only
@@ -231,18 +227,18 @@ def _profile_files(export: Export, table: str, cols: list[str], todo: list[tuple
     """The profile of each of ``todo``'s files, read in one query per column."""
     if not todo:
         return []
-    files = [f for unit, _ in todo for f in unit.files]
-    source = (f"read_parquet([{', '.join(sql_string(f) for f in files)}], hive_partitioning = "
-              f"true, union_by_name = true, filename = {sql_string(_FILE_COLUMN)})")
-    by_file = {os.path.realpath(f): i for i, (unit, _) in enumerate(todo) for f in unit.files}
+    from ..validation import FILE_COLUMN, files_source, local_path
+
+    source = files_source([f for unit, _ in todo for f in unit.files])
+    by_file = {local_path(f): i for i, (unit, _) in enumerate(todo) for f in unit.files}
     found: list[dict[str, list[list[Any]]]] = [{c: [] for c in cols} for _ in todo]
     for col in cols:
         v = f"CAST({sql_ident(col)} AS VARCHAR)"
         rows = export.con.execute(
-            f"SELECT {_FILE_COLUMN}, length({v}), min({v}), max({v}) FROM {source} "
+            f"SELECT {FILE_COLUMN}, length({v}), min({v}), max({v}) FROM {source} "
             f"WHERE {sql_ident(col)} IS NOT NULL GROUP BY 1, 2").fetchall()
         for file, n, lo, hi in rows:
-            found[by_file[os.path.realpath(str(file))]][col].append([int(n), str(lo), str(hi)])
+            found[by_file[local_path(file)]][col].append([int(n), str(lo), str(hi)])
     return [(doc, target) for doc, (_, target) in zip(found, todo, strict=True)]
 
 

@@ -47,7 +47,7 @@ def main() -> None:
     def profile(by_file: bool) -> tuple[float, list[privacy.IdColumn]]:
         real = privacy._profile_by_file
         if not by_file:
-            privacy._profile_by_file = lambda export, columns: None
+            privacy._profile_by_file = lambda export, columns, units: None
         try:
             with open_export(folder) as export:
                 t = time.perf_counter()

@@ -26,7 +26,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from .atomic import atomic_path, replace_dir
+from .atomic import replace_dir, write_text_atomic
 from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
 from .engine import default_engine, variant
 from .errors import ExportError
@@ -358,7 +358,11 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     types = describe_source(con, "telemetry")
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         return
-    cached = duplicate_events_cache_file(path, kind) if use_cache else None
+    # (the telemetry's units, listed once: each lists and checksums every file's footer)
+    units = (list_units(Path(path), "parquet", "telemetry")
+             if use_cache and kind == "parquet" and path is not None and cache_dir() is not None
+             else [])
+    cached = duplicate_events_cache_file(path, kind, units or None) if use_cache else None
     if cached is not None and cached.is_file():
         try:
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} (event_id) "
@@ -368,7 +372,6 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
     index = _duplicates_index_file(path) if cached is not None and kind == "parquet" else None
-    units = list_units(Path(path), "parquet", "telemetry") if index is not None else []
     try:
         spans = _update_duplicates(con, index, units, ts) if index is not None else None
         if spans is None:
@@ -444,15 +447,13 @@ def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Seque
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept}")
         else:
             s = pd.Timedelta(seconds=DUPLICATE_EVENT_SECONDS)
-            lo, hi = min(firsts), max(lasts) + s
-            window = {"lo": lo.to_pydatetime(), "hi": hi.to_pydatetime(),
-                      "lo_margin": (lo - s).to_pydatetime()}
+            span = {"lo": min(firsts).to_pydatetime(), "hi": (max(lasts) + s).to_pydatetime()}
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept} "
-                        f"WHERE ts < $lo OR ts > $hi", {"lo": window["lo"], "hi": window["hi"]})
+                        f"WHERE ts < $lo OR ts > $hi", span)
             search = duplicate_events_select("duckdb", ts, with_ts=True,
-                                             where=f"{ts} >= $lo_margin AND {ts} <= $hi")
+                                             where=f"{ts} >= $lo - $s AND {ts} <= $hi")
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} SELECT event_id, ts FROM "
-                        f"({search}) WHERE ts >= $lo AND ts <= $hi", window)
+                        f"({search}) WHERE ts >= $lo AND ts <= $hi", {**span, "s": s.to_pytimedelta()})
     except duckdb.Error:  # a cache file without times (Spark writes ids only): search anew
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
         return None
@@ -467,8 +468,7 @@ def _save_duplicates_index(index: Path, result: Path, units: Sequence[Any],
     doc = {"checks": checks_digest(), "file": result.name,
            "units": {u.name: [u.checksum, *spans.get(u.name, (None, None))] for u in units}}
     try:
-        with atomic_path(index) as tmp:
-            Path(tmp).write_text(json.dumps(doc), encoding="utf-8")
+        write_text_atomic(index, json.dumps(doc))
     except OSError:  # the cache is a shortcut only
         pass
 
@@ -495,14 +495,17 @@ def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
           AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""
 
 
-def duplicate_events_cache_file(path: str | Path | None, kind: str | None) -> Path | None:
+def duplicate_events_cache_file(path: str | Path | None, kind: str | None,
+                                units: Sequence[Any] | None = None) -> Path | None:
     """Where the repeated events' ids of the export at ``path`` (``kind``: ``duckdb`` or
     ``parquet``) are kept: a Parquet file in the cache folder named by the checksums of the
-    telemetry's units (None: caching off, or no such export)."""
+    telemetry's units (``units``: those of :func:`~whispers_lab.validation.list_units`, when
+    the caller has them already; None: caching off, or no such export)."""
     root = cache_dir()
     if path is None or kind not in ("duckdb", "parquet") or root is None:
         return None
-    units = list_units(Path(path), str(kind), "telemetry")
+    if units is None:
+        units = list_units(Path(path), str(kind), "telemetry")
     digest = hashlib.sha256(checks_digest().encode())
     for unit in units:
         digest.update(f"{unit.name}:{unit.checksum};".encode())

@@ -117,11 +117,12 @@ def id_profile(export: Export) -> list[IdColumn]:
     if known is not None:
         return list(known)
     columns = [(t, c) for t, c in ID_COLUMNS if export.has(t)]
-    cache = _profile_cache_file(export)
+    units = _id_units(export)
+    cache = _profile_cache_file(units)
     out = _read_profile(cache, columns)
     fresh = out is None
     if out is None:
-        out = _profile_by_file(export, columns)
+        out = _profile_by_file(export, columns, units)
     if out is None:
         ranges: dict[tuple[str, str], list[tuple[int, str, str]]] = {k: [] for k in columns}
         if columns:
@@ -143,46 +144,59 @@ def id_profile(export: Export) -> list[IdColumn]:
     return out
 
 
-def _profile_cache_file(export: Export) -> Path | None:
-    from ..validation import cache_dir, checks_digest, list_units
+def _id_units(export: Export) -> dict[str, list[Any]] | None:
+    """The units (:func:`whispers_lab.validation.list_units`) of every table with an id
+    column, listed once for both caches (None: caching off, or an export without a path)."""
+    from ..validation import cache_dir, list_units
 
-    root = cache_dir()
     kind = getattr(export, "kind", None)
     path = getattr(export, "path", None)
-    if root is None or path is None or kind not in ("duckdb", "parquet"):
+    if cache_dir() is None or path is None or kind not in ("duckdb", "parquet"):
         return None
-    digest = hashlib.sha256(f"privacy-2:{checks_digest()}".encode())
     try:
-        for table in sorted({t for t, _ in ID_COLUMNS}):
-            for unit in list_units(Path(path), str(kind), table):
-                digest.update(f"{unit.name}:{unit.checksum};".encode())
+        return {table: list_units(Path(path), str(kind), table)
+                for table in sorted({t for t, _ in ID_COLUMNS})}
     except OSError:
         return None
+
+
+def _profile_cache_file(units: Mapping[str, list[Any]] | None) -> Path | None:
+    from ..validation import cache_dir, checks_digest
+
+    root = cache_dir()
+    if units is None or root is None:
+        return None
+    digest = hashlib.sha256(f"privacy-2:{checks_digest()}".encode())
+    for table in sorted(units):
+        for unit in units[table]:
+            digest.update(f"{unit.name}:{unit.checksum};".encode())
     return root / "privacy" / f"{digest.hexdigest()[:40]}.json"
 
 
-def _profile_by_file(export: Export, columns: list[tuple[str, str]]) -> list[IdColumn] | None:
+def _profile_by_file(export: Export, columns: list[tuple[str, str]],
+                     units: Mapping[str, list[Any]] | None) -> list[IdColumn] | None:
     """The profile of a Parquet export on DuckDB from one profile per file, each kept in the
     cache folder under the file's checksum: when a day's partition is added or rewritten, only
     its files are read. None when that does not apply (another engine or layout, no cache).
 
     A file's profile reads its raw rows, repeated telemetry events included, so its ranges may
     be wider than the deduplicated view's: more tokens are then looked up, none is missed."""
-    from ..validation import cache_dir, checks_digest, list_units
+    from ..atomic import write_text_atomic
+    from ..validation import cache_dir, checks_digest
 
     root = cache_dir()
-    if (root is None or getattr(export, "kind", None) != "parquet"
+    if (root is None or units is None or getattr(export, "kind", None) != "parquet"
             or getattr(export, "engine", None) != "duckdb" or not columns):
         return None
     folder = root / "privacy" / "files"
-    tables = sorted({t for t, _ in columns})
+    checks = checks_digest()
     ranges: dict[tuple[str, str], dict[int, tuple[str, str]]] = {k: {} for k in columns}
     try:
-        for table in tables:
+        for table in sorted({t for t, _ in columns}):
             cols = [c for t, c in columns if t == table]
             todo = []
-            for unit in list_units(Path(export.path), "parquet", table):
-                name = hashlib.sha256(f"privacy-file-1:{checks_digest()}:{table}:{unit.name}:"
+            for unit in units[table]:
+                name = hashlib.sha256(f"privacy-file-1:{checks}:{table}:{unit.name}:"
                                       f"{unit.checksum}".encode()).hexdigest()[:40]
                 known = _read_file_profile(folder / f"{name}.json", cols)
                 if known is None:
@@ -192,9 +206,6 @@ def _profile_by_file(export: Export, columns: list[tuple[str, str]]) -> list[IdC
             for found, target in _profile_files(export, table, cols, todo):
                 _merge(ranges, table, found)
                 try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                    from ..atomic import write_text_atomic
-
                     write_text_atomic(target, json.dumps(found))
                 except OSError:  # the cache is only a shortcut
                     pass

@@ -433,7 +433,8 @@ def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Seque
     except (OSError, ValueError, KeyError, TypeError):
         return None
     changed = [u for u in units if (old.get(u.name) or [None])[0] != u.checksum]
-    removed = [n for n in old if n not in {u.name for u in units}]
+    present = {u.name for u in units}
+    removed = [n for n in old if n not in present]
     if (not changed and not removed) or 2 * len(changed) > len(units):
         return None
     new_spans = _unit_spans(con, changed, ts)

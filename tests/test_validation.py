@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -131,6 +132,79 @@ def test_a_future_row_is_flagged_and_does_not_extend_the_export(
     assert main(["validate", str(path)]) == 0
     assert ("note: table 'telemetry': 1 row(s) stamped after the export's end"
             in capsys.readouterr().out)
+
+
+def _extent_case(case: str, small_sim, small_export: Path, tmp_path: Path) -> Path:
+    """An export for :func:`test_the_extent_from_validation_is_the_extent_read_from_the_tables`."""
+    if case == "simulated":
+        return small_export
+    if case == "partitioned":
+        return write_partitioned_export(dict(small_sim.tables), tmp_path / "parts")
+    tables = dict(small_sim.tables)
+    tel = tables["telemetry"]
+    if case in ("repeats", "latest is a repeat"):
+        tables["telemetry"], _ = _with_repeats(tel, 0.05, seed=3)
+    if case in ("repeats", "latest is a repeat"):
+        # the latest event again, 0.5 s later: a repeat the view leaves out; or, for "repeats",
+        # an event of its own a minute later, so that the latest row is not a repeat
+        rows = tables["telemetry"]
+        last = rows.take(pa.array([int(np.argmax(rows["created_at"].to_numpy()))]))
+        us = 500_000 if case == "latest is a repeat" else 60_000_000
+        later = pc.add(last["created_at"], pa.array([us], pa.duration("us")))
+        last = last.set_column(1, "created_at", later.cast(last.schema.field("created_at").type))
+        last = last.set_column(0, "event_id", pa.array(["last-event"]))
+        if case == "repeats":
+            last = last.set_column(last.schema.get_field_index("request_id"), "request_id",
+                                   pa.array(["another-request"]))
+        tables["telemetry"] = pa.concat_tables([rows, last.cast(tel.schema)])
+    path = write_export(tables, tmp_path / f"{case.replace(' ', '-')}.duckdb")
+    if case == "future and tail":  # a wrong clock (telemetry, api_logs) and a cut after midnight
+        con = duckdb.connect(str(path))
+        end = con.execute("SELECT max(created_at) FROM telemetry").fetchone()[0]
+        tail = dt.datetime.combine(end.date() + dt.timedelta(days=1), dt.time(0, 5))
+        con.execute("INSERT INTO telemetry SELECT 'future1', ?, user_id, device_id, "
+                    "'app_open', NULL, NULL, NULL FROM telemetry LIMIT 1",
+                    [end + dt.timedelta(days=30)])
+        con.execute("INSERT INTO api_logs SELECT 'future2', ? , endpoint, user_id, device_id, "
+                    "status, duration_ms, ranking_ms, weight_source, weights_version "
+                    "FROM api_logs LIMIT 1", [end + dt.timedelta(days=9)])
+        con.execute("INSERT INTO exposures SELECT user_id, ?, variant FROM exposures LIMIT 3",
+                    [tail])
+        con.close()
+    return path
+
+
+@pytest.mark.parametrize("case", ["simulated", "partitioned", "repeats", "future and tail",
+                                  "latest is a repeat"])
+def test_the_extent_from_validation_is_the_extent_read_from_the_tables(
+        case: str, small_sim, small_export: Path, tmp_path: Path, monkeypatch) -> None:
+    """A validated export's extent and latest rows come from the counts validation already
+    made (no table read again): the same as one scan of every table, on a fresh validation
+    and on one read back from the manifest (repeated events read back from the cache), with
+    repeated events left out, a tail after midnight and rows stamped in the future. When the
+    latest telemetry row is itself a repeat, the tables are read."""
+    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    path = _extent_case(case, small_sim, small_export, tmp_path)
+    for opening in ("fresh", "from the manifest"):
+        with open_export(path) as export:
+            assert (export.validation.units_reused > 0) == (opening == "from the manifest")
+            known = q._validated(export)
+            got = q.export_extent(export), {t: q.latest_row(export, t) for t in q.TIME_COLUMNS}
+            read = q.activity_days(export)
+            export.validation = None  # what reading every table gives
+            want = q.export_extent(export), {t: q.latest_row(export, t) for t in q.TIME_COLUMNS}
+        assert got == want, opening
+        if case == "latest is a repeat":
+            assert known is None
+            continue
+        assert known is not None
+        for table, (days, last) in known.items():
+            rows = read.loc[read["source"] == table]
+            assert days == {pd.Timestamp(d).date(): int(n)
+                            for d, n in zip(rows["date"], rows["rows"], strict=True)}
+            assert last == (rows["last"].max() if len(rows) else None), table
+    if case == "future and tail":
+        assert got[0].beyond and got[0].end < got[1]["telemetry"]  # the end was read
 
 
 # -- incremental validation ------------------------------------------------------------------

@@ -365,8 +365,9 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     cached = duplicate_events_cache_file(path, kind, units or None) if use_cache else None
     if cached is not None and cached.is_file():
         try:
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} (event_id) "
-                        f"SELECT event_id FROM read_parquet({sql_string(str(cached))})")
+            # (their times too: the export's extent takes them off validation's day counts)
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} (event_id, ts) "
+                        f"SELECT event_id, ts FROM read_parquet({sql_string(str(cached))})")
             return
         except duckdb.Error:  # a damaged cache file: compute again
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")

@@ -114,11 +114,13 @@ class Notice:
 
 @dataclass(frozen=True)
 class TableSummary:
-    """Rows of a table as stored (repeated events included) and its time column's range."""
+    """Rows of a table as stored (repeated events included), its time column's range and
+    its rows per UTC date (``days``; empty for a table without a time column)."""
 
     rows: int
     first: dt.datetime | None
     last: dt.datetime | None
+    days: Mapping[dt.date, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -583,7 +585,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         lasts = [t for _, _, t in spans if t is not None]
         result.tables[table.name] = TableSummary(sum(n for n, _, _ in spans),
                                                  min(firsts) if firsts else None,
-                                                 max(lasts) if lasts else None)
+                                                 max(lasts) if lasts else None,
+                                                 table_days)
         result.problems += found
         result.units_checked += len(changed)
         result.units_reused += len(reused)

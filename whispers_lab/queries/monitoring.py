@@ -22,13 +22,14 @@ Definitions (also in ``docs/rules.md``):
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from ..contract import WHISPERS_ENDPOINT
-from ..coverage import Extent, extent_from_days
+from ..coverage import Extent, extent_from_days, merge_days
 from ..export import Export
 
 ERROR_STATUS = 400
@@ -78,17 +79,100 @@ def activity_days(export: Export) -> pd.DataFrame:
         " WHERE t IS NOT NULL GROUP BY 1, 2 ORDER BY 2, 1")
 
 
+#: Time column of each activity table (what :func:`activity_days` reads).
+TIME_COLUMNS: dict[str, str] = {"api_logs": "timestamp", "telemetry": "created_at",
+                                "exposures": "exposed_at", "feedback": "submitted_at",
+                                "support_tickets": "created_at", "db_metrics": "timestamp"}
+
+
+def _validated(export: Export) -> dict[str, tuple[dict[dt.date, int], dt.datetime | None]] | None:
+    """Per activity table, its rows per UTC date and its latest timestamp as the queries see
+    them, from what the export's validation already counted in its one scan per table (or
+    kept in its manifest): no table is read again. Validation counts rows as stored, so the
+    repeated events the ``telemetry`` view leaves out are taken off their dates.
+
+    None (the caller then reads the tables: :func:`activity_days`) when there is no clean
+    DuckDB validation of every activity table, or when the latest telemetry row may be one of
+    the repeated events (then the view's latest row is not validation's)."""
+    from ..validation import DUPLICATE_EVENTS_TABLE
+
+    result = getattr(export, "validation", None)
+    if result is None or result.problems or getattr(export, "engine", None) != "duckdb":
+        return None
+    out: dict[str, tuple[dict[dt.date, int], dt.datetime | None]] = {}
+    for table in TIME_COLUMNS:
+        if not export.has(table):
+            out[table] = ({}, None)
+            continue
+        summary = result.tables.get(table)
+        if summary is None or sum(summary.days.values()) > summary.rows:
+            return None
+        out[table] = (dict(summary.days), summary.last)
+    repeats = export.sql(f"SELECT CAST(ts AS DATE) AS date, count(*) AS n, "
+                         f"count(ts) AS timed, max(ts) AS last "
+                         f"FROM {DUPLICATE_EVENTS_TABLE} GROUP BY 1")
+    if repeats.empty:
+        return out
+    if (repeats["n"] != repeats["timed"]).any():  # a list read without the times: unknown
+        return None
+    days, last = out["telemetry"]
+    if last is not None and pd.Timestamp(repeats["last"].max()) >= pd.Timestamp(last):
+        return None  # the latest row may be left out of the view: read it
+    for date, n in zip(repeats["date"], repeats["n"], strict=True):
+        d = pd.Timestamp(date).date()
+        days[d] = days.get(d, 0) - int(n)
+        if days[d] < 0:
+            return None
+        if days[d] == 0:
+            del days[d]
+    return out
+
+
 def latest_row(export: Export, table: str) -> dt.datetime | None:
     """The latest timestamp of an activity table (every row, a future-stamped one too), from
+    the export's validation when it has one (:func:`_validated`), else from
     :func:`activity_days`. None when the table holds no timed row."""
+    known = _validated(export)
+    if known is not None:
+        last = known.get(table, ({}, None))[1]
+        return None if last is None else pd.Timestamp(last).to_pydatetime()
     days = activity_days(export)
     last = days.loc[days["source"] == table, "last"]
     return None if last.empty else pd.Timestamp(last.max()).to_pydatetime()
 
 
+def _validated_extent(export: Export,
+                      known: dict[str, tuple[dict[dt.date, int], dt.datetime | None]]) -> Extent:
+    """:func:`export_extent` from validation's counts: the populated days from the rows per
+    date; the end is each table's latest row, except for a table with rows after the last
+    populated day, whose latest row on or before it is read (a time-filtered query)."""
+    bare = extent_from_days(merge_days(*(days for days, _ in known.values())))
+    if bare.last_day is None:
+        return bare
+    cut = dt.datetime.combine(bare.last_day + dt.timedelta(days=1), dt.time())
+    ends = []
+    for table, (_, last) in known.items():
+        if last is None:
+            continue
+        if last < cut:
+            ends.append(last)
+            continue
+        col = TIME_COLUMNS[table]
+        before = export.sql(f'SELECT max("{col}") AS t FROM {table} WHERE "{col}" < $cut',
+                            {"cut": cut}).iloc[0]["t"]
+        if before is not None and not pd.isna(before):
+            ends.append(pd.Timestamp(before).to_pydatetime())
+    return replace(bare, end=max(ends) if ends else None)
+
+
 def export_extent(export: Export) -> Extent:
     """Where the export's data lie, from the rows' day distribution (see
-    :mod:`whispers_lab.coverage`): a row stamped in the future does not move its end."""
+    :mod:`whispers_lab.coverage`): a row stamped in the future does not move its end.
+    On a validated export the counts are validation's (:func:`_validated`): no table is
+    scanned again; otherwise one scan of each table (:func:`activity_days`)."""
+    known = _validated(export)
+    if known is not None:
+        return _validated_extent(export, known)
     days = activity_days(export).groupby("date", sort=True).agg(rows=("rows", "sum"),
                                                                 last=("last", "max"))
     dates = [pd.Timestamp(d).date() for d in days.index]

@@ -335,26 +335,29 @@ def ratio_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataFram
     'ctr_requests' (num = requests with a whispers_used event, den = requests with a
     whispers_shown event per user), each as n, sum_num, sum_den, sum_num2, sum_den2,
     sum_num_den."""
+    # grouped per request and per user first, the cohort joined on one row per user: the
+    # same users (every key holds the user), a join of 0.5 M rows instead of 8 M (1M users)
     q = f"""
-    WITH ev AS (
-        SELECT t.user_id, t.request_id, t.event_type
-        FROM telemetry t JOIN {COHORT_RELATION} c ON c.user_id = t.user_id
-        WHERE t.created_at >= $lo AND t.created_at < $hi AND c.reason <> 'internal'
-          AND t.event_type IN ('whispers_shown', 'whispers_used')
-    ),
-    per_req AS (
+    WITH per_req AS (
         SELECT user_id, request_id,
                count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
                count(*) FILTER (WHERE event_type = 'whispers_used') AS used
-        FROM ev GROUP BY user_id, request_id
+        FROM telemetry
+        WHERE created_at >= $lo AND created_at < $hi
+          AND event_type IN ('whispers_shown', 'whispers_used')
+        GROUP BY user_id, request_id
     ),
-    per_user AS (
+    grouped AS (
         SELECT user_id, sum(used)::DOUBLE AS clicks, sum(shown)::DOUBLE AS impressions,
                count(*) FILTER (WHERE used > 0 AND shown > 0 AND request_id IS NOT NULL)::DOUBLE
                    AS clicked_requests,
                count(*) FILTER (WHERE shown > 0 AND request_id IS NOT NULL)::DOUBLE AS requests
         FROM per_req GROUP BY user_id
         HAVING sum(shown) > 0
+    ),
+    per_user AS (
+        SELECT g.* FROM grouped g JOIN {COHORT_RELATION} c ON c.user_id = g.user_id
+        WHERE c.reason <> 'internal'
     )
     SELECT 'ctr' AS metric, count(*) AS n, sum(clicks) AS sum_num, sum(impressions) AS sum_den,
            sum(clicks * clicks) AS sum_num2, sum(impressions * impressions) AS sum_den2,

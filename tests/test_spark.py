@@ -590,8 +590,12 @@ def test_validation_on_spark_rechecks_only_changed_files(spark, day_parquet, tmp
         assert sp.duplicate_events == dups  # read back from the cache folder
     assert (again.units_checked, again.units_reused) == (0, units)
     assert again.tables == first.tables and again.notices == first.notices
+    # the repeated events' times too, as DuckDB keeps them (its extent needs them)
+    assert pq.read_schema(duplicate_events_cache_file(folder, "parquet")).names == [
+        "event_id", "ts"]
     with open_export(folder) as duck:  # DuckDB reads the manifest Spark wrote, and agrees
         assert (duck.validation.units_checked, duck.validation.tables) == (0, first.tables)
+        assert duck.duplicate_events == dups
 
     days = sorted(p.name for p in (folder / "api_logs").iterdir())
     api_file = next((folder / "api_logs" / days[5]).glob("*.parquet"))

@@ -456,7 +456,7 @@ def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Seque
                                              where=f"{ts} >= $lo - $s AND {ts} <= $hi")
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} SELECT event_id, ts FROM "
                         f"({search}) WHERE ts >= $lo AND ts <= $hi", {**span, "s": s.to_pytimedelta()})
-    except duckdb.Error:  # a cache file without times (Spark writes ids only): search anew
+    except duckdb.Error:  # a cache file without times (an older one): search anew
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
         return None
     again = {u.name for u in changed}

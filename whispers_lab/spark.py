@@ -403,11 +403,13 @@ def _create_duplicate_events(export: SparkExport, *, use_cache: bool = True) -> 
 
     The search is a window over all of the telemetry; its result is kept in the cache folder
     under the checksums of the telemetry's files, the same file DuckDB keeps for the same
-    folder (:func:`whispers_lab.export.create_duplicate_events`), and read back when present."""
+    folder (:func:`whispers_lab.export.create_duplicate_events`), ids and times as DuckDB
+    writes it, and read back when present."""
     from .contract import DUPLICATE_EVENT_KEY
     from .export import duplicate_events_cache_file, duplicate_events_select
 
-    empty = f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS SELECT CAST(NULL AS VARCHAR) AS event_id WHERE false"
+    empty = (f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS SELECT CAST(NULL AS VARCHAR) "
+             f"AS event_id, CAST(NULL AS TIMESTAMP) AS ts WHERE false")
     if "telemetry" not in export.present:
         export.sql(empty)
         return 0
@@ -429,15 +431,18 @@ def _create_duplicate_events(export: SparkExport, *, use_cache: bool = True) -> 
             return ids.num_rows
     try:
         export.sql(f"CREATE TEMP TABLE {DUPLICATE_EVENTS_TABLE} AS "
-                   + duplicate_events_select(export, 'CAST(created_at AS TIMESTAMP)'))
+                   + duplicate_events_select(export, 'CAST(created_at AS TIMESTAMP)',
+                                             with_ts=True))
         found = export.duplicate_events
     except EngineError:  # unreadable telemetry: validation says so; count every row
         export.sql(empty)
         return 0
     if cached is not None:
-        ids = export.sql(f"SELECT event_id FROM {DUPLICATE_EVENTS_TABLE}")
-        table = pa.Table.from_pandas(ids.astype({"event_id": object}), preserve_index=False,
-                                     schema=pa.schema([pa.field("event_id", pa.string())]))
+        # the times too: DuckDB's extent takes these rows off validation's day counts
+        rows = export.sql(f"SELECT event_id, ts FROM {DUPLICATE_EVENTS_TABLE}")
+        table = pa.Table.from_pandas(rows.astype({"event_id": object}), preserve_index=False,
+                                     schema=pa.schema([pa.field("event_id", pa.string()),
+                                                       pa.field("ts", pa.timestamp("us"))]))
         try:
             with atomic_path(cached) as tmp:
                 pq.write_table(table, tmp)

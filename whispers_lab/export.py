@@ -41,6 +41,7 @@ from .validation import (
     files_source,
     list_units,
     local_path,
+    path_key,
     validate_attached,
 )
 
@@ -395,8 +396,7 @@ def _duplicates_index_file(path: str | Path | None) -> Path | None:
     root = cache_dir()
     if root is None or path is None:
         return None
-    key = hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32]
-    return root / "duplicates" / f"latest-{key}.json"
+    return root / "duplicates" / f"latest-{path_key(path)}.json"
 
 
 def _unit_spans(con: duckdb.DuckDBPyConnection, units: Sequence[Any], ts: str

@@ -292,13 +292,13 @@ def _cached_copy(path: Path) -> Path | None:
     import hashlib
 
     from .export import to_parquet_folder
-    from .validation import cache_dir
+    from .validation import cache_dir, path_key
 
     root = cache_dir()
     if root is None:
         return None
     st = path.stat()
-    where = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    where = path_key(path)
     version = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
                              .encode()).hexdigest()[:16]
     base = root / "spark" / where

@@ -266,13 +266,18 @@ def cache_dir() -> Path | None:
     return Path(base) / "whispers-lab"
 
 
+def path_key(path: str | Path) -> str:
+    """The name the cache folder gives what it keeps of the export at ``path`` (a digest of
+    its real path)."""
+    return hashlib.sha256(os.path.realpath(path).encode()).hexdigest()[:32]
+
+
 def manifest_path(export_path: Path) -> Path | None:
     """The manifest file of the export at ``export_path`` (None: caching off)."""
     root = cache_dir()
     if root is None:
         return None
-    key = hashlib.sha256(os.path.realpath(export_path).encode()).hexdigest()[:32]
-    return root / "validation" / f"{key}.json"
+    return root / "validation" / f"{path_key(export_path)}.json"
 
 
 def _load_manifest(path: Path | None) -> dict[str, Any]:

@@ -28,9 +28,10 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from ..contract import WHISPERS_ENDPOINT
-from ..coverage import Extent, extent_from_days, merge_days
+from ..contract import CONTRACT, WHISPERS_ENDPOINT
+from ..coverage import ACTIVITY_TABLES, Extent, extent_from_days, merge_days
 from ..export import Export
+from ..sql import sql_ident, sql_string
 
 ERROR_STATUS = 400
 SERVER_ERROR_STATUS = 500
@@ -63,26 +64,21 @@ def _row(frame: pd.DataFrame) -> dict[str, Any]:
 # coverage
 
 
+#: Time column of each activity table (what :func:`activity_days` reads), from the contract.
+TIME_COLUMNS: dict[str, str] = {t: str(CONTRACT[t].time_column) for t in ACTIVITY_TABLES}
+
+
 def activity_days(export: Export) -> pd.DataFrame:
     """Rows per activity table and UTC date (api_logs, telemetry, exposures, feedback,
     support_tickets, db_metrics; ``users.signup_at`` is not activity): source, date, rows,
     last (the latest timestamp of the table on that date). One scan of each table's time
     column serves the export's extent and each table's latest row (:func:`latest_row`)."""
+    tables = " UNION ALL ".join(
+        f"SELECT {sql_string(t)} AS source, {sql_ident(c)} AS t FROM {sql_ident(t)}"
+        for t, c in TIME_COLUMNS.items())
     return export.sql(
-        "SELECT source, CAST(t AS DATE) AS date, count(*) AS rows, max(t) AS last FROM ("
-        " SELECT 'api_logs' AS source, \"timestamp\" AS t FROM api_logs"
-        " UNION ALL SELECT 'telemetry', created_at FROM telemetry"
-        " UNION ALL SELECT 'exposures', exposed_at FROM exposures"
-        " UNION ALL SELECT 'feedback', submitted_at FROM feedback"
-        " UNION ALL SELECT 'support_tickets', created_at FROM support_tickets"
-        " UNION ALL SELECT 'db_metrics', \"timestamp\" FROM db_metrics)"
-        " WHERE t IS NOT NULL GROUP BY 1, 2 ORDER BY 2, 1")
-
-
-#: Time column of each activity table (what :func:`activity_days` reads).
-TIME_COLUMNS: dict[str, str] = {"api_logs": "timestamp", "telemetry": "created_at",
-                                "exposures": "exposed_at", "feedback": "submitted_at",
-                                "support_tickets": "created_at", "db_metrics": "timestamp"}
+        f"SELECT source, CAST(t AS DATE) AS date, count(*) AS rows, max(t) AS last FROM ("
+        f"{tables}) WHERE t IS NOT NULL GROUP BY 1, 2 ORDER BY 2, 1")
 
 
 def _validated(export: Export) -> dict[str, tuple[dict[dt.date, int], dt.datetime | None]] | None:
@@ -157,8 +153,8 @@ def _validated_extent(export: Export,
         if last < cut:
             ends.append(last)
             continue
-        col = TIME_COLUMNS[table]
-        before = export.sql(f'SELECT max("{col}") AS t FROM {table} WHERE "{col}" < $cut',
+        col = sql_ident(TIME_COLUMNS[table])
+        before = export.sql(f"SELECT max({col}) AS t FROM {sql_ident(table)} WHERE {col} < $cut",
                             {"cut": cut}).iloc[0]["t"]
         if before is not None and not pd.isna(before):
             ends.append(pd.Timestamp(before).to_pydatetime())

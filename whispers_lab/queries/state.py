@@ -65,24 +65,6 @@ def _timestamp(value: Any) -> str:
     return f"TIMESTAMP '{pd.Timestamp(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
 
 
-def _interval_of(export: Export, col: str) -> str | None:
-    """SQL of the id of the registered interval holding time ``col``, as one CASE over the
-    few interval bounds (NULL outside them): a hash join on its result replaces a range join
-    of every event with the intervals, several times slower. None when the intervals are not
-    contiguous and in order (then the range join is used)."""
-    frame = _REGISTERED.get(export)
-    if frame is None or frame.empty:
-        return None
-    frame = frame.sort_values("start_at")
-    starts = [pd.Timestamp(v) for v in frame["start_at"]]
-    ends = [pd.Timestamp(v) for v in frame["end_at"]]
-    if any(e != s for e, s in zip(ends[:-1], starts[1:], strict=True)):
-        return None
-    whens = " ".join(f"WHEN {col} < {_timestamp(e)} THEN {int(i)}"
-                     for e, i in zip(ends, frame["interval_id"], strict=True))
-    return f"CASE WHEN {col} < {_timestamp(starts[0])} THEN NULL {whens} ELSE NULL END"
-
-
 def _planned_sql(a: str = "a", s: str = "s") -> str:
     return f"""CASE WHEN {a}.category = 'holdout' THEN 0
                 WHEN {a}.category = 'internal' THEN {s}.internal_on
@@ -91,52 +73,68 @@ def _planned_sql(a: str = "a", s: str = "s") -> str:
                 WHEN {a}.bucket < {s}.threshold THEN 1 ELSE 0 END"""
 
 
+def _planned_literal(row: Any, a: str = "a") -> str:
+    """:func:`_planned_sql` for one interval (``row``), its values written in."""
+    return f"""CASE WHEN {a}.category = 'holdout' THEN 0
+                WHEN {a}.category = 'internal' THEN {int(row.internal_on)}
+                WHEN {a}.category = 'beta' THEN {int(row.beta_on)}
+                WHEN {a}.bucket >= {int(row.unsure_lo)} AND {a}.bucket < {int(row.unsure_hi)}
+                    THEN -1
+                WHEN {a}.bucket < {int(row.threshold)} THEN 1 ELSE 0 END"""
+
+
 def _day_expr(start: dt.date, col: str) -> str:
     return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
 
 
-def _events_cte(export: Export, start: dt.date, endpoint: str) -> str:
-    """Every whispers request (kind 1), exposure row (2) and app open (3) of the window,
-    counted per user, rollout day and state interval (``pl``: ``user_id, interval_id, day,
-    whispers`` (requests and ``treatment`` exposure rows), ``control_rows``, ``opens``,
-    ``last_t`` (the group's latest event), ``category`` and the planned variant of the
-    interval, ``planned``: 1 treatment, 0 control, -1 not known). The planned variant is the
-    same for every event of a group, so grouping before the join with the assignment (one
-    row per user) reads one row per group instead of one per event."""
-    case = _interval_of(export, "e.t")
-    in_interval = (f"s.interval_id = {case}" if case is not None
-                   else "e.t >= s.start_at AND e.t < s.end_at")
-    return f"""
-    ev AS (
-        SELECT user_id, "timestamp" AS t, 1 AS kind, CAST(NULL AS VARCHAR) AS variant
-        FROM api_logs
-        WHERE endpoint = $ep AND user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
-        UNION ALL
-        SELECT user_id, exposed_at, 2, variant FROM exposures
-        WHERE exposed_at >= $lo AND exposed_at < $hi
-        UNION ALL
-        SELECT user_id, created_at, 3, NULL FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
-    ),
-    eg AS (
-        SELECT e.user_id, s.interval_id, {_day_expr(start, 'e.t')} AS day,
-               count(*) FILTER (WHERE e.kind = 1 OR (e.kind = 2 AND e.variant = 'treatment'))
-                   AS whispers,
-               count(*) FILTER (WHERE e.kind = 2 AND e.variant = 'control') AS control_rows,
-               count(*) FILTER (WHERE e.kind = 3) AS opens,
-               max(e.t) AS last_t
-        FROM ev e
-        JOIN {INTERVALS_RELATION} s ON {in_interval}
-        GROUP BY e.user_id, s.interval_id, {_day_expr(start, 'e.t')}
-    ),
-    pl AS (
-        SELECT g.user_id, g.interval_id, g.day, g.whispers, g.control_rows, g.opens, g.last_t,
-               a.category, {_planned_sql()} AS planned
-        FROM eg g
-        JOIN {ASSIGNMENT_RELATION} a ON a.user_id = g.user_id
-        JOIN {INTERVALS_RELATION} s ON s.interval_id = g.interval_id
-    )"""
+def day_slots(intervals: pd.DataFrame, start: dt.date, lo: dt.datetime, hi: dt.datetime
+              ) -> pd.DataFrame:
+    """The registered ``intervals`` cut at every UTC midnight inside ``[lo, hi)``: one row
+    per piece, ``begin, end`` (half-open), ``day`` (rollout day, day 0 = ``start``),
+    ``slot`` (the piece's rank within its day, from 0) and ``interval_id``. Times in no
+    interval have no piece."""
+    rows: list[tuple[pd.Timestamp, pd.Timestamp, int, int]] = []
+    lo_t, hi_t = pd.Timestamp(lo), pd.Timestamp(hi)
+    origin = pd.Timestamp(start)
+    for iv in intervals.sort_values("start_at").itertuples(index=False):
+        a, b = max(pd.Timestamp(iv.start_at), lo_t), min(pd.Timestamp(iv.end_at), hi_t)
+        while a < b:
+            day = (a.normalize() - origin).days
+            cut = min(b, a.normalize() + pd.Timedelta(days=1))
+            rows.append((a, cut, day, int(iv.interval_id)))
+            a = cut
+    out = pd.DataFrame(rows, columns=["begin", "end", "day", "interval_id"])
+    out["slot"] = out.groupby("day").cumcount()
+    return out[["begin", "end", "day", "slot", "interval_id"]]
 
+
+def _slot_case(slots: pd.DataFrame, col: str) -> str:
+    """SQL of the slot of time ``col`` (see :func:`day_slots`; NULL outside every piece): one
+    CASE over the pieces' bounds, in time order."""
+    whens: list[str] = []
+    previous_end: pd.Timestamp | None = None
+    for p in slots.itertuples(index=False):
+        if previous_end is None or p.begin != previous_end:  # a gap (or the start)
+            whens.append(f"WHEN {col} < {_timestamp(p.begin)} THEN NULL")
+        whens.append(f"WHEN {col} < {_timestamp(p.end)} THEN {int(p.slot)}")
+        previous_end = p.end
+    return f"CASE {' '.join(whens)} ELSE NULL END"
+
+
+def _per_slot_planned(slots: pd.DataFrame, intervals: pd.DataFrame, k: int) -> str:
+    """SQL of the planned variant of user ``a`` in slot ``k`` of day ``g.day`` (NULL on a day
+    without that slot)."""
+    by_id = intervals.set_index("interval_id")
+    whens = [f"WHEN {int(p.day)} THEN {_planned_literal(by_id.loc[p.interval_id])}"
+             for p in slots.itertuples(index=False) if p.slot == k]
+    return f"CASE g.day {' '.join(whens)} ELSE NULL END"
+
+
+#: Slots per 64-bit word of marks (4 bits each, the word's value kept below 2**63).
+SLOTS_PER_WORD = 15
+#: The marks of a slot: any event, a whispers request or ``treatment`` exposure row (served),
+#: a ``control`` exposure row, an app open.
+_MARKS = {"any": 1, "served": 2, "control": 4, "open": 8}
 
 _SERVED_COLUMNS: tuple[str, ...] = ("users", "planned_control", "planned_treatment",
                                     "unsure_only", "control_served_whispers",
@@ -147,26 +145,93 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
                      share_from: dt.datetime, endpoint: str = WHISPERS_ENDPOINT
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`served_vs_planned` over ``[lo, hi)`` and :func:`bucket_share` over
-    ``[share_from, hi)`` (a day start inside it) from one reading of the events: one query,
-    whose two parts are told apart by a ``part`` column."""
+    ``[share_from, hi)`` (a day start inside it) from one reading of the events, with the
+    intervals of :func:`register_intervals`.
+
+    Every whispers request (kind 1), exposure row (2) and app open (3) is counted per user and
+    rollout day in one grouping, with its counts kept apart per *slot*: the piece of a state
+    interval that falls on the day (:func:`day_slots`; a day holds one slot per interval it
+    meets, e.g. two on a stage day: before and after the change). The planned variant is one
+    per user, day and slot, so it is written per slot into the query and every figure follows
+    from one row per user and day: no regrouping of a row per user, interval and day (1M
+    users: 3.5 → 2 s)."""
+    frame = _REGISTERED.get(export)
+    if frame is None:
+        raise ValueError("served_and_share needs the state's intervals: call "
+                         "register_intervals(export, intervals) first")
     share_day = (pd.Timestamp(share_from).date() - start).days
+    slots = day_slots(frame, start, lo, hi)
+    ks = range(int(slots["slot"].max()) + 1 if len(slots) else 0)
+    if not len(ks):  # no interval meets the window: nobody to count
+        return (pd.DataFrame({c: pd.Series(dtype="int64") for c in ("day", *_SERVED_COLUMNS)})
+                .assign(category=pd.Series(dtype=object))[["day", "category",
+                                                           *_SERVED_COLUMNS]],
+                pd.DataFrame({c: pd.Series(dtype="int64")
+                              for c in ("day", "interval_id", "n_t", "n_c")}))
+    words = range(len(ks) // SLOTS_PER_WORD + (len(ks) % SLOTS_PER_WORD > 0))
+    slot_of = {k: (k // SLOTS_PER_WORD, 16 ** (k % SLOTS_PER_WORD)) for k in ks}
+    marks = ",\n".join(
+        "bit_or(CASE k " + " ".join(f"WHEN {k} THEN code * {m}" for k, (w, m) in
+                                    slot_of.items() if w == j) + f" END) AS f{j}"
+        for j in words)
+    planned = ",\n".join(f"{_per_slot_planned(slots, frame, k)} AS p{k}" for k in ks)
+
+    def has(mark: str, k: int) -> str:  # the slot's mark ``mark`` is set in the row's word
+        j, m = slot_of[k]
+        return f"(f{j} & {_MARKS[mark] * m}) <> 0"
+
+    def any_(mark: str, p: str) -> str:
+        return "(" + " OR ".join(f"({has(mark, k)} AND p{k} {p})" for k in ks) + ")"
+
+    share_cols = ",\n".join(
+        f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND {has('served', k)}) AS t{k}, "
+        f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND NOT {has('served', k)}) "
+        f"AS c{k}" for k in ks)
     q = f"""
-    WITH {_events_cte(export, start, endpoint)},
+    WITH ev AS (
+        SELECT user_id, "timestamp" AS t, 1 AS kind, CAST(NULL AS VARCHAR) AS variant
+        FROM api_logs
+        WHERE endpoint = $ep AND user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
+        UNION ALL
+        SELECT user_id, exposed_at, 2, variant FROM exposures
+        WHERE exposed_at >= $lo AND exposed_at < $hi
+        UNION ALL
+        SELECT user_id, created_at, 3, NULL FROM telemetry
+        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
+    ),
+    es AS (
+        SELECT user_id, t, {_slot_case(slots, 't')} AS k,
+               1 + 2 * CAST(coalesce(kind = 1 OR (kind = 2 AND variant = 'treatment'), FALSE)
+                            AS BIGINT)
+                 + 4 * CAST(coalesce(kind = 2 AND variant = 'control', FALSE) AS BIGINT)
+                 + 8 * CAST(kind = 3 AS BIGINT) AS code
+        FROM ev
+    ),
+    eg AS (  -- one row per user and day: each slot's marks in 4 bits of a 64-bit word
+        SELECT user_id, {_day_expr(start, 't')} AS day, {marks}, max(t) AS last_t
+        FROM es WHERE k IS NOT NULL
+        GROUP BY user_id, {_day_expr(start, 't')}
+    ),
+    pl AS (
+        SELECT g.user_id, g.day, g.last_t, a.category,
+               {", ".join(f"coalesce(g.f{j}, 0) AS f{j}" for j in words)}, {planned}
+        FROM eg g JOIN {ASSIGNMENT_RELATION} a ON a.user_id = g.user_id
+    ),
     ud_all AS (
-        SELECT day, user_id, any_value(category) AS category,
-               bool_or(planned = 0) AS in_c, bool_or(planned = 1) AS in_t,
-               coalesce(sum(whispers) FILTER (WHERE planned = 0), 0) AS whispers_c,
-               coalesce(sum(whispers) FILTER (WHERE planned = 1), 0) AS whispers_t,
-               coalesce(sum(control_rows) FILTER (WHERE planned = 1), 0) AS control_rows_t,
-               coalesce(sum(opens) FILTER (WHERE planned = 1), 0) AS opens_t,
-               max(last_t) AS last_t
-        FROM pl GROUP BY day, user_id
+        SELECT day, user_id, category, last_t,
+               {any_("any", "= 0")} AS in_c,
+               {any_("any", "= 1")} AS in_t,
+               {any_("served", "= 0")} AS whispers_c,
+               {any_("served", "= 1")} AS whispers_t,
+               {any_("control", "= 1")} AS control_rows_t,
+               {any_("open", "= 1")} AS opens_t
+        FROM pl
     ),
     -- the last exposure row is looked up only where it decides: treatment-planned users who
     -- opened the app, made no whispers request and got no control row that day
     ud AS (
         SELECT * FROM ud_all
-        WHERE in_t AND control_rows_t = 0 AND opens_t > 0 AND whispers_t = 0
+        WHERE in_t AND NOT control_rows_t AND opens_t AND NOT whispers_t
     ),
     {variant(export, "last_served")},
     opened_without AS (
@@ -178,36 +243,39 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
                count(*) FILTER (WHERE in_c) AS planned_control,
                count(*) FILTER (WHERE in_t) AS planned_treatment,
                count(*) FILTER (WHERE NOT in_c AND NOT in_t) AS unsure_only,
-               count(*) FILTER (WHERE in_c AND whispers_c > 0) AS control_served_whispers,
-               count(*) FILTER (WHERE in_t AND control_rows_t > 0) AS control_rows_users
+               count(*) FILTER (WHERE in_c AND whispers_c) AS control_served_whispers,
+               count(*) FILTER (WHERE in_t AND control_rows_t) AS control_rows_users
         FROM ud_all GROUP BY day, category
     ),
-    ui AS (  -- one row per user, day and interval already
-        SELECT day, interval_id, whispers > 0 AS served
-        FROM pl WHERE category IN ('bucketed', 'holdout') AND planned >= 0
-                  AND day >= $share_day
-    ),
-    share AS (
-        SELECT day, interval_id, count(*) FILTER (WHERE served) AS n_t,
-               count(*) FILTER (WHERE NOT served) AS n_c
-        FROM ui GROUP BY day, interval_id
+    share AS (  -- randomised users whose planned variant is known, per day and slot
+        SELECT day, {share_cols}
+        FROM pl WHERE category IN ('bucketed', 'holdout') AND day >= $share_day
+        GROUP BY day
     )
-    SELECT 'served' AS part, c.day, c.category, CAST(NULL AS BIGINT) AS interval_id,
-           c.users, c.planned_control, c.planned_treatment, c.unsure_only,
-           c.control_served_whispers,
+    SELECT 'served' AS part, c.day, c.category, c.users, c.planned_control,
+           c.planned_treatment, c.unsure_only, c.control_served_whispers,
            c.control_rows_users + coalesce(o.n, 0) AS treatment_served_control,
-           CAST(NULL AS BIGINT) AS n_t, CAST(NULL AS BIGINT) AS n_c
+           {", ".join(f"CAST(NULL AS BIGINT) AS t{k}, CAST(NULL AS BIGINT) AS c{k}" for k in ks)}
     FROM counts c LEFT JOIN opened_without o ON o.day = c.day AND o.category = c.category
     UNION ALL
-    SELECT 'share', day, CAST(NULL AS VARCHAR), interval_id, NULL, NULL, NULL, NULL, NULL,
-           NULL, n_t, n_c
+    SELECT 'share', day, CAST(NULL AS VARCHAR), NULL, NULL, NULL, NULL, NULL, NULL,
+           {", ".join(f"t{k}, c{k}" for k in ks)}
     FROM share
     """
     out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi, "share_day": int(share_day)})
     served = out.loc[out["part"] == "served", ["day", "category", *_SERVED_COLUMNS]]
     served = served.astype({c: "int64" for c in ("day", *_SERVED_COLUMNS)})
-    share = out.loc[out["part"] == "share", ["day", "interval_id", "n_t", "n_c"]]
-    share = share.astype({c: "int64" for c in ("day", "interval_id", "n_t", "n_c")})
+    wide = out.loc[out["part"] == "share"]
+    pieces = [pd.DataFrame({"day": wide["day"].to_numpy(), "slot": k,
+                            "n_t": wide[f"t{k}"].to_numpy(), "n_c": wide[f"c{k}"].to_numpy()})
+              for k in ks]
+    long = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(
+        columns=["day", "slot", "n_t", "n_c"])
+    long = long.astype({c: "int64" for c in ("day", "slot", "n_t", "n_c")})
+    long = long.merge(slots[["day", "slot", "interval_id"]], on=["day", "slot"])
+    long = long.loc[long["n_t"] + long["n_c"] > 0]
+    # (an interval met twice on one day cannot happen: slots of a day are distinct intervals)
+    share = long[["day", "interval_id", "n_t", "n_c"]].astype("int64")
     return (served.sort_values(["day", "category"]).reset_index(drop=True),
             share.sort_values(["day", "interval_id"]).reset_index(drop=True))
 

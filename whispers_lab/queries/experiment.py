@@ -29,9 +29,12 @@ from ..contract import WHISPERS_ENDPOINT
 from ..engine import mask_days, variant
 from ..errors import WhispersLabError
 from ..export import Export
+from .monitoring import request_events_source
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
+#: Every user's first exposure of the analysis window (:func:`materialize_first_exposures`).
+FIRST_EXPOSURE_TABLE = "wl_first_exposure"
 STAGE_TABLE = "wl_stage_units"
 #: Widest span of rollout days (pre-period included) the 128-bit activity mask of a user holds
 #: on DuckDB (62 days in Spark's 64-bit integers: :data:`whispers_lab.engine.MASK_DAYS`).
@@ -282,14 +285,24 @@ def stage_survival_cells(export: Export, last_day: int) -> pd.DataFrame:
     return export.sql(q, {"last": int(last_day)})
 
 
+def materialize_first_exposures(export: Export, t0: dt.datetime, hi: dt.datetime) -> None:
+    """Create the temporary table :data:`FIRST_EXPOSURE_TABLE`: every user's first exposure
+    row in ``[t0, hi)``, ``user_id, first_at, variant`` (the variant first served). The
+    sample-ratio counts and the exposure checks read it; made once per report (a memoizing
+    export skips making it again with the same window)."""
+    export.sql(f"""
+    CREATE OR REPLACE TEMP TABLE {FIRST_EXPOSURE_TABLE} AS
+    SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
+    FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+    """, {"t0": t0, "hi": hi})
+
+
 def srm_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime) -> pd.DataFrame:
     """Randomised users by the rollout day of their first exposure since ``t0`` and the variant
     they were first served: ``day, n_t, n_c``."""
+    materialize_first_exposures(export, t0, hi)
     q = f"""
-    WITH first_exp AS (
-        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
-    )
+    WITH first_exp AS (SELECT * FROM {FIRST_EXPOSURE_TABLE})
     SELECT {_day_expr(start, 'f.first_at')} AS day,
            count(*) FILTER (WHERE f.variant = 'treatment') AS n_t,
            count(*) FILTER (WHERE f.variant = 'control') AS n_c
@@ -297,7 +310,7 @@ def srm_counts(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime)
     WHERE c.reason NOT IN ({_excluded_sql()})
     GROUP BY 1 ORDER BY 1
     """
-    return export.sql(q, {"t0": t0, "hi": hi})
+    return export.sql(q)
 
 
 def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.datetime
@@ -305,11 +318,9 @@ def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.dat
     """Counts that qualify the randomised population: exposed users unknown to the cohort,
     excluded (internal / beta) users, and users first served against the plan."""
     excluded = _excluded_sql()
+    materialize_first_exposures(export, t0, hi)
     q = f"""
-    WITH first_exp AS (
-        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
-    ), j AS (
+    WITH first_exp AS (SELECT * FROM {FIRST_EXPOSURE_TABLE}), j AS (
         SELECT f.*, c.reason, c.first_enabled_day AS f_day,
                {_day_expr(start, 'f.first_at')} AS e
         FROM first_exp f LEFT JOIN {COHORT_RELATION} c ON c.user_id = f.user_id
@@ -325,7 +336,7 @@ def exposure_quality(export: Export, start: dt.date, t0: dt.datetime, hi: dt.dat
                             AND f_day <= e) AS control_after_enabled
     FROM j
     """
-    row = export.sql(q, {"t0": t0, "hi": hi}).iloc[0]
+    row = export.sql(q).iloc[0]
     return {k: int(v) for k, v in row.items()}
 
 
@@ -338,15 +349,7 @@ def ratio_units(export: Export, lo: dt.datetime, hi: dt.datetime) -> pd.DataFram
     # grouped per request and per user first, the cohort joined on one row per user: the
     # same users (every key holds the user), a join of 0.5 M rows instead of 8 M (1M users)
     q = f"""
-    WITH per_req AS (
-        SELECT user_id, request_id,
-               count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
-               count(*) FILTER (WHERE event_type = 'whispers_used') AS used
-        FROM telemetry
-        WHERE created_at >= $lo AND created_at < $hi
-          AND event_type IN ('whispers_shown', 'whispers_used')
-        GROUP BY user_id, request_id
-    ),
+    WITH per_req AS (SELECT * FROM {request_events_source(export, lo, hi)} AS r),
     grouped AS (
         SELECT user_id, sum(used)::DOUBLE AS clicks, sum(shown)::DOUBLE AS impressions,
                count(*) FILTER (WHERE used > 0 AND shown > 0 AND request_id IS NOT NULL)::DOUBLE

@@ -22,6 +22,7 @@ Definitions (also in ``docs/rules.md``):
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -582,6 +583,58 @@ def db_runs(export: Export, start: dt.datetime, end: dt.datetime, *, limit_ms: f
 # daily series for charts
 
 
+#: The whispers_shown / whispers_used events per UTC day, user and request
+#: (:func:`materialize_request_events`).
+REQUEST_EVENTS_TABLE = "wl_request_events"
+
+#: The window each export's :data:`REQUEST_EVENTS_TABLE` was last made for.
+_REQUEST_WINDOW: weakref.WeakKeyDictionary[Any, tuple[dt.datetime, dt.datetime]] = (
+    weakref.WeakKeyDictionary())
+
+
+def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime) -> None:
+    """Create the temporary table :data:`REQUEST_EVENTS_TABLE` over ``[lo, hi)``: ``d`` (the
+    UTC day), ``user_id, request_id, shown, used`` (whispers_shown and whispers_used events).
+    The daily series reads its impressions, clicks and shown users from it, and the CTR
+    statistic its clustered sums (:func:`request_events_source`): one grouping of the
+    telemetry's whispers events instead of two (1M users: about 0.6 s of 10)."""
+    export.sql(f"""
+    CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS
+    SELECT date_trunc('day', created_at) AS d, user_id, request_id,
+           count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+           count(*) FILTER (WHERE event_type = 'whispers_used') AS used
+    FROM telemetry
+    WHERE created_at >= $lo AND created_at < $hi
+      AND event_type IN ('whispers_shown', 'whispers_used')
+    GROUP BY 1, 2, 3
+    """, {"lo": lo, "hi": hi})
+    _REQUEST_WINDOW[export] = (lo, hi)
+
+
+def _midnight(t: dt.datetime) -> bool:
+    return pd.Timestamp(t) == pd.Timestamp(t).normalize()
+
+
+def request_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
+    """A FROM clause of the per-request counts of the whispers events
+    over ``[lo, hi)``: ``user_id, request_id, shown, used``. Read from
+    :data:`REQUEST_EVENTS_TABLE` when it was made for a window that holds this one and the
+    window is whole UTC days; else from the telemetry itself."""
+    made = _REQUEST_WINDOW.get(export)
+    if (made is not None and made[0] <= lo and hi <= made[1] and _midnight(lo)
+            and _midnight(hi)):
+        return f"""(SELECT user_id, request_id, sum(shown) AS shown, sum(used) AS used
+            FROM {REQUEST_EVENTS_TABLE}
+            WHERE d >= $lo AND d < $hi GROUP BY user_id, request_id)"""
+    return """(SELECT user_id, request_id,
+               count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+               count(*) FILTER (WHERE event_type = 'whispers_used') AS used
+            FROM telemetry
+            WHERE created_at >= $lo AND created_at < $hi
+              AND event_type IN ('whispers_shown', 'whispers_used')
+            GROUP BY user_id, request_id)"""
+
+
 def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
     """One row per UTC day from ``start`` (day 0) to ``end`` (exclusive), zero-filled:
     day, date, treatment_exposures, control_exposures, treatment_users, control_users,
@@ -590,6 +643,7 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     request_users (users with a whispers request), error_rate, weight_requests, fallbacks,
     fallback_rate. The user counts let a chart withhold cells from fewer than
     ``criteria.min_group_users`` users."""
+    materialize_request_events(export, start, end)
     query = f"""
     WITH days AS (
         SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 DAY,
@@ -610,15 +664,11 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
         FROM ex_user GROUP BY d
     ),
     -- per user and day first: grouping the shown and used events twice is ~3x cheaper than a
-    -- filtered count(DISTINCT user_id) over all of the telemetry
+    -- filtered count(DISTINCT user_id) over all of the telemetry; from the per-request
+    -- counts, which the CTR statistic reads again
     tel_user AS (
-        SELECT date_trunc('day', created_at) AS d, user_id,
-               count(*) FILTER (WHERE event_type = 'whispers_shown') AS n_shown,
-               count(*) FILTER (WHERE event_type = 'whispers_used') AS n_used
-        FROM telemetry
-        WHERE created_at >= $lo AND created_at < $hi
-          AND event_type IN ('whispers_shown', 'whispers_used')
-        GROUP BY 1, 2
+        SELECT d, user_id, sum(shown) AS n_shown, sum(used) AS n_used
+        FROM {REQUEST_EVENTS_TABLE} GROUP BY 1, 2
     ),
     tel AS (
         SELECT d, CAST(sum(n_shown) AS BIGINT) AS impressions,

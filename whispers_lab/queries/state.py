@@ -24,6 +24,7 @@ import pandas as pd
 from ..contract import WHISPERS_ENDPOINT
 from ..engine import variant
 from ..export import Export
+from .experiment import FIRST_EXPOSURE_TABLE, materialize_first_exposures
 
 ASSIGNMENT_RELATION = "wl_assignment"
 INTERVALS_RELATION = "wl_state_intervals"
@@ -108,9 +109,19 @@ def day_slots(intervals: pd.DataFrame, start: dt.date, lo: dt.datetime, hi: dt.d
     return out[["begin", "end", "day", "slot", "interval_id"]]
 
 
+def _interval_case(intervals: pd.DataFrame, col: str) -> str:
+    """SQL of the id of the interval in ``intervals`` (``interval_id, start_at, end_at``) that
+    holds time ``col``; NULL outside every one."""
+    pieces = intervals.rename(columns={"start_at": "begin", "end_at": "end",
+                                       "interval_id": "slot"})
+    return _slot_case(pieces.sort_values("begin"), col)
+
+
 def _slot_case(slots: pd.DataFrame, col: str) -> str:
     """SQL of the slot of time ``col`` (see :func:`day_slots`; NULL outside every piece): one
     CASE over the pieces' bounds, in time order."""
+    if not len(slots):
+        return "CAST(NULL AS BIGINT)"
     whens: list[str] = []
     previous_end: pd.Timestamp | None = None
     for p in slots.itertuples(index=False):
@@ -154,7 +165,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     meets, e.g. two on a stage day: before and after the change). The planned variant is one
     per user, day and slot, so it is written per slot into the query and every figure follows
     from one row per user and day: no regrouping of a row per user, interval and day (1M
-    users: 3.5 → 2 s)."""
+    users: 3.3 → 1.3 s with the narrowed as-of lookup)."""
     frame = _REGISTERED.get(export)
     if frame is None:
         raise ValueError("served_and_share needs the state's intervals: call "
@@ -312,22 +323,25 @@ def srm_counts_by_state(export: Export, start: dt.date, t0: dt.datetime, hi: dt.
     ``t0``, leaving out users whose planned variant was not known then: ``day, interval_id,
     n_t, n_c``. With the plan's calendar this is
     :func:`whispers_lab.queries.experiment.srm_counts` (one interval per day)."""
+    frame = _REGISTERED.get(export)
+    # the interval's id as one CASE over the registered bounds, then a hash join on it: a
+    # range join of 0.9M users with the intervals was a merge join of 0.3 s (1M users)
+    in_interval = ("f.first_at >= s.start_at AND f.first_at < s.end_at" if frame is None
+                   else f"s.interval_id = {_interval_case(frame, 'f.first_at')}")
+    materialize_first_exposures(export, t0, hi)
     q = f"""
-    WITH first_exp AS (
-        SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
-    )
+    WITH first_exp AS (SELECT * FROM {FIRST_EXPOSURE_TABLE})
     SELECT {_day_expr(start, 'f.first_at')} AS day, s.interval_id,
            count(*) FILTER (WHERE f.variant = 'treatment') AS n_t,
            count(*) FILTER (WHERE f.variant = 'control') AS n_c
     FROM first_exp f
     JOIN {cohort_relation} c ON c.user_id = f.user_id
     JOIN {ASSIGNMENT_RELATION} a ON a.user_id = f.user_id
-    JOIN {INTERVALS_RELATION} s ON f.first_at >= s.start_at AND f.first_at < s.end_at
+    JOIN {INTERVALS_RELATION} s ON {in_interval}
     WHERE c.reason NOT IN ('internal', 'beta') AND {_planned_sql()} >= 0
     GROUP BY 1, 2 ORDER BY 1, 2
     """
-    return export.sql(q, {"t0": t0, "hi": hi})
+    return export.sql(q)
 
 
 def interval_share(intervals: pd.DataFrame, buckets: int, holdout_buckets: int) -> pd.Series:

@@ -568,10 +568,11 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     the notebook's setup cell would compute, with the same arguments; the export remembers
     its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
     stakeholder summary follows; its evaluation through that day is computed in the same
-    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`)."""
-    from ..evaluate import evaluate_day
-    from ..qa import read_qa_results
-    from .summary import evaluate_ahead
+    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`).
+
+    The evaluation's modules (scipy, statsmodels: about 1.5 s of imports) are imported in the
+    thread, so the kernel is launched meanwhile and imports its own on the other core instead
+    of during the queries."""
 
     def opened() -> Export:
         export = open_export(export_file)
@@ -580,14 +581,20 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         return export
 
     def work(export: Export) -> tuple[Any, Any]:
+        from ..evaluate import evaluate_day
+        from ..qa import read_qa_results
+
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
                                   reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         return evaluation, document
 
-    ahead = (None if summary_day is None else
-             lambda export: evaluate_ahead(export_file, plan, summary_day, export))
-    return Precompute(opened, work, ahead)
+    def ahead(export: Export) -> Any:
+        from .summary import evaluate_ahead
+
+        return evaluate_ahead(export_file, plan, int(summary_day), export)
+
+    return Precompute(opened, work, None if summary_day is None else ahead)
 
 
 def _write_summary(out: Path, plan: Plan, export_file: Path,

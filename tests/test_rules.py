@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -358,6 +359,41 @@ def _api_day(ex: Export, day: int = DAY) -> dict[str, Any]:
 
 def _win(ex: Export, day: int = DAY) -> dict[str, Any]:
     return q.api_window(ex, PLAN.day_start(day), PLAN.day_start(day + 1))
+
+
+def test_api_window_clusters_by_minute_and_by_user_each_userless_request_alone(export_of):
+    """The clustered sums of :func:`api_window` against pandas: per minute, and per user with
+    every request without a user a cluster of its own."""
+    rng = np.random.default_rng(5)
+    api = api_minutes(NOON, [(int(n), 0, 40.0) for n in rng.integers(5, 40, 30)])
+    n = len(api["timestamp"])
+    api["duration_ms"] = rng.gamma(2.0, 30.0, n).round(1)
+    api["status"] = np.where(rng.random(n) < 0.05, 500, 200)
+    users = np.array([f"u{i}" for i in rng.integers(0, 25, n)], dtype=object)
+    users[rng.random(n) < 0.2] = None
+    api["user_id"] = users
+    got = _win(export_of(api_logs=api))
+    frame = pd.DataFrame({"minute": pd.to_datetime(api["timestamp"]).floor("min"),
+                          "user": api["user_id"], "ms": api["duration_ms"],
+                          "err": api["status"] >= 400})
+    q95 = float(np.quantile(frame["ms"], 0.95))  # numpy's default is the continuous quantile
+    frame["below"] = frame["ms"] <= q95
+    frame["cluster"] = frame["user"].where(frame["user"].notna(),
+                                           "request " + frame.index.astype(str))
+    per_user = frame.groupby("cluster").agg(n=("ms", "size"), below=("below", "sum"))
+    per_minute = frame.groupby("minute").agg(n=("ms", "size"), err=("err", "sum"),
+                                             below=("below", "sum"))
+    assert got["quantile"] == pytest.approx(q95)
+    assert got["requests"] == n and got["users"] == frame["user"].nunique()
+    assert got["qu_n"] == len(per_user) > 25  # every userless request alone
+    for name, g, col in (("qu", per_user, "below"), ("qm", per_minute, "below"),
+                         ("errors", per_minute, "err")):
+        num, den = g[col].astype(float), g["n"].astype(float)
+        assert got[f"{name}_num"] == pytest.approx(num.sum())
+        assert got[f"{name}_den"] == pytest.approx(den.sum())
+        assert got[f"{name}_num2"] == pytest.approx((num * num).sum())
+        assert got[f"{name}_den2"] == pytest.approx((den * den).sum())
+        assert got[f"{name}_numden"] == pytest.approx((num * den).sum())
 
 
 def test_error_rate_is_judged_by_its_upper_bound_with_the_tolerance_region(export_of):

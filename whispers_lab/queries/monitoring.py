@@ -349,7 +349,7 @@ def api_window(export: Export, start: dt.datetime, end: dt.datetime, *, q: float
     query = """
     WITH r AS (
         SELECT date_trunc('minute', "timestamp") AS minute, user_id, status, duration_ms,
-               weight_source, row_number() OVER () AS rid
+               weight_source
         FROM api_logs
         WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi
     ),
@@ -363,10 +363,15 @@ def api_window(export: Export, start: dt.datetime, end: dt.datetime, *, q: float
                count(*) FILTER (WHERE duration_ms <= (SELECT quantile FROM qv))::DOUBLE AS below
         FROM r GROUP BY minute
     ),
+    -- a user's requests are one cluster, and a request without a user one of its own (no
+    -- row number for it: numbering the rows made every run of this query single-threaded)
     pu AS (
         SELECT count(*)::DOUBLE AS n,
                count(*) FILTER (WHERE duration_ms <= (SELECT quantile FROM qv))::DOUBLE AS below
-        FROM r GROUP BY coalesce(user_id, 'request:' || CAST(rid AS VARCHAR))
+        FROM r WHERE user_id IS NOT NULL GROUP BY user_id
+        UNION ALL
+        SELECT 1.0, CASE WHEN duration_ms <= (SELECT quantile FROM qv) THEN 1.0 ELSE 0.0 END
+        FROM r WHERE user_id IS NULL
     )
     SELECT (SELECT count(*) FROM r) AS requests,
            (SELECT count(DISTINCT user_id) FROM r) AS users,

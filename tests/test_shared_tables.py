@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 
 from whispers_lab import cohort
@@ -120,3 +121,23 @@ def test_first_exposures_are_shared_and_the_same_as_computed_alone(small_export)
     assert b == b2
     pd.testing.assert_frame_equal(c, c2)
     assert c["n_t"].sum() + c["n_c"].sum() > 0
+
+
+def test_labels_cast_in_arrow_are_the_labels_pandas_gives():
+    """The cohort's reasons and assignment categories are cast from a categorical's codes in
+    Arrow (no Python string per row): the same labels as pandas' own cast, missing kept
+    missing (reasons) or bucketed (categories, as before)."""
+    from whispers_lab.stats.experiment import _categories
+
+    rng = np.random.default_rng(3)
+    reasons = ["internal", "beta", "percentage", "holdout", "not_eligible"]
+    codes = rng.integers(-1, len(reasons), 5_000)  # -1: missing
+    cat = pd.Series(pd.Categorical.from_codes(codes, categories=reasons))
+    want = cat.astype(str)
+    got = qe.label_strings(cat)
+    assert got.isna().sum() == (codes < 0).sum() > 0
+    pd.testing.assert_series_equal(got, want, check_dtype=False)
+    text = want.where(want.isin(("internal", "beta", "holdout")), "bucketed")
+    for values in (cat, cat.astype(object)):  # categorical, and plain objects
+        pd.testing.assert_series_equal(_categories(values), text, check_dtype=False)
+    assert qe.label_strings(cat, {"beta": "b"}).eq("b").sum() == (codes == 1).sum()

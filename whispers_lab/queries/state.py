@@ -66,22 +66,30 @@ def _timestamp(value: Any) -> str:
     return f"TIMESTAMP '{pd.Timestamp(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
 
 
-def _planned_sql(a: str = "a", s: str = "s") -> str:
+#: The state's values that decide a planned variant (columns of the intervals relation).
+_PLANNED_FIELDS: tuple[str, ...] = ("internal_on", "beta_on", "unsure_lo", "unsure_hi",
+                                    "threshold")
+
+
+def _planned_case(a: str, value: dict[str, str]) -> str:
+    """SQL of the planned variant of assignment row ``a`` (1 treatment, 0 control, -1 not
+    known) with ``value`` the SQL of each of :data:`_PLANNED_FIELDS`."""
     return f"""CASE WHEN {a}.category = 'holdout' THEN 0
-                WHEN {a}.category = 'internal' THEN {s}.internal_on
-                WHEN {a}.category = 'beta' THEN {s}.beta_on
-                WHEN {a}.bucket >= {s}.unsure_lo AND {a}.bucket < {s}.unsure_hi THEN -1
-                WHEN {a}.bucket < {s}.threshold THEN 1 ELSE 0 END"""
+                WHEN {a}.category = 'internal' THEN {value['internal_on']}
+                WHEN {a}.category = 'beta' THEN {value['beta_on']}
+                WHEN {a}.bucket >= {value['unsure_lo']} AND {a}.bucket < {value['unsure_hi']}
+                    THEN -1
+                WHEN {a}.bucket < {value['threshold']} THEN 1 ELSE 0 END"""
+
+
+def _planned_sql(a: str = "a", s: str = "s") -> str:
+    """:func:`_planned_case` with the intervals relation's row ``s``."""
+    return _planned_case(a, {f: f"{s}.{f}" for f in _PLANNED_FIELDS})
 
 
 def _planned_literal(row: Any, a: str = "a") -> str:
-    """:func:`_planned_sql` for one interval (``row``), its values written in."""
-    return f"""CASE WHEN {a}.category = 'holdout' THEN 0
-                WHEN {a}.category = 'internal' THEN {int(row.internal_on)}
-                WHEN {a}.category = 'beta' THEN {int(row.beta_on)}
-                WHEN {a}.bucket >= {int(row.unsure_lo)} AND {a}.bucket < {int(row.unsure_hi)}
-                    THEN -1
-                WHEN {a}.bucket < {int(row.threshold)} THEN 1 ELSE 0 END"""
+    """:func:`_planned_case` for one interval (``row``), its values written in."""
+    return _planned_case(a, {f: str(int(getattr(row, f))) for f in _PLANNED_FIELDS})
 
 
 def _day_expr(start: dt.date, col: str) -> str:

@@ -4,6 +4,7 @@ one that will not come."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -20,11 +21,12 @@ from whispers_lab.report import precomputed
 def test_an_evaluation_survives_the_hand_over(small_export, tmp_path):
     with open_export(small_export) as export:
         evaluation = evaluate_day(export, 10, load_plan(None))
-    document = evaluation.decision.to_dict()
+    stamp = dt.datetime(2026, 1, 2, 3, 4, 5)  # one time for both documents, not two calls' clocks
+    document = evaluation.decision.to_dict(stamp)
     precomputed.save_evaluation(tmp_path / "e.pickle", evaluation, document)
     got, doc = precomputed.load_evaluation(tmp_path / "e.pickle", timeout=1)
     assert doc == document
-    assert json.dumps(got.decision.to_dict(), default=str) == json.dumps(document, default=str)
+    assert json.dumps(got.decision.to_dict(stamp), default=str) == json.dumps(document, default=str)
     assert got.minute_series.equals(evaluation.minute_series)
     assert got.daily.equals(evaluation.daily)
     assert [p.name for p in tmp_path.iterdir()] == ["e.pickle"]  # no temporary left

@@ -378,8 +378,9 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
         spans = _update_duplicates(con, index, units, ts) if index is not None else None
         if spans is None:
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} "
-                        f"{duplicate_events_select('duckdb', ts, with_ts=True)}")
+            search = duplicate_events_select("duckdb", ts, with_ts=True,
+                                             row_id=_row_id(con, "telemetry"))
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {search}")
             spans = _unit_spans(con, units, ts) if index is not None else None
     except duckdb.Error:  # unreadable telemetry: validation says so; count every row
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
@@ -388,6 +389,14 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
         _save_duplicates(con, cached)
         if index is not None and spans is not None:
             _save_duplicates_index(index, cached, units, spans)
+
+
+def _row_id(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """``rowid`` when ``src.<table>`` is a stored table (a DuckDB file's), else None (a view
+    over Parquet files has no row ids)."""
+    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = "
+                      "'src' AND table_schema = 'main' AND table_name = ?", [table]).fetchone()
+    return "rowid" if row is not None and row[0] == "BASE TABLE" else None
 
 
 def _duplicates_index_file(path: str | Path | None) -> Path | None:
@@ -476,11 +485,15 @@ def _save_duplicates_index(index: Path, result: Path, units: Sequence[Any],
 
 
 def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
-                            where: str = "") -> str:
+                            where: str = "", row_id: str | None = None) -> str:
     """The SELECT of the repeated telemetry events' ids (see :func:`create_duplicate_events`)
     over ``src.telemetry`` with ``ts`` the SQL of its canonical ``created_at``, for the engine
     of ``engine`` (an export or an engine name); ``with_ts``: their times too; ``where``: a
-    condition on the rows searched (a time span)."""
+    condition on the rows searched (a time span); ``row_id`` (DuckDB): SQL naming each row
+    (``rowid`` for a table; default a hash of its ``event_id``)."""
+    name = engine if isinstance(engine, str) else str(getattr(engine, "engine", "duckdb"))
+    if name == "duckdb":
+        return _repeats_by_candidates(ts, with_ts, where, row_id or "hash(event_id)")
     key = variant(engine, "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
     within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
     # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
@@ -495,6 +508,47 @@ def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
         )
         WHERE event_id IS NOT NULL AND prev_ts IS NOT NULL
           AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""
+
+
+def _repeats_by_candidates(ts: str, with_ts: bool, where: str, row_id: str) -> str:
+    """The DuckDB form of :func:`duplicate_events_select`: the same rows, found without
+    sorting every event id.
+
+    The window orders each key's rows by time and ``row_id`` (a number), not by the event id
+    (a string carried through the sort of every row cost 40% of the search: 4.6 -> 2.8 s over
+    25M events). It keeps the *candidates*: every row whose previous row of its key is at most
+    ``DUPLICATE_EVENT_SECONDS`` older (``rep``), and every row whose next one has the same
+    time. Only inside such a tie does the order differ from the event ids', and the tie's rows
+    are all candidates: the first is ``rep`` or has a tie next, the others are ``rep``. The few
+    candidates are then read back by ``row_id`` with their event ids, and each tie is ordered
+    by event id (NULL last) as the full search does: its first row repeats only when its own
+    predecessor is near (then every row of the tie is ``rep``); every later row repeats."""
+    key = variant("duckdb", "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
+    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    return f"""
+        WITH near AS MATERIALIZED (
+            SELECT r, k, us, coalesce(us - p <= {within_us}, false) AS rep FROM (
+                SELECT r, k, us, lag(us) OVER w AS p, lead(us) OVER w AS n
+                FROM (SELECT {row_id} AS r, epoch_us({ts}) AS us, {key} AS k
+                      FROM src.telemetry {f"WHERE {where}" if where else ""})
+                WINDOW w AS (PARTITION BY k ORDER BY us, r))
+            WHERE us - p <= {within_us} OR n = us
+        ),
+        found AS (
+            SELECT DISTINCT x.event_id, x.ts, near.k, near.us, near.rep
+            FROM (SELECT CAST(event_id AS VARCHAR) AS event_id, {ts} AS ts, {row_id} AS r,
+                         {key} AS k
+                  FROM src.telemetry
+                  WHERE {row_id} IN (SELECT r FROM near) {f"AND {where}" if where else ""}) x
+            JOIN near ON x.r = near.r AND x.k = near.k AND epoch_us(x.ts) = near.us
+        ),
+        ranked AS (
+            SELECT event_id, ts, bool_and(rep) OVER tie AS first_repeats,
+                   row_number() OVER (PARTITION BY k, us ORDER BY event_id ASC NULLS LAST) AS i
+            FROM found WINDOW tie AS (PARTITION BY k, us)
+        )
+        SELECT event_id{", ts" if with_ts else ""} FROM ranked
+        WHERE event_id IS NOT NULL AND (first_repeats OR i > 1)"""
 
 
 def duplicate_events_cache_file(path: str | Path | None, kind: str | None,

@@ -137,3 +137,19 @@ def test_opening_an_export_searches_by_row_id_in_a_duckdb_file(small_sim, tmp_pa
         with ex.open_export(path) as export:
             assert export.duplicate_events >= 0
     assert asked == ["rowid", None]
+
+
+def test_two_stored_rows_with_one_event_id_are_two_repeats(tmp_path: Path) -> None:
+    """A DuckDB file names each stored row by ``rowid``: two identical rows that both repeat
+    an earlier event count twice, as in the full search (such an export fails validation for
+    its shared id; the count is still the rule's)."""
+    base = {"user_id": "u1", "event_type": "whispers_used", "request_id": "r1",
+            "whisper_id": "m1"}
+    frame = pd.DataFrame([{"event_id": "e1", **base, "created_at": T0},
+                          *({"event_id": "e2", **base,
+                             "created_at": T0 + dt.timedelta(seconds=0.5)} for _ in range(2))])
+    frame["created_at"] = frame["created_at"].astype("datetime64[us]")
+    con = _connection(frame, False, tmp_path)
+    want = _reference(frame)
+    assert [e for e, _ in want] == ["e2", "e2"]
+    assert _found(con, "rowid") == want

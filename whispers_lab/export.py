@@ -535,7 +535,9 @@ def _repeats_by_candidates(ts: str, with_ts: bool, where: str, row_id: str) -> s
             WHERE us - p <= {within_us} OR n = us
         ),
         found AS (
-            SELECT DISTINCT x.event_id, x.ts, near.k, near.us, near.rep
+            -- (one row per stored row: rowid names each; a hash of ids shared by two rows
+            -- names both, which only an export that fails validation has)
+            SELECT DISTINCT x.r, x.event_id, x.ts, near.k, near.us, near.rep
             FROM (SELECT CAST(event_id AS VARCHAR) AS event_id, {ts} AS ts, {row_id} AS r,
                          {key} AS k
                   FROM src.telemetry

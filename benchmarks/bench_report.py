@@ -143,7 +143,7 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
     from whispers_lab.report.summary import full_rollout_plan
 
     scans: collections.Counter[str] = collections.Counter()
-    phase_of_query: list[tuple[str, float]] = []
+    phase_of_query: list[tuple[str, float, str]] = []  # (phase, seconds, statement's start)
     current = ["open"]
 
     def count(node: dict) -> None:
@@ -168,7 +168,8 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
         def execute(self, query, *params):
             t = time.perf_counter()
             self._con.execute(query, *params)
-            phase_of_query.append((current[0], time.perf_counter() - t))
+            phase_of_query.append((current[0], time.perf_counter() - t,
+                                   " ".join(str(query).split())[:90]))
             try:
                 info = json.loads(self._con.get_profiling_information(format="json"))
                 for op in info.get("operator", []):
@@ -205,7 +206,8 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
             work()
         times[name] = time.perf_counter() - t
     Path(out_json).write_text(json.dumps({"times": times, "scans": dict(scans),
-                                          "queries": len(phase_of_query)}))
+                                          "queries": len(phase_of_query),
+                                          "slowest": sorted(phase_of_query, key=lambda q: -q[1])[:6]}))
 
 
 def scans_pass(pythonpath: str | None, export: Path, day: int, cache: Path) -> dict:
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "users")}
                 print(f"{name} {version}: {times}; {doc.get('queries')} statements; "
                       f"scans {big}")
+                for phase, seconds, text in doc.get("slowest", []):
+                    print(f"    {seconds:5.2f} s  ({phase}) {text}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = HERE / "results" / f"bench_report_{stamp}.json"
     target.write_text(json.dumps({f"{a}|{b}|{c}": (r if isinstance(r, list) else

@@ -181,12 +181,17 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
     real_connect = ex.connect
     ex.connect = lambda *a, **k: Profiled(real_connect(*a, **k))
     plan = load_plan(None)
+    import psutil
+
+    me = psutil.Process()
     times = {}
-    t0 = time.perf_counter()
+    disk_mb = {}  # what each phase read from storage (not the page cache)
+    t0, r0 = time.perf_counter(), me.io_counters().read_bytes
     export = ex.open_export(export_path)
     if hasattr(export, "memoize"):
         export.memoize()
     times["open + validate"] = time.perf_counter() - t0
+    disk_mb["open + validate"] = (me.io_counters().read_bytes - r0) / 2**20
     for name, work in (
         ("evaluate the day", lambda: evaluate_day(export, day, plan)),
         ("redact the decision", None),
@@ -194,7 +199,7 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
         ("privacy scan of a report", None),
     ):
         current[0] = name
-        t = time.perf_counter()
+        t, r0 = time.perf_counter(), me.io_counters().read_bytes
         if name == "evaluate the day":
             evaluation = work()
         elif name == "redact the decision":
@@ -205,7 +210,8 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
         else:
             work()
         times[name] = time.perf_counter() - t
-    Path(out_json).write_text(json.dumps({"times": times, "scans": dict(scans),
+        disk_mb[name] = (me.io_counters().read_bytes - r0) / 2**20
+    Path(out_json).write_text(json.dumps({"times": times, "disk_mb": disk_mb, "scans": dict(scans),
                                           "queries": len(phase_of_query),
                                           "slowest": sorted(phase_of_query, key=lambda q: -q[1])[:6]}))
 
@@ -325,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "error" in doc:
                     print(f"{name} {version}: profiled pass failed: {doc['error'][-300:]}")
                     continue
-                times = ", ".join(f"{k} {v:.1f} s" for k, v in doc.get("times", {}).items())
+                disk = doc.get("disk_mb", {})
+                times = ", ".join(f"{k} {v:.1f} s" + (f" (disk {disk[k]:.0f} MB)" if k in disk else "")
+                                  for k, v in doc.get("times", {}).items())
                 big = {t: n for t, n in sorted(doc.get("scans", {}).items())
                        if t in ("telemetry", "api_logs", "ranking_candidates", "exposures",
                                 "users")}

@@ -135,6 +135,7 @@ def _report_args(export: Path, day: int, out: Path) -> list[str]:
 
 def _child_scans(export_path: str, day: int, out_json: str) -> None:
     import duckdb
+    import psutil
 
     import whispers_lab.export as ex
     from whispers_lab.evaluate import evaluate_day
@@ -181,8 +182,6 @@ def _child_scans(export_path: str, day: int, out_json: str) -> None:
     real_connect = ex.connect
     ex.connect = lambda *a, **k: Profiled(real_connect(*a, **k))
     plan = load_plan(None)
-    import psutil
-
     me = psutil.Process()
     times = {}
     disk_mb = {}  # what each phase read from storage (not the page cache)

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from .atomic import replace_dir, write_text_atomic
 from .contract import CONTRACT, DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS, TABLES, Table
-from .engine import default_engine, variant
+from .engine import default_engine, engine_of, variant
 from .errors import ExportError
 from .sql import sql_ident, sql_string
 from .validation import (
@@ -491,11 +491,11 @@ def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
     of ``engine`` (an export or an engine name); ``with_ts``: their times too; ``where``: a
     condition on the rows searched (a time span); ``row_id`` (DuckDB): SQL naming each row
     (``rowid`` for a table; default a hash of its ``event_id``)."""
-    name = engine if isinstance(engine, str) else str(getattr(engine, "engine", "duckdb"))
-    if name == "duckdb":
-        return _repeats_by_candidates(ts, with_ts, where, row_id or "hash(event_id)")
     key = variant(engine, "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
     within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    if (engine if isinstance(engine, str) else engine_of(engine)) == "duckdb":
+        return _repeats_by_candidates(ts, with_ts, where, row_id or "hash(event_id)", key,
+                                      within_us)
     # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two
     # different keys share a hash with odds of about 1e-5 in 25M rows, and even then merge
     # only if their events fall within the same second.
@@ -510,7 +510,8 @@ def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
           AND epoch_us(ts) - epoch_us(prev_ts) <= {within_us}"""
 
 
-def _repeats_by_candidates(ts: str, with_ts: bool, where: str, row_id: str) -> str:
+def _repeats_by_candidates(ts: str, with_ts: bool, where: str, row_id: str, key: str,
+                           within_us: int) -> str:
     """The DuckDB form of :func:`duplicate_events_select`: the same rows, found without
     sorting every event id.
 
@@ -522,9 +523,8 @@ def _repeats_by_candidates(ts: str, with_ts: bool, where: str, row_id: str) -> s
     are all candidates: the first is ``rep`` or has a tie next, the others are ``rep``. The few
     candidates are then read back by ``row_id`` with their event ids, and each tie is ordered
     by event id (NULL last) as the full search does: its first row repeats only when its own
-    predecessor is near (then every row of the tie is ``rep``); every later row repeats."""
-    key = variant("duckdb", "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
-    within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
+    predecessor is near (then every row of the tie is ``rep``); every later row repeats.
+    ``key``: SQL of the key's hash; ``within_us``: the repeat window in microseconds."""
     return f"""
         WITH near AS MATERIALIZED (
             SELECT r, k, us, coalesce(us - p <= {within_us}, false) AS rep FROM (

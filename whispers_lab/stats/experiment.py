@@ -299,12 +299,8 @@ def experiment_results(export: Export, day: int, plan: Plan,
 
 def _categories(reason: pd.Series) -> pd.Series:
     """Assignment category of each cohort reason (internal, beta, holdout, else by bucket)."""
-    series = pd.Series(reason)
-    labels = (series.cat.categories if isinstance(series.dtype, pd.CategoricalDtype)
-              else series.dropna().unique())
-    keep = ("internal", "beta", "holdout")
-    return q.label_strings(series, {str(c): "bucketed" for c in labels
-                                    if str(c) not in keep}).fillna("bucketed")
+    text = q.label_strings(reason)  # (missing: not one of the three, so bucketed)
+    return text.where(text.isin(("internal", "beta", "holdout")), "bucketed")
 
 
 def srm_coded(r: StatResult) -> StatResult:

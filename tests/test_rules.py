@@ -361,9 +361,11 @@ def _win(ex: Export, day: int = DAY) -> dict[str, Any]:
     return q.api_window(ex, PLAN.day_start(day), PLAN.day_start(day + 1))
 
 
-def test_api_window_clusters_by_minute_and_by_user_each_userless_request_alone(export_of):
+@pytest.mark.parametrize("shared", [False, True])
+def test_api_window_clusters_by_minute_and_by_user_each_userless_request_alone(export_of, shared):
     """The clustered sums of :func:`api_window` against pandas: per minute, and per user with
-    every request without a user a cluster of its own."""
+    every request without a user a cluster of its own; from api_logs and (``shared``) from the
+    report's table of the endpoint's requests, which keeps the requests without a user."""
     rng = np.random.default_rng(5)
     api = api_minutes(NOON, [(int(n), 0, 40.0) for n in rng.integers(5, 40, 30)])
     n = len(api["timestamp"])
@@ -372,7 +374,12 @@ def test_api_window_clusters_by_minute_and_by_user_each_userless_request_alone(e
     users = np.array([f"u{i}" for i in rng.integers(0, 25, n)], dtype=object)
     users[rng.random(n) < 0.2] = None
     api["user_id"] = users
-    got = _win(export_of(api_logs=api))
+    ex = export_of(api_logs=api)
+    if shared:
+        q.materialize_whispers_requests(ex, D0 - dt.timedelta(hours=1), PLAN.day_start(DAY + 1))
+    assert q.whispers_requests(ex, D0, PLAN.day_start(DAY + 1)).startswith(
+        q.WHISPERS_REQUESTS_TABLE) is shared
+    got = _win(ex)
     frame = pd.DataFrame({"minute": pd.to_datetime(api["timestamp"]).floor("min"),
                           "user": api["user_id"], "ms": api["duration_ms"],
                           "err": api["status"] >= 400})

@@ -210,6 +210,10 @@ def evaluate_day(export: Export, day: int, plan: Plan,
     start, end = plan.day_start(day), plan.day_start(day + 1)
     crit = plan.criteria
     trig = plan.triggers
+    # every query of the whispers endpoint below reads its rows from one table made here
+    # (from the run lookback before day 0 to the day's end), not from api_logs again
+    q.materialize_whispers_requests(
+        export, plan.day_start(0) - dt.timedelta(minutes=RUN_LOOKBACK_MINUTES), end)
     daily = q.daily_series(export, plan.day_start(0), end)
 
     if data_end is None or data_end < start:

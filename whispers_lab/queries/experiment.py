@@ -479,37 +479,6 @@ def preperiod_ticket_rate(export: Export, start: dt.date, first_day: int) -> dic
     return {"tickets": float(row["tickets"]), "user_days": float(row["user_days"])}
 
 
-def latency_summary(export: Export, lo: dt.datetime, hi: dt.datetime, q: float,
-                    threshold_ms: float, endpoint: str = WHISPERS_ENDPOINT) -> dict[str, float]:
-    """n, the q-quantile (continuous) and #{duration < threshold} of the endpoint's requests."""
-    sql = """
-    SELECT count(*) AS n, quantile_cont(duration_ms, $q) AS estimate,
-           count(*) FILTER (WHERE duration_ms < $thr) AS n_below
-    FROM api_logs WHERE endpoint = $ep AND "timestamp" >= $lo AND "timestamp" < $hi
-    """
-    row = export.sql(sql, {"lo": lo, "hi": hi, "q": q, "thr": threshold_ms,
-                           "ep": endpoint}).iloc[0]
-    return {"n": int(row["n"]), "estimate": None if pd.isna(row["estimate"]) else
-            float(row["estimate"]), "n_below": int(row["n_below"])}
-
-
-def latency_order_statistics(export: Export, lo: dt.datetime, hi: dt.datetime,
-                             ranks: Sequence[int], endpoint: str = WHISPERS_ENDPOINT
-                             ) -> dict[int, float]:
-    """Values of the endpoint's durations at the given 1-based ranks (ascending order)."""
-    wanted = [int(r) for r in ranks if r >= 1]
-    if not wanted:
-        return {}
-    sql = """
-    SELECT rn, duration_ms FROM (
-        SELECT duration_ms, row_number() OVER (ORDER BY duration_ms) AS rn
-        FROM api_logs WHERE endpoint = $ep AND "timestamp" >= $lo AND "timestamp" < $hi
-    ) WHERE list_contains($ranks, rn)
-    """
-    df = export.sql(sql, {"lo": lo, "hi": hi, "ep": endpoint, "ranks": wanted})
-    return {int(r): float(v) for r, v in zip(df["rn"], df["duration_ms"], strict=True)}
-
-
 def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max_units: int,
                  seed: int, endpoint: str = WHISPERS_ENDPOINT) -> pd.DataFrame:
     """Per-user values on one day for the canary comparison, at most ``max_units`` users per

@@ -24,7 +24,9 @@ import pandas as pd
 from ..contract import WHISPERS_ENDPOINT
 from ..engine import variant
 from ..export import Export
+from ..sql import sql_string
 from .experiment import FIRST_EXPOSURE_TABLE, materialize_first_exposures
+from .monitoring import whispers_requests
 
 ASSIGNMENT_RELATION = "wl_assignment"
 INTERVALS_RELATION = "wl_state_intervals"
@@ -179,6 +181,8 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
         raise ValueError("served_and_share needs the state's intervals: call "
                          "register_intervals(export, intervals) first")
     share_day = (pd.Timestamp(share_from).date() - start).days
+    requests = (whispers_requests(export, lo, hi) if endpoint == WHISPERS_ENDPOINT else
+                f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(endpoint)}) AS r")
     slots = day_slots(frame, start, lo, hi)
     ks = range(int(slots["slot"].max()) + 1 if len(slots) else 0)
     if not len(ks):  # no interval meets the window: nobody to count
@@ -209,8 +213,8 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     q = f"""
     WITH ev AS (
         SELECT user_id, "timestamp" AS t, 1 AS kind, CAST(NULL AS VARCHAR) AS variant
-        FROM api_logs
-        WHERE endpoint = $ep AND user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
+        FROM {requests}
+        WHERE user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
         UNION ALL
         SELECT user_id, exposed_at, 2, variant FROM exposures
         WHERE exposed_at >= $lo AND exposed_at < $hi
@@ -281,7 +285,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
            {", ".join(f"t{k}, c{k}" for k in ks)}
     FROM share
     """
-    out = export.sql(q, {"ep": endpoint, "lo": lo, "hi": hi, "share_day": int(share_day)})
+    out = export.sql(q, {"lo": lo, "hi": hi, "share_day": int(share_day)})
     served = out.loc[out["part"] == "served", ["day", "category", *_SERVED_COLUMNS]]
     served = served.astype({c: "int64" for c in ("day", *_SERVED_COLUMNS)})
     wide = out.loc[out["part"] == "share"]

@@ -1,7 +1,8 @@
-"""The whispers endpoint's requests, read from api_logs once per report
-(``wl_whispers_requests``). Every query of the endpoint gives the same figures from that table
-as from api_logs; a window the table does not hold is read from api_logs; a day's evaluation is
-the same with and without it; and its counts are those pandas computes from the raw rows."""
+"""The copies a report reads instead of the large tables: the whispers endpoint's requests
+(``wl_whispers_requests``, from api_logs) and the exposure rows (``wl_exposures``). Every query
+gives the same figures from a copy as from the table; a window the copy does not hold is read
+from the table; a day's evaluation is the same with and without them; and the copy's counts are
+those pandas computes from the raw rows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from whispers_lab import evaluate
 from whispers_lab.contract import WHISPERS_ENDPOINT
 from whispers_lab.export import open_export
 from whispers_lab.plan import load_plan
+from whispers_lab.queries import experiment as qe
 from whispers_lab.queries import monitoring as qm
 from whispers_lab.queries import state as qs
 from whispers_lab.state import resolve_state
@@ -136,10 +138,13 @@ def test_a_days_evaluation_is_the_same_without_the_table(scenario_export, monkey
         state = resolve_state(ex, PLAN, day, None)
         with_table = evaluate.evaluate_day(ex, day, PLAN, state=state)
         assert qm._WHISPERS_WINDOW.get(ex) is not None
+        assert qm._EXPOSURES_END.get(ex) is not None
     monkeypatch.setattr(qm, "materialize_whispers_requests", lambda *a, **k: None)
+    monkeypatch.setattr(qm, "materialize_exposures", lambda *a, **k: None)
     with open_export(scenario_export) as ex:
         without = evaluate.evaluate_day(ex, day, PLAN, state=state)
-        assert qm._WHISPERS_WINDOW.get(ex) is None  # every query read api_logs
+        # every query read api_logs and exposures
+        assert qm._WHISPERS_WINDOW.get(ex) is None and qm._EXPOSURES_END.get(ex) is None
     # the same document, but for the last bits of sums added up in another order
     _assert_close(json.loads(json.dumps(with_table.decision.to_dict(STAMP), default=str)),
                   json.loads(json.dumps(without.decision.to_dict(STAMP), default=str)))
@@ -165,3 +170,40 @@ def test_served_vs_planned_reads_the_same_requests_from_the_table(small_export):
     assert shared[0]["users"].sum() > 100
     for a, b in zip(shared, direct, strict=True):
         pd.testing.assert_frame_equal(a, b)
+
+
+def _exposure_figures(ex, day: int) -> dict[str, object]:
+    """Every reader of the exposure rows in a report, up to the end of ``day``."""
+    start, end = PLAN.day_start(day), PLAN.day_start(day + 1)
+    qe.materialize_first_exposures(ex, PLAN.day_start(0), end)
+    return {
+        "daily_series": qm.daily_series(ex, PLAN.day_start(0), end),
+        "treated_active": {"n": qm.treated_active_users(ex, start, end)},
+        "first_exposures": ex.sql(f"SELECT * FROM {qe.FIRST_EXPOSURE_TABLE} "
+                                  f"ORDER BY user_id"),
+        "served": qs.served_and_share(ex, PLAN.start_date, PLAN.day_start(8), end,
+                                      PLAN.day_start(day))[0],
+    }
+
+
+def test_every_reader_of_exposures_reads_the_same_rows_from_the_copy(small_export):
+    with open_export(small_export) as ex:
+        state = resolve_state(ex, PLAN, 12, None)
+        evaluate.evaluate_day(ex, 12, PLAN, state=state)  # the intervals, the assignment
+        qm._EXPOSURES_END.pop(ex)  # as if the copy were never made
+        direct = _exposure_figures(ex, 12)
+        assert qm.exposures_source(ex, PLAN.day_start(13)) == "exposures"
+        assert direct["treated_active"]["n"] > 100 and len(direct["first_exposures"]) > 500
+        assert direct["served"]["users"].sum() > 100
+        # made up to day 12's end: the readers of day 12 read the copy, those of day 13 not
+        qm.materialize_exposures(ex, PLAN.day_start(13))
+        assert qm.exposures_source(ex, PLAN.day_start(13)) == qm.EXPOSURES_TABLE
+        assert qm.exposures_source(ex, PLAN.day_start(14)) == "exposures"
+        _assert_same(_exposure_figures(ex, 12), direct)
+        later = _exposure_figures(ex, 13)  # beyond the copy: the table
+        qm._EXPOSURES_END.pop(ex)
+        _assert_same(later, _exposure_figures(ex, 13))
+        n = int(ex.sql("SELECT count(*) AS n FROM exposures WHERE exposed_at < $hi",
+                       {"hi": PLAN.day_start(13)})["n"].iloc[0])
+        assert int(ex.scalar(f"SELECT count(*) FROM {qm.EXPOSURES_TABLE}")) == n > 0
+

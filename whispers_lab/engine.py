@@ -78,18 +78,19 @@ VARIANTS: dict[str, dict[str, str]] = {
     # The variant a user was last served at or before ``ud.last_t``: DuckDB's as-of join;
     # Spark has none, so the latest exposure at or before it by max_by over a join on the
     # user (exposures are unique on (user_id, exposed_at), so neither has ties to break).
+    # ``{exposures}``: the relation holding the exposure rows (the table or the report's copy).
     "last_served": {
         # (the exposures of ud's users only: the as-of join sorts its right side, and ud is
         # usually a few users, when not none)
         "duckdb": """lx AS (
         SELECT ud.*, x.variant AS last_variant
-        FROM ud ASOF LEFT JOIN (SELECT user_id, exposed_at, variant FROM exposures
+        FROM ud ASOF LEFT JOIN (SELECT user_id, exposed_at, variant FROM {exposures}
                                 WHERE user_id IN (SELECT user_id FROM ud)) x
           ON ud.user_id = x.user_id AND ud.last_t >= x.exposed_at
     )""",
         "spark": """lv AS (
         SELECT ud.day, ud.user_id, max_by(x.variant, x.exposed_at) AS last_variant
-        FROM ud JOIN exposures x ON ud.user_id = x.user_id AND x.exposed_at <= ud.last_t
+        FROM ud JOIN {exposures} x ON ud.user_id = x.user_id AND x.exposed_at <= ud.last_t
         GROUP BY ud.day, ud.user_id
     ),
     lx AS (

@@ -214,6 +214,7 @@ def evaluate_day(export: Export, day: int, plan: Plan,
     # (from the run lookback before day 0 to the day's end), not from api_logs again
     q.materialize_whispers_requests(
         export, plan.day_start(0) - dt.timedelta(minutes=RUN_LOOKBACK_MINUTES), end)
+    q.materialize_exposures(export, end)  # and every reader of exposures from one copy
     daily = q.daily_series(export, plan.day_start(0), end)
 
     if data_end is None or data_end < start:

@@ -32,7 +32,7 @@ from ..contract import WHISPERS_ENDPOINT
 from ..engine import mask_days, variant
 from ..errors import WhispersLabError
 from ..export import Export
-from .monitoring import request_events_source
+from .monitoring import exposures_source, request_events_source
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
@@ -314,7 +314,8 @@ def materialize_first_exposures(export: Export, t0: dt.datetime, hi: dt.datetime
     export.sql(f"""
     CREATE OR REPLACE TEMP TABLE {FIRST_EXPOSURE_TABLE} AS
     SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-    FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+    FROM {exposures_source(export, hi)} WHERE exposed_at >= $t0 AND exposed_at < $hi
+    GROUP BY user_id
     """, {"t0": t0, "hi": hi})
 
 
@@ -538,7 +539,8 @@ def first_exposure_cells(export: Export, start: dt.date, t0: dt.datetime, hi: dt
     WITH ks(k) AS (VALUES {_int_values(ks)}),
     first_exp AS (
         SELECT user_id, min(exposed_at) AS first_at, arg_min(variant, exposed_at) AS variant
-        FROM exposures WHERE exposed_at >= $t0 AND exposed_at < $hi GROUP BY user_id
+        FROM {exposures_source(export, hi)} WHERE exposed_at >= $t0 AND exposed_at < $hi
+        GROUP BY user_id
     ),
     u AS (
         SELECT r.f_day, r.m, f.variant, {_day_expr(start, 'f.first_at')} AS e

@@ -226,6 +226,32 @@ def whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
             f"AS whispers_requests")
 
 
+#: Every ``exposures`` row before a report's day ends (:func:`materialize_exposures`).
+EXPOSURES_TABLE = "wl_exposures"
+
+#: The end of the window each export's :data:`EXPOSURES_TABLE` was last made for.
+_EXPOSURES_END: weakref.WeakKeyDictionary[Any, dt.datetime] = weakref.WeakKeyDictionary()
+
+
+def materialize_exposures(export: Export, hi: dt.datetime) -> None:
+    """Create the temporary table :data:`EXPOSURES_TABLE`: ``user_id, exposed_at, variant`` of
+    every exposure row before ``hi``. The report's readers of exposures (the daily series, the
+    treated users, the first exposures, served-vs-planned and its as-of lookup) read it
+    (:func:`exposures_source`) instead of the table, six times per report; it is a copy of
+    three columns (1.4M rows at 1M users: about 0.05 s), read no slower than the file."""
+    export.sql(f"CREATE OR REPLACE TEMP TABLE {EXPOSURES_TABLE} AS SELECT user_id, exposed_at, "
+               f"variant FROM exposures WHERE exposed_at < $hi", {"hi": hi})
+    _EXPOSURES_END[export] = hi
+
+
+def exposures_source(export: Export, hi: dt.datetime) -> str:
+    """The relation to read exposure rows before ``hi`` from (a query's own filter on
+    ``exposed_at`` stays): :data:`EXPOSURES_TABLE` when it was made for a window ending at or
+    after ``hi``, else ``exposures``."""
+    made = _EXPOSURES_END.get(export)
+    return EXPOSURES_TABLE if made is not None and hi <= made else "exposures"
+
+
 def _minutes_cte(source: str) -> str:
     return f"""
 minutes AS (
@@ -496,15 +522,16 @@ def hourly_telemetry(export: Export, start: dt.datetime, end: dt.datetime) -> pd
 def treated_active_users(export: Export, start: dt.datetime, end: dt.datetime) -> int:
     """Users served the treatment at some time in ``[start, end)`` (an exposure row in the
     window, or the latest row before it) who also sent any telemetry event in the window."""
-    query = """
+    exposures = exposures_source(export, end)
+    query = f"""
     WITH before AS (
         SELECT user_id, arg_max(variant, exposed_at) AS variant
-        FROM exposures WHERE exposed_at < $lo GROUP BY user_id
+        FROM {exposures} WHERE exposed_at < $lo GROUP BY user_id
     ),
     treated AS (
         SELECT user_id FROM before WHERE variant = 'treatment'
         UNION
-        SELECT user_id FROM exposures
+        SELECT user_id FROM {exposures}
         WHERE exposed_at >= $lo AND exposed_at < $hi AND variant = 'treatment'
     ),
     active AS (
@@ -693,7 +720,8 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
         SELECT date_trunc('day', exposed_at) AS d, user_id,
                count(*) FILTER (WHERE variant = 'treatment') AS n_t,
                count(*) FILTER (WHERE variant = 'control') AS n_c
-        FROM exposures WHERE exposed_at >= $lo AND exposed_at < $hi GROUP BY 1, 2
+        FROM {exposures_source(export, end)}
+        WHERE exposed_at >= $lo AND exposed_at < $hi GROUP BY 1, 2
     ),
     ex AS (
         SELECT d, CAST(sum(n_t) AS BIGINT) AS treatment_exposures,

@@ -26,7 +26,7 @@ from ..engine import variant
 from ..export import Export
 from ..sql import sql_string
 from .experiment import FIRST_EXPOSURE_TABLE, materialize_first_exposures
-from .monitoring import whispers_requests
+from .monitoring import exposures_source, whispers_requests
 
 ASSIGNMENT_RELATION = "wl_assignment"
 INTERVALS_RELATION = "wl_state_intervals"
@@ -181,6 +181,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
         raise ValueError("served_and_share needs the state's intervals: call "
                          "register_intervals(export, intervals) first")
     share_day = (pd.Timestamp(share_from).date() - start).days
+    exposures = exposures_source(export, hi)
     requests = (whispers_requests(export, lo, hi) if endpoint == WHISPERS_ENDPOINT else
                 f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(endpoint)}) AS r")
     slots = day_slots(frame, start, lo, hi)
@@ -216,7 +217,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
         FROM {requests}
         WHERE user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
         UNION ALL
-        SELECT user_id, exposed_at, 2, variant FROM exposures
+        SELECT user_id, exposed_at, 2, variant FROM {exposures}
         WHERE exposed_at >= $lo AND exposed_at < $hi
         UNION ALL
         SELECT user_id, created_at, 3, NULL FROM telemetry
@@ -256,7 +257,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
         SELECT * FROM ud_all
         WHERE in_t AND NOT control_rows_t AND opens_t AND NOT whispers_t
     ),
-    {variant(export, "last_served")},
+    {variant(export, "last_served", exposures=exposures)},
     opened_without AS (
         SELECT day, category, count(*) AS n FROM lx
         WHERE coalesce(last_variant, 'control') <> 'treatment' GROUP BY day, category

@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+from documents import assert_same_document
 
 from whispers_lab import export as export_module
 from whispers_lab.evaluate import evaluate_day
@@ -19,22 +20,6 @@ def _doc(evaluation) -> dict:
     doc = json.loads(json.dumps(evaluation.decision.to_dict(), default=str))
     doc.pop("generated_at", None)
     return doc
-
-
-def _same(a, b, path: str = "") -> None:
-    """Equal, floats to 1e-12 relative (DuckDB's parallel sums may add in another order)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list) and isinstance(b, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _same(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-12, abs=1e-12, nan_ok=True), path
-    else:
-        assert a == b, path
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +41,10 @@ def test_the_summarys_second_evaluation_equals_a_fresh_one(small_export, plan):
         remembered = len(export._memo)
         full_memo = evaluate_day(export, 14, full_rollout_plan(plan))
         rerun = len(export._memo) - remembered
-    _same(_doc(day_memo), _doc(day_fresh))
-    _same(_doc(full_memo), _doc(full_fresh))
+    assert_same_document(_doc(day_memo), _doc(day_fresh))
+    assert_same_document(_doc(full_memo), _doc(full_fresh))
     with pytest.raises(AssertionError):  # the two plans do judge differently
-        _same(_doc(full_fresh), _doc(day_fresh))
+        assert_same_document(_doc(full_fresh), _doc(day_fresh))
     pd.testing.assert_frame_equal(full_memo.daily, full_fresh.daily, rtol=1e-12)
     assert 0 < rerun < remembered / 2  # only the window-dependent queries ran again
 

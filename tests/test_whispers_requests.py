@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from documents import assert_same_document
 
 from whispers_lab import evaluate
 from whispers_lab.contract import WHISPERS_ENDPOINT
@@ -42,22 +43,6 @@ def _endpoint_figures(ex, day: int) -> dict[str, object]:
         "quantiles": qm.api_quantiles(ex, PLAN.day_start(day - 2), end, [0.05, 0.5, 0.95]),
         "daily_series": qm.daily_series(ex, PLAN.day_start(0), end),
     }
-
-
-def _assert_close(got: object, want: object, where: str = "") -> None:
-    """Equal JSON documents, floats to 1e-9 relative (sums in another order)."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), where
-        for k in want:
-            _assert_close(got[k], want[k], f"{where}.{k}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), where
-        for i, (g, w) in enumerate(zip(got, want, strict=True)):
-            _assert_close(g, w, f"{where}[{i}]")
-    elif isinstance(want, float) and isinstance(got, float):
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-12, nan_ok=True), where
-    else:
-        assert got == want, where
 
 
 def _assert_same(got: dict[str, object], want: dict[str, object]) -> None:
@@ -146,8 +131,9 @@ def test_a_days_evaluation_is_the_same_without_the_table(scenario_export, monkey
         # every query read api_logs and exposures
         assert qm._WHISPERS_WINDOW.get(ex) is None and qm._EXPOSURES_END.get(ex) is None
     # the same document, but for the last bits of sums added up in another order
-    _assert_close(json.loads(json.dumps(with_table.decision.to_dict(STAMP), default=str)),
-                  json.loads(json.dumps(without.decision.to_dict(STAMP), default=str)))
+    assert_same_document(json.loads(json.dumps(with_table.decision.to_dict(STAMP), default=str)),
+                         json.loads(json.dumps(without.decision.to_dict(STAMP), default=str)),
+                         rel=1e-9)
     for name in ("minute_series", "daily"):
         pd.testing.assert_frame_equal(getattr(with_table, name), getattr(without, name),
                                       check_exact=False, rtol=1e-9)

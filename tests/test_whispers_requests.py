@@ -88,6 +88,8 @@ def test_a_window_the_table_does_not_hold_reads_api_logs(small_export):
                                (PLAN.day_start(10), PLAN.day_start(12), False)):
             src = qm.whispers_requests(ex, lo, hi)
             assert src.startswith(qm.WHISPERS_REQUESTS_TABLE) is inside, (lo, hi, src)
+            # another endpoint's requests are never the copy's
+            assert "'/api/recap'" in qm.whispers_requests(ex, lo, hi, "/api/recap")
         _assert_same(_endpoint_figures(ex, 10), want)
 
 

@@ -186,7 +186,7 @@ def data_end(export: Export) -> dt.datetime | None:
 
 
 # ---------------------------------------------------------------------------------------
-# per-minute API series and runs
+# the report's copies of the endpoint's requests and of the exposures (each read once)
 
 
 #: The ``/api/whispers/context`` rows of ``api_logs`` over a report's window, with the columns
@@ -214,16 +214,18 @@ def materialize_whispers_requests(export: Export, lo: dt.datetime, hi: dt.dateti
     _WHISPERS_WINDOW[export] = (lo, hi)
 
 
-def whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
-    """A FROM item of the endpoint's requests (the columns of
+def whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime,
+                      endpoint: str = WHISPERS_ENDPOINT) -> str:
+    """A FROM item of ``endpoint``'s requests (at least the columns of
     :data:`WHISPERS_REQUESTS_TABLE`), named ``whispers_requests``, for a query that reads them
     in ``[lo, hi)`` only (its own time filter stays): the table when it was made for a window
-    that holds this one, else the rows of ``api_logs``."""
+    that holds this one (and ``endpoint`` is the whispers endpoint), else the rows of
+    ``api_logs``."""
     made = _WHISPERS_WINDOW.get(export)
-    if made is not None and made[0] <= lo and hi <= made[1]:
+    if (endpoint == WHISPERS_ENDPOINT and made is not None and made[0] <= lo
+            and hi <= made[1]):
         return f"{WHISPERS_REQUESTS_TABLE} AS whispers_requests"
-    return (f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(WHISPERS_ENDPOINT)}) "
-            f"AS whispers_requests")
+    return f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(endpoint)}) AS whispers_requests"
 
 
 #: Every ``exposures`` row before a report's day ends (:func:`materialize_exposures`).
@@ -250,6 +252,10 @@ def exposures_source(export: Export, hi: dt.datetime) -> str:
     after ``hi``, else ``exposures``."""
     made = _EXPOSURES_END.get(export)
     return EXPOSURES_TABLE if made is not None and hi <= made else "exposures"
+
+
+# ---------------------------------------------------------------------------------------
+# per-minute API series and runs
 
 
 def _minutes_cte(source: str) -> str:
@@ -336,9 +342,8 @@ def minute_runs(export: Export, start: dt.datetime, end: dt.datetime, *, metric:
     ),
     {_ISLANDS}
     """
-    return export.sql(query, {
-        "lo": lo, "hi": end, "day_lo": start, "threshold": float(threshold), "min_requests": min_requests,
-    })
+    return export.sql(query, {"lo": lo, "hi": end, "day_lo": start,
+                              "threshold": float(threshold), "min_requests": min_requests})
 
 
 def availability(export: Export, start: dt.datetime, end: dt.datetime, *,

@@ -24,7 +24,6 @@ import pandas as pd
 from ..contract import WHISPERS_ENDPOINT
 from ..engine import variant
 from ..export import Export
-from ..sql import sql_string
 from .experiment import FIRST_EXPOSURE_TABLE, materialize_first_exposures
 from .monitoring import exposures_source, whispers_requests
 
@@ -182,8 +181,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
                          "register_intervals(export, intervals) first")
     share_day = (pd.Timestamp(share_from).date() - start).days
     exposures = exposures_source(export, hi)
-    requests = (whispers_requests(export, lo, hi) if endpoint == WHISPERS_ENDPOINT else
-                f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(endpoint)}) AS r")
+    requests = whispers_requests(export, lo, hi, endpoint)
     slots = day_slots(frame, start, lo, hi)
     ks = range(int(slots["slot"].max()) + 1 if len(slots) else 0)
     if not len(ks):  # no interval meets the window: nobody to count

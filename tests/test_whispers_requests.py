@@ -124,14 +124,13 @@ def test_a_days_evaluation_is_the_same_without_the_table(scenario_export, monkey
     with open_export(scenario_export) as ex:
         state = resolve_state(ex, PLAN, day, None)
         with_table = evaluate.evaluate_day(ex, day, PLAN, state=state)
-        assert qm._WHISPERS_WINDOW.get(ex) is not None
-        assert qm._EXPOSURES_END.get(ex) is not None
+        assert qm._MADE[ex].keys() >= {qm.WHISPERS_REQUESTS_TABLE, qm.EXPOSURES_TABLE}
     monkeypatch.setattr(qm, "materialize_whispers_requests", lambda *a, **k: None)
     monkeypatch.setattr(qm, "materialize_exposures", lambda *a, **k: None)
     with open_export(scenario_export) as ex:
         without = evaluate.evaluate_day(ex, day, PLAN, state=state)
         # every query read api_logs and exposures
-        assert qm._WHISPERS_WINDOW.get(ex) is None and qm._EXPOSURES_END.get(ex) is None
+        assert not {qm.WHISPERS_REQUESTS_TABLE, qm.EXPOSURES_TABLE} & qm._MADE[ex].keys()
     # the same document, but for the last bits of sums added up in another order
     assert_same_document(json.loads(json.dumps(with_table.decision.to_dict(STAMP), default=str)),
                          json.loads(json.dumps(without.decision.to_dict(STAMP), default=str)),
@@ -152,7 +151,7 @@ def test_served_vs_planned_reads_the_same_requests_from_the_table(small_export):
         lo, hi = PLAN.day_start(8), PLAN.day_start(13)
         assert qm.whispers_requests(ex, lo, hi).startswith(qm.WHISPERS_REQUESTS_TABLE)
         shared = qs.served_and_share(ex, PLAN.start_date, lo, hi, PLAN.day_start(12))
-        qm._WHISPERS_WINDOW.pop(ex)  # as if never made: api_logs
+        qm._MADE[ex].pop(qm.WHISPERS_REQUESTS_TABLE)  # as if never made: api_logs
         assert "api_logs" in qm.whispers_requests(ex, lo, hi)
         direct = qs.served_and_share(ex, PLAN.start_date, lo, hi, PLAN.day_start(12))
     assert shared[0]["users"].sum() > 100
@@ -178,7 +177,7 @@ def test_every_reader_of_exposures_reads_the_same_rows_from_the_copy(small_expor
     with open_export(small_export) as ex:
         state = resolve_state(ex, PLAN, 12, None)
         evaluate.evaluate_day(ex, 12, PLAN, state=state)  # the intervals, the assignment
-        qm._EXPOSURES_END.pop(ex)  # as if the copy were never made
+        qm._MADE[ex].pop(qm.EXPOSURES_TABLE)  # as if the copy were never made
         direct = _exposure_figures(ex, 12)
         assert qm.exposures_source(ex, PLAN.day_start(13)) == "exposures"
         assert direct["treated_active"]["n"] > 100 and len(direct["first_exposures"]) > 500
@@ -189,7 +188,7 @@ def test_every_reader_of_exposures_reads_the_same_rows_from_the_copy(small_expor
         assert qm.exposures_source(ex, PLAN.day_start(14)) == "exposures"
         _assert_same(_exposure_figures(ex, 12), direct)
         later = _exposure_figures(ex, 13)  # beyond the copy: the table
-        qm._EXPOSURES_END.pop(ex)
+        qm._MADE[ex].pop(qm.EXPOSURES_TABLE)
         _assert_same(later, _exposure_figures(ex, 13))
         n = int(ex.sql("SELECT count(*) AS n FROM exposures WHERE exposed_at < $hi",
                        {"hi": PLAN.day_start(13)})["n"].iloc[0])

@@ -51,8 +51,9 @@ class EngineError(WhispersLabError):
 
 
 def engine_of(obj: Any) -> str:
-    """The engine of an opened export or connection (``duckdb`` unless it says otherwise)."""
-    return str(getattr(obj, "engine", "duckdb"))
+    """The engine of an opened export or connection (``duckdb`` unless it says otherwise), or
+    ``obj`` itself when it is an engine's name."""
+    return obj if isinstance(obj, str) else str(getattr(obj, "engine", "duckdb"))
 
 
 def default_engine() -> str:
@@ -109,7 +110,7 @@ MASK_DAYS: dict[str, int] = {"duckdb": 126, "spark": 62}
 def variant(obj: Any, name: str, **fields: str) -> str:
     """The engine-specific SQL text ``name`` for the engine of ``obj`` (an export or a
     connection, or an engine name), with ``fields`` filled in."""
-    engine = obj if isinstance(obj, str) else engine_of(obj)
+    engine = engine_of(obj)
     try:
         text = VARIANTS[name][engine]
     except KeyError:
@@ -119,7 +120,7 @@ def variant(obj: Any, name: str, **fields: str) -> str:
 
 def mask_days(obj: Any) -> int:
     """Widest span of days an activity mask holds on the engine of ``obj``."""
-    return MASK_DAYS[obj if isinstance(obj, str) else engine_of(obj)]
+    return MASK_DAYS[engine_of(obj)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -493,7 +493,7 @@ def duplicate_events_select(engine: Any, ts: str, *, with_ts: bool = False,
     (``rowid`` for a table; default a hash of its ``event_id``)."""
     key = variant(engine, "hash64", cols=", ".join(sql_ident(c) for c in DUPLICATE_EVENT_KEY))
     within_us = round(DUPLICATE_EVENT_SECONDS * 1_000_000)
-    if (engine if isinstance(engine, str) else engine_of(engine)) == "duckdb":
+    if engine_of(engine) == "duckdb":
         return _repeats_by_candidates(ts, with_ts, where, row_id or "hash(event_id)", key,
                                       within_us)
     # Partitioning on one 64-bit hash of the key is much cheaper than on four strings; two

@@ -189,13 +189,25 @@ def data_end(export: Export) -> dt.datetime | None:
 # the report's copies of the endpoint's requests and of the exposures (each read once)
 
 
+#: Per export, the window ``[lo, hi)`` each table a report made from it holds (``lo`` None:
+#: everything before ``hi``), so that a query reads the table only for a window inside it.
+_MADE: weakref.WeakKeyDictionary[Any, dict[str, tuple[dt.datetime | None, dt.datetime]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _made(export: Export, table: str, lo: dt.datetime | None, hi: dt.datetime) -> None:
+    _MADE.setdefault(export, {})[table] = (lo, hi)
+
+
+def _holds(export: Export, table: str, lo: dt.datetime, hi: dt.datetime) -> bool:
+    """Whether ``table`` was made from ``export`` for a window that holds ``[lo, hi)``."""
+    made = _MADE.get(export, {}).get(table)
+    return made is not None and (made[0] is None or made[0] <= lo) and hi <= made[1]
+
+
 #: The ``/api/whispers/context`` rows of ``api_logs`` over a report's window, with the columns
 #: the report's queries read (:func:`materialize_whispers_requests`).
 WHISPERS_REQUESTS_TABLE = "wl_whispers_requests"
-
-#: The window each export's :data:`WHISPERS_REQUESTS_TABLE` was last made for.
-_WHISPERS_WINDOW: weakref.WeakKeyDictionary[Any, tuple[dt.datetime, dt.datetime]] = (
-    weakref.WeakKeyDictionary())
 
 
 def materialize_whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime) -> None:
@@ -211,7 +223,7 @@ def materialize_whispers_requests(export: Export, lo: dt.datetime, hi: dt.dateti
         FROM api_logs
         WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi""",
                {"endpoint": WHISPERS_ENDPOINT, "lo": lo, "hi": hi})
-    _WHISPERS_WINDOW[export] = (lo, hi)
+    _made(export, WHISPERS_REQUESTS_TABLE, lo, hi)
 
 
 def whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime,
@@ -221,18 +233,13 @@ def whispers_requests(export: Export, lo: dt.datetime, hi: dt.datetime,
     in ``[lo, hi)`` only (its own time filter stays): the table when it was made for a window
     that holds this one (and ``endpoint`` is the whispers endpoint), else the rows of
     ``api_logs``."""
-    made = _WHISPERS_WINDOW.get(export)
-    if (endpoint == WHISPERS_ENDPOINT and made is not None and made[0] <= lo
-            and hi <= made[1]):
+    if endpoint == WHISPERS_ENDPOINT and _holds(export, WHISPERS_REQUESTS_TABLE, lo, hi):
         return f"{WHISPERS_REQUESTS_TABLE} AS whispers_requests"
     return f"(SELECT * FROM api_logs WHERE endpoint = {sql_string(endpoint)}) AS whispers_requests"
 
 
 #: Every ``exposures`` row before a report's day ends (:func:`materialize_exposures`).
 EXPOSURES_TABLE = "wl_exposures"
-
-#: The end of the window each export's :data:`EXPOSURES_TABLE` was last made for.
-_EXPOSURES_END: weakref.WeakKeyDictionary[Any, dt.datetime] = weakref.WeakKeyDictionary()
 
 
 def materialize_exposures(export: Export, hi: dt.datetime) -> None:
@@ -243,15 +250,14 @@ def materialize_exposures(export: Export, hi: dt.datetime) -> None:
     three columns (1.4M rows at 1M users: about 0.05 s), read no slower than the file."""
     export.sql(f"CREATE OR REPLACE TEMP TABLE {EXPOSURES_TABLE} AS SELECT user_id, exposed_at, "
                f"variant FROM exposures WHERE exposed_at < $hi", {"hi": hi})
-    _EXPOSURES_END[export] = hi
+    _made(export, EXPOSURES_TABLE, None, hi)
 
 
 def exposures_source(export: Export, hi: dt.datetime) -> str:
     """The relation to read exposure rows before ``hi`` from (a query's own filter on
     ``exposed_at`` stays): :data:`EXPOSURES_TABLE` when it was made for a window ending at or
     after ``hi``, else ``exposures``."""
-    made = _EXPOSURES_END.get(export)
-    return EXPOSURES_TABLE if made is not None and hi <= made else "exposures"
+    return EXPOSURES_TABLE if _holds(export, EXPOSURES_TABLE, hi, hi) else "exposures"
 
 
 # ---------------------------------------------------------------------------------------
@@ -659,10 +665,6 @@ def db_runs(export: Export, start: dt.datetime, end: dt.datetime, *, limit_ms: f
 #: (:func:`materialize_request_events`).
 REQUEST_EVENTS_TABLE = "wl_request_events"
 
-#: The window each export's :data:`REQUEST_EVENTS_TABLE` was last made for.
-_REQUEST_WINDOW: weakref.WeakKeyDictionary[Any, tuple[dt.datetime, dt.datetime]] = (
-    weakref.WeakKeyDictionary())
-
 
 def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime) -> None:
     """Create the temporary table :data:`REQUEST_EVENTS_TABLE` over ``[lo, hi)``: ``d`` (the
@@ -672,7 +674,7 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime)
     telemetry's whispers events instead of two (1M users: the two took 2.8-4.2 s, now 2.3-2.6)."""
     export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS "
                + _request_counts("date_trunc('day', created_at) AS d", "d"), {"lo": lo, "hi": hi})
-    _REQUEST_WINDOW[export] = (lo, hi)
+    _made(export, REQUEST_EVENTS_TABLE, lo, hi)
 
 
 def _request_counts(key: str = "", group: str = "") -> str:
@@ -697,9 +699,7 @@ def request_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> s
     over ``[lo, hi)``: ``user_id, request_id, shown, used``. Read from
     :data:`REQUEST_EVENTS_TABLE` when it was made for a window that holds this one and the
     window is whole UTC days; else from the telemetry itself."""
-    made = _REQUEST_WINDOW.get(export)
-    if (made is not None and made[0] <= lo and hi <= made[1] and _midnight(lo)
-            and _midnight(hi)):
+    if _holds(export, REQUEST_EVENTS_TABLE, lo, hi) and _midnight(lo) and _midnight(hi):
         return f"""(SELECT user_id, request_id, sum(shown) AS shown, sum(used) AS used
             FROM {REQUEST_EVENTS_TABLE}
             WHERE d >= $lo AND d < $hi GROUP BY user_id, request_id)"""

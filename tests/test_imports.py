@@ -116,3 +116,45 @@ def test_the_console_script_skips_the_last_collections_and_keeps_the_exit_code(t
                  f"sys.argv = ['whispers-lab', 'validate', {str(missing)!r}]; code = entry(); "
                  "print(code, gc.get_freeze_count() > 0)")
     assert out.splitlines()[-1] == "1 True"
+
+
+def test_drawing_a_handed_over_evaluation_imports_neither_scipy_nor_statsmodels(
+        small_export, tmp_path) -> None:
+    """The report's kernel imports the statistics modules only to unpickle the run's evaluation
+    and draw it; scipy and statsmodels (about 1.2 s of CPU) are imported where a statistic is
+    first computed (:mod:`whispers_lab.lazy`), so the kernel's start takes that much less from
+    the evaluation running beside it. Every code cell of the daily report runs here, in order,
+    in a fresh process, as the kernel runs them on a report run's hand-over."""
+    import json
+
+    from whispers_lab.evaluate import evaluate_day
+    from whispers_lab.export import open_export
+    from whispers_lab.paths import NOTEBOOKS_DIR
+    from whispers_lab.plan import load_plan
+    from whispers_lab.report import privacy
+    from whispers_lab.report.precomputed import save_evaluation
+
+    with open_export(small_export) as export:
+        evaluation = evaluate_day(export, 9, load_plan())
+        document, _ = privacy.redact(export, evaluation.decision.to_dict())
+    handed = tmp_path / "evaluation.pickle"
+    save_evaluation(handed, evaluation, document)
+    cells = [c for c in json.loads((NOTEBOOKS_DIR / "daily_report.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
+    assert "parameters" in cells[0]["metadata"]["tags"]
+    parameters = {"export_path": str(small_export), "day": 9, "out_dir": str(tmp_path),
+                  "reports_dir": str(tmp_path), "evaluation_path": str(handed)}
+    script = tmp_path / "cells.py"
+    script.write_text("\n".join(
+        ["".join(cells[0]["source"])]  # the defaults, then papermill's injected values
+        + [f"{name} = {value!r}" for name, value in parameters.items()]
+        + ["".join(c["source"]) for c in cells[1:]]
+        + ["import sys",
+           "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'statsmodels'}))"]))
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout.strip().splitlines()
+    assert (tmp_path / "decision.json").is_file()  # the cells ran to the end
+    assert out[-1] == "[]"

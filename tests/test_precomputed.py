@@ -98,3 +98,35 @@ def test_work_after_the_hand_over_runs_and_its_failure_is_not_the_days(small_exp
     _, evaluation = pre.result()
     assert evaluation == {"day": 14} and pre.error is None and pre.then_result is None
     pre.close()
+
+
+def test_the_report_run_sets_up_the_html_conversion_after_the_hand_over(small_export, tmp_path,
+                                                                        monkeypatch):
+    """The first HTML conversion of a process sets nbconvert up (about 1 s): the report run does
+    it in its evaluation thread once the notebook has its evaluation, on every day (before the
+    summary's evaluation on the last one), and the day's page is the same as without it."""
+    import nbformat
+
+    from whispers_lab.report import runner
+
+    order = []
+    real_warm, real_save = runner.warm_html, precomputed.save_evaluation
+
+    def warm():
+        order.append("warm")
+        real_warm()
+
+    def save(*args):
+        real_save(*args)
+        order.append("handed over")
+
+    monkeypatch.setattr(runner, "warm_html", warm)
+    monkeypatch.setattr(precomputed, "save_evaluation", save)
+    pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None)
+    _, evaluation = pre.result()
+    assert evaluation.day == 9 and order == ["handed over", "warm"] and pre.then_result is None
+    pre.close()
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# day 9 *GO*")])
+    page = runner.notebook_to_html(nb, "t")
+    assert "day 9" in page and runner.notebook_to_html(nb, "t") == page

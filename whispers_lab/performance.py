@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from .lazy import lazy_module
 from .plan import Plan
+
+stats = lazy_module("scipy.stats")
 
 TERMS: tuple[str, ...] = ("intercept", "per_candidate", "per_shown")
 TODAY = 6

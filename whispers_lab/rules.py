@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.proportion import proportion_confint
 
+from .lazy import lazy_function, lazy_module
 from .plan import Plan
 from .results import REASON_CODES, CriterionResult, StatResult, Status
 from .stats.rates import (
@@ -40,6 +39,9 @@ from .stats.rates import (
 )
 from .stats.settings import StatSettings
 from .stats.sufficient import RatioStat
+
+stats = lazy_module("scipy.stats")
+proportion_confint = lazy_function("statsmodels.stats.proportion", "proportion_confint")
 
 Direction = Literal["max", "min"]
 

@@ -325,6 +325,34 @@ def notebook_to_html(nb: Any, title: str) -> str:
     return body
 
 
+
+#: A notebook with what a report holds (markdown, HTML, an image) for :func:`warm_html`.
+_WARM_NOTEBOOK = {
+    "cells": [
+        {"cell_type": "markdown", "id": "warm-text", "metadata": {},
+         "source": "# warm-up\n\n*aggregates*"},
+        {"cell_type": "code", "id": "warm-chart", "execution_count": 1, "metadata": {},
+         "source": "show()",
+         "outputs": [{"output_type": "display_data", "metadata": {},
+                      "data": {"text/html": "<p>warm-up</p>", "text/plain": "warm-up",
+                               "image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAA"
+                                            "DUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="}}]},
+    ],
+    "metadata": {}, "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def warm_html() -> None:
+    """Convert a tiny notebook once, so that the day's conversion finds nbconvert imported and
+    its templates, markdown and sanitizer set up: about 1 s at the first conversion of a process
+    against 0.2 s later. The report run calls it in its evaluation thread while the kernel draws
+    the day, moving that second out of the run's tail. A failure here is the real conversion's
+    to report, so it is ignored."""
+    try:
+        notebook_to_html(_WARM_NOTEBOOK, "warm-up")
+    except Exception:
+        pass
+
 FAILED_DIR = ".failed"
 
 
@@ -568,11 +596,13 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     the notebook's setup cell would compute, with the same arguments; the export remembers
     its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
     stakeholder summary follows; its evaluation through that day is computed in the same
-    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`).
+    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`),
+    after the HTML conversion is set up (:func:`warm_html`).
 
-    The evaluation's modules (scipy, statsmodels: about 1.5 s of imports) are imported in the
-    thread, so the kernel is launched meanwhile and imports its own on the other core instead
-    of during the queries."""
+    The evaluation's modules are imported in the thread (scipy and statsmodels where a
+    statistic first needs them, :mod:`whispers_lab.lazy`), so the kernel is launched meanwhile
+    and imports its own on the other core instead of during the queries; the kernel, which only
+    draws the evaluation, never imports those two."""
 
     def opened() -> Export:
         export = open_export(export_file)
@@ -589,12 +619,15 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         return evaluation, document
 
-    def ahead(export: Export) -> Any:
+    def then(export: Export) -> Any:
+        warm_html()  # while the kernel draws the day: the HTML conversion comes next
+        if summary_day is None:
+            return None
         from .summary import evaluate_ahead
 
         return evaluate_ahead(export_file, plan, int(summary_day), export)
 
-    return Precompute(opened, work, None if summary_day is None else ahead)
+    return Precompute(opened, work, then)
 
 
 def _write_summary(out: Path, plan: Plan, export_file: Path,

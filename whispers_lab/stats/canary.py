@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
+from ..lazy import lazy_module
 from ..results import StatResult, Status
 from .rates import quantile_ci_from_sorted
 from .settings import StatSettings
+
+stats = lazy_module("scipy.stats")
 
 Harm = Literal["increase", "decrease"]
 

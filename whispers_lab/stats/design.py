@@ -26,10 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import special, stats
 
+from ..lazy import lazy_module
 from . import sequential
 from .settings import SpendingName
+
+special = lazy_module("scipy.special")
+stats = lazy_module("scipy.stats")
 
 #: Beta concentration (a + b) of the daily-visit propensity assumed by the plan-level design
 #: (heterogeneous users: a few come daily, many rarely). Only the design power uses it.

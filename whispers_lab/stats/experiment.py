@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from .. import cohort
 from ..export import Export
+from ..lazy import lazy_module
 from ..plan import Plan
 from ..queries import experiment as q
 from ..queries import state as qs
@@ -46,6 +46,8 @@ from .srm import srm_test
 from .sufficient import RatioStat, ratio_from_row
 from .survival import survival_comparison
 from .tickets import schedule_user_days, ticket_result
+
+stats = lazy_module("scipy.stats")
 
 if TYPE_CHECKING:
     from ..state import RolloutState

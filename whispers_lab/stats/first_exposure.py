@@ -16,11 +16,13 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..lazy import lazy_module
 from . import sequential
 from .noninferiority import stratified_difference
 from .sufficient import sums_by
+
+stats = lazy_module("scipy.stats")
 
 LEGACY_LOOKS = 7
 LEGACY_SPENDING = "obrien_fleming"

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..lazy import lazy_module
 from ..results import Status
+
+stats = lazy_module("scipy.stats")
 
 
 @dataclass(frozen=True)

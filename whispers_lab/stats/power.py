@@ -14,7 +14,10 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from scipy import stats
+
+from ..lazy import lazy_module
+
+stats = lazy_module("scipy.stats")
 
 POWER_COLUMNS: tuple[str, ...] = (
     "metric", "scale", "n", "se", "mde", "target", "information", "information_per_day",

@@ -18,13 +18,15 @@ import math
 from typing import Literal
 
 import numpy as np
-from scipy import stats
-from statsmodels.stats.proportion import proportion_confint
-from statsmodels.stats.rates import test_poisson_2indep
 
+from ..lazy import lazy_function, lazy_module
 from ..results import StatResult, Status
 from .settings import StatSettings
 from .sufficient import RatioStat
+
+stats = lazy_module("scipy.stats")
+proportion_confint = lazy_function("statsmodels.stats.proportion", "proportion_confint")
+test_poisson_2indep = lazy_function("statsmodels.stats.rates", "test_poisson_2indep")
 
 Direction = Literal["min", "max"]
 

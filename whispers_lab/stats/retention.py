@@ -27,12 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from ..lazy import lazy_module
 from ..results import StatResult, Status
 from . import design as dz
 from .settings import StatSettings
 from .staggered import StaggeredEstimate, empty_cells, empty_pairs, estimate
+
+stats = lazy_module("scipy.stats")
 
 HISTORY_COLUMNS: tuple[str, ...] = (
     "day", "k", "look", "n_treatment", "n_control", "mean_treatment", "mean_control", "diff",

@@ -23,13 +23,14 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from scipy import stats
-
+from ..lazy import lazy_module
 from ..results import StatResult
 from .power import PowerRow
 from .rates import CODE_OF_STATUS, ratio_vs_threshold
 from .settings import StatSettings
 from .sufficient import RatioStat
+
+stats = lazy_module("scipy.stats")
 
 if TYPE_CHECKING:
     from ..export import Export

@@ -32,9 +32,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special, stats
 
+from ..lazy import lazy_module
 from .settings import SpendingName
+
+optimize = lazy_module("scipy.optimize")
+special = lazy_module("scipy.special")
+stats = lazy_module("scipy.stats")
 
 _GRID = 401          # Simpson points per look (odd)
 _TAIL = 10.0          # the grid spans +-10 standard deviations

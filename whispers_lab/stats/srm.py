@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.proportion import proportion_confint
 
+from ..lazy import lazy_function, lazy_module
 from ..results import StatResult
 from .settings import StatSettings
+
+stats = lazy_module("scipy.stats")
+proportion_confint = lazy_function("statsmodels.stats.proportion", "proportion_confint")
 
 METRIC = "srm"
 

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from statsmodels.duration.survfunc import SurvfuncRight
 
+from ..lazy import lazy_function, lazy_module
 from ..results import StatResult, Status
 from .settings import StatSettings
+
+stats = lazy_module("scipy.stats")
+SurvfuncRight = lazy_function("statsmodels.duration.survfunc", "SurvfuncRight")
 
 
 @dataclass(frozen=True)

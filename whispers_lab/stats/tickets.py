@@ -37,14 +37,17 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from scipy import signal, stats
-from statsmodels.genmod.families import Poisson
-from statsmodels.genmod.generalized_linear_model import GLM
 
+from ..lazy import lazy_function, lazy_module
 from ..results import StatResult
 from . import design as dz
 from .settings import StatSettings
 from .sufficient import sums_by
+
+signal = lazy_module("scipy.signal")
+stats = lazy_module("scipy.stats")
+Poisson = lazy_function("statsmodels.genmod.families", "Poisson")
+GLM = lazy_function("statsmodels.genmod.generalized_linear_model", "GLM")
 
 METHOD = ("Poisson rate ratio per user-day stratified by day (GLM with day effects); stratified "
           "conditional score test of an increase, sequential over the daily looks")

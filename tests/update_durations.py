@@ -1,0 +1,47 @@
+"""Refresh ``tests/durations.json``: seconds per test file, from a JUnit XML report of a run.
+
+    .venv/bin/python -m pytest --junitxml=/tmp/junit.xml
+    .venv/bin/python tests/update_durations.py /tmp/junit.xml
+
+The file is only a hint for ``conftest.py``'s scheduler, which hands the slowest remaining file
+to whichever worker is free (longest first); a stale or missing entry changes the order, never
+which tests run or what they check."""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+
+def test_file(classname: str) -> str:
+    """``tests.test_x.TestY`` -> ``tests/test_x.py``; ``notebooks.x.ipynb`` -> ``notebooks/x.ipynb``."""
+    if classname.endswith(".ipynb"):
+        head, _, name = classname[: -len(".ipynb")].rpartition(".")
+        return f"{head.replace('.', '/')}/{name}.ipynb"
+    parts = classname.split(".")
+    for n in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:n]) + ".py"
+        if (ROOT / candidate).is_file():
+            return candidate
+    return "/".join(parts) + ".py"
+
+
+def main(junit_xml: str) -> None:
+    seconds: dict[str, float] = collections.defaultdict(float)
+    for case in ET.parse(junit_xml).getroot().iter("testcase"):
+        seconds[test_file(case.get("classname", ""))] += float(case.get("time") or 0)
+    ordered = {f: round(s, 1) for f, s in sorted(seconds.items(), key=lambda x: (-x[1], x[0]))}
+    tmp = DURATIONS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(DURATIONS)
+    print(f"{DURATIONS}: {len(ordered)} files, {sum(ordered.values()):.0f} s in all")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

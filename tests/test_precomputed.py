@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 import time
 
@@ -100,11 +101,12 @@ def test_work_after_the_hand_over_runs_and_its_failure_is_not_the_days(small_exp
     pre.close()
 
 
-def test_the_report_run_sets_up_the_html_conversion_after_the_hand_over(small_export, tmp_path,
-                                                                        monkeypatch):
-    """The first HTML conversion of a process sets nbconvert up (about 1 s): the report run does
-    it in its evaluation thread once the notebook has its evaluation, on every day (before the
-    summary's evaluation on the last one), and the day's page is the same as without it."""
+def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export, tmp_path,
+                                                                    monkeypatch):
+    """The first HTML conversion of a process sets nbconvert up (about 1 s), and the index's trend
+    charts take about 1.5 s to draw: the report run does both in its evaluation thread once the
+    notebook has its evaluation, on every day (before the summary's evaluation on the last
+    one); a page converted after the warm-up is the same as before it."""
     import nbformat
 
     from whispers_lab.report import runner
@@ -120,13 +122,56 @@ def test_the_report_run_sets_up_the_html_conversion_after_the_hand_over(small_ex
         real_save(*args)
         order.append("handed over")
 
+    def trends_ahead(out, plan, day, document):
+        order.append(("trends", out, day, document["decision"]))
+
     monkeypatch.setattr(runner, "warm_html", warm)
+    monkeypatch.setattr(runner, "draw_trends_ahead", trends_ahead)
     monkeypatch.setattr(precomputed, "save_evaluation", save)
     pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None)
     _, evaluation = pre.result()
-    assert evaluation.day == 9 and order == ["handed over", "warm"] and pre.then_result is None
+    assert evaluation.day == 9 and pre.then_result is None
+    assert order == ["handed over", "warm",
+                     ("trends", tmp_path, 9, evaluation.decision.decision)]
     pre.close()
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# day 9 *GO*")])
     page = runner.notebook_to_html(nb, "t")
     assert "day 9" in page and runner.notebook_to_html(nb, "t") == page
+
+
+def test_trend_charts_drawn_ahead_are_the_ones_the_index_shows(small_export, tmp_path,
+                                                                 monkeypatch):
+    """The report run draws the index's trend charts with the day's decision before it is
+    published (:func:`whispers_lab.report.index.draw_trends_ahead`); the index written after
+    publication uses them (no second drawing) and is the page a fresh drawing gives."""
+    from whispers_lab.report import index, privacy, trends
+
+    plan = load_plan(None)
+    docs = {}
+    with open_export(small_export) as export:
+        for day in (9, 10):
+            evaluation = evaluate_day(export, day, plan)
+            docs[day], _ = privacy.redact(export, evaluation.decision.to_dict())
+    out = tmp_path / "reports"
+    (out / "day-09").mkdir(parents=True)
+    (out / "day-09" / "decision.json").write_text(json.dumps(docs[9]))
+    monkeypatch.setattr(trends, "_DRAWN", {})
+    drawn = []
+    real_draw = trends._draw
+    monkeypatch.setattr(trends, "_draw", lambda frame: drawn.append(1) or real_draw(frame))
+
+    index.draw_trends_ahead(out, plan, 10, docs[10])
+    assert drawn == [1]
+    (out / "day-10").mkdir()  # published as the run does: with its stamps and the day's tasks
+    (out / "day-10" / "decision.json").write_text(json.dumps(
+        docs[10] | {"report": {"generated_at": "2026-12-12T05:30:00Z"}, "communications": []}))
+    page = index.write_index(out, plan).read_text()
+    assert drawn == [1]  # the index found them drawn
+
+    monkeypatch.setattr(trends, "_DRAWN", {})
+    fresh = index.write_index(out, plan).read_text()
+    assert drawn == [1, 1]
+    stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # when the index was written
+    assert stamp.sub("T", fresh) == stamp.sub("T", page)
+    assert "Trends across days" in page

@@ -276,3 +276,21 @@ def write_index(out_dir: str | Path, plan: Plan) -> Path:
     write_text_atomic(path, index_html(plan, days, confirmations=links,
                                        summary=read_summary(out)))
     return path
+
+
+def draw_trends_ahead(out_dir: str | Path, plan: Plan, day: int,
+                      document: dict[str, Any]) -> None:
+    """Draw the index's trend charts for the folder as it will be once ``document`` (the day's
+    decision, not yet published) is: the report run does this in its evaluation thread while
+    the kernel draws the day. Charts are kept by the content of their data
+    (:func:`~whispers_lab.report.trends.trend_charts`), so :func:`write_index` (and the
+    stakeholder summary) after publication finds them drawn, about 1.5 s at the first drawing
+    of a process; if the published folder differs, they draw their own."""
+    from . import history
+    from .trends import has_points, trend_charts
+
+    days = collect_days(out_dir)
+    days[day] = document
+    frame = history.trend_frame(plan, days, plan.criteria.min_group_users)
+    if has_points(frame):
+        trend_charts(frame)

@@ -45,7 +45,7 @@ from ..plan import Plan, load_plan
 from ..progress import Progress, advance, stage
 from . import privacy, stopping
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
-from .index import write_index
+from .index import draw_trends_ahead, write_index
 from .precomputed import Precompute
 
 __all__ = [
@@ -597,7 +597,8 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
     stakeholder summary follows; its evaluation through that day is computed in the same
     thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`),
-    after the HTML conversion is set up (:func:`warm_html`).
+    after the HTML conversion is set up (:func:`warm_html`) and the index's trend charts are
+    drawn with the day's decision (:func:`~.index.draw_trends_ahead`).
 
     The evaluation's modules are imported in the thread (scipy and statsmodels where a
     statistic first needs them, :mod:`whispers_lab.lazy`), so the kernel is launched meanwhile
@@ -610,6 +611,8 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         export.memoize()
         return export
 
+    handed: dict[str, Any] = {}  # the day's published decision, for then()
+
     def work(export: Export) -> tuple[Any, Any]:
         from ..evaluate import evaluate_day
         from ..qa import read_qa_results
@@ -617,10 +620,16 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
                                   reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
+        handed["document"] = document
         return evaluation, document
 
     def then(export: Export) -> Any:
-        warm_html()  # while the kernel draws the day: the HTML conversion comes next
+        # while the kernel draws the day: what the run does after the notebook, set up ahead
+        warm_html()  # the HTML conversion
+        try:  # the index's trend charts, with the day's decision (failures: drawn later)
+            draw_trends_ahead(out, plan, day, handed["document"])
+        except Exception:
+            pass
         if summary_day is None:
             return None
         from .summary import evaluate_ahead

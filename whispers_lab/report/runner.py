@@ -325,7 +325,6 @@ def notebook_to_html(nb: Any, title: str) -> str:
     return body
 
 
-
 #: A notebook with what a report holds (markdown, HTML, an image) for :func:`warm_html`.
 _WARM_NOTEBOOK = {
     "cells": [
@@ -352,6 +351,7 @@ def warm_html() -> None:
         notebook_to_html(_WARM_NOTEBOOK, "warm-up")
     except Exception:
         pass
+
 
 FAILED_DIR = ".failed"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ from .settings import StatSettings
 
 stats = lazy_module("scipy.stats")
 SurvfuncRight = lazy_function("statsmodels.duration.survfunc", "SurvfuncRight")
+if TYPE_CHECKING:
+    from statsmodels.duration import survfunc
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def km_curves(cells: pd.DataFrame, level: float) -> pd.DataFrame:
                                        "at_risk", "events"])
 
 
-def sf_confint(sf: SurvfuncRight, level: float) -> tuple[np.ndarray, np.ndarray]:
+def sf_confint(sf: survfunc.SurvfuncRight, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Pointwise log(-log) intervals from Greenwood's standard errors."""
     s = np.asarray(sf.surv_prob, dtype=float)
     se = np.asarray(sf.surv_prob_se, dtype=float)

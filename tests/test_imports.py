@@ -158,3 +158,16 @@ def test_drawing_a_handed_over_evaluation_imports_neither_scipy_nor_statsmodels(
                          check=True, cwd=tmp_path).stdout.strip().splitlines()
     assert (tmp_path / "decision.json").is_file()  # the cells ran to the end
     assert out[-1] == "[]"
+
+
+def test_lazy_names_import_at_first_use_and_then_are_the_real_ones() -> None:
+    out = _fresh(
+        "import sys; from whispers_lab.lazy import lazy_function, lazy_module; "
+        "m = lazy_module('colorsys'); f = lazy_function('colorsys', 'rgb_to_hsv'); "
+        "before = 'colorsys' in sys.modules; h = f(1.0, 0.0, 0.0); "
+        "import colorsys; print(before, h == colorsys.rgb_to_hsv(1.0, 0.0, 0.0), "
+        "m.hls_to_rgb is colorsys.hls_to_rgb, 'hls_to_rgb' in vars(m)); "
+        "g = lazy_function('no_such_module_here', 'x'); "
+        "print('defined')\n"
+        "try:\n    g()\nexcept ModuleNotFoundError as e:\n    print(e.name)")
+    assert out.splitlines() == ["False True True True", "defined", "no_such_module_here"]

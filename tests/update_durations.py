@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DURATIONS = Path(__file__).resolve().parent / "durations.json"
 
 
-def test_file(classname: str) -> str:
+def file_of(classname: str) -> str:
     """``tests.test_x.TestY`` -> ``tests/test_x.py``; ``notebooks.x.ipynb`` -> ``notebooks/x.ipynb``."""
     if classname.endswith(".ipynb"):
         head, _, name = classname[: -len(".ipynb")].rpartition(".")
@@ -35,7 +35,7 @@ def test_file(classname: str) -> str:
 def main(junit_xml: str) -> None:
     seconds: dict[str, float] = collections.defaultdict(float)
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
-        seconds[test_file(case.get("classname", ""))] += float(case.get("time") or 0)
+        seconds[file_of(case.get("classname", ""))] += float(case.get("time") or 0)
     ordered = {f: round(s, 1) for f, s in sorted(seconds.items(), key=lambda x: (-x[1], x[0]))}
     tmp = DURATIONS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")

@@ -135,6 +135,13 @@ def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export
                      ("trends", tmp_path, 9, evaluation.decision.decision)]
     pre.close()
 
+    order.clear()  # a run that does not write the index (the demo's) draws no trends for it
+    pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None,
+                             index_due=False)
+    pre.result()
+    assert order == ["handed over", "warm"]
+    pre.close()
+
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# day 9 *GO*")])
     page = runner.notebook_to_html(nb, "t")
     assert "day 9" in page and runner.notebook_to_html(nb, "t") == page

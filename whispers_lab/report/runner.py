@@ -453,7 +453,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
         pre: Precompute | None = None
         try:
             pre = _precompute(export_file, day, plan, out, qa_results,
-                              summary_day=day if summary_due else None)
+                              summary_day=day if summary_due else None,
+                              index_due=refresh_index)
             parameters = {"export_path": str(export_file), "day": int(day),
                           "plan_path": str(Path(plan_path).resolve()) if plan_path else None,
                           # absolute: the kernel runs inside tmp, where a relative --out
@@ -591,14 +592,16 @@ class _ForErrors:
 
 
 def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
-                qa_results: str | Path | None, *, summary_day: int | None) -> Precompute:
+                qa_results: str | Path | None, *, summary_day: int | None,
+                index_due: bool = True) -> Precompute:
     """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
     the notebook's setup cell would compute, with the same arguments; the export remembers
     its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
     stakeholder summary follows; its evaluation through that day is computed in the same
     thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`),
-    after the HTML conversion is set up (:func:`warm_html`) and the index's trend charts are
-    drawn with the day's decision (:func:`~.index.draw_trends_ahead`).
+    after the HTML conversion is set up (:func:`warm_html`) and, when the run writes the index
+    (``index_due``; the demo writes it once at its end), the index's trend charts are drawn
+    with the day's decision (:func:`~.index.draw_trends_ahead`).
 
     The evaluation's modules are imported in the thread (scipy and statsmodels where a
     statistic first needs them, :mod:`whispers_lab.lazy`), so the kernel is launched meanwhile
@@ -626,10 +629,11 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     def then(export: Export) -> Any:
         # while the kernel draws the day: what the run does after the notebook, set up ahead
         warm_html()  # the HTML conversion
-        try:  # the index's trend charts, with the day's decision (failures: drawn later)
-            draw_trends_ahead(out, plan, day, handed["document"])
-        except Exception:
-            pass
+        if index_due:
+            try:  # the index's trend charts, with the day's decision (failures: drawn later)
+                draw_trends_ahead(out, plan, day, handed["document"])
+            except Exception:
+                pass
         if summary_day is None:
             return None
         from .summary import evaluate_ahead

@@ -285,12 +285,11 @@ def draw_trends_ahead(out_dir: str | Path, plan: Plan, day: int,
     the kernel draws the day. Charts are kept by the content of their data
     (:func:`~whispers_lab.report.trends.trend_charts`), so :func:`write_index` (and the
     stakeholder summary) after publication finds them drawn, about 1.5 s at the first drawing
-    of a process; if the published folder differs, they draw their own."""
-    from . import history
-    from .trends import has_points, trend_charts
+    of a process; if the published folder differs, they draw their own. The charts come from
+    the index's own section (:func:`~whispers_lab.report.summary.index_section`), so they are
+    the ones the index asks for; its HTML is dropped."""
+    from .summary import index_section
 
     days = collect_days(out_dir)
     days[day] = document
-    frame = history.trend_frame(plan, days, plan.criteria.min_group_users)
-    if has_points(frame):
-        trend_charts(frame)
+    index_section(plan, days)

@@ -215,6 +215,12 @@ def evaluate_day(export: Export, day: int, plan: Plan,
     q.materialize_whispers_requests(
         export, plan.day_start(0) - dt.timedelta(minutes=RUN_LOOKBACK_MINUTES), end)
     q.materialize_exposures(export, end)  # and every reader of exposures from one copy
+    # and the telemetry's whispers events (daily series, CTR), the day's events (per hour,
+    # active users, the canary's app opens) and the cues of the cooldown's lookback from one
+    # grouping of the telemetry
+    q.materialize_request_events(
+        export, plan.day_start(0), end, day_lo=start,
+        cue_lo=start - dt.timedelta(minutes=float(plan.cue_cooldown_minutes)))
     daily = q.daily_series(export, plan.day_start(0), end)
 
     if data_end is None or data_end < start:

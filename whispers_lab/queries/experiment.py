@@ -32,7 +32,7 @@ from ..contract import WHISPERS_ENDPOINT
 from ..engine import mask_days, variant
 from ..errors import WhispersLabError
 from ..export import Export
-from .monitoring import exposures_source, request_events_source
+from .monitoring import day_app_opens_source, exposures_source, request_events_source
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
@@ -505,9 +505,8 @@ def canary_units(export: Export, lo: dt.datetime, hi: dt.datetime, day: int, max
         GROUP BY user_id
     ),
     op AS (
-        SELECT user_id, count(*)::DOUBLE AS opens FROM telemetry
-        WHERE created_at >= $lo AND created_at < $hi AND event_type = 'app_open'
-        GROUP BY user_id
+        SELECT user_id, CAST(opens AS DOUBLE) AS opens
+        FROM {day_app_opens_source(export, lo, hi)} AS o
     ),
     joined AS (
         SELECT p.variant, a.duration_ms, a.error_rate, o.opens,

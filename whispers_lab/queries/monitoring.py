@@ -512,16 +512,15 @@ def weight_persistence(export: Export, start: dt.datetime, end: dt.datetime) -> 
 
 def hourly_telemetry(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
     """Events per UTC hour over ``[start, end)`` with zero-filled hours: hour, events, shown."""
-    query = """
+    query = f"""
     WITH hours AS (
         SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 HOUR,
                                       INTERVAL 1 HOUR)) AS hour
     ),
     counts AS (
-        SELECT date_trunc('hour', created_at) AS hour, count(*) AS events,
-               count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown
-        FROM telemetry WHERE created_at >= $lo AND created_at < $hi
-        GROUP BY 1
+        SELECT hour, CAST(sum(events) AS BIGINT) AS events,
+               CAST(sum(shown) AS BIGINT) AS shown
+        FROM {day_events_source(export, start, end)} GROUP BY 1
     )
     SELECT h.hour, coalesce(c.events, 0) AS events, coalesce(c.shown, 0) AS shown
     FROM hours h LEFT JOIN counts c USING (hour)
@@ -546,7 +545,7 @@ def treated_active_users(export: Export, start: dt.datetime, end: dt.datetime) -
         WHERE exposed_at >= $lo AND exposed_at < $hi AND variant = 'treatment'
     ),
     active AS (
-        SELECT DISTINCT user_id FROM telemetry WHERE created_at >= $lo AND created_at < $hi
+        SELECT DISTINCT user_id FROM {day_events_source(export, start, end)}
     )
     SELECT count(*) FROM treated JOIN active USING (user_id)
     """
@@ -559,27 +558,39 @@ def cue_cooldown(export: Export, start: dt.datetime, end: dt.datetime, *,
 
     A violation is a ``maya_cue_fired`` event of a user that follows that user's previous cue
     by strictly less than ``cooldown_minutes`` (LAG per user; the previous cue may lie up to one
-    cooldown before ``start``)."""
-    query = """
+    cooldown before ``start``). The cues are read from :data:`REQUEST_EVENTS_TABLE` when it
+    holds the lookback, one row per user and time with how many cues share it (``n``: the
+    second and later of them follow the first by 0 minutes), else from the telemetry."""
+    cooldown = dt.timedelta(minutes=float(cooldown_minutes))
+    lookback = start - cooldown
+    if _holds(export, _CUE_EVENTS, lookback, end):
+        times = f"""SELECT user_id, cue_t AS created_at, CAST(sum(cues) AS BIGINT) AS n
+            FROM {REQUEST_EVENTS_TABLE}
+            WHERE cue_t >= $lookback AND cue_t < $hi GROUP BY 1, 2"""
+    else:
+        times = """SELECT user_id, created_at, count(*) AS n FROM telemetry
+            WHERE event_type = 'maya_cue_fired' AND created_at >= $lookback
+              AND created_at < $hi
+            GROUP BY 1, 2"""
+    query = f"""
     WITH cues AS (
-        SELECT user_id, created_at,
+        SELECT user_id, created_at, n,
                lag(created_at) OVER (PARTITION BY user_id ORDER BY created_at) AS prev
-        FROM telemetry
-        WHERE event_type = 'maya_cue_fired'
-          AND created_at >= $lookback AND created_at < $hi
+        FROM ({times}) AS t
     ),
     today AS (
         SELECT *, epoch_us(created_at) - epoch_us(prev) AS gap_us
         FROM cues WHERE created_at >= $lo
     )
-    SELECT count(*) AS cues,
+    SELECT CAST(coalesce(sum(n), 0) AS BIGINT) AS cues,
            count(DISTINCT user_id) AS users,
-           count(*) FILTER (WHERE gap_us < $cooldown_us) AS violations,
-           min(gap_us) / 60e6 AS min_gap_minutes
+           CAST(count(*) FILTER (WHERE gap_us < $cooldown_us)
+                + coalesce(sum(n - 1) FILTER (WHERE $cooldown_us > 0), 0) AS BIGINT)
+               AS violations,
+           least(min(gap_us), CASE WHEN max(n) > 1 THEN 0 END) / 60e6 AS min_gap_minutes
     FROM today
     """
-    cooldown = dt.timedelta(minutes=float(cooldown_minutes))
-    return _row(export.sql(query, {"lo": start, "hi": end, "lookback": start - cooldown,
+    return _row(export.sql(query, {"lo": start, "hi": end, "lookback": lookback,
                                    "cooldown_us": cooldown / dt.timedelta(microseconds=1)}))
 
 
@@ -661,20 +672,55 @@ def db_runs(export: Export, start: dt.datetime, end: dt.datetime, *, limit_ms: f
 # daily series for charts
 
 
-#: The whispers_shown / whispers_used events per UTC day, user and request
-#: (:func:`materialize_request_events`).
+#: The telemetry a report reads, grouped once (:func:`materialize_request_events`): the
+#: whispers_shown / whispers_used events per UTC day, user and request, and every event of the
+#: report's day (per hour) and the Maya cues of its cooldown lookback.
 REQUEST_EVENTS_TABLE = "wl_request_events"
+#: Keys of :data:`_MADE` for the parts of :data:`REQUEST_EVENTS_TABLE` beyond the whispers
+#: events: every event from the day's start, the Maya cues from the cooldown lookback.
+_DAY_EVENTS = REQUEST_EVENTS_TABLE + ":day"
+_CUE_EVENTS = REQUEST_EVENTS_TABLE + ":cues"
 
 
-def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime) -> None:
-    """Create the temporary table :data:`REQUEST_EVENTS_TABLE` over ``[lo, hi)``: ``d`` (the
-    UTC day), ``user_id, request_id, shown, used`` (whispers_shown and whispers_used events).
-    The daily series reads its impressions, clicks and shown users from it, and the CTR
-    statistic its clustered sums (:func:`request_events_source`): one grouping of the
-    telemetry's whispers events instead of two (1M users: the two took 2.8-4.2 s, now 2.3-2.6)."""
-    export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS "
-               + _request_counts("date_trunc('day', created_at) AS d", "d"), {"lo": lo, "hi": hi})
+def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime, *,
+                               day_lo: dt.datetime | None = None,
+                               cue_lo: dt.datetime | None = None) -> None:
+    """Create the temporary table :data:`REQUEST_EVENTS_TABLE` from one reading of the
+    telemetry: the whispers_shown and whispers_used events of ``[lo, hi)``, every event of
+    ``[day_lo, hi)`` (the report's day) and the ``maya_cue_fired`` events of ``[cue_lo, hi)``
+    (its cooldown lookback), grouped per ``d`` (the UTC day), ``user_id, request_id, hr`` (the
+    UTC hour of an event from ``day_lo`` on, else NULL) and ``cue_t`` (a cue's time from
+    ``cue_lo`` on, else NULL), with the counts ``shown, used, opens`` (app_open), ``cues`` and
+    ``events`` (all types).
+
+    Its readers: the daily series and the CTR statistic's clustered sums (the groups with a
+    whispers event, :func:`request_events_source`), the day's events per hour
+    (:func:`hourly_telemetry`), its active users (:func:`treated_active_users`), the canary's
+    app opens per user (:func:`day_app_opens_source`) and the cue spacing
+    (:func:`cue_cooldown`): one scan of the telemetry for the five instead of five. Each reads
+    it only for a window it holds, else the telemetry. ``day_lo`` / ``cue_lo`` None: no day's
+    or cue rows beyond the whispers events."""
+    day_lo = hi if day_lo is None else max(day_lo, lo)
+    cue_lo = hi if cue_lo is None else max(min(cue_lo, day_lo), lo)
+    export.sql(f"""CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS
+    SELECT date_trunc('day', created_at) AS d, user_id, request_id,
+           CASE WHEN created_at >= $day_lo THEN date_trunc('hour', created_at) END AS hr,
+           CASE WHEN event_type = 'maya_cue_fired' AND created_at >= $cue_lo
+                THEN created_at END AS cue_t,
+           count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+           count(*) FILTER (WHERE event_type = 'whispers_used') AS used,
+           count(*) FILTER (WHERE event_type = 'app_open') AS opens,
+           count(*) FILTER (WHERE event_type = 'maya_cue_fired') AS cues,
+           count(*) AS events
+    FROM telemetry
+    WHERE created_at >= $lo AND created_at < $hi
+      AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
+           OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
+    GROUP BY d, user_id, request_id, hr, cue_t""",
+               {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo})
     _made(export, REQUEST_EVENTS_TABLE, lo, hi)
+    _made(export, _DAY_EVENTS, day_lo, hi)
+    _made(export, _CUE_EVENTS, cue_lo, hi)
 
 
 def _request_counts(key: str = "", group: str = "") -> str:
@@ -690,6 +736,42 @@ def _request_counts(key: str = "", group: str = "") -> str:
     GROUP BY {group + ", " if group else ""}user_id, request_id"""
 
 
+def _on_the_hour(t: dt.datetime) -> bool:
+    return pd.Timestamp(t) == pd.Timestamp(t).floor("h")
+
+
+def _holds_day(export: Export, lo: dt.datetime, hi: dt.datetime) -> bool:
+    """Whether :data:`REQUEST_EVENTS_TABLE` holds every event of ``[lo, hi)`` (whole hours)."""
+    return _holds(export, _DAY_EVENTS, lo, hi) and _on_the_hour(lo) and _on_the_hour(hi)
+
+
+def day_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
+    """A FROM clause of the telemetry's events in ``[$lo, $hi)`` per hour, user and request:
+    ``hour, user_id, request_id, shown, opens, events`` (counts). Read from
+    :data:`REQUEST_EVENTS_TABLE` when it holds every event of the window (whole hours), else
+    from the telemetry (a query naming it binds ``$lo`` and ``$hi`` to the window)."""
+    if _holds_day(export, lo, hi):
+        return f"""(SELECT hr AS hour, user_id, request_id, shown, opens, events
+            FROM {REQUEST_EVENTS_TABLE} WHERE hr >= $lo AND hr < $hi)"""
+    return """(SELECT date_trunc('hour', created_at) AS hour, user_id, request_id,
+            count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+            count(*) FILTER (WHERE event_type = 'app_open') AS opens,
+            count(*) AS events
+        FROM telemetry WHERE created_at >= $lo AND created_at < $hi
+        GROUP BY 1, 2, 3)"""
+
+
+def day_app_opens_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
+    """A FROM clause of the app opens per user in ``[$lo, $hi)``: ``user_id, opens``
+    (:func:`day_events_source` when it holds the window, else the telemetry's app_open rows)."""
+    if _holds_day(export, lo, hi):
+        return f"""(SELECT user_id, CAST(sum(opens) AS BIGINT) AS opens
+            FROM {day_events_source(export, lo, hi)} AS e WHERE opens > 0 GROUP BY user_id)"""
+    return """(SELECT user_id, count(*) AS opens FROM telemetry
+        WHERE created_at >= $lo AND created_at < $hi AND event_type = 'app_open'
+        GROUP BY user_id)"""
+
+
 def _midnight(t: dt.datetime) -> bool:
     return pd.Timestamp(t) == pd.Timestamp(t).normalize()
 
@@ -700,9 +782,12 @@ def request_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> s
     :data:`REQUEST_EVENTS_TABLE` when it was made for a window that holds this one and the
     window is whole UTC days; else from the telemetry itself."""
     if _holds(export, REQUEST_EVENTS_TABLE, lo, hi) and _midnight(lo) and _midnight(hi):
+        # (the table's other groups hold no whispers event; a request's events may be split
+        # over groups by their hour or a cue, hence the sums)
         return f"""(SELECT user_id, request_id, sum(shown) AS shown, sum(used) AS used
             FROM {REQUEST_EVENTS_TABLE}
-            WHERE d >= $lo AND d < $hi GROUP BY user_id, request_id)"""
+            WHERE d >= $lo AND d < $hi AND (shown > 0 OR used > 0)
+            GROUP BY user_id, request_id)"""
     return f"({_request_counts()})"
 
 
@@ -714,7 +799,8 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     request_users (users with a whispers request), error_rate, weight_requests, fallbacks,
     fallback_rate. The user counts let a chart withhold cells from fewer than
     ``criteria.min_group_users`` users."""
-    materialize_request_events(export, start, end)
+    if not (_holds(export, REQUEST_EVENTS_TABLE, start, end) and _midnight(start)):
+        materialize_request_events(export, start, end)
     query = f"""
     WITH days AS (
         SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 DAY,
@@ -740,7 +826,7 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     -- counts, which the CTR statistic reads again
     tel_user AS (
         SELECT d, user_id, sum(shown) AS n_shown, sum(used) AS n_used
-        FROM {REQUEST_EVENTS_TABLE} GROUP BY 1, 2
+        FROM {REQUEST_EVENTS_TABLE} WHERE shown > 0 OR used > 0 GROUP BY 1, 2
     ),
     tel AS (
         SELECT d, CAST(sum(n_shown) AS BIGINT) AS impressions,

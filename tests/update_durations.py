@@ -32,15 +32,28 @@ def file_of(classname: str) -> str:
     return "/".join(parts) + ".py"
 
 
+def merged(previous: dict[str, float], measured: dict[str, float]) -> dict[str, float]:
+    """The hint after a run: the run's seconds for the files it ran; the previous hint's for
+    files it did not run that still exist (a partial run, e.g. ``-m "not spark"``, keeps the
+    Spark group's entry); longest first."""
+    out = {f: s for f, s in previous.items() if f not in measured and (ROOT / f).is_file()}
+    out.update(measured)
+    return {f: round(s, 1) for f, s in sorted(out.items(), key=lambda x: (-x[1], x[0]))}
+
+
 def main(junit_xml: str) -> None:
     seconds: dict[str, float] = collections.defaultdict(float)
     for case in ET.parse(junit_xml).getroot().iter("testcase"):
         seconds[file_of(case.get("classname", ""))] += float(case.get("time") or 0)
-    ordered = {f: round(s, 1) for f, s in sorted(seconds.items(), key=lambda x: (-x[1], x[0]))}
+    previous = (json.loads(DURATIONS.read_text(encoding="utf-8")) if DURATIONS.is_file()
+                else {})
+    ordered = merged(previous, seconds)
     tmp = DURATIONS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(ordered, indent=1) + "\n", encoding="utf-8")
     tmp.replace(DURATIONS)
-    print(f"{DURATIONS}: {len(ordered)} files, {sum(ordered.values()):.0f} s in all")
+    kept = len(ordered) - len(seconds)
+    print(f"{DURATIONS}: {len(ordered)} files ({kept} kept from the previous hint), "
+          f"{sum(ordered.values()):.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 *slot* of marks in a 64-bit word) against a pandas computation of the definition, event by
 event: each event's interval, its planned variant, the groups per user, interval and day, the
 as-of lookup of the last exposure row. Random users, events and intervals, among them a day cut
-into more pieces than one word holds, a gap between intervals and events outside every one."""
+into more pieces than one word holds, a gap between intervals and events outside every one;
+with the app opens read from the telemetry, and from the per-user table that groups them with
+the activity masks (``wl_app_opens``, one reading of the telemetry for both)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from test_rules import table
 from whispers_lab.contract import WHISPERS_ENDPOINT
 from whispers_lab.export import open_export, write_export
 from whispers_lab.plan import load_plan
+from whispers_lab.queries import experiment as qe
 from whispers_lab.queries import state as qs
 
 PLAN = load_plan()
@@ -184,6 +187,72 @@ def test_served_and_share_is_the_event_by_event_definition(tmp_path: Path, seed:
             # day 10's 40 pieces (two words of marks) are in the share from day 10 on
             assert share["interval_id"].nunique() > (30 if share_from == PLAN.day_start(10)
                                                      else 1)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("gap", [False, True])
+def test_the_app_opens_grouped_with_the_masks_give_the_same_counts(tmp_path: Path, seed: int,
+                                                                   gap: bool):
+    """The activity masks' reading of the app opens keeps each user's opens per state slot;
+    served-vs-planned counts them from there when every day of its window is covered by the
+    state's pieces from midnight to midnight (then the latest exposure row up to a user's last
+    event of the day is the day's latest), and reads the telemetry when a day has a gap."""
+    path, assignment = _export(tmp_path, seed)
+    intervals = _intervals(np.random.default_rng(100 + seed))
+    if not gap:  # the hour without a state on day 11 is in the interval after it
+        after = intervals["start_at"] == PLAN.day_start(11) + dt.timedelta(hours=4)
+        intervals.loc[after, "start_at"] = PLAN.day_start(11) + dt.timedelta(hours=3)
+    lo, hi = PLAN.day_start(8), PLAN.day_start(13)
+    slots = qs.day_slots(intervals, START, lo, hi)
+    with open_export(path) as ex:
+        qs.register_assignment(ex, assignment["user_id"], assignment["category"],
+                               assignment["bucket"])
+        qs.register_intervals(ex, intervals)
+        qe.register_cohort(ex, pd.DataFrame({"user_id": assignment["user_id"],
+                                             "reason": "percentage",
+                                             "first_enabled_day": 8.0}))
+        qe.materialize_randomised(ex, START, hi, -14,
+                                  qs.day_slots(intervals, START, PLAN.day_start(-14), hi))
+        positions = qe.open_slot_positions(ex, slots)
+        assert (positions is None) is gap
+        for share_from in (PLAN.day_start(10), PLAN.day_start(12)):
+            served, share = qs.served_and_share(ex, START, lo, hi, share_from)
+            want_served, want_share = _reference(path, assignment, intervals, lo, hi,
+                                                 share_from)
+            pd.testing.assert_frame_equal(served, want_served, check_dtype=False)
+            pd.testing.assert_frame_equal(share, want_share)
+            assert served["treatment_served_control"].sum() > 0  # the as-of lookup decides
+        # the masks are those of the telemetry's app opens, as before
+        masks = ex.sql(f"SELECT user_id, CAST(m AS VARCHAR) AS m FROM {qe.RANDOMISED_TABLE} "
+                       f"ORDER BY user_id")
+        opens = ex.sql("SELECT user_id, created_at FROM telemetry "
+                       "WHERE event_type = 'app_open' AND created_at < $hi", {"hi": hi})
+    day = (pd.to_datetime(opens["created_at"]).dt.normalize() - pd.Timestamp(START)).dt.days
+    want = (opens.assign(bit=[1 << (int(x) + 14) for x in day]).groupby("user_id")["bit"]
+            .agg(lambda b: str(int(np.bitwise_or.reduce(np.array(b, dtype=object))))))
+    got = masks.set_index("user_id")["m"]  # the randomised users (in the cohort)
+    want = want.loc[want.index.isin(got.index)]
+    assert len(want) > 300
+    assert (got.loc[want.index] == want).all() and (got.drop(want.index) == "0").all()
+
+
+def test_a_piece_the_table_does_not_hold_reads_the_telemetry(tmp_path: Path):
+    path, assignment = _export(tmp_path, 4)
+    intervals = _intervals(np.random.default_rng(104))
+    hi = PLAN.day_start(13)
+    with open_export(path) as ex:
+        qe.register_cohort(ex, pd.DataFrame({"user_id": assignment["user_id"],
+                                             "reason": "percentage",
+                                             "first_enabled_day": 8.0}))
+        whole_days = intervals.assign(start_at=intervals["start_at"].dt.normalize())
+        for made, asked, held in (
+                (intervals, intervals, True), (None, intervals, False),
+                (whole_days, intervals, False)):  # other bounds: another piece
+            qe.materialize_randomised(
+                ex, START, hi, -14,
+                None if made is None else qs.day_slots(made, START, PLAN.day_start(-14), hi))
+            asked_slots = qs.day_slots(asked, START, PLAN.day_start(8), PLAN.day_start(11))
+            assert (qe.open_slot_positions(ex, asked_slots) is not None) is held
 
 
 def test_day_slots_cut_intervals_at_midnight_and_skip_gaps():

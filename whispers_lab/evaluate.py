@@ -257,7 +257,6 @@ def evaluate_day(export: Export, day: int, plan: Plan,
                              lookback_minutes=RUN_LOOKBACK_MINUTES)
     weights = q.weight_persistence(export, start, end)
     hourly = q.hourly_telemetry(export, start, end)
-    treated_active = q.treated_active_users(export, start, end)
     cues = q.cue_cooldown(export, start, end, cooldown_minutes=plan.cue_cooldown_minutes)
     tickets = q.ticket_counts(export, start, end) if export.has("support_tickets") else None
     baseline = q.db_baseline(export, plan.day_start(0))
@@ -289,6 +288,8 @@ def evaluate_day(export: Export, day: int, plan: Plan,
 
     # -- statistics ------------------------------------------------------------------------
     stats, stats_missing = _stat_results(export, day, plan, state)
+    # after the statistics: who opened the app that day comes from their reading of the opens
+    treated_active = q.treated_active_users(export, start, end)
     integrity, dil, served = _integrity(export, day, plan, state)
 
     # -- rules -----------------------------------------------------------------------------

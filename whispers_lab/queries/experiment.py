@@ -21,6 +21,7 @@ and the canary population read those tables, so call them in that order after
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,10 +33,19 @@ from ..contract import WHISPERS_ENDPOINT
 from ..engine import mask_days, variant
 from ..errors import WhispersLabError
 from ..export import Export
-from .monitoring import day_app_opens_source, exposures_source, request_events_source
+from .monitoring import (
+    APP_OPENS_TABLE,
+    day_app_opens_source,
+    exposures_source,
+    made_day_opens,
+    request_events_source,
+)
+from .slots import slot_case
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
+#: Per export, the slots (pieces with their bit ``position``) :data:`APP_OPENS_TABLE` was made with.
+_OPEN_SLOTS: weakref.WeakKeyDictionary[Any, pd.DataFrame] = weakref.WeakKeyDictionary()
 #: Every user's first exposure of the analysis window (:func:`materialize_first_exposures`).
 FIRST_EXPOSURE_TABLE = "wl_first_exposure"
 STAGE_TABLE = "wl_stage_units"
@@ -92,8 +102,8 @@ def _int_values(values: Sequence[int]) -> str:
     return ", ".join(f"({int(v)})" for v in sorted(set(values)))
 
 
-def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base_day: int
-                           ) -> int:
+def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base_day: int,
+                           slots: pd.DataFrame | None = None) -> int:
     """Create the temporary table :data:`RANDOMISED_TABLE`, one row per randomised user (in
     ``users``, cohort reason neither internal nor beta): ``user_id, f_day`` (rollout day the
     state enables the user, ``inf`` = never), ``signup_day`` and ``m``, the user's active days
@@ -102,9 +112,17 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
     type from :func:`whispers_lab.engine.variant`). Users without any app open have
     ``m = 0``; they still count as randomised (tickets, SRM denominators).
 
-    App opens are read once, grouped by user; everything later is bit arithmetic on one row
-    per user. Returns the number of randomised users. Raises :class:`WhispersLabError` when the
-    span from ``base_day`` to the last day exceeds what the engine's mask holds
+    App opens are read once, grouped by user into :data:`APP_OPENS_TABLE` (every user, not
+    only the randomised: ``user_id, m``, ``o`` (the user's app opens per state slot) and
+    ``day_opens`` (on the last day, ``[hi - 1 day, hi)``: the canary's and the day's active
+    users', :func:`~whispers_lab.queries.monitoring.day_app_opens_source`));
+    everything later is bit arithmetic on one row per user. ``slots``: the state's intervals cut
+    at midnight (:func:`whispers_lab.queries.slots.day_slots` over the same span): bit ``p`` of
+    ``o`` is set when the user opened the app in the ``p``-th piece in time order, so that
+    served-vs-planned counts the app opens from this table instead of reading the telemetry
+    again (:func:`open_slot_positions`); None, or more pieces than the mask holds: ``o = 0``.
+    Returns the number of randomised users. Raises :class:`WhispersLabError` when the span
+    from ``base_day`` to the last day exceeds what the engine's mask holds
     (:data:`MAX_MASK_DAYS` on DuckDB)."""
     last = (hi.date() - start).days - 1
     limit = mask_days(export)
@@ -114,27 +132,66 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
             f"the activity mask holds at most {limit} days on {export.engine}")
     mask = variant(export, "mask_type")
     lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=base_day)
+    day_lo = max(lo, hi - dt.timedelta(days=1))  # the last day's app opens (day_opens)
+    pieces = None
+    if slots is not None and 0 < len(slots) < limit:  # (bit ``limit`` would be the sign)
+        pieces = (slots.sort_values("begin")[["begin", "end", "day", "slot"]]
+                  .reset_index(drop=True))
+        pieces["position"] = np.arange(len(pieces))
+        position = slot_case(pieces.assign(slot=pieces["position"]), "created_at")
+        o = f"bit_or(CAST(1 AS {mask}) << CAST({position} AS INTEGER))"
+    else:
+        o = f"CAST(0 AS {mask})"
+    export.sql(f"""
+    CREATE OR REPLACE TEMP TABLE {APP_OPENS_TABLE} AS
+    SELECT user_id, bit_or(CAST(1 AS {mask}) << CAST(d - $base AS INTEGER)) AS m,
+           coalesce({o}, CAST(0 AS {mask})) AS o,
+           count(*) FILTER (WHERE created_at >= $day_lo) AS day_opens
+    FROM (SELECT user_id, created_at, {_day_expr(start, 'created_at')} AS d
+          FROM telemetry
+          WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi) AS opens
+    GROUP BY user_id
+    """, {"lo": lo, "hi": hi, "base": int(base_day), "day_lo": day_lo})
+    made_day_opens(export, day_lo, hi)
+    if pieces is None:
+        _OPEN_SLOTS.pop(export, None)
+    else:
+        _OPEN_SLOTS[export] = pieces
     q = f"""
     CREATE OR REPLACE TEMP TABLE {RANDOMISED_TABLE} AS
-    WITH opens AS (
-        SELECT user_id, {_day_expr(start, 'created_at')} AS d
-        FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
-    ),
-    masks AS (
-        SELECT user_id, bit_or(CAST(1 AS {mask}) << CAST(d - $base AS INTEGER)) AS m
-        FROM opens GROUP BY user_id
-    )
     SELECT c.user_id, c.first_enabled_day AS f_day,
            coalesce({_day_expr(start, 'u.signup_at')}, $base) AS signup_day,
            coalesce(k.m, CAST(0 AS {mask})) AS m
     FROM {COHORT_RELATION} c
     JOIN users u ON u.user_id = c.user_id
-    LEFT JOIN masks k ON k.user_id = c.user_id
+    LEFT JOIN {APP_OPENS_TABLE} k ON k.user_id = c.user_id
     WHERE c.reason NOT IN ({_excluded_sql()})
     """
-    export.sql(q, {"lo": lo, "hi": hi, "base": int(base_day)})
+    export.sql(q, {"base": int(base_day)})
     return int(export.scalar(f"SELECT count(*) FROM {RANDOMISED_TABLE}"))
+
+
+def open_slot_positions(export: Export, slots: pd.DataFrame) -> pd.Series | None:
+    """The bit of :data:`APP_OPENS_TABLE`'s ``o`` that holds each of ``slots``' pieces (same
+    index), or None when the table cannot answer for them: not made with slots, a piece it does
+    not hold with the same bounds, or a day the pieces do not cover from midnight to midnight
+    (served-vs-planned then needs the time of the user's last event of the day, which only
+    the telemetry has)."""
+    made = _OPEN_SLOTS.get(export)
+    if made is None or not len(slots):
+        return None
+    key = ["begin", "end"]
+    found = slots[key].merge(made[[*key, "position"]], on=key, how="left")
+    if found["position"].isna().any():
+        return None
+    for _, day in slots.sort_values("begin").groupby("day"):
+        begin, end = day["begin"].to_numpy(), day["end"].to_numpy()
+        midnight = pd.Timestamp(begin[0]).normalize()
+        if (pd.Timestamp(begin[0]) != midnight
+                or pd.Timestamp(end[-1]) != midnight + pd.Timedelta(days=1)
+                or (begin[1:] != end[:-1]).any()):
+            return None
+    return pd.Series(found["position"].astype("int64").to_numpy(), index=slots.index)
 
 
 def enabled_day_counts(export: Export) -> pd.DataFrame:

@@ -529,6 +529,19 @@ def hourly_telemetry(export: Export, start: dt.datetime, end: dt.datetime) -> pd
     return export.sql(query, {"lo": start, "hi": end})
 
 
+def _active_users(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
+    """SELECT of the distinct users with any telemetry event in ``[$lo, $hi)``: the day's
+    table (:func:`day_events_source`, users of events other than app opens) and the users
+    who opened the app that day (:data:`APP_OPENS_TABLE`) when both hold the window, else the
+    telemetry."""
+    if _holds_day(export, lo, hi) and _opens_of_the_day(export, lo, hi):
+        return f"""SELECT user_id FROM {day_events_source(export, lo, hi)} AS e
+            WHERE user_id IS NOT NULL
+            UNION
+            SELECT user_id FROM {APP_OPENS_TABLE} WHERE day_opens > 0"""
+    return "SELECT DISTINCT user_id FROM telemetry WHERE created_at >= $lo AND created_at < $hi"
+
+
 def treated_active_users(export: Export, start: dt.datetime, end: dt.datetime) -> int:
     """Users served the treatment at some time in ``[start, end)`` (an exposure row in the
     window, or the latest row before it) who also sent any telemetry event in the window."""
@@ -544,9 +557,7 @@ def treated_active_users(export: Export, start: dt.datetime, end: dt.datetime) -
         SELECT user_id FROM {exposures}
         WHERE exposed_at >= $lo AND exposed_at < $hi AND variant = 'treatment'
     ),
-    active AS (
-        SELECT DISTINCT user_id FROM {day_events_source(export, start, end)}
-    )
+    active AS ({_active_users(export, start, end)})
     SELECT count(*) FROM treated JOIN active USING (user_id)
     """
     return int(export.sql(query, {"lo": start, "hi": end}).iloc[0, 0])
@@ -564,9 +575,9 @@ def cue_cooldown(export: Export, start: dt.datetime, end: dt.datetime, *,
     cooldown = dt.timedelta(minutes=float(cooldown_minutes))
     lookback = start - cooldown
     if _holds(export, _CUE_EVENTS, lookback, end):
-        times = f"""SELECT user_id, cue_t AS created_at, CAST(sum(cues) AS BIGINT) AS n
+        times = f"""SELECT user_id, t AS created_at, CAST(sum(cues) AS BIGINT) AS n
             FROM {REQUEST_EVENTS_TABLE}
-            WHERE cue_t >= $lookback AND cue_t < $hi GROUP BY 1, 2"""
+            WHERE cues > 0 AND t >= $lookback AND t < $hi GROUP BY 1, 2"""
     else:
         times = """SELECT user_id, created_at, count(*) AS n FROM telemetry
             WHERE event_type = 'maya_cue_fired' AND created_at >= $lookback
@@ -680,6 +691,12 @@ REQUEST_EVENTS_TABLE = "wl_request_events"
 #: events: every event from the day's start, the Maya cues from the cooldown lookback.
 _DAY_EVENTS = REQUEST_EVENTS_TABLE + ":day"
 _CUE_EVENTS = REQUEST_EVENTS_TABLE + ":cues"
+#: Every user's app opens over the activity masks' span, grouped once per user
+#: (:func:`whispers_lab.queries.experiment.materialize_randomised`): ``user_id, m`` (active
+#: days), ``o`` (state slots) and ``day_opens`` (app opens on the span's last day).
+APP_OPENS_TABLE = "wl_app_opens"
+#: Key of :data:`_MADE` for the day :data:`APP_OPENS_TABLE`'s ``day_opens`` counts.
+_DAY_OPENS = APP_OPENS_TABLE + ":day"
 
 
 def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime, *,
@@ -688,35 +705,36 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
     """Create the temporary table :data:`REQUEST_EVENTS_TABLE` from one reading of the
     telemetry: the whispers_shown and whispers_used events of ``[lo, hi)``, every event of
     ``[day_lo, hi)`` (the report's day) and the ``maya_cue_fired`` events of ``[cue_lo, hi)``
-    (its cooldown lookback), grouped per ``d`` (the UTC day), ``user_id, request_id, hr`` (the
-    UTC hour of an event from ``day_lo`` on, else NULL) and ``cue_t`` (a cue's time from
-    ``cue_lo`` on, else NULL), with the counts ``shown, used, opens`` (app_open), ``cues`` and
-    ``events`` (all types).
+    (its cooldown lookback), grouped per ``d`` (the UTC day), ``user_id, request_id`` and
+    ``t``: a cue's time from ``cue_lo`` on, the UTC hour of any other event from ``day_lo`` on,
+    else NULL; with the counts ``shown, used, cues`` and ``events`` (all types). The day's app
+    opens are counted per hour only (``user_id`` and ``request_id`` NULL): who opened the app
+    that day is :data:`APP_OPENS_TABLE`'s ``day_opens``, from the reading of the app opens for
+    the activity masks, so the many (user, hour) groups they would make are not made twice.
 
     Its readers: the daily series and the CTR statistic's clustered sums (the groups with a
     whispers event, :func:`request_events_source`), the day's events per hour
-    (:func:`hourly_telemetry`), its active users (:func:`treated_active_users`), the canary's
-    app opens per user (:func:`day_app_opens_source`) and the cue spacing
-    (:func:`cue_cooldown`): one scan of the telemetry for the five instead of five. Each reads
-    it only for a window it holds, else the telemetry. ``day_lo`` / ``cue_lo`` None: no day's
-    or cue rows beyond the whispers events."""
+    (:func:`hourly_telemetry`), its active users (:func:`treated_active_users`, with
+    :data:`APP_OPENS_TABLE`) and the cue spacing (:func:`cue_cooldown`). Each reads it only for
+    a window it holds, else the telemetry. ``day_lo`` / ``cue_lo`` None: no day's or cue rows
+    beyond the whispers events."""
     day_lo = hi if day_lo is None else max(day_lo, lo)
     cue_lo = hi if cue_lo is None else max(min(cue_lo, day_lo), lo)
     export.sql(f"""CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS
-    SELECT date_trunc('day', created_at) AS d, user_id, request_id,
-           CASE WHEN created_at >= $day_lo THEN date_trunc('hour', created_at) END AS hr,
-           CASE WHEN event_type = 'maya_cue_fired' AND created_at >= $cue_lo
-                THEN created_at END AS cue_t,
+    SELECT date_trunc('day', created_at) AS d,
+           CASE WHEN event_type = 'app_open' THEN NULL ELSE user_id END AS user_id,
+           CASE WHEN event_type = 'app_open' THEN NULL ELSE request_id END AS request_id,
+           CASE WHEN event_type = 'maya_cue_fired' AND created_at >= $cue_lo THEN created_at
+                WHEN created_at >= $day_lo THEN date_trunc('hour', created_at) END AS t,
            count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
            count(*) FILTER (WHERE event_type = 'whispers_used') AS used,
-           count(*) FILTER (WHERE event_type = 'app_open') AS opens,
            count(*) FILTER (WHERE event_type = 'maya_cue_fired') AS cues,
            count(*) AS events
     FROM telemetry
     WHERE created_at >= $lo AND created_at < $hi
       AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
            OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
-    GROUP BY d, user_id, request_id, hr, cue_t""",
+    GROUP BY 1, 2, 3, 4""",
                {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo})
     _made(export, REQUEST_EVENTS_TABLE, lo, hi)
     _made(export, _DAY_EVENTS, day_lo, hi)
@@ -747,26 +765,37 @@ def _holds_day(export: Export, lo: dt.datetime, hi: dt.datetime) -> bool:
 
 def day_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
     """A FROM clause of the telemetry's events in ``[$lo, $hi)`` per hour, user and request:
-    ``hour, user_id, request_id, shown, opens, events`` (counts). Read from
-    :data:`REQUEST_EVENTS_TABLE` when it holds every event of the window (whole hours), else
-    from the telemetry (a query naming it binds ``$lo`` and ``$hi`` to the window)."""
+    ``hour, user_id, request_id, shown, events`` (counts). Read from
+    :data:`REQUEST_EVENTS_TABLE` when it holds every event of the window (whole hours; its
+    app opens are there per hour, without a user), else from the telemetry (a query naming it
+    binds ``$lo`` and ``$hi`` to the window)."""
     if _holds_day(export, lo, hi):
-        return f"""(SELECT hr AS hour, user_id, request_id, shown, opens, events
-            FROM {REQUEST_EVENTS_TABLE} WHERE hr >= $lo AND hr < $hi)"""
+        return f"""(SELECT date_trunc('hour', t) AS hour, user_id, request_id, shown, events
+            FROM {REQUEST_EVENTS_TABLE} WHERE t >= $lo AND t < $hi)"""
     return """(SELECT date_trunc('hour', created_at) AS hour, user_id, request_id,
             count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
-            count(*) FILTER (WHERE event_type = 'app_open') AS opens,
             count(*) AS events
         FROM telemetry WHERE created_at >= $lo AND created_at < $hi
         GROUP BY 1, 2, 3)"""
 
 
+def made_day_opens(export: Export, lo: dt.datetime, hi: dt.datetime) -> None:
+    """Record that :data:`APP_OPENS_TABLE` was just made with ``day_opens`` counting
+    ``[lo, hi)`` (by :func:`whispers_lab.queries.experiment.materialize_randomised`)."""
+    _made(export, _DAY_OPENS, lo, hi)
+
+
+def _opens_of_the_day(export: Export, lo: dt.datetime, hi: dt.datetime) -> bool:
+    """Whether :data:`APP_OPENS_TABLE`'s ``day_opens`` counts the app opens of ``[lo, hi)``."""
+    made = _MADE.get(export, {}).get(_DAY_OPENS)
+    return made is not None and made == (lo, hi)
+
+
 def day_app_opens_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> str:
-    """A FROM clause of the app opens per user in ``[$lo, $hi)``: ``user_id, opens``
-    (:func:`day_events_source` when it holds the window, else the telemetry's app_open rows)."""
-    if _holds_day(export, lo, hi):
-        return f"""(SELECT user_id, CAST(sum(opens) AS BIGINT) AS opens
-            FROM {day_events_source(export, lo, hi)} AS e WHERE opens > 0 GROUP BY user_id)"""
+    """A FROM clause of the app opens per user in ``[$lo, $hi)``: ``user_id, opens``, from
+    :data:`APP_OPENS_TABLE` when it counted that day, else from the telemetry."""
+    if _opens_of_the_day(export, lo, hi):
+        return f"(SELECT user_id, day_opens AS opens FROM {APP_OPENS_TABLE} WHERE day_opens > 0)"
     return """(SELECT user_id, count(*) AS opens FROM telemetry
         WHERE created_at >= $lo AND created_at < $hi AND event_type = 'app_open'
         GROUP BY user_id)"""

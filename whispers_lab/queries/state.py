@@ -24,8 +24,15 @@ import pandas as pd
 from ..contract import WHISPERS_ENDPOINT
 from ..engine import variant
 from ..export import Export
-from .experiment import FIRST_EXPOSURE_TABLE, materialize_first_exposures
-from .monitoring import exposures_source, whispers_requests
+from .experiment import (
+    FIRST_EXPOSURE_TABLE,
+    materialize_first_exposures,
+    open_slot_positions,
+)
+from .monitoring import APP_OPENS_TABLE, exposures_source, whispers_requests
+from .slots import day_slots
+from .slots import slot_case as _slot_case
+from .slots import timestamp_literal as _timestamp
 
 ASSIGNMENT_RELATION = "wl_assignment"
 INTERVALS_RELATION = "wl_state_intervals"
@@ -63,10 +70,6 @@ def register_intervals(export: Export, intervals: pd.DataFrame) -> None:
     _REGISTERED[export] = frame.copy()
 
 
-def _timestamp(value: Any) -> str:
-    return f"TIMESTAMP '{pd.Timestamp(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
-
-
 #: The state's values that decide a planned variant (columns of the intervals relation).
 _PLANNED_FIELDS: tuple[str, ...] = ("internal_on", "beta_on", "unsure_lo", "unsure_hi",
                                     "threshold")
@@ -97,48 +100,12 @@ def _day_expr(start: dt.date, col: str) -> str:
     return f"date_diff('day', DATE '{start.isoformat()}', CAST({col} AS DATE))"
 
 
-def day_slots(intervals: pd.DataFrame, start: dt.date, lo: dt.datetime, hi: dt.datetime
-              ) -> pd.DataFrame:
-    """The registered ``intervals`` cut at every UTC midnight inside ``[lo, hi)``: one row
-    per piece, ``begin, end`` (half-open), ``day`` (rollout day, day 0 = ``start``),
-    ``slot`` (the piece's rank within its day, from 0) and ``interval_id``. Times in no
-    interval have no piece."""
-    rows: list[tuple[pd.Timestamp, pd.Timestamp, int, int]] = []
-    lo_t, hi_t = pd.Timestamp(lo), pd.Timestamp(hi)
-    origin = pd.Timestamp(start)
-    for iv in intervals.sort_values("start_at").itertuples(index=False):
-        a, b = max(pd.Timestamp(iv.start_at), lo_t), min(pd.Timestamp(iv.end_at), hi_t)
-        while a < b:
-            day = (a.normalize() - origin).days
-            cut = min(b, a.normalize() + pd.Timedelta(days=1))
-            rows.append((a, cut, day, int(iv.interval_id)))
-            a = cut
-    out = pd.DataFrame(rows, columns=["begin", "end", "day", "interval_id"])
-    out["slot"] = out.groupby("day").cumcount()
-    return out[["begin", "end", "day", "slot", "interval_id"]]
-
-
 def _interval_case(intervals: pd.DataFrame, col: str) -> str:
     """SQL of the id of the interval in ``intervals`` (``interval_id, start_at, end_at``) that
     holds time ``col``; NULL outside every one."""
     pieces = intervals.rename(columns={"start_at": "begin", "end_at": "end",
                                        "interval_id": "slot"})
     return _slot_case(pieces.sort_values("begin"), col)
-
-
-def _slot_case(slots: pd.DataFrame, col: str) -> str:
-    """SQL of the slot of time ``col`` (see :func:`day_slots`; NULL outside every piece): one
-    CASE over the pieces' bounds, in time order."""
-    if not len(slots):
-        return "CAST(NULL AS BIGINT)"
-    whens: list[str] = []
-    previous_end: pd.Timestamp | None = None
-    for p in slots.itertuples(index=False):
-        if previous_end is None or p.begin != previous_end:  # a gap (or the start)
-            whens.append(f"WHEN {col} < {_timestamp(p.begin)} THEN NULL")
-        whens.append(f"WHEN {col} < {_timestamp(p.end)} THEN {int(p.slot)}")
-        previous_end = p.end
-    return f"CASE {' '.join(whens)} ELSE NULL END"
 
 
 def _per_slot_planned(slots: pd.DataFrame, intervals: pd.DataFrame, k: int) -> str:
@@ -193,8 +160,8 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     words = range(len(ks) // SLOTS_PER_WORD + (len(ks) % SLOTS_PER_WORD > 0))
     slot_of = {k: (k // SLOTS_PER_WORD, 16 ** (k % SLOTS_PER_WORD)) for k in ks}
     marks = ",\n".join(
-        "bit_or(CASE k " + " ".join(f"WHEN {k} THEN code * {m}" for k, (w, m) in
-                                    slot_of.items() if w == j) + f" END) AS f{j}"
+        "CASE k " + " ".join(f"WHEN {k} THEN code * {m}" for k, (w, m) in
+                             slot_of.items() if w == j) + f" END AS f{j}"
         for j in words)
     planned = ",\n".join(f"{_per_slot_planned(slots, frame, k)} AS p{k}" for k in ks)
 
@@ -205,6 +172,23 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     def any_(mark: str, p: str) -> str:
         return "(" + " OR ".join(f"({has(mark, k)} AND p{k} {p})" for k in ks) + ")"
 
+    positions = open_slot_positions(export, slots)
+    if positions is None:  # the app opens from the telemetry, each with its slot
+        opens_branch = """
+        UNION ALL
+        SELECT user_id, created_at, 3, NULL FROM telemetry
+        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi"""
+        opened_words = ""
+        last_t = "max(t)"
+    else:  # per user and slot already (APP_OPENS_TABLE): a row per user and day opened
+        opens_branch = ""
+        opened_words = "\n        UNION ALL" + "\n        UNION ALL".join(
+            _opened_words(day, positions, len(words)) for _, day in slots.groupby("day"))
+        # every event of a covered day is in a slot (open_slot_positions), so the latest
+        # exposure row up to the user's last event of the day is the day's latest
+        last_t = ("CASE day " + " ".join(
+            f"WHEN {int(d)} THEN {_timestamp(pd.Timestamp(e.max()) - pd.Timedelta(microseconds=1))}"
+            for d, e in slots.groupby("day")["end"]) + " END")
     share_cols = ",\n".join(
         f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND {has('served', k)}) AS t{k}, "
         f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND NOT {has('served', k)}) "
@@ -216,10 +200,7 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
         WHERE user_id IS NOT NULL AND "timestamp" >= $lo AND "timestamp" < $hi
         UNION ALL
         SELECT user_id, exposed_at, 2, variant FROM {exposures}
-        WHERE exposed_at >= $lo AND exposed_at < $hi
-        UNION ALL
-        SELECT user_id, created_at, 3, NULL FROM telemetry
-        WHERE event_type = 'app_open' AND created_at >= $lo AND created_at < $hi
+        WHERE exposed_at >= $lo AND exposed_at < $hi{opens_branch}
     ),
     es AS (
         SELECT user_id, t, {_slot_case(slots, 't')} AS k,
@@ -229,10 +210,14 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
                  + 8 * CAST(kind = 3 AS BIGINT) AS code
         FROM ev
     ),
-    eg AS (  -- one row per user and day: each slot's marks in 4 bits of a 64-bit word
-        SELECT user_id, {_day_expr(start, 't')} AS day, {marks}, max(t) AS last_t
-        FROM es WHERE k IS NOT NULL
-        GROUP BY user_id, {_day_expr(start, 't')}
+    ew AS (  -- each slot's marks in 4 bits of a 64-bit word
+        SELECT user_id, {_day_expr(start, 't')} AS day, {marks}, t
+        FROM es WHERE k IS NOT NULL{opened_words}
+    ),
+    eg AS (  -- one row per user and day
+        SELECT user_id, day, {", ".join(f"bit_or(f{j}) AS f{j}" for j in words)},
+               {last_t} AS last_t
+        FROM ew GROUP BY user_id, day
     ),
     pl AS (
         SELECT g.user_id, g.day, g.last_t, a.category,
@@ -300,6 +285,26 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     share = long[["day", "interval_id", "n_t", "n_c"]].astype("int64")
     return (served.sort_values(["day", "category"]).reset_index(drop=True),
             share.sort_values(["day", "interval_id"]).reset_index(drop=True))
+
+
+def _opened_words(day: pd.DataFrame, positions: pd.Series, n_words: int) -> str:
+    """SELECT of one row per user who opened the app on ``day`` (its pieces, rows of
+    :func:`day_slots`) from :data:`~whispers_lab.queries.experiment.APP_OPENS_TABLE`: the
+    marks of an app open (any event and open, 1 + 8) of each piece the user opened the app in,
+    in the words of served-vs-planned's grouping, and no time."""
+    pos = positions.loc[day.index]
+    first = int(pos.min())
+    held = sum(1 << (int(p) - first) for p in pos)  # the day's bits, from ``first``
+    words = []
+    for j in range(n_words):
+        terms = [f"CASE WHEN ((o >> {int(pos[i])}) & 1) <> 0 THEN {(_MARKS['any'] + _MARKS['open']) * 16 ** (int(k) % SLOTS_PER_WORD)} ELSE 0 END"
+                 for i, k in day["slot"].items() if int(k) // SLOTS_PER_WORD == j]
+        words.append(f"CAST({' + '.join(terms)} AS BIGINT)" if terms else "CAST(NULL AS BIGINT)")
+    return f"""
+        SELECT user_id, {int(day["day"].iloc[0])} AS day, {", ".join(
+            f"{w} AS f{j}" for j, w in enumerate(words))}, CAST(NULL AS TIMESTAMP) AS t
+        FROM {APP_OPENS_TABLE}
+        WHERE ((o >> {first}) & {held}) <> 0"""
 
 
 def served_vs_planned(export: Export, start: dt.date, lo: dt.datetime, hi: dt.datetime,

@@ -28,6 +28,7 @@ from ..plan import Plan
 from ..queries import experiment as q
 from ..queries import state as qs
 from ..queries.monitoring import latest_row
+from ..queries.slots import day_slots
 from ..results import StatResult
 from . import design as dz
 from . import power as pw
@@ -138,10 +139,14 @@ def base_day(plan: Plan, settings: StatSettings, schedule: dz.Schedule) -> int:
 
 
 def staged_data(export: Export, plan: Plan, settings: StatSettings, schedule: dz.Schedule,
-                obs_day: int, hi: Any) -> StagedData:
-    """Materialise the randomised users and stage units and aggregate them (SQL)."""
+                obs_day: int, hi: Any, intervals: pd.DataFrame | None = None) -> StagedData:
+    """Materialise the randomised users and stage units and aggregate them (SQL).
+    ``intervals``: the state's, so that the app opens are grouped per state slot in the same
+    reading (served-vs-planned's, :func:`whispers_lab.queries.experiment.materialize_randomised`)."""
     b = base_day(plan, settings, schedule)
-    n_users = q.materialize_randomised(export, plan.start_date, hi, b)
+    slots = (None if intervals is None else
+             day_slots(intervals, plan.start_date, plan.day_start(b), hi))
+    n_users = q.materialize_randomised(export, plan.start_date, hi, b, slots)
     ks = sorted(set(settings.k_days) | {settings.primary_k})
     q.materialize_stage_units(export, schedule.stages, b, settings.covariate_days, ks, obs_day)
     cells = q.stage_cells(export, ks, obs_day)
@@ -182,6 +187,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     users = q.users_for_assignment(export)
     assigned = cohort.assign(users, day, plan)
     q.register_cohort(export, assigned)
+    intervals = None
     if state is not None:
         qs.register_assignment(export, assigned["user_id"], _categories(assigned["reason"]),
                                assigned["bucket"])
@@ -195,7 +201,7 @@ def experiment_results(export: Export, day: int, plan: Plan,
     obs_day = day if data_end is None else min(day, plan.day_of(pd.Timestamp(data_end)))
     obs_note = (f" The export's events end on day {obs_day}, so retention windows are judged "
                 f"as of day {obs_day}." if obs_day < day else "")
-    data = staged_data(export, plan, s, sched, obs_day, hi)
+    data = staged_data(export, plan, s, sched, obs_day, hi, intervals)
     population: dict[str, Any] = {"day": day, "phase": phase.id, "beta_users": beta_users,
                                   "observed_through_day": obs_day,
                                   "randomised_known": data.n_users, **quality}

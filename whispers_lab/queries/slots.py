@@ -1,0 +1,53 @@
+"""The pieces of the rollout's state intervals within UTC days (*slots*), shared by the
+queries that read the app opens once (:func:`whispers_lab.queries.experiment.materialize_randomised`)
+and those that count served-vs-planned per slot (:mod:`whispers_lab.queries.state`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["day_slots", "slot_case", "timestamp_literal"]
+
+
+def timestamp_literal(value: Any) -> str:
+    """A SQL TIMESTAMP literal of ``value`` (microseconds)."""
+    return f"TIMESTAMP '{pd.Timestamp(value).strftime('%Y-%m-%d %H:%M:%S.%f')}'"
+
+
+def day_slots(intervals: pd.DataFrame, start: dt.date, lo: dt.datetime, hi: dt.datetime
+              ) -> pd.DataFrame:
+    """The registered ``intervals`` cut at every UTC midnight inside ``[lo, hi)``: one row
+    per piece, ``begin, end`` (half-open), ``day`` (rollout day, day 0 = ``start``),
+    ``slot`` (the piece's rank within its day, from 0) and ``interval_id``. Times in no
+    interval have no piece."""
+    rows: list[tuple[pd.Timestamp, pd.Timestamp, int, int]] = []
+    lo_t, hi_t = pd.Timestamp(lo), pd.Timestamp(hi)
+    origin = pd.Timestamp(start)
+    for iv in intervals.sort_values("start_at").itertuples(index=False):
+        a, b = max(pd.Timestamp(iv.start_at), lo_t), min(pd.Timestamp(iv.end_at), hi_t)
+        while a < b:
+            day = (a.normalize() - origin).days
+            cut = min(b, a.normalize() + pd.Timedelta(days=1))
+            rows.append((a, cut, day, int(iv.interval_id)))
+            a = cut
+    out = pd.DataFrame(rows, columns=["begin", "end", "day", "interval_id"])
+    out["slot"] = out.groupby("day").cumcount()
+    return out[["begin", "end", "day", "slot", "interval_id"]]
+
+
+def slot_case(slots: pd.DataFrame, col: str) -> str:
+    """SQL of the slot of time ``col`` (see :func:`day_slots`; NULL outside every piece): one
+    CASE over the pieces' bounds, in time order."""
+    if not len(slots):
+        return "CAST(NULL AS BIGINT)"
+    whens: list[str] = []
+    previous_end: pd.Timestamp | None = None
+    for p in slots.itertuples(index=False):
+        if previous_end is None or p.begin != previous_end:  # a gap (or the start)
+            whens.append(f"WHEN {col} < {timestamp_literal(p.begin)} THEN NULL")
+        whens.append(f"WHEN {col} < {timestamp_literal(p.end)} THEN {int(p.slot)}")
+        previous_end = p.end
+    return f"CASE {' '.join(whens)} ELSE NULL END"

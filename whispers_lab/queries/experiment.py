@@ -44,7 +44,8 @@ from .slots import slot_case
 
 COHORT_RELATION = "wl_cohort"
 RANDOMISED_TABLE = "wl_randomised"
-#: Per export, the slots (pieces with their bit ``position``) :data:`APP_OPENS_TABLE` was made with.
+#: Per export, the slots (pieces with their bit ``position``) :data:`APP_OPENS_TABLE`
+#: was made with.
 _OPEN_SLOTS: weakref.WeakKeyDictionary[Any, pd.DataFrame] = weakref.WeakKeyDictionary()
 #: Every user's first exposure of the analysis window (:func:`materialize_first_exposures`).
 FIRST_EXPOSURE_TABLE = "wl_first_exposure"

@@ -1,6 +1,7 @@
 """The pieces of the rollout's state intervals within UTC days (*slots*), shared by the
-queries that read the app opens once (:func:`whispers_lab.queries.experiment.materialize_randomised`)
-and those that count served-vs-planned per slot (:mod:`whispers_lab.queries.state`)."""
+reading of the app opens for the activity masks
+(:func:`whispers_lab.queries.experiment.materialize_randomised`) and the served-vs-planned
+counts per slot (:mod:`whispers_lab.queries.state`)."""
 
 from __future__ import annotations
 

@@ -141,7 +141,14 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
     meets, e.g. two on a stage day: before and after the change). The planned variant is one
     per user, day and slot, so it is written per slot into the query and every figure follows
     from one row per user and day: no regrouping of a row per user, interval and day (1M
-    users: 3.3 → 1.3 s with the narrowed as-of lookup)."""
+    users: 3.3 → 1.3 s with the narrowed as-of lookup).
+
+    The app opens come from the activity masks' reading of them
+    (:data:`~whispers_lab.queries.monitoring.APP_OPENS_TABLE`, a bit per slot and user) when it
+    holds every slot of the window and the state covers each day of it from midnight to
+    midnight (:func:`~whispers_lab.queries.experiment.open_slot_positions`): one row per user
+    and day opened, and the last exposure row up to the user's last event of a day is then the
+    day's last. Otherwise they are read from the telemetry, each with its time."""
     frame = _REGISTERED.get(export)
     if frame is None:
         raise ValueError("served_and_share needs the state's intervals: call "
@@ -186,9 +193,10 @@ def served_and_share(export: Export, start: dt.date, lo: dt.datetime, hi: dt.dat
             _opened_words(day, positions, len(words)) for _, day in slots.groupby("day"))
         # every event of a covered day is in a slot (open_slot_positions), so the latest
         # exposure row up to the user's last event of the day is the day's latest
-        last_t = ("CASE day " + " ".join(
-            f"WHEN {int(d)} THEN {_timestamp(pd.Timestamp(e.max()) - pd.Timedelta(microseconds=1))}"
-            for d, e in slots.groupby("day")["end"]) + " END")
+        day_ends = slots.groupby("day")["end"].max()
+        last_t = "CASE day " + " ".join(
+            f"WHEN {int(d)} THEN {_timestamp(pd.Timestamp(e) - pd.Timedelta(microseconds=1))}"
+            for d, e in day_ends.items()) + " END"
     share_cols = ",\n".join(
         f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND {has('served', k)}) AS t{k}, "
         f"count(*) FILTER (WHERE {has('any', k)} AND p{k} >= 0 AND NOT {has('served', k)}) "
@@ -296,8 +304,10 @@ def _opened_words(day: pd.DataFrame, positions: pd.Series, n_words: int) -> str:
     first = int(pos.min())
     held = sum(1 << (int(p) - first) for p in pos)  # the day's bits, from ``first``
     words = []
+    opened = _MARKS["any"] + _MARKS["open"]
     for j in range(n_words):
-        terms = [f"CASE WHEN ((o >> {int(pos[i])}) & 1) <> 0 THEN {(_MARKS['any'] + _MARKS['open']) * 16 ** (int(k) % SLOTS_PER_WORD)} ELSE 0 END"
+        terms = [f"CASE WHEN ((o >> {int(pos[i])}) & 1) <> 0 "
+                 f"THEN {opened * 16 ** (int(k) % SLOTS_PER_WORD)} ELSE 0 END"
                  for i, k in day["slot"].items() if int(k) // SLOTS_PER_WORD == j]
         words.append(f"CAST({' + '.join(terms)} AS BIGINT)" if terms else "CAST(NULL AS BIGINT)")
     return f"""

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from documents import assert_same_document
+from test_whispers_requests import _assert_same
 
 from whispers_lab import evaluate
 from whispers_lab.export import open_export
@@ -66,16 +67,6 @@ def _day_figures(ex, day: int, lo: dt.datetime | None = None) -> dict[str, objec
         "daily": qm.daily_series(ex, PLAN.day_start(0), end),
         "ctr": _ctr(ex, PLAN.day_start(max(day - 3, 0)), end),
     }
-
-
-def _assert_same(got: dict[str, object], want: dict[str, object]) -> None:
-    assert got.keys() == want.keys()
-    for name, value in want.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(got[name].reset_index(drop=True),
-                                          value.reset_index(drop=True), obj=name)
-        else:
-            assert got[name] == value, name
 
 
 @pytest.mark.parametrize("day", [9, 14])

@@ -165,6 +165,22 @@ def _reference(path: Path, assignment: pd.DataFrame, intervals: pd.DataFrame,
             share.astype("int64"))
 
 
+def _against_the_definition(ex, path: Path, assignment: pd.DataFrame,
+                            intervals: pd.DataFrame, lo: dt.datetime, hi: dt.datetime
+                            ) -> list[tuple[dt.datetime, pd.DataFrame, pd.DataFrame]]:
+    """``served_and_share`` for two share starts, each checked against :func:`_reference`;
+    ``(share_from, served, share)`` of each."""
+    out = []
+    for share_from in (PLAN.day_start(10), PLAN.day_start(12)):
+        served, share = qs.served_and_share(ex, START, lo, hi, share_from)
+        want_served, want_share = _reference(path, assignment, intervals, lo, hi, share_from)
+        pd.testing.assert_frame_equal(served, want_served, check_dtype=False)
+        pd.testing.assert_frame_equal(share, want_share)
+        assert served["treatment_served_control"].sum() > 0  # the as-of lookup decides
+        out.append((share_from, served, share))
+    return out
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_served_and_share_is_the_event_by_event_definition(tmp_path: Path, seed: int):
     path, assignment = _export(tmp_path, seed)
@@ -176,13 +192,8 @@ def test_served_and_share_is_the_event_by_event_definition(tmp_path: Path, seed:
         qs.register_assignment(ex, assignment["user_id"], assignment["category"],
                                assignment["bucket"])
         qs.register_intervals(ex, intervals)
-        for share_from in (PLAN.day_start(10), PLAN.day_start(12)):
-            served, share = qs.served_and_share(ex, START, lo, hi, share_from)
-            want_served, want_share = _reference(path, assignment, intervals, lo, hi,
-                                                 share_from)
-            pd.testing.assert_frame_equal(served, want_served, check_dtype=False)
-            pd.testing.assert_frame_equal(share, want_share)
-            assert served["treatment_served_control"].sum() > 0  # the as-of lookup decides
+        for share_from, served, share in _against_the_definition(ex, path, assignment,
+                                                                 intervals, lo, hi):
             assert served["unsure_only"].sum() > 0
             # day 10's 40 pieces (two words of marks) are in the share from day 10 on
             assert share["interval_id"].nunique() > (30 if share_from == PLAN.day_start(10)
@@ -215,13 +226,7 @@ def test_the_app_opens_grouped_with_the_masks_give_the_same_counts(tmp_path: Pat
                                   qs.day_slots(intervals, START, PLAN.day_start(-14), hi))
         positions = qe.open_slot_positions(ex, slots)
         assert (positions is None) is gap
-        for share_from in (PLAN.day_start(10), PLAN.day_start(12)):
-            served, share = qs.served_and_share(ex, START, lo, hi, share_from)
-            want_served, want_share = _reference(path, assignment, intervals, lo, hi,
-                                                 share_from)
-            pd.testing.assert_frame_equal(served, want_served, check_dtype=False)
-            pd.testing.assert_frame_equal(share, want_share)
-            assert served["treatment_served_control"].sum() > 0  # the as-of lookup decides
+        _against_the_definition(ex, path, assignment, intervals, lo, hi)
         # the masks are those of the telemetry's app opens, as before
         masks = ex.sql(f"SELECT user_id, CAST(m AS VARCHAR) AS m FROM {qe.RANDOMISED_TABLE} "
                        f"ORDER BY user_id")

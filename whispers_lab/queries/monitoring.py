@@ -741,19 +741,6 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
     _made(export, _CUE_EVENTS, cue_lo, hi)
 
 
-def _request_counts(key: str = "", group: str = "") -> str:
-    """SELECT of the whispers_shown / whispers_used events of the telemetry in ``[$lo, $hi)``
-    per ``key`` (SQL of more leading columns, ``group`` their names), user and request:
-    ``user_id, request_id, shown, used``."""
-    return f"""SELECT {key + ", " if key else ""}user_id, request_id,
-           count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
-           count(*) FILTER (WHERE event_type = 'whispers_used') AS used
-    FROM telemetry
-    WHERE created_at >= $lo AND created_at < $hi
-      AND event_type IN ('whispers_shown', 'whispers_used')
-    GROUP BY {group + ", " if group else ""}user_id, request_id"""
-
-
 def _on_the_hour(t: dt.datetime) -> bool:
     return pd.Timestamp(t) == pd.Timestamp(t).floor("h")
 
@@ -817,7 +804,13 @@ def request_events_source(export: Export, lo: dt.datetime, hi: dt.datetime) -> s
             FROM {REQUEST_EVENTS_TABLE}
             WHERE d >= $lo AND d < $hi AND (shown > 0 OR used > 0)
             GROUP BY user_id, request_id)"""
-    return f"({_request_counts()})"
+    return """(SELECT user_id, request_id,
+           count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+           count(*) FILTER (WHERE event_type = 'whispers_used') AS used
+        FROM telemetry
+        WHERE created_at >= $lo AND created_at < $hi
+          AND event_type IN ('whispers_shown', 'whispers_used')
+        GROUP BY user_id, request_id)"""
 
 
 def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.DataFrame:

@@ -270,6 +270,50 @@ def test_day_slots_cut_intervals_at_midnight_and_skip_gaps():
         [8, 0, 1], [9, 0, 1], [9, 1, 2], [10, 0, 3]]
     assert slots["begin"].iloc[0] == pd.Timestamp(d(8))
     assert slots["end"].iloc[-1] == pd.Timestamp(d(11))
-    # the hours 20-24 of day 9 are in no interval: the slot's CASE says NULL there
-    case = qs._slot_case(slots, "t")
-    assert case.count("THEN NULL") == 2  # before the first piece, and the gap
+    # the hours 20-24 of day 9 are in no interval: the slot's CASE says NULL there, as it
+    # does before the first piece, from the last piece's end on, and for a NULL time
+    at = [d(8) - dt.timedelta(microseconds=1), d(8), d(9) - dt.timedelta(microseconds=1), d(9),
+          d(9) + dt.timedelta(hours=5), d(9) + dt.timedelta(hours=20) - dt.timedelta(seconds=1),
+          d(9) + dt.timedelta(hours=20), d(9) + dt.timedelta(hours=23), d(10), d(11), None]
+    assert _slots_at(slots, at) == [None, 0, 0, 0, 1, 1, None, None, 0, None, None]
+
+
+def _slots_at(slots: pd.DataFrame, times: list) -> list:
+    """The slot :func:`whispers_lab.queries.slots.slot_case` gives each of ``times``."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("ts", pd.DataFrame({"t": pd.Series(times, dtype="datetime64[us]"),
+                                     "i": range(len(times))}))
+    got = con.execute(f"SELECT {qs._slot_case(slots, 't')} AS k FROM ts ORDER BY i").fetchall()
+    con.close()
+    return [None if k is None else int(k) for (k,) in got]
+
+
+def _slot_by_definition(slots: pd.DataFrame, t) -> int | None:
+    """The slot of the piece ``[begin, end)`` that holds ``t``, None outside every piece."""
+    if t is None:
+        return None
+    hit = slots[(slots["begin"] <= t) & (t < slots["end"])]
+    return None if hit.empty else int(hit["slot"].iloc[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_slot_case_finds_the_piece_of_every_time(seed):
+    """The CASE's binary search over the pieces' bounds gives the piece that holds each time
+    (a gap's time, and times before and after every piece: NULL) for layouts of 1 to 80
+    pieces, some adjacent, some apart, times on and beside every bound."""
+    rng = np.random.default_rng(seed)
+    origin = pd.Timestamp(PLAN.day_start(0))
+    for n in rng.integers(1, 81, size=12):
+        cuts = np.sort(rng.choice(np.arange(1, 20_000), size=2 * n, replace=False))
+        begins, ends = cuts[0::2].copy(), cuts[1::2]
+        joined = rng.random(n) < 0.6  # a piece that starts where the previous one ends
+        begins[1:][joined[1:]] = ends[:-1][joined[1:]]
+        slots = pd.DataFrame({"begin": origin + pd.to_timedelta(begins, "min"),
+                              "end": origin + pd.to_timedelta(ends, "min"),
+                              "slot": rng.integers(0, 9, n)})
+        bounds = pd.concat([slots["begin"], slots["end"]])
+        times = (list(origin + pd.to_timedelta(rng.integers(-50, 20_050, 300), "min"))
+                 + list(bounds) + list(bounds - pd.Timedelta(microseconds=1)) + [None])
+        assert _slots_at(slots, times) == [_slot_by_definition(slots, t) for t in times]

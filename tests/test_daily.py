@@ -171,11 +171,31 @@ def test_stale_export_is_refused(tmp_path: Path, export_path: Path,
     assert code == 1
     assert "has not arrived" in capsys.readouterr().err
     doc = json.loads((out / f"day-{REPORT_DAY + 2:02d}" / "decision.json").read_text("utf-8"))
-    assert doc["decision"] == "ERROR"
+    assert doc["decision"] == "ERROR" and "has not arrived" in doc["error"]
+    # nothing went wrong to keep a record of: no failed notebook (a scheduler retrying
+    # hourly until the export arrives would pile them up)
+    assert "failed notebook" not in doc["error"]
+    assert sorted(p.name for p in out.iterdir()) == [".daily.lock", f"day-{REPORT_DAY + 2:02d}",
+                                                     "index.html"]
 
 
 def test_daily_reports_yesterday_from_the_newest_export(tmp_path: Path, export_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The newest export is reported, opened once: whether it covers the day is checked on
+    the report's own opening (from validation's counts), not by an opening of its own."""
+    import whispers_lab.export
+    import whispers_lab.report.runner
+
+    opened: list[str] = []
+    real_open = whispers_lab.export.open_export
+
+    def counted(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(whispers_lab.export, "open_export", counted)
+    monkeypatch.setattr(whispers_lab.report.runner, "open_export", counted)
     exports, out = tmp_path / "exports", tmp_path / "out"
     exports.mkdir()
     old = exports / "older.duckdb"  # older and broken: must not be picked
@@ -194,6 +214,7 @@ def test_daily_reports_yesterday_from_the_newest_export(tmp_path: Path, export_p
     assert (out / "index.html").is_file()
     assert sorted(p.name for p in out.iterdir()) == [".daily.lock", f"day-{REPORT_DAY:02d}",
                                                      "index.html"]
+    assert opened == ["newest.duckdb"]
 
 
 def test_leftovers_of_a_killed_run_are_removed(tmp_path: Path) -> None:

@@ -28,3 +28,8 @@ class ExportValidationError(ExportError):
 
 class ReportError(WhispersLabError):
     """A report could not be produced (bad day, locked output, failed notebook)."""
+
+
+class ExportNotArrivedError(ReportError):
+    """The newest export's data end before the day to report: the day's export has not
+    arrived (the daily job's coverage check)."""

@@ -7,13 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ReportError
+from ..errors import ExportNotArrivedError
 from ..plan import Plan
 
 
 def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = None) -> None:
-    """Raise :class:`ReportError` unless the export's data reach ``day`` (a stale export:
-    yesterday's export has not arrived). Judged on the rows' day distribution
+    """Raise :class:`~whispers_lab.errors.ExportNotArrivedError` (a ``ReportError``) unless
+    the export's data reach ``day`` (a stale export: yesterday's export has not arrived).
+    Judged on the rows' day distribution
     (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
     that a row stamped in the future does not make a stale export look current. ``export``:
     the export at ``export_path`` already opened (None: opened here)."""
@@ -34,5 +35,5 @@ def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = N
             if extent.beyond_rows:
                 seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
                          f"{max(extent.beyond):%Y-%m-%d})")
-        raise ReportError(f"the newest export {export_path.name!r} {seen}, before day {day} "
+        raise ExportNotArrivedError(f"the newest export {export_path.name!r} {seen}, before day {day} "
                           f"({start:%Y-%m-%d}) begins: the day's export has not arrived")

@@ -37,7 +37,7 @@ from pathlib import Path
 from ..errors import ReportError, WhispersLabError
 from ..paths import REPORTS_DIR
 from ..plan import Plan, load_plan
-from ..progress import Progress, stage
+from ..progress import Progress
 from ..qa import qa_results_path
 from .coverage_check import check_export_covers
 from .folder import LOCK_NAME, FolderLock, is_temp_name, utc_now
@@ -171,12 +171,13 @@ def run_daily(exports_dir: str | Path, *, plan_path: str | Path | None = None,
         try:
             export = newest_export(exports_dir)
             export_name = export.name
-            with stage(progress, f"coverage of {export_name}"):
-                check_export_covers(export, plan, day)
             qa = (qa_results if qa_results is not None
                   else qa_results_path(exports_dir, plan.day_start(day).date()))
+            # whether the export covers the day is checked by the run once the export is open
+            # and validated (from validation's counts), not by an opening of its own first
             result = write_report(export, day, plan_path=plan_path, out_dir=out, timeout=timeout,
-                                  command="daily", progress=progress, qa_results=qa)
+                                  command="daily", progress=progress, qa_results=qa,
+                                  check_coverage=True)
         except RunStopped as stop:  # SIGTERM / SIGINT: the day says so, then the run ends
             publish_stopped(out, day, plan, stop, export_name=export_name)
             raise

@@ -14,10 +14,10 @@ from ..plan import Plan
 def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = None) -> None:
     """Raise :class:`~whispers_lab.errors.ExportNotArrivedError` (a ``ReportError``) unless
     the export's data reach ``day`` (a stale export: yesterday's export has not arrived).
-    Judged on the rows' day distribution
-    (:func:`whispers_lab.queries.monitoring.export_extent`), not on the latest timestamp, so
-    that a row stamped in the future does not make a stale export look current. ``export``:
-    the export at ``export_path`` already opened (None: opened here)."""
+    Judged on the rows' day distribution (:func:`whispers_lab.queries.monitoring.export_extent`),
+    not on the latest timestamp, so that a row stamped in the future does not make a stale
+    export look current. ``export``: the export at ``export_path`` already opened (None:
+    opened here, without validation)."""
     from ..export import open_export
     from ..queries.monitoring import export_extent
 
@@ -35,5 +35,6 @@ def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = N
             if extent.beyond_rows:
                 seen += (f" (ignoring {extent.beyond_rows:,} row(s) stamped after that, up to "
                          f"{max(extent.beyond):%Y-%m-%d})")
-        raise ExportNotArrivedError(f"the newest export {export_path.name!r} {seen}, before day {day} "
-                          f"({start:%Y-%m-%d}) begins: the day's export has not arrived")
+        raise ExportNotArrivedError(
+            f"the newest export {export_path.name!r} {seen}, before day {day} "
+            f"({start:%Y-%m-%d}) begins: the day's export has not arrived")

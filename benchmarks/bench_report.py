@@ -10,7 +10,7 @@ Two 1M-user exports, built once into ``benchmarks/cache/`` when missing:
   simulator, so the figures are not those of the data the queries were tuned on.
 
 For each export and each code version the report of ``--day`` (default 14, the plan's last day,
-which also writes the stakeholder summary) runs as its own process, twice:
+which also writes the stakeholder summary) runs as its own process, in two states:
 
 * **cold**: an empty cache folder (``WHISPERS_LAB_CACHE``): the export is validated in full,
   its repeated events searched and its id profile read; what a new DuckDB-file export costs;
@@ -20,6 +20,13 @@ which also writes the stakeholder summary) runs as its own process, twice:
   ``--warm-runs`` times (default 3): the table gives the fastest run and the median, since a
   machine whose page cache drops part of a 2.4 GB export between runs (memory reclaim) reads
   it from disk again in some runs; the JSON keeps every run.
+
+Old and new alternate run by run (the two cold runs, then rounds of one warm run each, the
+order swapped every round): this machine's speed drifts by a third or more within minutes, and
+a version measured minutes after the other would carry the drift into the ratio. Besides the
+ratio of the fastest runs, the table gives the ratio within each warm round, and before every
+run a fixed CPU workload (``machine_seconds``) is timed, to tell a machine short of CPU time
+from a slower version.
 
 Time is wall time of the whole command; memory is the peak of the **sum** of the resident sets
 of the command and every process it started (the report's kernel runs beside it), sampled every
@@ -121,6 +128,20 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     sampler.join()
     return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "rc": child.returncode,
             "disk_mb": sum(read.values()) / 2**20, "output": output}
+
+
+def machine_seconds() -> float:
+    """Seconds of a fixed CPU workload on DuckDB (2 threads, hashing 40M integers), timed just
+    before each run: the CPU time the machine gives at that moment (other tenants of the host
+    take some), to tell such a stretch from a slower version."""
+    import duckdb
+
+    con = duckdb.connect(config={"threads": 2})
+    started = time.perf_counter()
+    con.execute("SELECT sum(hash(i) % 7) FROM range(40000000) t(i)").fetchone()
+    seconds = time.perf_counter() - started
+    con.close()
+    return seconds
 
 
 def _report_args(export: Path, day: int, out: Path) -> list[str]:
@@ -278,35 +299,47 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     try:
         for name, export in exports.items():
+            caches = {v: Path(tempfile.mkdtemp(prefix="bench-report-cache-")) for v in versions}
+            # Old and new alternate, run by run: this machine's speed drifts by a third or more
+            # within minutes, and a version measured minutes after the other would carry that
+            # drift into the ratio. Each round of warm runs swaps the order.
+            rounds = [[("cold", 1, v) for v in versions]]
+            for i in range(args.warm_runs):
+                order = list(versions) if i % 2 == 0 else list(reversed(versions))
+                rounds.append([("warm", i + 1, v) for v in order])
+            for state, i, version in (run for one in rounds for run in one):
+                tree = versions[version]
+                env = dict(os.environ, WHISPERS_LAB_CACHE=str(caches[version]),
+                           PYTHONPATH=str(tree))
+                out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
+                print(f"[{name}] {version} {state}"
+                      f"{f' {i}/{args.warm_runs}' if state == 'warm' else ''} ...", flush=True)
+                speed = machine_seconds()
+                res = run_command(_report_args(export, args.day, out), env, Path(tree))
+                res["machine_s"] = speed
+                shutil.rmtree(out, ignore_errors=True)
+                if res["rc"] != 0:
+                    print(res["output"][-3000:])
+                results.setdefault((name, version, state + " runs"), []).append(
+                    {k: v for k, v in res.items() if k != "output"})
+                # warm: the fastest run (the machine's page cache drops part of the
+                # export between runs; every run is kept in "warm runs")
+                best = results.get((name, version, state))
+                if best is None or res["seconds"] < best["seconds"]:
+                    results[(name, version, state)] = res
+                print(f"    {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB, read from "
+                      f"disk {res['disk_mb']:.0f} MB, rc {res['rc']}; the machine's fixed CPU "
+                      f"workload just before: {speed:.2f} s", flush=True)
+                for line in res["output"].splitlines():
+                    if " in " in line and ("notebook" in line or "HTML" in line
+                                           or "privacy" in line or "coverage" in line):
+                        print("      " + line.strip())
             for version, tree in versions.items():
-                cache = Path(tempfile.mkdtemp(prefix="bench-report-cache-"))
-                env = dict(os.environ, WHISPERS_LAB_CACHE=str(cache), PYTHONPATH=str(tree))
-                runs = [("cold", 1), *(("warm", i + 1) for i in range(args.warm_runs))]
-                for state, i in runs:
-                    out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
-                    print(f"[{name}] {version} {state}"
-                          f"{f' {i}/{args.warm_runs}' if state == 'warm' else ''} ...", flush=True)
-                    res = run_command(_report_args(export, args.day, out), env, Path(tree))
-                    shutil.rmtree(out, ignore_errors=True)
-                    if res["rc"] != 0:
-                        print(res["output"][-3000:])
-                    results.setdefault((name, version, state + " runs"), []).append(
-                        {k: v for k, v in res.items() if k != "output"})
-                    # warm: the fastest run (the machine's page cache drops part of the
-                    # export between runs; every run is kept in "warm runs")
-                    best = results.get((name, version, state))
-                    if best is None or res["seconds"] < best["seconds"]:
-                        results[(name, version, state)] = res
-                    print(f"    {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB, read from "
-                          f"disk {res['disk_mb']:.0f} MB, rc {res['rc']}", flush=True)
-                    for line in res["output"].splitlines():
-                        if " in " in line and ("notebook" in line or "HTML" in line
-                                               or "privacy" in line or "coverage" in line):
-                            print("      " + line.strip())
                 if not args.no_scans:
                     print(f"[{name}] {version}: profiled pass (warm cache) ...", flush=True)
-                    results[(name, version, "scans")] = scans_pass(tree, export, args.day, cache)
-                shutil.rmtree(cache, ignore_errors=True)
+                    results[(name, version, "scans")] = scans_pass(tree, export, args.day,
+                                                                   caches[version])
+                shutil.rmtree(caches[version], ignore_errors=True)
     finally:
         if old_tree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
@@ -332,6 +365,18 @@ def main(argv: list[str] | None = None) -> int:
                 a, b = results[(name, o, state)], results[(name, n, state)]
                 print(f"{name:<8} new/old {state}: time {b['seconds'] / a['seconds']:.2f}x, "
                       f"memory {b['peak_mb'] / a['peak_mb']:.2f}x")
+            # each warm round ran old and new back to back: the ratio within a round is what
+            # the machine's drift between rounds does not move
+            paired = [b["seconds"] / a["seconds"] for a, b in
+                      zip(results[(name, o, "warm runs")], results[(name, n, "warm runs")],
+                          strict=True)]
+            print(f"{name:<8} new/old warm, run by run: "
+                  f"{' / '.join(f'{r:.2f}x' for r in paired)} (median "
+                  f"{statistics.median(paired):.2f}x)")
+        speeds = [r["machine_s"] for v in versions for st in ("cold runs", "warm runs")
+                  for r in results[(name, v, st)]]
+        print(f"{name:<8} the machine's fixed CPU workload before each run: {min(speeds):.2f}-"
+              f"{max(speeds):.2f} s")
     if not args.no_scans:
         print("\nwhere the time goes (in process, warm cache) and scans per table:")
         for name in exports:

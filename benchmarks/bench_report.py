@@ -303,11 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             # Old and new alternate, run by run: this machine's speed drifts by a third or more
             # within minutes, and a version measured minutes after the other would carry that
             # drift into the ratio. Each round of warm runs swaps the order.
-            rounds = [[("cold", 1, v) for v in versions]]
-            for i in range(args.warm_runs):
-                order = list(versions) if i % 2 == 0 else list(reversed(versions))
-                rounds.append([("warm", i + 1, v) for v in order])
-            for state, i, version in (run for one in rounds for run in one):
+            runs = [("cold", 1, v) for v in versions] + [
+                ("warm", i + 1, v) for i in range(args.warm_runs)
+                for v in (list(versions) if i % 2 == 0 else list(reversed(versions)))]
+            for state, i, version in runs:
                 tree = versions[version]
                 env = dict(os.environ, WHISPERS_LAB_CACHE=str(caches[version]),
                            PYTHONPATH=str(tree))

@@ -627,12 +627,6 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         export = open_export(export_file)
         # a query asked twice (by the day's evaluation, or again by the summary's) runs once
         export.memoize()
-        if check_coverage:
-            try:
-                check_export_covers(export_file, plan, day, export=export)
-            except BaseException:
-                export.close()
-                raise
         return export
 
     handed: dict[str, Any] = {}  # the day's published decision, for then()
@@ -641,6 +635,8 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         from ..evaluate import evaluate_day
         from ..qa import read_qa_results
 
+        if check_coverage:  # (the run closes the export it opened, failed or not)
+            check_export_covers(export_file, plan, day, export=export)
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
                                   reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())

@@ -105,8 +105,8 @@ def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export
                                                                     monkeypatch):
     """The first HTML conversion of a process sets nbconvert up (about 1 s), and the index's trend
     charts take about 1.5 s to draw: the report run does both in its evaluation thread once the
-    notebook has its evaluation, on every day (before the summary's evaluation on the last
-    one); a page converted after the warm-up is the same as before it."""
+    notebook has its evaluation, on every day (beside the summary's evaluation on the last
+    one: see the next test); a page converted after the warm-up is the same as before it."""
     import nbformat
 
     from whispers_lab.report import runner
@@ -145,6 +145,43 @@ def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# day 9 *GO*")])
     page = runner.notebook_to_html(nb, "t")
     assert "day 9" in page and runner.notebook_to_html(nb, "t") == page
+
+
+def test_on_the_last_day_the_pages_are_set_up_while_the_summary_is_evaluated(
+        small_export, tmp_path, monkeypatch):
+    """The summary's evaluation (DuckDB's threads) and the pages' Python (the HTML warm-up,
+    the trend charts) run side by side after the hand-over: one after the other they outlasted
+    the kernel's drawing at 1M users. Each waits here for a sign that the other has started;
+    run one after the other, the first would wait in vain. The summary's evaluation is still
+    the thread's result."""
+    import threading
+
+    from whispers_lab.report import runner, summary
+
+    pages_started, summary_started = threading.Event(), threading.Event()
+    seen = {}
+    real_ahead = summary.evaluate_ahead
+
+    def warm():
+        pages_started.set()
+        seen["summary while pages"] = summary_started.wait(20)
+
+    def ahead(*args):
+        summary_started.set()
+        seen["pages while summary"] = pages_started.wait(20)
+        return real_ahead(*args)
+
+    monkeypatch.setattr(runner, "warm_html", warm)
+    monkeypatch.setattr(runner, "draw_trends_ahead", lambda *a: seen.setdefault("trends", a[2]))
+    monkeypatch.setattr(summary, "evaluate_ahead", ahead)
+    plan = load_plan(None)
+    pre = runner._precompute(small_export, plan.last_day, plan, tmp_path, None,
+                             summary_day=plan.last_day)
+    pre.result()
+    assert seen == {"summary while pages": True, "pages while summary": True,
+                    "trends": plan.last_day}
+    assert pre.then_result.through == plan.last_day and pre.error is None
+    pre.close()
 
 
 def test_trend_charts_drawn_ahead_are_the_ones_the_index_shows(small_export, tmp_path,

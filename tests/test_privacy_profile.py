@@ -125,3 +125,32 @@ def test_a_partitioned_export_is_profiled_file_by_file(small_sim, tmp_path, monk
     assert again == _raw_profile(folder, columns) != first
     requests = next(c for c in again if (c.table, c.column) == ("api_logs", "request_id"))
     assert requests.may_hold("~" * 40)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_held_picks_the_tokens_may_hold_accepts(seed):
+    """The bisections over sorted tokens select exactly what the per-token test accepts:
+    random tokens (non-ASCII letters included, where code point order matters), each column
+    range's own bounds among them, lengths with no token, and a length listed twice."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    alphabet = list("0123456789-_ABCXYZabcxyzéßЖ")
+
+    def word(n: int) -> str:
+        return "".join(rng.choice(alphabet, size=n))
+
+    ranges = []
+    for n in (1, 2, 3, 5, 8, 36):
+        lo, hi = sorted((word(n), word(n)))
+        ranges.append((n, lo, hi))
+    ranges.append((3, *sorted((word(3), word(3)))))  # a second range for one length
+    column = privacy.IdColumn("t", "user_id", tuple(ranges))
+    tokens = [word(int(rng.integers(1, 10))) for _ in range(3000)]
+    tokens += [b for _, lo, hi in ranges for b in (lo, hi)] + tokens[:50]  # bounds, repeats
+    expected = sorted(t for t in set(tokens) if column.may_hold(t))
+    assert expected  # the draw gives tokens inside some range
+    assert column.held(privacy.tokens_by_length(tokens)) == expected
+    assert privacy.IdColumn("t", "user_id", ((4, "a", "z"),)).held(
+        privacy.tokens_by_length(tokens)) == sorted({t for t in tokens if len(t) == 4
+                                                     and "a" <= t <= "z"})

@@ -171,3 +171,48 @@ def test_lazy_names_import_at_first_use_and_then_are_the_real_ones() -> None:
         "print('defined')\n"
         "try:\n    g()\nexcept ModuleNotFoundError as e:\n    print(e.name)")
     assert out.splitlines() == ["False True True True", "defined", "no_such_module_here"]
+
+
+def test_import_ahead_imports_every_named_module_once_and_a_first_use_waits_for_it(
+        tmp_path) -> None:
+    """:func:`whispers_lab.lazy.import_named_ahead` imports, in its own thread, every module a
+    lazy name stands for; a first use from another thread meanwhile waits for that thread
+    instead of importing the module beside it (each module here takes 0.3 s to import and
+    counts who imported it)."""
+    for name in ("slow_one", "slow_two"):
+        (tmp_path / f"{name}.py").write_text(
+            "import threading, time\n"
+            "time.sleep(0.3)\n"
+            "BY = threading.current_thread().name\n"
+            "import builtins\n"
+            "builtins.IMPORTS = getattr(builtins, 'IMPORTS', 0) + 1\n"
+            "def f():\n    return BY\n")
+    out = _fresh(
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import builtins\n"
+        "from whispers_lab import lazy\n"
+        "one = lazy.lazy_module('slow_one'); two = lazy.lazy_function('slow_two', 'f')\n"
+        "print(lazy.named_modules()[-2:])\n"
+        "thread = lazy.import_named_ahead()\n"
+        "print(two(), one.BY)\n"  # first use at once: waits for the thread's imports
+        "thread.join(); print(builtins.IMPORTS, thread.is_alive())")
+    assert out.splitlines()[-3:] == ["('slow_one', 'slow_two')",
+                                     "whispers-lab-imports whispers-lab-imports", "2 False"]
+
+
+def test_the_report_run_imports_the_statistics_libraries_as_its_evaluation_begins(
+        small_export, tmp_path, monkeypatch) -> None:
+    from whispers_lab import evaluate, lazy
+    from whispers_lab.plan import load_plan
+    from whispers_lab.report import runner
+
+    order = []
+    real_evaluate = evaluate.evaluate_day
+    monkeypatch.setattr(lazy, "import_named_ahead", lambda: order.append("imports"))
+    monkeypatch.setattr(evaluate, "evaluate_day",
+                        lambda *a, **k: order.append("evaluate") or real_evaluate(*a, **k))
+    pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None,
+                             index_due=False)
+    pre.result()
+    pre.close()
+    assert order == ["imports", "evaluate"]

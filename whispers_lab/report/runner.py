@@ -633,8 +633,10 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
 
     def work(export: Export) -> tuple[Any, Any]:
         from ..evaluate import evaluate_day
+        from ..lazy import import_named_ahead
         from ..qa import read_qa_results
 
+        import_named_ahead()  # scipy and statsmodels, while the queries run
         if check_coverage:  # (the run closes the export it opened, failed or not)
             check_export_covers(export_file, plan, day, export=export)
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),

@@ -25,8 +25,9 @@ Old and new alternate run by run (the two cold runs, then rounds of one warm run
 order swapped every round): this machine's speed drifts by a third or more within minutes, and
 a version measured minutes after the other would carry the drift into the ratio. Besides the
 ratio of the fastest runs, the table gives the ratio within each warm round, and before every
-run a fixed CPU workload (``machine_seconds``) is timed, to tell a machine short of CPU time
-from a slower version.
+run a fixed CPU workload (``machine_seconds``) and the writing of 1 GB of fresh memory
+(``memory_seconds``: 262K page faults, the cost a report pays some 700K times) are timed, to
+tell a machine short of CPU time, or slow to hand out memory, from a slower version.
 
 Time is wall time of the whole command; memory is the peak of the **sum** of the resident sets
 of the command and every process it started (the report's kernel runs beside it), sampled every
@@ -142,6 +143,24 @@ def machine_seconds() -> float:
     seconds = time.perf_counter() - started
     con.close()
     return seconds
+
+
+def memory_seconds(mb: int = 1024) -> float:
+    """Seconds to take ``mb`` MB of fresh memory from the system, write one byte per 4 KB page
+    (a page fault each, as DuckDB's block allocator does) and give it back, timed just before
+    each run: what a page fault costs at that moment (on a VM, the host may have to supply the
+    page), to tell such a stretch from a slower version."""
+    import mmap
+
+    import numpy as np
+
+    started = time.perf_counter()
+    area = mmap.mmap(-1, mb << 20)
+    pages = np.frombuffer(area, dtype=np.uint8)
+    pages[::4096] = 1
+    del pages
+    area.close()
+    return time.perf_counter() - started
 
 
 def _report_args(export: Path, day: int, out: Path) -> list[str]:
@@ -313,9 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
                 print(f"[{name}] {version} {state}"
                       f"{f' {i}/{args.warm_runs}' if state == 'warm' else ''} ...", flush=True)
-                speed = machine_seconds()
+                speed, memory = machine_seconds(), memory_seconds()
                 res = run_command(_report_args(export, args.day, out), env, Path(tree))
-                res["machine_s"] = speed
+                res["machine_s"], res["memory_s"] = speed, memory
                 shutil.rmtree(out, ignore_errors=True)
                 if res["rc"] != 0:
                     print(res["output"][-3000:])
@@ -328,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[(name, version, state)] = res
                 print(f"    {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB, read from "
                       f"disk {res['disk_mb']:.0f} MB, rc {res['rc']}; the machine's fixed CPU "
-                      f"workload just before: {speed:.2f} s", flush=True)
+                      f"workload just before: {speed:.2f} s, 1 GB of fresh memory "
+                      f"{memory:.2f} s", flush=True)
                 for line in res["output"].splitlines():
                     if " in " in line and ("notebook" in line or "HTML" in line
                                            or "privacy" in line or "coverage" in line):
@@ -376,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
                   for r in results[(name, v, st)]]
         print(f"{name:<8} the machine's fixed CPU workload before each run: {min(speeds):.2f}-"
               f"{max(speeds):.2f} s")
+        faults = [r["memory_s"] for v in versions for st in ("cold runs", "warm runs")
+                  for r in results[(name, v, st)]]
+        print(f"{name:<8} 1 GB of fresh memory (262K page faults) before each run: "
+              f"{min(faults):.2f}-{max(faults):.2f} s")
     if not args.no_scans:
         print("\nwhere the time goes (in process, warm cache) and scans per table:")
         for name in exports:

@@ -178,7 +178,7 @@ def test_import_ahead_imports_every_named_module_once_and_a_first_use_waits_for_
     """:func:`whispers_lab.lazy.import_named_ahead` imports, in its own thread, every module a
     lazy name stands for; a first use from another thread meanwhile waits for that thread
     instead of importing the module beside it (each module here takes 0.3 s to import and
-    counts who imported it)."""
+    counts who imported it). A second call while it runs returns the same thread."""
     for name in ("slow_one", "slow_two"):
         (tmp_path / f"{name}.py").write_text(
             "import threading, time\n"
@@ -194,9 +194,10 @@ def test_import_ahead_imports_every_named_module_once_and_a_first_use_waits_for_
         "one = lazy.lazy_module('slow_one'); two = lazy.lazy_function('slow_two', 'f')\n"
         "print(lazy.named_modules()[-2:])\n"
         "thread = lazy.import_named_ahead()\n"
+        "print(lazy.import_named_ahead() is thread)\n"  # a second run's call: the same thread
         "print(two(), one.BY)\n"  # first use at once: waits for the thread's imports
         "thread.join(); print(builtins.IMPORTS, thread.is_alive())")
-    assert out.splitlines()[-3:] == ["('slow_one', 'slow_two')",
+    assert out.splitlines()[-4:] == ["('slow_one', 'slow_two')", "True",
                                      "whispers-lab-imports whispers-lab-imports", "2 False"]
 
 

@@ -25,6 +25,7 @@ __all__ = ["import_named", "import_named_ahead", "lazy_function", "lazy_module",
 _NAMED: dict[str, None] = {}
 #: (thread, its end) of each :func:`import_named_ahead` still running.
 _AHEAD: list[tuple[threading.Thread, threading.Event]] = []
+_AHEAD_LOCK = threading.Lock()
 
 
 def _after_ahead() -> None:
@@ -88,22 +89,27 @@ def import_named() -> None:
 
 
 def import_named_ahead() -> threading.Thread:
-    """Start :func:`import_named` in a thread of its own and return it. Until it ends, a first
-    use of a lazy name from another thread waits for it rather than importing beside it. The
-    report run starts it as the day's evaluation begins: the imports (about 0.7 s of CPU)
-    then run while the evaluation waits on DuckDB, instead of at its first statistic, when
-    only one core is busy."""
-    ended = threading.Event()
+    """Start :func:`import_named` in a thread of its own and return it (the one already
+    running, if any: two report runs in one process do not import side by side). Until it
+    ends, a first use of a lazy name from another thread waits for it rather than importing
+    beside it. The report run starts it as the day's evaluation begins: the imports (about
+    0.7 s of CPU) then run while the evaluation waits on DuckDB, instead of at its first
+    statistic, when only one core is busy."""
+    with _AHEAD_LOCK:
+        if _AHEAD:
+            return _AHEAD[0][0]
+        ended = threading.Event()
 
-    def run() -> None:
-        try:
-            import_named()
-        finally:
-            ended.set()
-            _AHEAD.remove(entry)
+        def run() -> None:
+            try:
+                import_named()
+            finally:
+                ended.set()
+                with _AHEAD_LOCK:
+                    _AHEAD.remove(entry)
 
-    thread = threading.Thread(target=run, name="whispers-lab-imports", daemon=True)
-    entry = (thread, ended)
-    _AHEAD.append(entry)
-    thread.start()
-    return thread
+        thread = threading.Thread(target=run, name="whispers-lab-imports", daemon=True)
+        entry = (thread, ended)
+        _AHEAD.append(entry)
+        thread.start()
+        return thread

@@ -607,17 +607,19 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
                 index_due: bool = True, check_coverage: bool = False) -> Precompute:
     """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
     the notebook's setup cell would compute, with the same arguments; the export remembers
-    its query results (:meth:`~whispers_lab.export.Export.memoize`). ``summary_day``: the
-    stakeholder summary follows; its evaluation through that day is computed in the same
-    thread while the kernel draws the day (:func:`whispers_lab.report.summary.evaluate_ahead`),
-    after the HTML conversion is set up (:func:`warm_html`) and, when the run writes the index
-    (``index_due``; the demo writes it once at its end), the index's trend charts are drawn
-    with the day's decision (:func:`~.index.draw_trends_ahead`).
+    its query results (:meth:`~whispers_lab.export.Export.memoize`). Once the day is handed
+    over, while the kernel draws it, the HTML conversion is set up (:func:`warm_html`) and,
+    when the run writes the index (``index_due``; the demo writes it once at its end), the
+    index's trend charts are drawn with the day's decision (:func:`~.index.draw_trends_ahead`).
+    ``summary_day``: the stakeholder summary follows; its evaluation through that day
+    (:func:`whispers_lab.report.summary.evaluate_ahead`) is computed in the same thread,
+    beside those two, which then run in a thread of their own.
 
-    The evaluation's modules are imported in the thread (scipy and statsmodels where a
-    statistic first needs them, :mod:`whispers_lab.lazy`), so the kernel is launched meanwhile
-    and imports its own on the other core instead of during the queries; the kernel, which only
-    draws the evaluation, never imports those two.
+    The evaluation's modules are imported in the thread, so the kernel is launched meanwhile
+    and imports its own on the other core; scipy and statsmodels are imported in a thread of
+    their own as the evaluation begins (:func:`whispers_lab.lazy.import_named_ahead`), while
+    its first queries wait on DuckDB. The kernel, which only draws the evaluation, never
+    imports those two.
 
     ``check_coverage``: once the export is open, raise unless its data reach ``day``
     (:func:`~.coverage_check.check_export_covers`; the extent it needs is the one the day's

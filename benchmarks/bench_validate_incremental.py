@@ -16,7 +16,9 @@ machine in the same run, each in its own process (peak RSS is the process's own)
   day's telemetry and api_logs partitions were rewritten (incremental: only those re-checked).
 
 ``--export`` times an existing DuckDB export instead of simulating one. Prints one table
-(ratios are old / new) and writes it to ``benchmarks/results/bench_validate_<UTC time>.json``.
+(ratios are old / new), then where a cold validation of the DuckDB file spends its time (each
+statement of the new code, in process, put down to the table whose rules it checks or to the
+repeated-event search), and writes both to ``benchmarks/results/bench_validate_<UTC time>.json``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,55 @@ code = main(["validate", *sys.argv[1:]])
 s = time.perf_counter() - t
 print(f"RESULT {s:.3f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} {code}")
 """
+
+
+# A cold validation, each DuckDB statement timed and put down to what it reads: the table
+# whose rules it checks, or the repeated-event search (it fills ``telemetry_duplicates``).
+_BREAKDOWN = """
+import collections, json, re, sys, time
+import whispers_lab.export as ex
+
+spent = collections.Counter()
+
+class Timed:
+    def __init__(self, con):
+        self._con = con
+
+    def __getattr__(self, name):
+        return getattr(self._con, name)
+
+    def execute(self, query, *params):
+        t = time.perf_counter()
+        out = self._con.execute(query, *params)
+        text = str(query)
+        table = re.search(r'src\\."?(\\w+)', text)
+        what = ("the repeated-event search" if "telemetry_duplicates" in text
+                else f"the {table.group(1)} table's rules" if table else "other statements")
+        spent[what] += time.perf_counter() - t
+        return out
+
+real = ex.connect
+ex.connect = lambda *a, **k: Timed(real(*a, **k))
+t = time.perf_counter()
+ex.open_export(sys.argv[1]).close()
+spent["in all"] = time.perf_counter() - t
+print("BREAKDOWN " + json.dumps(spent))
+"""
+
+
+def _breakdown(duck: Path) -> dict[str, float]:
+    """Where a cold validation of ``duck`` spends its time (new code, empty cache)."""
+    cache = Path(tempfile.mkdtemp(prefix="whispers-bench-cache-"))
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), WHISPERS_LAB_CACHE=str(cache))
+        proc = subprocess.run([sys.executable, "-c", _BREAKDOWN, str(duck)], capture_output=True,
+                              text=True, env=env, cwd=ROOT, check=False)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BREAKDOWN ")]
+    if not line:
+        return {"failed": proc.stderr[-500:]}
+    return json.loads(line[-1].split(" ", 1)[1])
 
 
 def _run(src: Path, args: list[str], cache: Path | None) -> tuple[float, float]:
@@ -139,6 +190,7 @@ def main() -> None:
                             str(old / folder_name)], check=False, capture_output=True)
         shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(cache, ignore_errors=True)
+    where = _breakdown(duck)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     head = (f"whispers-lab validate, {duck.name}, {os.cpu_count()} cores, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
@@ -147,12 +199,18 @@ def main() -> None:
     (results / f"bench_validate_{stamp}.json").write_text(json.dumps(
         {"title": head, "rows": [{"case": label, "seconds": sec, "peak_mb": mb,
                                   "old_seconds": base[0] if base else None}
-                                 for label, (sec, mb), base in rows]}, indent=1) + "\n")
+                                 for label, (sec, mb), base in rows],
+         "cold_breakdown_s": where}, indent=1) + "\n")
     print(head)
     print(f"  {'case':<42} {'seconds':>8} {'peak MB':>8} {'old/new':>8}")
     for label, (sec, mb), base in rows:
         ratio = f"{base[0] / sec:.1f}x" if base else ""
         print(f"  {label:<42} {sec:8.2f} {mb:8.0f} {ratio:>8}")
+    print("where a cold validation of the DuckDB file spends its time (new code, in process, "
+          "each statement put down to what it reads):")
+    for what, sec in sorted(where.items(), key=lambda kv: (kv[0] == "in all", -kv[1]
+                                                           if isinstance(kv[1], float) else 0)):
+        print(f"  {what:<42} {sec:8.2f}" if isinstance(sec, float) else f"  {what}: {sec}")
 
 
 if __name__ == "__main__":

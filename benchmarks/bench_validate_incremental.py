@@ -208,9 +208,11 @@ def main() -> None:
         print(f"  {label:<42} {sec:8.2f} {mb:8.0f} {ratio:>8}")
     print("where a cold validation of the DuckDB file spends its time (new code, in process, "
           "each statement put down to what it reads):")
-    for what, sec in sorted(where.items(), key=lambda kv: (kv[0] == "in all", -kv[1]
-                                                           if isinstance(kv[1], float) else 0)):
-        print(f"  {what:<42} {sec:8.2f}" if isinstance(sec, float) else f"  {what}: {sec}")
+    if "failed" in where:
+        print(f"  the breakdown's run failed: {where['failed']}")
+        return
+    for what, sec in sorted(where.items(), key=lambda kv: (kv[0] == "in all", -kv[1])):
+        print(f"  {what:<42} {sec:8.2f}")
 
 
 if __name__ == "__main__":

@@ -23,17 +23,17 @@ __all__ = ["import_named", "import_named_ahead", "lazy_function", "lazy_module",
 
 #: Every module a :func:`lazy_module` or :func:`lazy_function` of this process stands for.
 _NAMED: dict[str, None] = {}
-#: (thread, its end) of each :func:`import_named_ahead` still running.
-_AHEAD: list[tuple[threading.Thread, threading.Event]] = []
+#: (thread, its end) of the :func:`import_named_ahead` running, if one is.
+_ahead: tuple[threading.Thread, threading.Event] | None = None
 _AHEAD_LOCK = threading.Lock()
 
 
 def _after_ahead() -> None:
     """Wait for :func:`import_named_ahead`'s thread (from any other thread), so that a module
     is never imported by two threads at once."""
-    for thread, ended in list(_AHEAD):
-        if thread is not threading.current_thread():
-            ended.wait()
+    running = _ahead
+    if running is not None and running[0] is not threading.current_thread():
+        running[1].wait()
 
 
 class _LazyModule(ModuleType):
@@ -95,21 +95,22 @@ def import_named_ahead() -> threading.Thread:
     beside it. The report run starts it as the day's evaluation begins: the imports (about
     0.7 s of CPU) then run while the evaluation waits on DuckDB, instead of at its first
     statistic, when only one core is busy."""
+    global _ahead
     with _AHEAD_LOCK:
-        if _AHEAD:
-            return _AHEAD[0][0]
+        if _ahead is not None:
+            return _ahead[0]
         ended = threading.Event()
 
         def run() -> None:
+            global _ahead
             try:
                 import_named()
             finally:
                 ended.set()
                 with _AHEAD_LOCK:
-                    _AHEAD.remove(entry)
+                    _ahead = None
 
         thread = threading.Thread(target=run, name="whispers-lab-imports", daemon=True)
-        entry = (thread, ended)
-        _AHEAD.append(entry)
+        _ahead = (thread, ended)  # published before it starts: a first use waits on `ended`
         thread.start()
         return thread

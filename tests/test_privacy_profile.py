@@ -5,6 +5,7 @@ and after the export changed under the same path (the cached profile is keyed by
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -154,3 +155,100 @@ def test_held_picks_the_tokens_may_hold_accepts(seed):
     assert privacy.IdColumn("t", "user_id", ((4, "a", "z"),)).held(
         privacy.tokens_by_length(tokens)) == sorted({t for t in tokens if len(t) == 4
                                                      and "a" <= t <= "z"})
+
+
+def _exact(export, table: str, column: str) -> list[tuple[int, str, str]]:
+    """Each length's smallest and largest value, read from the data (an independent count)."""
+    frame = export.sql(f'SELECT length("{column}") AS n, min("{column}") AS lo, '
+                       f'max("{column}") AS hi FROM src."{table}" WHERE "{column}" IS NOT NULL '
+                       f"GROUP BY 1 ORDER BY 1")
+    return [(int(n), str(lo), str(hi)) for n, lo, hi in frame.itertuples(index=False)]
+
+
+def _bounds(outer: list[tuple[int, str, str]], inner: list[tuple[int, str, str]]) -> bool:
+    """Whether every length of ``inner`` has a range in ``outer`` that holds its range."""
+    return all(any(n == m and lo <= ilo and ihi <= hi for m, lo, hi in outer)
+               for n, ilo, ihi in inner)
+
+
+@pytest.mark.parametrize("width", [9, 12, 13, 40])
+def test_a_duckdb_files_statistics_bound_fixed_format_ids_without_reading_them(
+        tmp_path, monkeypatch, width):
+    """Ids of one length (short, at DuckDB's 12-byte statistics prefix, past it) over several
+    row groups, some deleted and one updated after the write: the profile comes from the
+    column statistics (no query groups the column), and every id, the smallest and the
+    largest included, is inside it. At 13 and 40 characters DuckDB keeps only a prefix of
+    the largest id, so the range is widened past it."""
+    import random
+
+    import duckdb
+
+    rng = random.Random(width)
+    alphabet = "0123456789abcdefXYZ-_."
+    users = sorted({"".join(rng.choice(alphabet) for _ in range(width)) for _ in range(130_000)})
+    rng.shuffle(users)
+    path = _export(tmp_path, users)
+    con = duckdb.connect(str(path))
+    con.execute("DELETE FROM users WHERE rowid % 7 = 3")
+    con.execute("UPDATE users SET user_id = ? WHERE rowid = 5", ["~" * width])  # a new largest
+    con.execute("CHECKPOINT")
+    con.close()
+    with open_export(path, validate=False) as export:
+        ran: list[str] = []
+        real = export.sql
+        monkeypatch.setattr(export, "sql", lambda q, *a: ran.append(q) or real(q, *a))
+        profile = {(c.table, c.column): c for c in privacy.id_profile(export)}
+        monkeypatch.setattr(export, "sql", real)
+        # no id column stored as text was read (the factory's ticket user ids are all NULL,
+        # stored as another type)
+        text = set(export.sql("SELECT table_name || '.' || column_name AS c FROM duckdb_columns() "
+                              "WHERE database_name = 'src' AND data_type = 'VARCHAR'")["c"])
+        read = {f"{t}.{c}" for q in ran if "length(" in q
+                for t, c in re.findall(r"SELECT '(\w+)' AS t, '(\w+)' AS c", q)}
+        assert "users.user_id" in text and not read & text, read
+        users_col = profile[("users", "user_id")]
+        ids = export.sql("SELECT user_id FROM src.users")["user_id"].tolist()
+        assert all(users_col.may_hold(u) for u in ids)
+        assert users_col.may_hold("~" * width) and users_col.lengths == (width,)
+        for (t, c), col in profile.items():
+            assert _bounds(list(col.ranges), _exact(export, t, c)), (t, c)
+        if width <= 12:  # DuckDB kept whole values: the very ranges the data has
+            assert list(users_col.ranges) == _exact(export, "users", "user_id")
+        leaked = ids[len(ids) // 2]
+        assert [leak.column for leak in privacy.find_ids(export, {"x": f"id {leaked} here"})
+                if leak.column == "user_id"] == ["user_id"]
+
+
+@pytest.mark.parametrize("users", [
+    ["u1", "u7", "user-0042", "USER-9999"],  # several lengths in one segment
+    ["ü0001", "ü0002", "u0003"],  # non-ASCII: DuckDB escapes it in its statistics
+    ["u'001", 'u"002', "u\\003", "u\x01004"],  # characters the statistics escape
+])
+def test_ids_the_statistics_cannot_bound_are_read(tmp_path, users):
+    """A column whose statistics cannot bound each length's ids (several lengths in one
+    segment, escaped characters) is read from the data: its ranges are exactly the data's,
+    and each id is still found."""
+    path = _export(tmp_path, users)
+    with open_export(path, validate=False) as export:
+        stats = privacy._profile_from_statistics(export, [("users", "user_id")])
+        assert ("users", "user_id") not in stats
+        profile = {(c.table, c.column): c for c in privacy.id_profile(export)}
+        assert list(profile[("users", "user_id")].ranges) == _exact(export, "users", "user_id")
+        for user in users:
+            assert any(leak.column == "user_id" for leak in
+                       privacy.find_ids(export, {"x": f"a ({user}) b"})), user
+
+
+def test_segment_range_from_duckdb_statistics():
+    """The bounds one segment's statistics give (the fields ``pragma_storage_info`` reports)."""
+    whole = {"has_no_null": True, "has_unicode": False, "min": "u01", "max": "u99",
+             "min_string_length": 3, "max_string_length": 3}
+    assert privacy._segment_range(whole) == (3, "u01", "u99")
+    cut = dict(whole, min="e00000000000", max="e00002482273", min_string_length=13,
+               max_string_length=13)
+    n, lo, hi = privacy._segment_range(cut)
+    assert (n, lo) == (13, "e00000000000") and "e000024822739" <= hi and "e00002482274" > hi
+    assert privacy._segment_range(dict(whole, has_no_null=False)) is None  # NULLs only
+    for broken in (dict(whole, max_string_length=4), dict(whole, has_unicode=True),
+                   dict(whole, min="u\\x2701"), dict(whole, min=None), {}, None):
+        assert privacy._segment_range(broken) is False, broken

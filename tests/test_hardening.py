@@ -268,25 +268,39 @@ def _corrupt_id_block(source: Path, target: Path) -> Path:
         target.write_bytes(bytes(broken))
         try:
             with open_export(target, validate=False) as export:
-                privacy.id_lengths(export)
+                for table, column in privacy.ID_COLUMNS:  # every id, read from the data
+                    export.sql(f'SELECT count(DISTINCT "{column}") FROM src."{table}"')
         except duckdb.Error:
             return target
     raise AssertionError("no block of ids found to corrupt")
 
 
-def test_corrupt_data_block_fails_report_in_one_line(sim_path, tmp_path, capsys) -> None:
-    """The catalog opens, a block of ids does not: the notebook fails, and so did the id
-    redaction of its message (a traceback before the fix); now one line, no id, and no
-    unredacted notebook kept (papermill run 1)."""
+@pytest.mark.parametrize("statistics", [False, True])
+def test_corrupt_data_block_fails_report_in_one_line(sim_path, tmp_path, capsys, monkeypatch,
+                                                     statistics) -> None:
+    """The catalog opens, a block of ids does not: the notebook fails, and the error is one
+    line with no id. When the ids must be read to redact the message (``statistics`` False:
+    a file whose column statistics do not bound them), that reading fails too (a traceback
+    before the fix): the details are withheld and no notebook is kept (papermill run 1).
+    When the file's column statistics bound every id, nothing needs reading: the message is
+    given, and the failed notebook is kept with no id of the export in it."""
+    if not statistics:
+        monkeypatch.setattr(privacy, "_profile_from_statistics", lambda export, columns: {})
     bad = _corrupt_id_block(sim_path, tmp_path / "block.duckdb")
     code, _, err = cli(capsys, "validate", bad)
     assert code == 1 and "expected readable data" in err and "Corrupt database file" in err
     out = tmp_path / "reports"
     code, _, err = cli(capsys, "report", "--export", bad, "--day", 4, "--out", out)
     assert code == 1 and len(error_lines(err)) == 1
-    assert "cannot be read back" in err and "details are withheld" in err
-    assert not any(out.glob("day-*"))
-    assert not list(out.glob(".failed/*")) and not list(out.glob(".day-*"))
+    assert not any(out.glob("day-*")) and not list(out.glob(".day-*"))
+    kept = list(out.glob(".failed/*"))
+    if not statistics:
+        assert "cannot be read back" in err and "details are withheld" in err
+        assert not kept
+    else:
+        assert "Corrupt database file" in err and len(kept) == 1
+        with open_export(sim_path) as export:  # the same ids, all readable
+            assert privacy.find_ids(export, {"err": err, "kept": kept[0].read_text()}) == []
 
 
 def test_folders_that_are_not_exports(tmp_path, capsys) -> None:

@@ -153,11 +153,16 @@ def id_profile(export: Export) -> list[IdColumn]:
         read = [k for k in columns if k not in ranges]
         ranges.update({k: [] for k in read})
         if read:
+            # On DuckDB the stored rows (``src``): repeated telemetry events' ids are the
+            # ids of the events they repeat, and not leaving them out spares the view's
+            # anti-join with every branch (3.0 -> 2.4 s for the steady 1M export's 7 columns).
+            raw = getattr(export, "engine", None) == "duckdb" and getattr(
+                export, "kind", None) in ("duckdb", "parquet")
             frame = export.sql(" UNION ALL ".join(
-                f"SELECT {sql_string(t)} AS t, {sql_string(c)} AS c, "
-                f"length({sql_ident(c)}) AS n, min({sql_ident(c)}) AS lo, "
-                f"max({sql_ident(c)}) AS hi FROM {sql_ident(t)} "
-                f"WHERE {sql_ident(c)} IS NOT NULL GROUP BY length({sql_ident(c)})"
+                f"SELECT {sql_string(t)} AS t, {sql_string(c)} AS c, length(v) AS n, "
+                f"min(v) AS lo, max(v) AS hi FROM (SELECT CAST({sql_ident(c)} AS VARCHAR) AS v "
+                f"FROM {'src.' if raw else ''}{sql_ident(t)}) WHERE v IS NOT NULL "
+                f"GROUP BY length(v)"
                 for t, c in read))
             for t, c, n, lo, hi in frame.itertuples(index=False):
                 ranges[(str(t), str(c))].append((int(n), str(lo), str(hi)))

@@ -303,6 +303,52 @@ def test_corrupt_data_block_fails_report_in_one_line(sim_path, tmp_path, capsys,
             assert privacy.find_ids(export, {"err": err, "kept": kept[0].read_text()}) == []
 
 
+def test_a_corrupt_block_of_any_column_fails_validation(tmp_path, monkeypatch) -> None:
+    """Validation reads every value: a damaged data block holding only one column's values
+    (found with ``pragma_storage_info``) is reported, whichever column it is, including the
+    ones no rule and no key reads (DuckDB checks a block's checksum as it loads it)."""
+    monkeypatch.setenv("WHISPERS_LAB_CACHE", "")
+    tables_ = valid_tables()
+    n = 300_000  # enough rows for each column's values to fill blocks of their own
+    telemetry = tables_["telemetry"]
+    telemetry = telemetry.iloc[[i % len(telemetry) for i in range(n)]].reset_index(drop=True)
+    for column, prefix, step in (("event_id", "e", 1), ("user_id", "u", 31),
+                                 ("device_id", "d", 7919), ("request_id", "r", 13),
+                                 ("whisper_id", "m", 17)):
+        telemetry[column] = [f"{prefix}{i * step % n:09d}" for i in range(n)]
+    tables_["telemetry"] = telemetry
+    path = write_export(tables_, tmp_path / "export.duckdb")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        owners: dict[int, set[str]] = {}
+        for column, block in con.execute(
+                "SELECT column_name, block_id FROM pragma_storage_info('telemetry') "
+                "WHERE persistent").fetchall():
+            owners.setdefault(int(block), set()).add(column)
+        header, block_size = 3 * 4096, int(con.execute(
+            "SELECT block_size FROM pragma_database_size()").fetchone()[0])
+    finally:
+        con.close()
+    own = {c: sorted(b for b, cs in owners.items() if cs == {c}) for c in telemetry.columns}
+    tested = [c for c in telemetry.columns if own[c]]
+    assert {"event_id", "created_at", "user_id", "device_id", "request_id",
+            "whisper_id"} <= set(tested)
+    data = path.read_bytes()
+    for column in tested:
+        broken = bytearray(data)
+        # one 8-byte word inside the block, past its checksum (DuckDB's checksum XORs a hash
+        # of each word: the same change to two equal words, as in a repeating validity
+        # mask, would cancel out)
+        at = header + own[column][0] * block_size + 4096
+        broken[at: at + 8] = bytes(b ^ 0xFF for b in broken[at: at + 8])
+        bad = tmp_path / f"bad-{column}.duckdb"
+        bad.write_bytes(bytes(broken))
+        with pytest.raises(ExportValidationError) as caught:
+            open_export(bad).close()
+        assert [(p.table, p.rule) for p in caught.value.problems
+                if "Corrupt database file" in str(p)] == [("telemetry", "unreadable")], column
+
+
 def test_folders_that_are_not_exports(tmp_path, capsys) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -350,7 +350,8 @@ class _Scan:
 
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
           kind: str) -> _Scan:
-    """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet)."""
+    """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
+    DuckDB file's table: the texts' hash and each key's distinct count in queries apart)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:

@@ -7,8 +7,8 @@ rows break it and one example.
 
 **One scan per table** checks every column and row rule, counts the distinct hashes of each
 unique key, hashes every value (so a corrupt data block cannot pass unread) and counts the
-rows per UTC day (a DuckDB file's table: the texts' hash and each key's distinct count in
-queries of their own, faster there than one scan). Only when a key hash repeats does an exact
+rows per UTC day (a DuckDB file's table: the texts' hash, and each key's hashes sorted to find
+a repeat, in queries of their own, faster there than one scan). Only when a key hash repeats does an exact
 ``GROUP BY`` on the key run, to name the duplicates, and only when a rule is broken does
 another scan fetch one example of each broken rule.
 
@@ -351,7 +351,7 @@ class _Scan:
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
           kind: str) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
-    DuckDB file's table: the texts' hash and each key's distinct count in queries apart)."""
+    DuckDB file's table: the texts' hash and each key's repeat test in queries apart)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:
@@ -378,9 +378,9 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # per unit beside it cost a third of the grouped scan (docs/scale.md).
     keys = [k for k in table.unique if set(k) <= usable] if len(units) == 1 else []
     # A DuckDB file's table is read by narrower queries: the texts' hash and each key's
-    # distinct count apart. In one scan, DuckDB 2.0 took longer than the three (32M API rows:
+    # repeat test apart. In one scan, DuckDB 2.0 took longer than the three (32M API rows:
     # 5.2-5.4 s against 0.8-0.9 + 1.0-1.2 + 1.8-2.0 s); Parquet would be decoded again. The
-    # distinct counts read their keys, so the texts' hash leaves those out.
+    # key queries read their keys, so the texts' hash leaves those out.
     apart = kind == "duckdb" and engine_of(con) == "duckdb"
     texts = [c.name for c in table.columns if apart and c.name in usable
              and c.type == "VARCHAR"]

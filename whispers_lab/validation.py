@@ -7,10 +7,10 @@ rows break it and one example.
 
 **One scan per table** checks every column and row rule, counts the distinct hashes of each
 unique key, hashes every value (so a corrupt data block cannot pass unread) and counts the
-rows per UTC day (a DuckDB file's table: the texts' hash, and each key's hashes sorted to find
-a repeat, in queries of their own, faster there than one scan). Only when a key hash repeats does an exact
-``GROUP BY`` on the key run, to name the duplicates, and only when a rule is broken does
-another scan fetch one example of each broken rule.
+rows per UTC day (a DuckDB file's table: the texts' hash, and each key's hashes sorted to
+find a repeat, in queries of their own, faster there than one scan). Only when a key hash
+repeats does an exact ``GROUP BY`` on the key run, to name the duplicates, and only when a
+rule is broken does another scan fetch one example of each broken rule.
 
 Beside problems, validation reports :class:`Notice`\\ s: data the lab accepts but handles
 specially. Telemetry events repeated under a new ``event_id`` (same user, type, request and

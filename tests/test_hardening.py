@@ -325,6 +325,8 @@ def test_a_corrupt_block_of_any_column_fails_validation(tmp_path, monkeypatch) -
                 "SELECT column_name, block_id FROM pragma_storage_info('telemetry') "
                 "WHERE persistent").fetchall():
             owners.setdefault(int(block), set()).add(column)
+        # (a DuckDB file opens with three 4 KB headers, then its blocks, each led by its
+        # 8-byte checksum)
         header, block_size = 3 * 4096, int(con.execute(
             "SELECT block_size FROM pragma_database_size()").fetchone()[0])
     finally:

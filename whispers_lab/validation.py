@@ -382,11 +382,12 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # 5.2-5.4 s against 0.8-0.9 + 1.0-1.2 + 1.8-2.0 s); Parquet would be decoded again. The
     # key queries read their keys, so the texts' hash leaves those out.
     apart = kind == "duckdb" and engine_of(con) == "duckdb"
-    texts = [c.name for c in table.columns if apart and c.name in usable
-             and c.type == "VARCHAR"]
+    text_cols = {c.name for c in table.columns if apart and c.name in usable
+                 and c.type == "VARCHAR"}
     hashed = ", ".join(sql_ident(c.name) for c in table.columns
-                       if c.name in usable and c.name not in texts)
-    texts = [c for c in texts if not any(c in key for key in keys)]
+                       if c.name in usable and c.name not in text_cols)
+    texts = [c.name for c in table.columns  # (the key columns: their queries read them)
+             if c.name in text_cols and not any(c.name in key for key in keys)]
     inner.append(f"{variant(con, 'hash64', cols=hashed) if hashed else '0'} AS {_P}all")
     selects.append(f"bit_xor({_P}all) AS read_all")
     for j, key in enumerate([] if apart else keys):
@@ -407,6 +408,13 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     if texts:
         con.execute(f"SELECT bit_xor({variant(con, 'hash64', cols=', '.join(map(sql_ident, texts)))})"
                     f" FROM {source}").fetchall()
+    # apart: each key's hashes sorted, each compared with the one before (a little faster than
+    # the distinct count: 32M API rows 2.3-2.5 s against 2.4-3.3 s); every key is read, as
+    # the texts' hash leaves its columns to these queries. Else the scan's counts, below.
+    repeats = [con.execute(
+        f"SELECT count(*) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS p FROM "
+        f"(SELECT {variant(con, 'hash64', cols=', '.join(map(sql_ident, key)))} AS h "
+        f"FROM {source})) WHERE h = p").fetchone()[0] for key in (keys if apart else [])]
     if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
         per_day: dict[Any, dict[Any, int]] = {}
@@ -417,7 +425,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         at, by = names.index("days"), names.index("unit")
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
     by_file = {local_path(f): u.name for u in units for f in u.files}
-    scan = _Scan({}, {}, {}, {}, False, [])
+    scan = _Scan({}, {}, {}, {}, any(int(n) > 0 for n in repeats), [])
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
@@ -430,18 +438,8 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
             if n:
                 totals[i] += n
                 scan.bad[unit] += n
-        for j, key in enumerate(keys):
-            if apart:
-                # the hashes sorted, each compared with the one before: a little faster than
-                # the distinct count (32M API rows: 2.3-2.5 s against 2.4-3.3 s)
-                cols = ", ".join(sql_ident(c) for c in key)
-                repeats = con.execute(
-                    f"SELECT count(*) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS p FROM "
-                    f"(SELECT {variant(con, 'hash64', cols=cols)} AS h FROM {source})) "
-                    f"WHERE h = p").fetchone()[0]
-            else:
-                repeats = rows - int(rec[f"k{j}"])
-            if int(repeats) > 0:
+        for j in range(0 if apart else len(keys)):
+            if int(rec[f"k{j}"]) < rows:
                 scan.keys_repeat = True
         scan.span[unit] = (rec["t_min"], rec["t_max"])
         days = rec["days"] or {}

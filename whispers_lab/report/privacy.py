@@ -228,21 +228,21 @@ def _profile_from_statistics(export: Export, columns: list[tuple[str, str]]
                 f"SELECT column_name, stats FROM pragma_storage_info("
                 f"{sql_string('src.main.' + sql_ident(table))}) WHERE segment_type = 'VARCHAR' "
                 f"AND list_contains(?, column_name)", [cols]).fetchall()
-            found: dict[str, dict[int, tuple[str, str]] | None] = {c: {} for c in cols}
+            found: dict[str, list[list[Any]] | None] = {c: [] for c in cols}
             for col, stats in segments:
-                into = found.get(col)
-                bounds = _segment_range(stats)
-                if into is None or bounds is None:
+                rows, bounds = found.get(col), _segment_range(stats)
+                if rows is None or bounds is None:
                     continue
                 if bounds is False:
                     found[col] = None
-                    continue
-                n, lo, hi = bounds
-                old = into.get(n)
-                into[n] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
-            for col, by_length in found.items():
-                if by_length is not None:
-                    out[(table, col)] = [(n, lo, hi) for n, (lo, hi) in sorted(by_length.items())]
+                else:
+                    rows.append(list(bounds))
+            bounded = {c: rows for c, rows in found.items() if rows is not None}
+            merged: dict[tuple[str, str], dict[int, tuple[str, str]]] = {
+                (table, c): {} for c in bounded}
+            _merge(merged, table, bounded)
+            out.update({k: [(n, lo, hi) for n, (lo, hi) in sorted(v.items())]
+                        for k, v in merged.items()})
     except duckdb.Error:  # no statistics to read (an older file, a view): read the columns
         return {}
     return out

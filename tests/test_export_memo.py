@@ -112,3 +112,29 @@ def test_frames_with_equal_strings_share_a_fingerprint_and_one_changed_value_doe
     mixed = pd.DataFrame({"x": pd.Series([1, "a", 2.5], dtype=object)})
     assert (export_module._fingerprint(mixed, serial)
             == export_module._fingerprint(mixed.copy(), serial))
+
+
+def test_an_unordered_table_holds_the_same_rows_and_the_setting_comes_back(small_export):
+    """``Export.sql(..., ordered=False)`` (the report's two large temporary tables) makes a
+    table of the same rows, in any order, and leaves the connection keeping insertion order
+    again, also when the statement fails; the statement is still remembered like any other."""
+    query = ("CREATE OR REPLACE TEMP TABLE wl_probe_rows AS SELECT user_id, created_at, "
+             "event_type FROM telemetry WHERE created_at >= $lo")
+    lo = pd.Timestamp("2026-12-05").to_pydatetime()
+    keep = "SELECT current_setting('preserve_insertion_order') AS v"
+    rows = "SELECT * FROM wl_probe_rows ORDER BY ALL"
+    with open_export(small_export) as export:
+        export.sql(query, {"lo": lo})
+        ordered_rows = export.sql(rows)
+        export.memoize()
+        export.sql(query, {"lo": lo}, ordered=False)
+        assert bool(export.sql(keep)["v"].iloc[0]) is True
+        pd.testing.assert_frame_equal(export.sql(rows), ordered_rows)
+        assert len(ordered_rows) > 1000
+        remembered = len(export._memo)
+        export.sql(query, {"lo": lo}, ordered=False)  # made already: not made again
+        assert len(export._memo) == remembered
+        with pytest.raises(Exception, match="no_such_table"):
+            export.sql("CREATE OR REPLACE TEMP TABLE wl_probe_bad AS SELECT * FROM no_such_table",
+                       ordered=False)
+        assert bool(export.sql(keep)["v"].iloc[0]) is True

@@ -188,11 +188,31 @@ class Export:
                 self._relations[made] = fingerprint
         return value.copy() if isinstance(value, pd.DataFrame) else value
 
-    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pd.DataFrame:
-        """Run a query and return a (small, aggregated) DataFrame."""
-        return self._cached("df", query, params, lambda: (
-            self.con.execute(query, params).df() if params is not None
-            else self.con.execute(query).df()))
+    def sql(self, query: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *,
+            ordered: bool = True) -> pd.DataFrame:
+        """Run a query and return a (small, aggregated) DataFrame.
+
+        ``ordered=False`` (for a ``CREATE ... TEMP TABLE ... AS`` whose readers only aggregate
+        its rows): DuckDB may store the rows in any order (``preserve_insertion_order`` off
+        for this statement), so that each of its threads writes the rows it read instead of
+        handing them over in the order of the source. The report's two large temporary tables
+        took 0.22 s and 0.13 s less to make at 1M users (docs/scale.md)."""
+        def run() -> pd.DataFrame:
+            cur = (self.con.execute(query, params) if params is not None
+                   else self.con.execute(query))
+            return cur.df()
+
+        if ordered:
+            return self._cached("df", query, params, run)
+
+        def unordered() -> pd.DataFrame:
+            self.con.execute("SET preserve_insertion_order = false")
+            try:
+                return run()
+            finally:
+                self.con.execute("RESET preserve_insertion_order")
+
+        return self._cached("df", query, params, unordered)
 
     def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
         def run() -> Any:

@@ -142,8 +142,11 @@ class SparkExport:
         small tables an evaluation reads again stay in Spark's cache (:data:`CACHED_TABLES`),
         and query results are not remembered (each query runs on the cluster again)."""
 
-    def sql(self, query: str, params: Mapping[str, Any] | None = None) -> pd.DataFrame:
-        """Run a query and return its (small, aggregated) result as a DataFrame."""
+    def sql(self, query: str, params: Mapping[str, Any] | None = None, *,
+            ordered: bool = True) -> pd.DataFrame:
+        """Run a query and return its (small, aggregated) result as a DataFrame. ``ordered``
+        is for DuckDB (:meth:`whispers_lab.export.Export.sql`): Spark keeps no row order in a
+        table either way."""
         started = time.perf_counter()
         frame = self._run(query, params)
         return pd.DataFrame() if frame is None else self._collect(frame, query, started)

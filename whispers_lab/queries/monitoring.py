@@ -216,13 +216,14 @@ def materialize_whispers_requests(export: Export, lo: dt.datetime, hi: dt.dateti
     weight_source, weights_version``). Every query of the endpoint whose window it holds reads
     it (:func:`whispers_requests`) instead of ``api_logs``, which then is read once for all of
     them: a report read api_logs 15-17 times, each query picking the endpoint's rows (1.5-3M
-    of 32-36M at 1M users) out of the same days again."""
+    of 32-36M at 1M users) out of the same days again. Its rows are in no particular order
+    (``ordered=False``): every reader aggregates them."""
     export.sql(f"""CREATE OR REPLACE TEMP TABLE {WHISPERS_REQUESTS_TABLE} AS
         SELECT "timestamp", user_id, device_id, status, duration_ms, ranking_ms, weight_source,
                weights_version
         FROM api_logs
         WHERE endpoint = $endpoint AND "timestamp" >= $lo AND "timestamp" < $hi""",
-               {"endpoint": WHISPERS_ENDPOINT, "lo": lo, "hi": hi})
+               {"endpoint": WHISPERS_ENDPOINT, "lo": lo, "hi": hi}, ordered=False)
     _made(export, WHISPERS_REQUESTS_TABLE, lo, hi)
 
 
@@ -717,7 +718,8 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
     (:func:`hourly_telemetry`), its active users (:func:`treated_active_users`, with
     :data:`APP_OPENS_TABLE`) and the cue spacing (:func:`cue_cooldown`). Each reads it only for
     a window it holds, else the telemetry. ``day_lo`` / ``cue_lo`` None: no day's or cue rows
-    beyond the whispers events."""
+    beyond the whispers events. Its rows are in no particular order (``ordered=False``): every
+    reader aggregates them (the cue spacing orders each user's cue times itself)."""
     day_lo = hi if day_lo is None else max(day_lo, lo)
     cue_lo = hi if cue_lo is None else max(min(cue_lo, day_lo), lo)
     export.sql(f"""CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS
@@ -735,7 +737,7 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
       AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
            OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
     GROUP BY 1, 2, 3, 4""",
-               {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo})
+               {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo}, ordered=False)
     _made(export, REQUEST_EVENTS_TABLE, lo, hi)
     _made(export, _DAY_EVENTS, day_lo, hi)
     _made(export, _CUE_EVENTS, cue_lo, hi)

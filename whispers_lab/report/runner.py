@@ -221,6 +221,12 @@ def _run_papermill(parameters: dict[str, Any], output: Path, timeout: int, noteb
             on_cell_executed=(lambda **_: on_cell()) if on_cell is not None else None,
             # the shutdown interrupt makes the kernel log a spurious "KeyboardInterrupt"
             extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            # Once the last cell has replied, the kernel holds nothing the run needs (it read
+            # the export read-only and wrote its files in cells that finished): stopping it at
+            # once, instead of asking it to shut down and waiting for its exit, took 0.5 s off
+            # the end of every report (0.13 s from the last cell's reply to papermill's
+            # return, against 0.5-0.64 s; 1M users, docs/scale.md)
+            shutdown_kernel="immediate",
         )
     except PapermillExecutionError as exc:
         if _is_lab_error(exc.ename) and str(exc.evalue).strip():

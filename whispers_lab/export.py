@@ -11,6 +11,7 @@ Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -208,9 +209,14 @@ class Export:
         def unordered() -> pd.DataFrame:
             self.con.execute("SET preserve_insertion_order = false")
             try:
-                return run()
-            finally:
-                self.con.execute("RESET preserve_insertion_order")
+                value = run()
+            except BaseException:
+                # the statement's own error is the one to see, not a failed reset's
+                with contextlib.suppress(duckdb.Error):
+                    self.con.execute("RESET preserve_insertion_order")
+                raise
+            self.con.execute("RESET preserve_insertion_order")
+            return value
 
         return self._cached("df", query, params, unordered)
 

@@ -31,7 +31,11 @@ tell a machine short of CPU time, or slow to hand out memory, from a slower vers
 
 Time is wall time of the whole command; memory is the peak of the **sum** of the resident sets
 of the command and every process it started (the report's kernel runs beside it), sampled every
-20 ms with psutil. The old version runs from a temporary ``git worktree`` with the same
+20 ms with psutil. CPU is the user and system seconds of the command and of every process it
+waited for (its kernel among them), with its minor page faults (``getrusage``): on two cores
+that are busy about 90% of a report, the wall time follows the CPU spent, and a run's CPU moves
+less than its wall time in the machine's slow stretches, so the CPU ratio run by run is
+printed beside the time's. The old version runs from a temporary ``git worktree`` with the same
 virtualenv (``PYTHONPATH``; its kernel inherits it).
 
 Then, per version, one in-process pass over the report's queries (open and validate, evaluate
@@ -105,9 +109,14 @@ def _tree_sample(proc, read: dict[int, int]) -> int:
 def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     """Wall seconds, peak summed RSS (MB) of ``args`` and its descendants, and the MB they
     read from storage (``disk_mb``: what the page cache did not hold; as last sampled, so a
-    process's final 20 ms may be missed)."""
+    process's final 20 ms may be missed). ``cpu_s`` (``user_s`` + ``sys_s``) and ``minflt``:
+    the CPU seconds and minor page faults of the command and of every descendant it waited
+    for (the report's kernel is), from ``getrusage(RUSAGE_CHILDREN)`` around the run."""
+    import resource
+
     import psutil
 
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     child = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -127,8 +136,12 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "rc": child.returncode,
-            "disk_mb": sum(read.values()) / 2**20, "output": output}
+            "disk_mb": sum(read.values()) / 2**20, "user_s": user, "sys_s": system,
+            "cpu_s": user + system, "minflt": after.ru_minflt - before.ru_minflt,
+            "output": output}
 
 
 def machine_seconds() -> float:
@@ -345,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                 best = results.get((name, version, state))
                 if best is None or res["seconds"] < best["seconds"]:
                     results[(name, version, state)] = res
-                print(f"    {res['seconds']:.1f} s, peak {res['peak_mb']:.0f} MB, read from "
+                print(f"    {res['seconds']:.1f} s, CPU {res['user_s']:.1f} s user + "
+                      f"{res['sys_s']:.1f} s system ({res['minflt'] / 1000:.0f}K page faults), "
+                      f"peak {res['peak_mb']:.0f} MB, read from "
                       f"disk {res['disk_mb']:.0f} MB, rc {res['rc']}; the machine's fixed CPU "
                       f"workload just before: {speed:.2f} s, 1 GB of fresh memory "
                       f"{memory:.2f} s", flush=True)
@@ -392,6 +407,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<8} new/old warm, run by run: "
                   f"{' / '.join(f'{r:.2f}x' for r in paired)} (median "
                   f"{statistics.median(paired):.2f}x)")
+            # on 2 busy cores the wall time follows the CPU spent; the CPU of a run moves
+            # less with the machine's slow stretches than its wall time does
+            cpu = [b["cpu_s"] / a["cpu_s"] for a, b in
+                   zip(results[(name, o, "warm runs")], results[(name, n, "warm runs")],
+                       strict=True)]
+            print(f"{name:<8} new/old warm CPU (user + system of the command and its kernel), "
+                  f"run by run: {' / '.join(f'{r:.2f}x' for r in cpu)} (median "
+                  f"{statistics.median(cpu):.2f}x)")
+        for version in versions:
+            warm = results[(name, version, "warm runs")]
+            print(f"{name:<8} {version}: warm CPU {min(r['cpu_s'] for r in warm):.1f}-"
+                  f"{max(r['cpu_s'] for r in warm):.1f} s (median "
+                  f"{statistics.median(r['cpu_s'] for r in warm):.1f} s), page faults "
+                  f"{min(r['minflt'] for r in warm) / 1000:.0f}-"
+                  f"{max(r['minflt'] for r in warm) / 1000:.0f}K")
         speeds = [r["machine_s"] for v in versions for st in ("cold runs", "warm runs")
                   for r in results[(name, v, st)]]
         print(f"{name:<8} the machine's fixed CPU workload before each run: {min(speeds):.2f}-"

@@ -400,21 +400,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<8} new/old {state}: time {b['seconds'] / a['seconds']:.2f}x, "
                       f"memory {b['peak_mb'] / a['peak_mb']:.2f}x")
             # each warm round ran old and new back to back: the ratio within a round is what
-            # the machine's drift between rounds does not move
-            paired = [b["seconds"] / a["seconds"] for a, b in
-                      zip(results[(name, o, "warm runs")], results[(name, n, "warm runs")],
-                          strict=True)]
-            print(f"{name:<8} new/old warm, run by run: "
-                  f"{' / '.join(f'{r:.2f}x' for r in paired)} (median "
-                  f"{statistics.median(paired):.2f}x)")
-            # on 2 busy cores the wall time follows the CPU spent; the CPU of a run moves
-            # less with the machine's slow stretches than its wall time does
-            cpu = [b["cpu_s"] / a["cpu_s"] for a, b in
-                   zip(results[(name, o, "warm runs")], results[(name, n, "warm runs")],
-                       strict=True)]
-            print(f"{name:<8} new/old warm CPU (user + system of the command and its kernel), "
-                  f"run by run: {' / '.join(f'{r:.2f}x' for r in cpu)} (median "
-                  f"{statistics.median(cpu):.2f}x)")
+            # the machine's drift between rounds does not move. On 2 busy cores the wall time
+            # follows the CPU spent, and a run's CPU moves less with the machine's slow
+            # stretches than its wall time does.
+            for key, what in (("seconds", "warm"),
+                              ("cpu_s", "warm CPU (user + system of the command and its "
+                                        "kernel)")):
+                paired = [b[key] / a[key] for a, b in
+                          zip(results[(name, o, "warm runs")],
+                              results[(name, n, "warm runs")], strict=True)]
+                print(f"{name:<8} new/old {what}, run by run: "
+                      f"{' / '.join(f'{r:.2f}x' for r in paired)} (median "
+                      f"{statistics.median(paired):.2f}x)")
         for version in versions:
             warm = results[(name, version, "warm runs")]
             print(f"{name:<8} {version}: warm CPU {min(r['cpu_s'] for r in warm):.1f}-"

@@ -35,7 +35,10 @@ of the command and every process it started (the report's kernel runs beside it)
 waited for (its kernel among them), with its minor page faults (``getrusage``): on two cores
 that are busy about 90% of a report, the wall time follows the CPU spent, and a run's CPU moves
 less than its wall time in the machine's slow stretches, so the CPU ratio run by run is
-printed beside the time's. The old version runs from a temporary ``git worktree`` with the same
+printed beside the time's. Each run writes its stages on one clock (``WHISPERS_LAB_TIMELINE``,
+:mod:`whispers_lab.timeline`: the evaluation's hand-over, the kernel's first cell, the notebook's
+end, the summary's evaluation, ...); the fastest warm run's are printed, to say which stage the
+run waited for. The old version runs from a temporary ``git worktree`` with the same
 virtualenv (``PYTHONPATH``; its kernel inherits it).
 
 Then, per version, one in-process pass over the report's queries (open and validate, evaluate
@@ -50,6 +53,7 @@ import collections
 import importlib
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -142,6 +146,17 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
             "disk_mb": sum(read.values()) / 2**20, "user_s": user, "sys_s": system,
             "cpu_s": user + system, "minflt": after.ru_minflt - before.ru_minflt,
             "output": output}
+
+
+def _timeline(output: str) -> list[tuple[float, str]]:
+    """The ``timeline:`` lines of a run's output (:mod:`whispers_lab.timeline`) as
+    ``(seconds, stage)``, without the day prefix; none from a version that writes none."""
+    found = []
+    for line in output.splitlines():
+        m = re.fullmatch(r"timeline: (\d+\.\d+) s (?:day \d+: )?(.+)", line.strip())
+        if m:
+            found.append((float(m.group(1)), m.group(2)))
+    return found
 
 
 def machine_seconds() -> float:
@@ -341,13 +356,14 @@ def main(argv: list[str] | None = None) -> int:
             for state, i, version in runs:
                 tree = versions[version]
                 env = dict(os.environ, WHISPERS_LAB_CACHE=str(caches[version]),
-                           PYTHONPATH=str(tree))
+                           PYTHONPATH=str(tree), WHISPERS_LAB_TIMELINE="1")
                 out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
                 print(f"[{name}] {version} {state}"
                       f"{f' {i}/{args.warm_runs}' if state == 'warm' else ''} ...", flush=True)
                 speed, memory = machine_seconds(), memory_seconds()
                 res = run_command(_report_args(export, args.day, out), env, Path(tree))
                 res["machine_s"], res["memory_s"] = speed, memory
+                res["timeline"] = _timeline(res["output"])
                 shutil.rmtree(out, ignore_errors=True)
                 if res["rc"] != 0:
                     print(res["output"][-3000:])
@@ -427,6 +443,13 @@ def main(argv: list[str] | None = None) -> int:
                   for r in results[(name, v, st)]]
         print(f"{name:<8} 1 GB of fresh memory (262K page faults) before each run: "
               f"{min(faults):.2f}-{max(faults):.2f} s")
+    print("\nthe command's stages, fastest warm run (seconds since its command line started; "
+          "WHISPERS_LAB_TIMELINE):")
+    for name in exports:
+        for version in versions:
+            stages = results[(name, version, "warm")].get("timeline") or []
+            print(f"{name} {version}: " + ("; ".join(f"{what} {t:.2f}" for t, what in stages)
+                                           or "no timeline (this version writes none)"))
     if not args.no_scans:
         print("\nwhere the time goes (in process, warm cache) and scans per table:")
         for name in exports:

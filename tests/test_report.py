@@ -3,7 +3,10 @@ this module: the shared report, and an invalid export found by the notebook)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +23,7 @@ from whispers_lab.report import privacy
 from whispers_lab.report.index import collect_days, index_html
 from whispers_lab.report.runner import REPORT_FILES, day_dir_name
 from whispers_lab.simulate import simulate_to
+from whispers_lab.timeline import PREFIX, TIMELINE_ENV, mark
 
 from factories import error_lines
 
@@ -36,11 +40,19 @@ def export_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(export_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One report written through the CLI; returns what the tests look at."""
+    """One report written through the CLI, with its stage timeline on; returns what the tests
+    look at."""
     out = tmp_path_factory.mktemp("reports")
-    code = main(["report", "--export", str(export_path), "--day", str(DAY), "--out", str(out)])
+    err = io.StringIO()
+    os.environ[TIMELINE_ENV] = "1"
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(["report", "--export", str(export_path), "--day", str(DAY),
+                         "--out", str(out)])
+    finally:
+        del os.environ[TIMELINE_ENV]
     day_dir = out / day_dir_name(DAY)
-    return {"code": code, "out": out, "dir": day_dir,
+    return {"code": code, "out": out, "dir": day_dir, "stderr": err.getvalue(),
             "html": (day_dir / "report.html").read_text(encoding="utf-8"),
             "decision": json.loads((day_dir / "decision.json").read_text(encoding="utf-8"))}
 
@@ -70,6 +82,36 @@ def test_report_writes_three_files_and_the_index(report: dict) -> None:
     # nothing temporary left behind
     leftovers = [p.name for p in report["out"].iterdir() if p.name.startswith(".day")]
     assert leftovers == []
+
+
+def test_the_timeline_shows_each_stage_once_on_one_clock(report: dict) -> None:
+    """``WHISPERS_LAB_TIMELINE=1``: one line per stage of the run, each once, the run's own
+    sequence in order; the evaluation's thread and the kernel mark on the same clock."""
+    lines = [ln for ln in report["stderr"].splitlines() if ln.startswith(PREFIX)]
+    found = [re.fullmatch(rf"{PREFIX} (\d+\.\d\d) s day {DAY}: (.+)", ln) for ln in lines]
+    assert all(found), lines
+    at = {m.group(2): float(m.group(1)) for m in found}
+    assert len(at) == len(lines)  # each stage once
+    run = ["report run starts", "export opened and validated", "day's evaluation done",
+           "notebook done", "HTML written", "evaluation thread done", "privacy scan done",
+           "report published"]
+    assert [at[s] for s in run] == sorted(at[s] for s in run)
+    assert at["report run starts"] < at["kernel ran its first cell"] <= at["notebook done"]
+    assert at["day's evaluation done"] <= at["HTML conversion and index charts set up"]
+    assert set(at) == {*run, "kernel ran its first cell",
+                       "HTML conversion and index charts set up"}
+
+
+def test_the_timeline_is_silent_unless_asked_for(capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TIMELINE_ENV, raising=False)
+    mark("a stage")
+    monkeypatch.setenv(TIMELINE_ENV, "0")
+    mark("a stage")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv(TIMELINE_ENV, "1")
+    mark("a stage")
+    assert re.fullmatch(rf"{PREFIX} \d+\.\d\d s a stage\n", capsys.readouterr().err)
 
 
 def test_html_is_self_contained(report: dict) -> None:

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from . import __version__, timeline  # noqa: F401  (timeline: its clock starts here)
 from .errors import WhispersLabError
 from .report.stopping import RunStopped
 

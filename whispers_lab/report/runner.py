@@ -43,6 +43,7 @@ from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
 from ..plan import Plan, load_plan
 from ..progress import Progress, advance, stage
+from ..timeline import mark
 from . import privacy, stopping
 from .coverage_check import check_export_covers
 from .folder import FolderLock, day_dir_name, is_temp_name, make_tmp_dir, utc_now, utc_stamp
@@ -454,6 +455,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                   check_coverage: bool = False) -> ReportResult:
     # absolute for the kernel, but not resolved: a symlink keeps its own (published) name
     export_file = Path(os.path.abspath(Path(export_path).expanduser()))
+    mark(f"day {day}: report run starts")
     # Attached here: missing or unreadable exports fail fast, before a kernel starts. The day
     # is evaluated (the contract validated once) in a thread while the kernel starts
     # (.precomputed); an error there comes back through the notebook verbatim.
@@ -484,8 +486,18 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             try:
                 with stage(progress, f"day {day} notebook", _code_cells(NOTEBOOK),
                            "cells") as st:
+                    cells = [0]
+
+                    def on_cell() -> None:
+                        cells[0] += 1
+                        if cells[0] == 1:  # the parameters: the kernel has started
+                            mark(f"day {day}: kernel ran its first cell")
+                        if st is not None:
+                            advance(st)
+
                     execute_notebook(parameters, tmp / "report.ipynb", timeout=timeout,
-                                     on_cell=(lambda: advance(st)) if st is not None else None)
+                                     on_cell=on_cell)
+                mark(f"day {day}: notebook done")
             except ReportError as exc:
                 pre.cancel()
                 # bad input found by the evaluation (an invalid export): say it as is
@@ -525,6 +537,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
                 page = notebook_to_html(nb, title)
                 (tmp / "report.html").write_text(page, encoding="utf-8")
+            mark(f"day {day}: HTML written")
 
             network = privacy.network_references(page)
             if network:
@@ -542,8 +555,10 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
             # here, not before the HTML: the evaluation thread may still be computing the
             # summary's evaluation on the export, which the HTML does not need
             scan_export, _ = pre.result()  # validated, with its id profile and query results
+            mark(f"day {day}: evaluation thread done")
             with stage(progress, f"day {day} privacy scan"):
                 leaks = privacy.scan_files(scan_export, [tmp / name for name in REPORT_FILES])
+            mark(f"day {day}: privacy scan done")
             if leaks:
                 raise ReportError(f"report for day {day} withheld: "
                                   + "; ".join(leak.sentence() for leak in leaks))
@@ -557,6 +572,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
                 seconds = time.monotonic() - started
                 if refresh_index:
                     write_index(out, plan)
+            mark(f"day {day}: report published")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if pre is not None:
@@ -566,6 +582,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
     try:
         summary, note = (_write_summary(out, plan, export_file, pre.export, pre.then_result)
                          if summary_due else (None, ""))
+        if summary_due:
+            mark("rollout summary written")
     finally:
         pre.close()
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,
@@ -634,6 +652,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
 
     def opened() -> Export:
         export = open_export(export_file)
+        mark(f"day {day}: export opened and validated")
         # a query asked twice (by the day's evaluation, or again by the summary's) runs once
         export.memoize()
         return export
@@ -652,6 +671,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
                                   reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         handed["document"] = document
+        mark(f"day {day}: day's evaluation done")
         return evaluation, document
 
     def pages_ahead() -> None:
@@ -661,6 +681,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
                 draw_trends_ahead(out, plan, day, handed["document"])
             except Exception:
                 pass
+        mark(f"day {day}: HTML conversion and index charts set up")
 
     def then(export: Export) -> Any:
         # while the kernel draws the day: what the run does after the notebook, set up ahead.
@@ -675,7 +696,9 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         try:
             from .summary import evaluate_ahead
 
-            return evaluate_ahead(export_file, plan, int(summary_day), export)
+            ahead = evaluate_ahead(export_file, plan, int(summary_day), export)
+            mark(f"day {day}: summary's evaluation done")
+            return ahead
         finally:
             side.join()
 

@@ -101,26 +101,32 @@ def test_work_after_the_hand_over_runs_and_its_failure_is_not_the_days(small_exp
     pre.close()
 
 
-def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export, tmp_path,
-                                                                    monkeypatch):
-    """The first HTML conversion of a process sets nbconvert up (about 1 s), and the index's trend
-    charts take about 1.5 s to draw: the report run does both in its evaluation thread once the
-    notebook has its evaluation, on every day (beside the summary's evaluation on the last
-    one: see the next test); a page converted after the warm-up is the same as before it."""
+def test_the_report_run_sets_up_html_as_it_evaluates_and_trends_after_the_hand_over(
+        small_export, tmp_path, monkeypatch):
+    """The first HTML conversion of a process sets nbconvert up (about 1 s of Python): the
+    report run starts it in a thread of its own as the evaluation begins, and says when it is
+    done (``html_ready``). The index's trend charts (about 1.5 s) need the day's decision:
+    they are drawn in the evaluation thread once the notebook has its evaluation, on every
+    day (beside the summary's evaluation on the last one: see the next test). A page
+    converted after the warm-up is the same as before it."""
+    import threading
+
     import nbformat
 
     from whispers_lab.report import runner
 
     order = []
     real_warm, real_save = runner.warm_html, precomputed.save_evaluation
+    warm_started = threading.Event()
 
     def warm():
-        order.append("warm")
+        warm_started.set()
         real_warm()
 
     def save(*args):
+        # the set-up began before the evaluation was handed over (waits when it did not)
+        order.append(("handed over", warm_started.wait(20)))
         real_save(*args)
-        order.append("handed over")
 
     def trends_ahead(out, plan, day, document):
         order.append(("trends", out, day, document["decision"]))
@@ -131,15 +137,18 @@ def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export
     pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None)
     _, evaluation = pre.result()
     assert evaluation.day == 9 and pre.then_result is None
-    assert order == ["handed over", "warm",
+    assert order == [("handed over", True),
                      ("trends", tmp_path, 9, evaluation.decision.decision)]
+    assert pre.html_ready.wait(30)
     pre.close()
 
     order.clear()  # a run that does not write the index (the demo's) draws no trends for it
+    warm_started.clear()
     pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, summary_day=None,
                              index_due=False)
     pre.result()
-    assert order == ["handed over", "warm"]
+    assert order == [("handed over", True)]
+    assert pre.html_ready.wait(30)
     pre.close()
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# day 9 *GO*")])
@@ -147,13 +156,13 @@ def test_the_report_run_sets_up_html_and_trends_after_the_hand_over(small_export
     assert "day 9" in page and runner.notebook_to_html(nb, "t") == page
 
 
-def test_on_the_last_day_the_pages_are_set_up_while_the_summary_is_evaluated(
+def test_on_the_last_day_the_trends_are_drawn_while_the_summary_is_evaluated(
         small_export, tmp_path, monkeypatch):
-    """The summary's evaluation (DuckDB's threads) and the pages' Python (the HTML warm-up,
-    the trend charts) run side by side after the hand-over: one after the other they outlasted
-    the kernel's drawing at 1M users. Each waits here for a sign that the other has started;
-    run one after the other, the first would wait in vain. The summary's evaluation is still
-    the thread's result."""
+    """The summary's evaluation (DuckDB's threads) and the index's trend charts (Python) run
+    side by side after the hand-over: one after the other they outlasted the kernel's drawing
+    at 1M users. Each waits here for a sign that the other has started; run one after the
+    other, the first would wait in vain. The summary's evaluation is still the thread's
+    result."""
     import threading
 
     from whispers_lab.report import runner, summary
@@ -162,23 +171,24 @@ def test_on_the_last_day_the_pages_are_set_up_while_the_summary_is_evaluated(
     seen = {}
     real_ahead = summary.evaluate_ahead
 
-    def warm():
+    def trends_ahead(out, plan, day, document):
         pages_started.set()
-        seen["summary while pages"] = summary_started.wait(20)
+        seen["summary while trends"] = summary_started.wait(20)
+        seen["trends"] = day
 
     def ahead(*args):
         summary_started.set()
-        seen["pages while summary"] = pages_started.wait(20)
+        seen["trends while summary"] = pages_started.wait(20)
         return real_ahead(*args)
 
-    monkeypatch.setattr(runner, "warm_html", warm)
-    monkeypatch.setattr(runner, "draw_trends_ahead", lambda *a: seen.setdefault("trends", a[2]))
+    monkeypatch.setattr(runner, "warm_html", lambda: None)
+    monkeypatch.setattr(runner, "draw_trends_ahead", trends_ahead)
     monkeypatch.setattr(summary, "evaluate_ahead", ahead)
     plan = load_plan(None)
     pre = runner._precompute(small_export, plan.last_day, plan, tmp_path, None,
                              summary_day=plan.last_day)
     pre.result()
-    assert seen == {"summary while pages": True, "pages while summary": True,
+    assert seen == {"summary while trends": True, "trends while summary": True,
                     "trends": plan.last_day}
     assert pre.then_result.through == plan.last_day and pre.error is None
     pre.close()

@@ -97,9 +97,10 @@ def test_the_timeline_shows_each_stage_once_on_one_clock(report: dict) -> None:
            "report published"]
     assert [at[s] for s in run] == sorted(at[s] for s in run)
     assert at["report run starts"] < at["kernel ran its first cell"] <= at["notebook done"]
-    assert at["day's evaluation done"] <= at["HTML conversion and index charts set up"]
-    assert set(at) == {*run, "kernel ran its first cell",
-                       "HTML conversion and index charts set up"}
+    assert at["export opened and validated"] <= at["HTML conversion set up"] <= at["HTML written"]
+    assert at["day's evaluation done"] <= at["index charts drawn"]
+    assert set(at) == {*run, "kernel ran its first cell", "HTML conversion set up",
+                       "index charts drawn"}
 
 
 def test_the_timeline_is_silent_unless_asked_for(capsys: pytest.CaptureFixture[str],

@@ -89,6 +89,8 @@ class Precompute:
         #: what ``then(export)`` returned (None: no ``then``, or it failed: its caller
         #: computes it again and meets the error there)
         self.then_result: Any = None
+        #: set by the report run: an event set once its HTML conversion is set up
+        self.html_ready: threading.Event = threading.Event()
         self._open = open_export
         self._work = work
         self._then = then

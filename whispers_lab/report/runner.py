@@ -111,6 +111,8 @@ def check_day(plan: Plan, day: int, last_day: int | None = None) -> None:
 # notebook execution and conversion
 
 
+#: Seconds the HTML conversion waits for its set-up (:func:`warm_html`) to finish, at most.
+HTML_SETUP_WAIT_S = 30.0
 #: Seconds a stopped run waits for the notebook's thread to wind down after killing the kernel.
 STOP_GRACE_S = 15.0
 
@@ -353,9 +355,9 @@ _WARM_NOTEBOOK = {
 def warm_html() -> None:
     """Convert a tiny notebook once, so that the day's conversion finds nbconvert imported and
     its templates, markdown and sanitizer set up: about 1 s at the first conversion of a process
-    against 0.2 s later. The report run calls it in its evaluation thread while the kernel draws
-    the day, moving that second out of the run's tail. A failure here is the real conversion's
-    to report, so it is ignored."""
+    against 0.2 s later. The report run calls it in a thread of its own as the evaluation
+    begins (:func:`_precompute`), moving that second out of the run's tail. A failure here is
+    the real conversion's to report, so it is ignored."""
     try:
         notebook_to_html(_WARM_NOTEBOOK, "warm-up")
     except Exception:
@@ -532,6 +534,9 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
 
             import nbformat
 
+            # the set-up started with the evaluation: long done at 1M users; on a small export
+            # the conversion would otherwise repeat it beside it
+            pre.html_ready.wait(HTML_SETUP_WAIT_S)
             with stage(progress, f"day {day} HTML"):
                 nb = nbformat.read(tmp / "report.ipynb", as_version=4)
                 title = f"Whispers rollout: day {day} go/no-go ({verdict.replace('_', '-')})"
@@ -633,18 +638,17 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     """Start validating and evaluating the day in a thread (see :mod:`.precomputed`): what
     the notebook's setup cell would compute, with the same arguments; the export remembers
     its query results (:meth:`~whispers_lab.export.Export.memoize`). Once the day is handed
-    over, while the kernel draws it, the HTML conversion is set up (:func:`warm_html`) and,
-    when the run writes the index (``index_due``; the demo writes it once at its end), the
-    index's trend charts are drawn with the day's decision (:func:`~.index.draw_trends_ahead`).
-    ``summary_day``: the stakeholder summary follows; its evaluation through that day
-    (:func:`whispers_lab.report.summary.evaluate_ahead`) is computed in the same thread,
-    beside those two, which then run in a thread of their own.
+    over, while the kernel draws it, when the run writes the index (``index_due``; the demo
+    writes it once at its end), the index's trend charts are drawn with the day's decision
+    (:func:`~.index.draw_trends_ahead`). ``summary_day``: the stakeholder summary follows; its
+    evaluation through that day (:func:`whispers_lab.report.summary.evaluate_ahead`) is
+    computed in the same thread, beside the charts, which then run in a thread of their own.
 
     The evaluation's modules are imported in the thread, so the kernel is launched meanwhile
     and imports its own on the other core; scipy and statsmodels are imported in a thread of
     their own as the evaluation begins (:func:`whispers_lab.lazy.import_named_ahead`), while
-    its first queries wait on DuckDB. The kernel, which only draws the evaluation, never
-    imports those two.
+    its first queries wait on DuckDB, and so is the HTML conversion set up
+    (:func:`warm_html`). The kernel, which only draws the evaluation, never imports those.
 
     ``check_coverage``: once the export is open, raise unless its data reach ``day``
     (:func:`~.coverage_check.check_export_covers`; the extent it needs is the one the day's
@@ -665,6 +669,11 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         from ..qa import read_qa_results
 
         import_named_ahead()  # scipy and statsmodels, while the queries run
+        # The HTML conversion's set-up (about 1 s of Python), also while the queries run: in
+        # the run's tail, after the hand-over, it held the interpreter against the summary's
+        # evaluation, which the run then waited for (WHISPERS_LAB_TIMELINE, docs/scale.md)
+        threading.Thread(target=_warm_html_marked, args=(day, html_ready),
+                         name="whispers-report-html", daemon=True).start()
         if check_coverage:  # (the run closes the export it opened, failed or not)
             check_export_covers(export_file, plan, day, export=export)
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
@@ -675,13 +684,12 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         return evaluation, document
 
     def pages_ahead() -> None:
-        warm_html()  # the HTML conversion
         if index_due:
             try:  # the index's trend charts, with the day's decision (failures: drawn later)
                 draw_trends_ahead(out, plan, day, handed["document"])
             except Exception:
                 pass
-        mark(f"day {day}: HTML conversion and index charts set up")
+            mark(f"day {day}: index charts drawn")
 
     def then(export: Export) -> Any:
         # while the kernel draws the day: what the run does after the notebook, set up ahead.
@@ -702,7 +710,18 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         finally:
             side.join()
 
-    return Precompute(opened, work, then)
+    html_ready = threading.Event()  # set once warm_html is done (work() starts it)
+    pre = Precompute(opened, work, then)
+    pre.html_ready = html_ready
+    return pre
+
+
+def _warm_html_marked(day: int, done: threading.Event) -> None:
+    try:
+        warm_html()
+        mark(f"day {day}: HTML conversion set up")
+    finally:
+        done.set()
 
 
 def _write_summary(out: Path, plan: Plan, export_file: Path,

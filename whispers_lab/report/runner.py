@@ -588,7 +588,7 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
         summary, note = (_write_summary(out, plan, export_file, pre.export, pre.then_result)
                          if summary_due else (None, ""))
         if summary_due:
-            mark("rollout summary written")
+            mark("rollout summary written" if summary is not None else "rollout summary failed")
     finally:
         pre.close()
     return ReportResult(day=day, decision=verdict, path=target, seconds=seconds,

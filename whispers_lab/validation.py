@@ -348,6 +348,11 @@ class _Scan:
     problems: list[Problem]
 
 
+def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
+    """The engine's 64-bit hash of ``columns`` of a row, as SQL."""
+    return variant(con, "hash64", cols=", ".join(map(sql_ident, columns)))
+
+
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
           kind: str) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
@@ -384,15 +389,13 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     apart = kind == "duckdb" and engine_of(con) == "duckdb"
     text_cols = {c.name for c in table.columns if apart and c.name in usable
                  and c.type == "VARCHAR"}
-    hashed = ", ".join(sql_ident(c.name) for c in table.columns
-                       if c.name in usable and c.name not in text_cols)
+    hashed = [c.name for c in table.columns if c.name in usable and c.name not in text_cols]
     texts = [c.name for c in table.columns  # (the key columns: their queries read them)
              if c.name in text_cols and not any(c.name in key for key in keys)]
-    inner.append(f"{variant(con, 'hash64', cols=hashed) if hashed else '0'} AS {_P}all")
+    inner.append(f"{_hash(con, hashed) if hashed else '0'} AS {_P}all")
     selects.append(f"bit_xor({_P}all) AS read_all")
     for j, key in enumerate([] if apart else keys):
-        inner.append(f"{variant(con, 'hash64', cols=', '.join(sql_ident(c) for c in key))} "
-                     f"AS {_P}k{j}")
+        inner.append(f"{_hash(con, key)} AS {_P}k{j}")
         selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
     time_col = table.time_column if table.time_column in usable else None
     if time_col:
@@ -406,15 +409,14 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
     if texts:
-        con.execute(f"SELECT bit_xor({variant(con, 'hash64', cols=', '.join(map(sql_ident, texts)))})"
-                    f" FROM {source}").fetchall()
+        con.execute(f"SELECT bit_xor({_hash(con, texts)}) FROM {source}").fetchall()
     # apart: each key's hashes sorted, each compared with the one before (a little faster than
     # the distinct count: 32M API rows 2.3-2.5 s against 2.4-3.3 s); every key is read, as
     # the texts' hash leaves its columns to these queries. Else the scan's counts, below.
     repeats = [con.execute(
         f"SELECT count(*) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS p FROM "
-        f"(SELECT {variant(con, 'hash64', cols=', '.join(map(sql_ident, key)))} AS h "
-        f"FROM {source})) WHERE h = p").fetchone()[0] for key in (keys if apart else [])]
+        f"(SELECT {_hash(con, key)} AS h FROM {source})) WHERE h = p").fetchone()[0]
+        for key in (keys if apart else [])]
     if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
         per_day: dict[Any, dict[Any, int]] = {}

@@ -80,6 +80,10 @@ class Precompute:
     more work on the export once the evaluation is handed over, run while the kernel draws it
     (its value in :attr:`then_result`). The caller closes :attr:`export` (:meth:`close`)."""
 
+    #: given by the report run (:func:`whispers_lab.report.runner._precompute`): the event its
+    #: work sets once the HTML conversion is set up
+    html_ready: threading.Event
+
     def __init__(self, open_export: Any, work: Any, then: Any = None) -> None:
         self._folder = Path(tempfile.mkdtemp(prefix="whispers-evaluation-"))
         self.path = self._folder / "evaluation.pickle"
@@ -89,8 +93,6 @@ class Precompute:
         #: what ``then(export)`` returned (None: no ``then``, or it failed: its caller
         #: computes it again and meets the error there)
         self.then_result: Any = None
-        #: set by the report run: an event set once its HTML conversion is set up
-        self.html_ready: threading.Event = threading.Event()
         self._open = open_export
         self._work = work
         self._then = then

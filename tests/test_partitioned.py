@@ -6,6 +6,8 @@ import re
 
 import pytest
 
+from whispers_lab import export as export_module
+from whispers_lab.errors import ExportError
 from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_partitioned_export
 from whispers_lab.simulate import simulate
@@ -53,3 +55,42 @@ def test_a_days_query_reads_only_that_days_data(sim, tmp_path):
     assert found, text
     scanned, total = int(found.group(1)), int(found.group(2))
     assert total >= 20 and scanned <= 2
+
+
+def _src_kinds(export) -> dict[str, str]:
+    return dict(export.con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                                   "WHERE table_schema = 'src'").fetchall())
+
+
+def test_a_table_in_many_small_files_is_read_once_into_memory(sim, tmp_path, monkeypatch):
+    """The users partitioned by signup date are hundreds of files, each opened again by every
+    query naming them; such a table is read into memory when the export is opened, and reads
+    the same. A table above the size limit, or in fewer files, stays a view of its files."""
+    folder = write_partitioned_export(sim.tables, tmp_path / "parts")
+    files = {t: len(list((folder / t).rglob("*.parquet"))) for t in ("users", "telemetry")}
+    assert files["users"] > files["telemetry"] >= 20
+    monkeypatch.setattr(export_module, "MANY_FILES", files["users"])
+    flat, _ = sim.write(tmp_path / "flat.duckdb")
+    query = ("SELECT count(*), count(DISTINCT user_id), sum(micro_memory_count), "
+             "min(signup_at), max(signup_at), sum(CAST(is_internal AS INTEGER)) FROM users")
+    with open_export(folder) as parted, open_export(flat) as single:
+        kinds = _src_kinds(parted)
+        assert kinds["users"] == "BASE TABLE"
+        assert kinds["telemetry"] == kinds["api_logs"] == "VIEW"
+        assert parted.con.execute(query).fetchall() == single.con.execute(query).fetchall()
+        assert "date" not in parted.sql("SELECT * FROM users LIMIT 0").columns
+        assert evaluate_day(parted, 9, sim.plan).decision.decision == \
+            evaluate_day(single, 9, sim.plan).decision.decision
+    monkeypatch.setattr(export_module, "SMALL_TABLE_BYTES", 1)
+    with open_export(folder) as parted:
+        assert _src_kinds(parted)["users"] == "VIEW"
+
+
+def test_an_unreadable_file_of_a_table_read_into_memory_is_still_named(sim, tmp_path,
+                                                                        monkeypatch):
+    folder = write_partitioned_export(sim.tables, tmp_path / "parts")
+    monkeypatch.setattr(export_module, "MANY_FILES", 2)
+    broken = sorted((folder / "users").rglob("*.parquet"))[3]
+    broken.write_bytes(b"not parquet at all")
+    with pytest.raises(ExportError, match="table 'users' cannot be read as Parquet"):
+        open_export(folder)

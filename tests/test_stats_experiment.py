@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_export
 from whispers_lab.plan import load_plan
 from whispers_lab.queries import experiment as q
@@ -208,6 +209,37 @@ def test_canary_units_use_the_planned_variant_of_the_day(hand_export):
     # each arm's active users before the draw: one each here, and with a draw of one unit
     # per arm the count is still of every active user, not of the drawn ones
     assert u.groupby("variant")["arm_active"].max().to_dict() == {"control": 1, "treatment": 1}
+
+
+def test_masks_are_64_bit_when_the_span_fits_and_decide_as_128_bit_ones(small_export, monkeypatch):
+    """DuckDB's masks are 64-bit (faster to aggregate and shift) when the span's days and the
+    state's slots fit in 62 bits, else 128-bit; the day's evaluation is the same either way."""
+    plan = load_plan(None)
+
+    def evaluate() -> tuple[object, str]:
+        with open_export(small_export) as export:
+            result = evaluate_day(export, 14, plan)
+            types = export.con.execute(
+                f"SELECT DISTINCT typeof(m) || ' ' || typeof(o) FROM {q.APP_OPENS_TABLE} "
+                f"UNION ALL SELECT DISTINCT typeof(m) FROM {q.RANDOMISED_TABLE}").fetchall()
+        return result, sorted(t for (t,) in types)
+
+    with open_export(small_export) as export:
+        assert q.mask_type_for(export, 62, 61) == "BIGINT"
+        assert q.mask_type_for(export, 63, 0) == "HUGEINT"   # days past 62 bits
+        assert q.mask_type_for(export, 29, 62) == "HUGEINT"  # slots past 62 bits
+    narrow, narrow_types = evaluate()
+    assert narrow_types == ["BIGINT", "BIGINT BIGINT"]
+    monkeypatch.setattr(q, "NARROW_MASK_BITS", 0)
+    wide, wide_types = evaluate()
+    assert wide_types == ["HUGEINT", "HUGEINT HUGEINT"]
+    assert narrow.decision.decision == wide.decision.decision
+    assert [(r.id, r.status) for r in narrow.criteria] == [(r.id, r.status) for r in wide.criteria]
+    for a, b in zip(narrow.criteria, wide.criteria, strict=True):
+        if isinstance(a.value, float) and isinstance(b.value, float):
+            assert a.value == pytest.approx(b.value, rel=1e-12, nan_ok=True), a.id
+        else:
+            assert a.value == b.value, a.id
 
 
 def test_canary_arm_counts_are_every_active_user_not_the_drawn_ones(small_export):

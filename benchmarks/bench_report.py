@@ -7,7 +7,14 @@ Two 1M-user exports, built once into ``benchmarks/cache/`` when missing:
 
 * ``sim``: the simulator's own L export (``benchmarks/run.py``'s, seed 20261201, 70.8M rows);
 * ``steady``: ``benchmarks/steady_export.py`` (a steady user base, 102M rows), made without the
-  simulator, so the figures are not those of the data the queries were tuned on.
+  simulator, so the figures are not those of the data the queries were tuned on;
+* ``daily`` (``--exports sim,steady,daily``): the ``sim`` export day-partitioned
+  (``<table>/date=YYYY-MM-DD/``, 2,960 Parquet files, as ``bench_validate_incremental.py``
+  writes it), run as a scheduled day runs on it: each version gets its own copy (hard links)
+  without the last day's partitions and reports the day before (untimed, its cache then holds
+  every earlier partition); then the last day's partitions arrive and ``ranking_candidates``
+  (one file, no date) is rewritten, and its **cold** run is that day's report: the new
+  partitions validated, their repeated events searched and their id profiles read.
 
 For each export and each code version the report of ``--day`` (default 14, the plan's last day,
 which also writes the stakeholder summary) runs as its own process, in two states:
@@ -75,12 +82,12 @@ GOALS = {"seconds": 15.0, "peak_mb": 2048.0}
 def _ensure_exports(which: list[str]) -> dict[str, Path]:
     CACHE.mkdir(exist_ok=True)
     out = {}
+    if ("sim" in which or "daily" in which) and not SIM.exists():
+        print(f"simulating {SIM.name} (about 1.5 min) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "whispers_lab.cli", "simulate", "--users",
+                        "1000000", "--seed", "20261201", "--through-day", "14", "--out",
+                        str(SIM)], check=True, cwd=ROOT)
     if "sim" in which:
-        if not SIM.exists():
-            print(f"simulating {SIM.name} (about 1.5 min) ...", flush=True)
-            subprocess.run([sys.executable, "-m", "whispers_lab.cli", "simulate", "--users",
-                            "1000000", "--seed", "20261201", "--through-day", "14", "--out",
-                            str(SIM)], check=True, cwd=ROOT)
         out["sim"] = SIM
     if "steady" in which:
         if not STEADY.exists():
@@ -88,7 +95,35 @@ def _ensure_exports(which: list[str]) -> dict[str, Path]:
             subprocess.run([sys.executable, str(HERE / "steady_export.py"), "--users", "1000000",
                             "--seed", "1", "--out", str(STEADY), "--quiet"], check=True, cwd=ROOT)
         out["steady"] = STEADY
+    if "daily" in which:
+        from bench_validate_incremental import _partitioned
+
+        out["daily"] = _partitioned(SIM)
     return out
+
+
+def _partition_dirs(folder: Path, date: str) -> list[Path]:
+    return sorted(folder.glob(f"*/date={date}"))
+
+
+def _day_before(source: Path, date: str) -> Path:
+    """A copy of the partitioned export ``source`` (hard links: no data is copied) without the
+    partitions of ``date``; :func:`_new_day` adds them."""
+    target = Path(tempfile.mkdtemp(prefix="bench-report-daily-"))
+    shutil.copytree(source, target, dirs_exist_ok=True, copy_function=os.link,
+                    ignore=lambda _dir, names: [n for n in names if n == f"date={date}"])
+    return target
+
+
+def _new_day(source: Path, target: Path, date: str) -> None:
+    """The day ``date`` arrives in ``target``: its partitions (hard links), and a rewritten copy
+    of every table stored as one file (a new file: its checksum changes, so it is validated
+    again, as a new day's export would have it)."""
+    for part in _partition_dirs(source, date):
+        shutil.copytree(part, target / part.relative_to(source), copy_function=os.link)
+    for single in source.glob("*.parquet"):
+        (target / single.name).unlink()
+        shutil.copy2(single, target / single.name)
 
 
 def _tree_sample(proc, read: dict[int, int]) -> int:
@@ -325,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--old", default=OLD, help=f"commit to compare with (default {OLD}; "
                                                  "'none': new code only)")
-    ap.add_argument("--exports", default="sim,steady", help="comma list of sim, steady")
+    ap.add_argument("--exports", default="sim,steady",
+                    help="comma list of sim, steady, daily (default sim,steady)")
     ap.add_argument("--day", type=int, default=14)
     ap.add_argument("--no-scans", action="store_true", help="skip the profiled pass")
     ap.add_argument("--warm-runs", type=int, default=3,
@@ -345,8 +381,32 @@ def main(argv: list[str] | None = None) -> int:
         versions = {f"old {args.old}": str(old_tree), "new": str(ROOT)}
     results: dict = {}
     try:
-        for name, export in exports.items():
+        for name, source in exports.items():
             caches = {v: Path(tempfile.mkdtemp(prefix="bench-report-cache-")) for v in versions}
+            paths = {v: source for v in versions}
+            if name == "daily":
+                # Each step for every version before the next: a hard link made or removed
+                # changes the change time of its file (one inode, every link), and with it the
+                # checksum the validation manifest keeps, so a version's copy made after
+                # another's report would make that report's cache stale. The copies are removed
+                # only after every run of this export.
+                last = max(p.name.split("=", 1)[1] for p in source.glob("telemetry/date=*"))
+                for version in versions:
+                    paths[version] = _day_before(source, last)
+                for version, tree in versions.items():
+                    env = dict(os.environ, WHISPERS_LAB_CACHE=str(caches[version]),
+                               PYTHONPATH=str(tree))
+                    out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
+                    print(f"[{name}] {version}: the day before ({last} not yet in the export), "
+                          f"untimed ...", flush=True)
+                    res = run_command(_report_args(paths[version], args.day - 1, out), env,
+                                      Path(tree))
+                    shutil.rmtree(out, ignore_errors=True)
+                    if res["rc"] != 0:
+                        print(res["output"][-3000:])
+                    print(f"    {res['seconds']:.1f} s, rc {res['rc']}", flush=True)
+                for version in versions:
+                    _new_day(source, paths[version], last)
             # Old and new alternate, run by run: this machine's speed drifts by a third or more
             # within minutes, and a version measured minutes after the other would carry that
             # drift into the ratio. Each round of warm runs swaps the order.
@@ -361,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{name}] {version} {state}"
                       f"{f' {i}/{args.warm_runs}' if state == 'warm' else ''} ...", flush=True)
                 speed, memory = machine_seconds(), memory_seconds()
-                res = run_command(_report_args(export, args.day, out), env, Path(tree))
+                res = run_command(_report_args(paths[version], args.day, out), env, Path(tree))
                 res["machine_s"], res["memory_s"] = speed, memory
                 res["timeline"] = _timeline(res["output"])
                 shutil.rmtree(out, ignore_errors=True)
@@ -387,9 +447,12 @@ def main(argv: list[str] | None = None) -> int:
             for version, tree in versions.items():
                 if not args.no_scans:
                     print(f"[{name}] {version}: profiled pass (warm cache) ...", flush=True)
-                    results[(name, version, "scans")] = scans_pass(tree, export, args.day,
-                                                                   caches[version])
+                    results[(name, version, "scans")] = scans_pass(tree, paths[version],
+                                                                   args.day, caches[version])
                 shutil.rmtree(caches[version], ignore_errors=True)
+            for version in versions:
+                if paths[version] != source:
+                    shutil.rmtree(paths[version], ignore_errors=True)
     finally:
         if old_tree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
@@ -401,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"{'export':<8} {'version':<14} {'cold s':>8} {'cold MB':>8} {'warm s':>8} "
           f"{'warm MB':>8} {'disk MB':>8} {'warm median':>12}  (warm: fastest of "
-          f"{args.warm_runs}; disk MB: what that run read from storage, not the page cache)")
+          f"{args.warm_runs}; disk MB: what that run read from storage, not the page cache"
+          + ("; daily cold: the new day's report" if "daily" in exports else "") + ")")
     for name in exports:
         for version in versions:
             c, w = results[(name, version, "cold")], results[(name, version, "warm")]

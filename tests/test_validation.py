@@ -231,8 +231,11 @@ def test_second_validation_rechecks_only_changed_partitions(small_sim, tmp_path:
     units = sum(len(validation.list_units(folder, "parquet", t.name)) for t in validation.TABLES)
     first = _validate(folder)
     assert (first.units_checked, first.units_reused) == (units, 0)
+    manifest = validation.manifest_path(folder)
+    written = manifest.stat().st_mtime_ns
     again = _validate(folder)
     assert (again.units_checked, again.units_reused) == (0, units)
+    assert manifest.stat().st_mtime_ns == written  # nothing changed: not written again
     assert again.tables == first.tables and again.notices == first.notices
     # a day's telemetry is re-delivered (same rows, rewritten): only that file is re-checked
     day = small_sim.plan.start_date + dt.timedelta(days=3)

@@ -106,3 +106,17 @@ PROGRESS_LINE = re.compile(r"^(simulate|report|daily|demo): .* in \d+(\.\d+)? s(
 def error_lines(err: str) -> list[str]:
     """The lines of a command's stderr that are not progress lines."""
     return [line for line in err.strip().splitlines() if not PROGRESS_LINE.match(line)]
+
+
+def assert_same_evaluation(a, b) -> None:
+    """Two evaluations of one day decide alike: the decision, every criterion's status, and its
+    value (floats up to the last bits: a parallel sum may add in another order)."""
+    import pytest
+
+    assert a.decision.decision == b.decision.decision
+    assert [(r.id, r.status) for r in a.criteria] == [(r.id, r.status) for r in b.criteria]
+    for ra, rb in zip(a.criteria, b.criteria, strict=True):
+        if isinstance(ra.value, float) and isinstance(rb.value, float):
+            assert ra.value == pytest.approx(rb.value, rel=1e-12, nan_ok=True), ra.id
+        else:
+            assert ra.value == rb.value, ra.id

@@ -22,7 +22,7 @@ from whispers_lab.stats import design as dz
 from whispers_lab.stats.retention import StagedData, analyse_retention
 from whispers_lab.stats.staggered import cells_from_activity, preperiod_lags_from_activity
 
-from factories import valid_tables
+from factories import assert_same_evaluation, valid_tables
 
 PLAN = load_plan()
 START = PLAN.start_date
@@ -233,13 +233,7 @@ def test_masks_are_64_bit_when_the_span_fits_and_decide_as_128_bit_ones(small_ex
     monkeypatch.setattr(q, "NARROW_MASK_BITS", 0)
     wide, wide_types = evaluate()
     assert wide_types == ["HUGEINT", "HUGEINT HUGEINT"]
-    assert narrow.decision.decision == wide.decision.decision
-    assert [(r.id, r.status) for r in narrow.criteria] == [(r.id, r.status) for r in wide.criteria]
-    for a, b in zip(narrow.criteria, wide.criteria, strict=True):
-        if isinstance(a.value, float) and isinstance(b.value, float):
-            assert a.value == pytest.approx(b.value, rel=1e-12, nan_ok=True), a.id
-        else:
-            assert a.value == b.value, a.id
+    assert_same_evaluation(narrow, wide)
 
 
 def test_canary_arm_counts_are_every_active_user_not_the_drawn_ones(small_export):

@@ -72,6 +72,8 @@ VARIANTS: dict[str, dict[str, str]] = {
     # The activity masks of whispers_lab.queries.experiment: one integer per user whose bits are
     # the active days. DuckDB has 128-bit integers; Spark's widest integer is 64-bit signed,
     # so its masks hold 62 days (the sign bit and one spare stay clear: shifts stay positive).
+    # The widest type: a span that fits in 62 bits gets BIGINT on DuckDB too (faster), see
+    # whispers_lab.queries.experiment.mask_type_for.
     "mask_type": {"duckdb": "HUGEINT", "spark": "BIGINT"},
     # A 64-bit hash of some columns (duplicate-event partitions, distinct-key counts):
     # DuckDB's hash() is 64-bit, Spark's hash() is 32-bit murmur3, its xxhash64() 64-bit.

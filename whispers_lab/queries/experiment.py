@@ -115,8 +115,9 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
     ``users``, cohort reason neither internal nor beta): ``user_id, f_day`` (rollout day the
     state enables the user, ``inf`` = never), ``signup_day`` and ``m``, the user's active days
     (days with an ``app_open``) from ``base_day`` to the day before ``hi`` as the bits of one
-    integer (bit ``d - base_day`` for rollout day d; 128-bit on DuckDB, 64-bit on Spark, the
-    type from :func:`whispers_lab.engine.variant`). Users without any app open have
+    integer (bit ``d - base_day`` for rollout day d; 64-bit when the span and the slots fit in
+    62 bits, else 128-bit on DuckDB: :func:`mask_type_for`, recorded for the readers as
+    :func:`mask_type`; always 64-bit on Spark). Users without any app open have
     ``m = 0``; they still count as randomised (tickets, SRM denominators).
 
     App opens are read once, grouped by user into :data:`APP_OPENS_TABLE` (every user, not

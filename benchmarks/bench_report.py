@@ -44,9 +44,9 @@ that are busy about 90% of a report, the wall time follows the CPU spent, and a 
 less than its wall time in the machine's slow stretches, so the CPU ratio run by run is
 printed beside the time's. Each run writes its stages on one clock (``WHISPERS_LAB_TIMELINE``,
 :mod:`whispers_lab.timeline`: the evaluation's hand-over, the kernel's first cell, the notebook's
-end, the summary's evaluation, ...); the fastest warm run's are printed, to say which stage the
-run waited for. The old version runs from a temporary ``git worktree`` with the same
-virtualenv (``PYTHONPATH``; its kernel inherits it).
+end, the summary's evaluation, ...); the fastest warm run's and the cold run's are printed,
+to say which stage the run waited for. The old version runs from a temporary ``git worktree``
+with the same virtualenv (``PYTHONPATH``; its kernel inherits it).
 
 Then, per version, one in-process pass over the report's queries (open and validate, evaluate
 the day, redact the decision, the summary's evaluation, the privacy scan) with DuckDB's
@@ -507,13 +507,15 @@ def main(argv: list[str] | None = None) -> int:
                   for r in results[(name, v, st)]]
         print(f"{name:<8} 1 GB of fresh memory (262K page faults) before each run: "
               f"{min(faults):.2f}-{max(faults):.2f} s")
-    print("\nthe command's stages, fastest warm run (seconds since its command line started; "
-          "WHISPERS_LAB_TIMELINE):")
+    print("\nthe command's stages, fastest warm run and cold run (seconds since its command "
+          "line started; WHISPERS_LAB_TIMELINE):")
     for name in exports:
-        for version in versions:
-            stages = results[(name, version, "warm")].get("timeline") or []
-            print(f"{name} {version}: " + ("; ".join(f"{what} {t:.2f}" for t, what in stages)
-                                           or "no timeline (this version writes none)"))
+        for state in ("warm", "cold"):
+            for version in versions:
+                stages = results[(name, version, state)].get("timeline") or []
+                print(f"{name} {version} {state}: "
+                      + ("; ".join(f"{what} {t:.2f}" for t, what in stages)
+                         or "no timeline (this version writes none)"))
     if not args.no_scans:
         print("\nwhere the time goes (in process, warm cache) and scans per table:")
         for name in exports:

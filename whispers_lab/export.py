@@ -42,6 +42,7 @@ from .validation import (
     files_source,
     list_units,
     local_path,
+    parquet_files,
     path_key,
     validate_attached,
 )
@@ -302,15 +303,13 @@ SMALL_TABLE_BYTES = 64 * 2**20
 
 
 def _parquet_source(folder: Path, table: str) -> tuple[str, list[Path]] | None:
-    """SQL naming ``table``'s Parquet file(s) in ``folder``, and the files."""
-    file = folder / f"{table}.parquet"
-    if file.is_file():
-        return sql_string(str(file)), [file]
-    sub = folder / table
-    files = sorted(sub.rglob("*.parquet")) if sub.is_dir() else []
-    if files:
-        return sql_string(str(sub / "**" / "*.parquet")), files
-    return None
+    """SQL naming ``table``'s Parquet file(s) in ``folder`` (:func:`parquet_files`), and the
+    files."""
+    files = parquet_files(folder, table)
+    if not files:
+        return None
+    single = folder / f"{table}.parquet"
+    return sql_string(str(single if files == [single] else folder / table / "**" / "*.parquet")), files
 
 
 def _many_small_files(files: Sequence[Path]) -> bool:

@@ -229,3 +229,40 @@ def test_trend_charts_drawn_ahead_are_the_ones_the_index_shows(small_export, tmp
     stamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # when the index was written
     assert stamp.sub("T", fresh) == stamp.sub("T", page)
     assert "Trends across days" in page
+
+
+def test_the_run_attaches_the_export_once(small_export, tmp_path, monkeypatch):
+    """The run attaches the export before its kernel starts, to fail fast on one that cannot
+    be opened; its evaluation then uses that attachment instead of attaching it again (for a
+    day-partitioned export, attaching lists every file and reads the many-file tables into
+    memory: 0.9 s at 1M users). An attachment never taken is closed at the run's end."""
+    from whispers_lab import export as export_module
+    from whispers_lab.report import runner
+
+    calls = []
+    real_attach = export_module.attach
+
+    def counted(*args, **kwargs):
+        calls.append(args[0])
+        return real_attach(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "attach", counted)
+    monkeypatch.setattr(runner, "warm_html", lambda: None)
+    attached = runner._check_openable(small_export)
+    pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, attached,
+                             summary_day=None, index_due=False)
+    _, evaluation = pre.result()
+    assert calls == [small_export] and evaluation.day == 9
+    assert attached.take() is None  # the evaluation owns it
+    with open_export(small_export) as fresh:  # and it decides as an export opened anew
+        assert evaluate_day(fresh, 9, load_plan(None)).decision.decision == \
+            evaluation.decision.decision
+    pre.close()
+
+    calls.clear()
+    unused = runner._check_openable(small_export)
+    con = unused._attached[0]
+    unused.close()
+    with pytest.raises(Exception, match=r"(?i)closed"):
+        con.execute("SELECT 1")
+    assert unused.take() is None and calls == [small_export]

@@ -691,15 +691,23 @@ def empty_select(table: Table) -> str:
 
 def open_export(path: str | Path, *, validate: bool = True, threads: int | None = None,
                 use_cache: bool = True, engine: str | None = None,
-                spark_master: str | None = None) -> Any:
+                spark_master: str | None = None,
+                attached: tuple[duckdb.DuckDBPyConnection, str, list[str]] | None = None) -> Any:
     """Open an export read-only; validate it (raising ``ExportValidationError``) unless told
     not to. Validation re-checks only what changed since the last validation of this export
     (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything.
 
     ``engine``: ``duckdb`` (an :class:`Export`) or ``spark`` (a
     :class:`whispers_lab.spark.SparkExport`, with ``spark_master``); None:
-    :func:`whispers_lab.engine.default_engine` (``$WHISPERS_LAB_ENGINE``, set by ``--engine``)."""
+    :func:`whispers_lab.engine.default_engine` (``$WHISPERS_LAB_ENGINE``, set by ``--engine``).
+
+    ``attached``: what :func:`attach` returned for ``path`` (the report run attaches the export
+    before its kernel starts, to fail fast), used instead of attaching it again; the export
+    owns it from here (closed with it, or at once if opening fails)."""
     name = engine or default_engine()
+    if attached is not None and name != "duckdb":
+        attached[0].close()
+        attached = None
     if name == "spark":
         from .spark import open_spark_export
 
@@ -707,7 +715,7 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
                                  use_cache=use_cache)
     if name != "duckdb":
         raise ExportError(f"unknown engine {name!r} (known: duckdb, spark)")
-    con, kind, found = attach(path, threads=threads)
+    con, kind, found = attached if attached is not None else attach(path, threads=threads)
     try:
         create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache)
         result = None

@@ -82,6 +82,41 @@ def test_a_table_in_many_small_files_is_read_once_into_memory(sim, tmp_path, mon
         assert _src_kinds(parted)["users"] == "VIEW"
 
 
+def test_openings_for_a_few_queries_read_no_table_into_memory(sim, tmp_path, monkeypatch):
+    """The copy pays off over an evaluation's many queries only: the validate command (whose
+    checks read the files themselves), the rollout state's reading of the flag log, the
+    cohort command's and the coverage check's openings leave every table a view."""
+    import argparse
+
+    from whispers_lab.commands import cohort as cohort_command
+    from whispers_lab.commands import validate as validate_command
+    from whispers_lab.report import coverage_check
+    from whispers_lab.state import rollout_last_day
+
+    folder = write_partitioned_export(sim.tables, tmp_path / "parts")
+    monkeypatch.setattr(export_module, "MANY_FILES", 2)
+    seen: list[dict[str, str]] = []
+    real_attach = export_module.attach
+
+    def recorded(*args, **kwargs):
+        con, kind, found = real_attach(*args, **kwargs)
+        seen.append(_src_kinds(argparse.Namespace(con=con)))
+        return con, kind, found
+
+    monkeypatch.setattr(export_module, "attach", recorded)
+    with open_export(folder):  # (an evaluation's opening: the users copied)
+        assert seen.pop()["users"] == "BASE TABLE"
+    assert rollout_last_day(folder, sim.plan, sim.plan.last_day + 1) >= sim.plan.last_day
+    assert seen.pop()["users"] == "VIEW"
+    assert validate_command.run(argparse.Namespace(path=str(folder), full=False,
+                                                   engine="duckdb", spark_master=None)) == 0
+    assert seen.pop()["users"] == "VIEW"
+    coverage_check.check_export_covers(folder, sim.plan, 1)
+    assert seen.pop()["users"] == "VIEW"
+    cohort_command._state(argparse.Namespace(export=folder, day=9, reports=None), sim.plan)
+    assert seen.pop()["users"] == "VIEW" and not seen
+
+
 def test_an_unreadable_file_of_a_table_read_into_memory_is_still_named(sim, tmp_path,
                                                                         monkeypatch):
     folder = write_partitioned_export(sim.tables, tmp_path / "parts")

@@ -648,7 +648,7 @@ def rollout_last_day(export_path: str | Path | None, plan: Plan, day: int,
         return plan.last_day
     from .export import open_export
 
-    with open_export(export_path, validate=False) as export:
+    with open_export(export_path, validate=False, copy_small_tables=False) as export:
         return max(plan.last_day, resolve_state(export, plan, day, reports_dir).final_day())
 
 

@@ -214,5 +214,5 @@ def _state(args: argparse.Namespace, plan: Plan) -> RolloutState:
         return resolve_state(None, plan, args.day, args.reports)
     from ..export import open_export
 
-    with open_export(args.export, validate=False) as export:
+    with open_export(args.export, validate=False, copy_small_tables=False) as export:
         return resolve_state(export, plan, args.day, args.reports)

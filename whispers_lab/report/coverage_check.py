@@ -24,7 +24,7 @@ def check_export_covers(export_path: Path, plan: Plan, day: int, export: Any = N
     if export is not None:
         extent = export_extent(export)
     else:
-        with open_export(export_path, validate=False) as opened:
+        with open_export(export_path, validate=False, copy_small_tables=False) as opened:
             extent = export_extent(opened)
     start = plan.day_start(day)
     if not extent.covers(start.date()):

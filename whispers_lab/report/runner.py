@@ -460,7 +460,8 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
     mark(f"day {day}: report run starts")
     # Attached here: missing or unreadable exports fail fast, before a kernel starts. The day
     # is evaluated (the contract validated once) in a thread while the kernel starts
-    # (.precomputed); an error there comes back through the notebook verbatim.
+    # (.precomputed), on this attachment; an error there comes back through the notebook
+    # verbatim.
     attached = _check_openable(export_file)
     try:
         return _write_attached(export_file, attached, day, plan, plan_path, out, timeout,
@@ -653,7 +654,7 @@ class _ForErrors:
 
     def export(self) -> Export:
         if self._export is None:
-            self._export = open_export(self.path, validate=False)
+            self._export = open_export(self.path, validate=False, copy_small_tables=False)
         return self._export
 
     def __enter__(self) -> _ForErrors:

@@ -53,8 +53,8 @@ def test_a_days_query_reads_only_that_days_data(sim, tmp_path):
     assert total >= 20 and scanned <= 2
 
 
-def _src_kinds(export) -> dict[str, str]:
-    return dict(export.con.execute("SELECT table_name, table_type FROM information_schema.tables "
+def _src_kinds(con) -> dict[str, str]:
+    return dict(con.execute("SELECT table_name, table_type FROM information_schema.tables "
                                    "WHERE table_schema = 'src'").fetchall())
 
 
@@ -70,7 +70,7 @@ def test_a_table_in_many_small_files_is_read_once_into_memory(sim, tmp_path, mon
     query = ("SELECT count(*), count(DISTINCT user_id), sum(micro_memory_count), "
              "min(signup_at), max(signup_at), sum(CAST(is_internal AS INTEGER)) FROM users")
     with open_export(folder) as parted, open_export(flat) as single:
-        kinds = _src_kinds(parted)
+        kinds = _src_kinds(parted.con)
         assert kinds["users"] == "BASE TABLE"
         assert kinds["telemetry"] == kinds["api_logs"] == "VIEW"
         assert parted.con.execute(query).fetchall() == single.con.execute(query).fetchall()
@@ -79,7 +79,7 @@ def test_a_table_in_many_small_files_is_read_once_into_memory(sim, tmp_path, mon
             evaluate_day(single, 9, sim.plan).decision.decision
     monkeypatch.setattr(export_module, "SMALL_TABLE_BYTES", 1)
     with open_export(folder) as parted:
-        assert _src_kinds(parted)["users"] == "VIEW"
+        assert _src_kinds(parted.con)["users"] == "VIEW"
 
 
 def test_openings_for_a_few_queries_read_no_table_into_memory(sim, tmp_path, monkeypatch):
@@ -100,7 +100,7 @@ def test_openings_for_a_few_queries_read_no_table_into_memory(sim, tmp_path, mon
 
     def recorded(*args, **kwargs):
         con, kind, found = real_attach(*args, **kwargs)
-        seen.append(_src_kinds(argparse.Namespace(con=con)))
+        seen.append(_src_kinds(con))
         return con, kind, found
 
     monkeypatch.setattr(export_module, "attach", recorded)

@@ -235,7 +235,11 @@ def test_the_run_attaches_the_export_once(small_export, tmp_path, monkeypatch):
     """The run attaches the export before its kernel starts, to fail fast on one that cannot
     be opened; its evaluation then uses that attachment instead of attaching it again (for a
     day-partitioned export, attaching lists every file and reads the many-file tables into
-    memory: 0.9 s at 1M users). An attachment never taken is closed at the run's end."""
+    memory: 0.9 s at 1M users). Run without a kernel: the notebook's stand-in waits for the
+    evaluation, notes the attachments made so far, and fails the run. An attachment never
+    taken is closed at the run's end."""
+    from pathlib import Path
+
     from whispers_lab import export as export_module
     from whispers_lab.report import runner
 
@@ -246,18 +250,20 @@ def test_the_run_attaches_the_export_once(small_export, tmp_path, monkeypatch):
         calls.append(args[0])
         return real_attach(*args, **kwargs)
 
+    seen = {}
+
+    def notebook(parameters, output, **kwargs):
+        evaluation, _ = precomputed.load_evaluation(Path(parameters["evaluation_path"]),
+                                                    timeout=120)
+        seen.update(day=evaluation.day, attached=list(calls))
+        raise ReportError("stop here")
+
     monkeypatch.setattr(export_module, "attach", counted)
     monkeypatch.setattr(runner, "warm_html", lambda: None)
-    attached = runner._check_openable(small_export)
-    pre = runner._precompute(small_export, 9, load_plan(None), tmp_path, None, attached,
-                             summary_day=None, index_due=False)
-    _, evaluation = pre.result()
-    assert calls == [small_export] and evaluation.day == 9
-    assert attached.take() is None  # the evaluation owns it
-    with open_export(small_export) as fresh:  # and it decides as an export opened anew
-        assert evaluate_day(fresh, 9, load_plan(None)).decision.decision == \
-            evaluation.decision.decision
-    pre.close()
+    monkeypatch.setattr(runner, "execute_notebook", notebook)
+    with pytest.raises(ReportError, match="stop here"):
+        runner.write_report(small_export, 9, out_dir=tmp_path / "out", refresh_index=False)
+    assert seen == {"day": 9, "attached": [small_export]}
 
     calls.clear()
     unused = runner._check_openable(small_export)

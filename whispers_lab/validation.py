@@ -490,8 +490,8 @@ def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: se
     for key in keys:
         cols = ", ".join(sql_ident(c) for c in key)
         if len(changed) > 1:
-            n = con.execute(f"SELECT count(*) - count(DISTINCT "
-                            f"{variant(con, 'hash64', cols=cols)}) FROM {new}").fetchone()[0]
+            n = con.execute(f"SELECT count(*) - count(DISTINCT {_hash(con, key)}) "
+                            f"FROM {new}").fetchone()[0]
             if n:
                 return True
         if reused:

@@ -140,9 +140,8 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
             f"the activity mask holds at most {limit} days on {export.engine}")
     lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=base_day)
     day_lo = max(lo, hi - dt.timedelta(days=1))  # the last day's app opens (day_opens)
+    # (64-bit only when the slots fit in it too: the pieces' test below holds either way)
     mask = mask_type_for(export, last - base_day + 1, 0 if slots is None else len(slots))
-    if mask == "BIGINT":
-        limit = min(limit, NARROW_MASK_BITS)
     pieces = None
     if slots is not None and 0 < len(slots) < limit:  # (bit ``limit`` would be the sign)
         pieces = (slots.sort_values("begin")[["begin", "end", "day", "slot"]]

@@ -461,25 +461,13 @@ def _write_report(export_path: str | Path, day: int, plan: Plan, plan_path: str 
     # Attached here: missing or unreadable exports fail fast, before a kernel starts. The day
     # is evaluated (the contract validated once) in a thread while the kernel starts
     # (.precomputed), on this attachment; an error there comes back through the notebook
-    # verbatim.
-    attached = _check_openable(export_file)
-    try:
-        return _write_attached(export_file, attached, day, plan, plan_path, out, timeout,
-                               refresh_index, started, progress, qa_results, check_coverage)
-    finally:
-        attached.close()  # (unless the evaluation took it)
-
-
-def _write_attached(export_file: Path, attached: _Attached, day: int, plan: Plan,
-                    plan_path: str | Path | None, out: Path, timeout: int, refresh_index: bool,
-                    started: float, progress: Progress | None,
-                    qa_results: str | Path | None, check_coverage: bool) -> ReportResult:
-    # a run killed between the two renames of a previous publication left the old report
-    # under a hidden name: put it back first, so it stays the day's report if this run fails
-    restore_interrupted(out / day_dir_name(day))
-    summary_due = refresh_index and day >= plan.last_day
-    # opened (without validation) only to keep the export's ids out of an error message
-    with _ForErrors(export_file) as for_errors:
+    # verbatim. for_errors: the export opened (without validation) only to keep its ids out of
+    # an error message.
+    with _check_openable(export_file) as attached, _ForErrors(export_file) as for_errors:
+        # a run killed between the two renames of a previous publication left the old report
+        # under a hidden name: put it back first, so it stays the day's report if this run fails
+        restore_interrupted(out / day_dir_name(day))
+        summary_due = refresh_index and day >= plan.last_day
         tmp = make_tmp_dir(out, day)
         pre: Precompute | None = None
         try:
@@ -611,7 +599,8 @@ class _Attached:
     """The export as the run's early check attached it (:func:`_check_openable`), handed to
     the evaluation's thread so that it is not attached twice: a day-partitioned export's
     attachment lists its files and reads its many-file tables into memory (0.9 s of the
-    1M-user benchmark's, before the kernel starts). Closed at the run's end unless taken."""
+    1M-user benchmark's, before the kernel starts). Closed when the run's block ends, unless
+    taken."""
 
     def __init__(self, attached: tuple[Any, str, list[str]] | None) -> None:
         self._attached = attached
@@ -626,6 +615,12 @@ class _Attached:
         attached = self.take()
         if attached is not None:
             attached[0].close()
+
+    def __enter__(self) -> _Attached:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # (unless the evaluation took it)
 
 
 def _check_openable(export_file: Path) -> _Attached:

@@ -102,6 +102,11 @@ def _ensure_exports(which: list[str]) -> dict[str, Path]:
     return out
 
 
+def _last_date(folder: Path) -> str:
+    """The last day (``YYYY-MM-DD``) of the partitioned export ``folder``'s telemetry."""
+    return max(p.name.split("=", 1)[1] for p in folder.glob("telemetry/date=*"))
+
+
 def _partition_dirs(folder: Path, date: str) -> list[Path]:
     return sorted(folder.glob(f"*/date={date}"))
 
@@ -355,6 +360,12 @@ def _old_tree(commit: str) -> Path:
     return folder
 
 
+def _remove_old_tree(folder: Path) -> None:
+    """Remove the worktree :func:`_old_tree` made."""
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
+                   check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -390,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 # checksum the validation manifest keeps, so a version's copy made after
                 # another's report would make that report's cache stale. The copies are removed
                 # only after every run of this export.
-                last = max(p.name.split("=", 1)[1] for p in source.glob("telemetry/date=*"))
+                last = _last_date(source)
                 for version in versions:
                     paths[version] = _day_before(source, last)
                 for version, tree in versions.items():
@@ -455,8 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(paths[version], ignore_errors=True)
     finally:
         if old_tree is not None:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
-                            str(old_tree)], check=False)
+            _remove_old_tree(old_tree)
 
     print()
     print(f"whispers-lab report --day {args.day} at 1M users (goal: under "

@@ -11,18 +11,17 @@ hard-linked copy without the last day's partitions and an empty cache folder
 file's change time, which the validation manifest's checksum holds); validates it (untimed,
 the cache then holds every earlier partition); adds the last day's partitions and rewrites
 the one-file ``ranking_candidates``; then times, per version, ``validate`` of the **new day**
-and once more (**warm**). The order of the versions is swapped every round. Time is the
-command's wall time; memory its peak resident set (``/usr/bin/time -f %M``). The old version
-runs from a temporary ``git worktree`` with the same virtualenv (``PYTHONPATH``).
+and once more (**warm**). The order of the versions is swapped every round. Each run is
+``bench_validate_incremental.py``'s: its own process, timed from before the command's import
+to its end, with the process's peak resident set. The old version runs from a temporary
+``git worktree`` with the same virtualenv (``PYTHONPATH``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,20 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_report as b  # (the daily export and its copies)
-
-CLI = Path(sys.executable).with_name("whispers-lab")
-
-
-def _validate(tree: Path, export: Path, cache: Path) -> tuple[float, float]:
-    """(seconds, peak MB) of one ``whispers-lab validate`` run with the code in ``tree``."""
-    env = dict(os.environ, WHISPERS_LAB_CACHE=str(cache), PYTHONPATH=str(tree))
-    started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "%M", str(CLI), "validate", str(export)],
-                          env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"validate failed ({tree}):\n{done.stdout}\n{done.stderr}")
-    return seconds, int(done.stderr.strip().splitlines()[-1]) / 1024
+from bench_validate_incremental import _run as validate  # (seconds, peak MB) of one run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
     source = b._ensure_exports(["daily"])["daily"]
-    last = max(p.name.split("=", 1)[1] for p in source.glob("telemetry/date=*"))
+    last = b._last_date(source)
     old_tree = b._old_tree(args.old) if args.old != "none" else None
     trees = {"new": b.ROOT} if old_tree is None else {f"old {args.old}": old_tree, "new": b.ROOT}
     runs: dict[str, list[tuple[float, float]]] = {}
@@ -66,13 +52,13 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for v in order:
                     cache, export = setups[v]
-                    _validate(trees[v], export, cache)  # the day before (untimed)
+                    validate(trees[v], [str(export)], cache)  # the day before, untimed
                 for v in order:
                     b._new_day(source, setups[v][1], last)
                 for state in ("new day", "warm"):
                     for v in order:
                         cache, export = setups[v]
-                        seconds, mb = _validate(trees[v], export, cache)
+                        seconds, mb = validate(trees[v], [str(export)], cache)
                         runs.setdefault(f"{v} | {state}", []).append((seconds, mb))
                         print(f"round {round_ + 1} {v:<14} {state:<8} {seconds:6.2f} s "
                               f"{mb:6.0f} MB", flush=True)
@@ -82,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     shutil.rmtree(cache, ignore_errors=True)
     finally:
         if old_tree is not None:
-            subprocess.run(["git", "-C", str(b.ROOT), "worktree", "remove", "--force",
-                            str(old_tree)], check=False)
+            b._remove_old_tree(old_tree)
     print()
     print(f"whispers-lab validate of a partitioned 1M-user export's new day (goal: under 5 s); "
           f"{args.rounds} round(s), versions alternating")

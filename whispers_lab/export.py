@@ -12,6 +12,7 @@ Other modules hold SQL text (``whispers_lab.queries``) and run it through :meth:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import itertools
 import json
@@ -39,6 +40,7 @@ from .validation import (
     cache_dir,
     checks_digest,
     describe_source,
+    duplicate_events_notice,
     files_source,
     list_units,
     local_path,
@@ -402,7 +404,8 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
 
 def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                             path: str | Path | None = None, kind: str | None = None,
-                            use_cache: bool = True) -> None:
+                            use_cache: bool = True,
+                            contents: Mapping[str, str] | None = None) -> None:
     """Fill the temporary table ``telemetry_duplicates`` with the ``event_id`` of every
     telemetry row that repeats an earlier event under a new id: same
     :data:`~whispers_lab.contract.DUPLICATE_EVENT_KEY` values and a ``created_at`` at most
@@ -420,7 +423,12 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     For a Parquet export whose telemetry changed in a few files since the last search (a new
     day's partition, a re-delivered one), only the time span those files cover, before and
     after the change, is searched again (:func:`_update_duplicates`): a row's status depends
-    only on the latest earlier row of its key, at most ``DUPLICATE_EVENT_SECONDS`` before it."""
+    only on the latest earlier row of its key, at most ``DUPLICATE_EVENT_SECONDS`` before it.
+
+    A DuckDB file's telemetry does the same by day, with ``contents``: its days' content digests
+    (:func:`whispers_lab.validation.day_digests`, from its validation). The result is kept under
+    those digests too (:func:`_content_duplicates`), so a file written anew each day under a
+    new name searches again only the days whose rows differ from a file searched before."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE {DUPLICATE_EVENTS_TABLE} "
                 f"(event_id VARCHAR, ts TIMESTAMP)")
     if "telemetry" not in present:
@@ -441,14 +449,27 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
             return
         except duckdb.Error:  # a damaged cache file: compute again
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+    by_day = (_content_duplicates(contents) if cached is not None and kind == "duckdb"
+              and contents else None)
+    if by_day is not None and by_day[0].is_file():  # the same rows, searched in another file
+        try:
+            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} (event_id, ts) "
+                        f"SELECT event_id, ts FROM read_parquet({sql_string(str(by_day[0]))})")
+        except duckdb.Error:
+            con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+        else:
+            _save_duplicates(con, cached)
+            return
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
     index = _duplicates_index_file(path) if cached is not None and kind == "parquet" else None
+    row_id = _row_id(con, "telemetry")
     try:
         spans = _update_duplicates(con, index, units, ts) if index is not None else None
-        if spans is None:
+        done = spans is not None or (by_day is not None and contents is not None and
+                                     _update_duplicates_by_day(con, by_day[1], contents, ts, row_id))
+        if not done:
             con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
-            search = duplicate_events_select("duckdb", ts, with_ts=True,
-                                             row_id=_row_id(con, "telemetry"))
+            search = duplicate_events_select("duckdb", ts, with_ts=True, row_id=row_id)
             con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {search}")
             spans = _unit_spans(con, units, ts) if index is not None else None
     except duckdb.Error:  # unreadable telemetry: validation says so; count every row
@@ -458,6 +479,9 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
         _save_duplicates(con, cached)
         if index is not None and spans is not None:
             _save_duplicates_index(index, cached, units, spans)
+        if by_day is not None and contents is not None:
+            _save_duplicates(con, by_day[0])
+            _save_content_index(by_day[1], by_day[0], contents)
 
 
 def _row_id(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
@@ -521,19 +545,9 @@ def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Seque
     bounds += list(new_spans.values())
     firsts = [pd.Timestamp(f) for f, _ in bounds if f is not None]
     lasts = [pd.Timestamp(t) for _, t in bounds if t is not None]
-    kept = f"SELECT event_id, ts FROM read_parquet({sql_string(str(previous))})"
     try:
-        if not firsts:  # the changed files hold no timed row: no status can change
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept}")
-        else:
-            s = pd.Timedelta(seconds=DUPLICATE_EVENT_SECONDS)
-            span = {"lo": min(firsts).to_pydatetime(), "hi": (max(lasts) + s).to_pydatetime()}
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept} "
-                        f"WHERE ts < $lo OR ts > $hi", span)
-            search = duplicate_events_select("duckdb", ts, with_ts=True,
-                                             where=f"{ts} >= $lo - $s AND {ts} <= $hi")
-            con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} SELECT event_id, ts FROM "
-                        f"({search}) WHERE ts >= $lo AND ts <= $hi", {**span, "s": s.to_pytimedelta()})
+        _search_span(con, previous, min(firsts) if firsts else None,
+                     max(lasts) if lasts else None, ts)
     except duckdb.Error:  # a cache file without times (an older one): search anew
         con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
         return None
@@ -541,6 +555,93 @@ def _update_duplicates(con: duckdb.DuckDBPyConnection, index: Path, units: Seque
     spans = {u.name: (old[u.name][1], old[u.name][2]) for u in units if u.name not in again}
     spans.update(new_spans)
     return spans
+
+
+def _search_span(con: duckdb.DuckDBPyConnection, previous: Path, lo: pd.Timestamp | None,
+                 hi: pd.Timestamp | None, ts: str, row_id: str | None = None) -> None:
+    """Fill ``telemetry_duplicates`` from ``previous`` (an earlier search's result) outside the
+    span ``[lo, hi + s]`` and from a search of ``[lo - s, hi + s]`` inside it, ``s`` =
+    ``DUPLICATE_EVENT_SECONDS``: every row, old or new, that changed lies in ``[lo, hi]``
+    (None: none with a time, so no status changes). Raises ``duckdb.Error``."""
+    kept = f"SELECT event_id, ts FROM read_parquet({sql_string(str(previous))})"
+    if lo is None or hi is None:
+        con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept}")
+        return
+    s = pd.Timedelta(seconds=DUPLICATE_EVENT_SECONDS)
+    span = {"lo": lo.to_pydatetime(), "hi": (hi + s).to_pydatetime()}
+    con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} {kept} WHERE ts < $lo OR ts > $hi", span)
+    search = duplicate_events_select("duckdb", ts, with_ts=True, row_id=row_id,
+                                     where=f"{ts} >= $lo - $s AND {ts} <= $hi")
+    con.execute(f"INSERT INTO {DUPLICATE_EVENTS_TABLE} SELECT event_id, ts FROM "
+                f"({search}) WHERE ts >= $lo AND ts <= $hi", {**span, "s": s.to_pytimedelta()})
+
+
+#: How many searches of DuckDB files' telemetry :func:`_content_duplicates`' index keeps.
+KEPT_SEARCHES = 8
+
+
+def _content_duplicates(contents: Mapping[str, str]) -> tuple[Path, Path] | None:
+    """Where the repeated events of telemetry with the day digests ``contents`` are kept (a
+    Parquet file named by the digests), and the index of the last searches by day (None:
+    caching off)."""
+    root = cache_dir()
+    if root is None:
+        return None
+    digest = hashlib.sha256(checks_digest().encode())
+    for day, value in sorted(contents.items()):
+        digest.update(f"{day}:{value};".encode())
+    folder = root / "duplicates"
+    return folder / f"content-{digest.hexdigest()[:40]}.parquet", folder / "contents.json"
+
+
+def _load_content_index(index: Path) -> list[dict[str, Any]]:
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+        if doc.get("checks") != checks_digest():
+            return []
+        return [{"file": str(e["file"]), "days": {str(d): str(v) for d, v in e["days"].items()}}
+                for e in doc["searches"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _update_duplicates_by_day(con: duckdb.DuckDBPyConnection, index: Path,
+                              contents: Mapping[str, str], ts: str, row_id: str | None) -> bool:
+    """Fill ``telemetry_duplicates`` from the recorded search (:func:`_content_duplicates`)
+    sharing most days with ``contents`` (day -> digest), searching again only the span of the
+    days that differ, were added or were removed. False (nothing filled) when no recorded
+    search shares a day, or more than half of the days differ."""
+    best, shared = None, 0
+    for entry in _load_content_index(index):
+        n = sum(1 for d, v in contents.items() if entry["days"].get(d) == v)
+        if n > shared and (index.parent / entry["file"]).is_file():
+            best, shared = entry, n
+    if best is None:
+        return False
+    changed = [d for d, v in contents.items() if best["days"].get(d) != v]
+    changed += [d for d in best["days"] if d not in contents]
+    if 2 * len([d for d in contents if d in changed]) > len(contents):
+        return False
+    dated = sorted(dt.date.fromisoformat(d) for d in changed if d != "none")
+    lo = pd.Timestamp(dated[0]) if dated else None  # (rows without a time never repeat)
+    hi = pd.Timestamp(dated[-1] + dt.timedelta(days=1)) if dated else None
+    try:
+        _search_span(con, index.parent / best["file"], lo, hi, ts, row_id)
+    except duckdb.Error:  # a damaged cache file: search anew
+        con.execute(f"DELETE FROM {DUPLICATE_EVENTS_TABLE}")
+        return False
+    return True
+
+
+def _save_content_index(index: Path, result: Path, contents: Mapping[str, str]) -> None:
+    searches = [e for e in _load_content_index(index) if e["file"] != result.name]
+    doc = {"checks": checks_digest(),
+           "searches": [{"file": result.name, "days": dict(sorted(contents.items()))},
+                        *searches][:KEPT_SEARCHES]}
+    try:
+        write_text_atomic(index, json.dumps(doc))
+    except OSError:  # the cache is a shortcut only
+        pass
 
 
 def _save_duplicates_index(index: Path, result: Path, units: Sequence[Any],
@@ -727,11 +828,19 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
     con, kind, found = (attached if attached is not None else
                         attach(path, threads=threads, copy_small_tables=copy_small_tables))
     try:
-        create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache)
         result = None
         if validate:
+            # validation first: a DuckDB file's day digests let the search of repeated events
+            # reuse an earlier search of the same days, and its notice is added after
             result = validate_attached(con, found, source=str(path), path=path, kind=kind,
                                        use_cache=use_cache)
+        create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache,
+                                contents=None if result is None
+                                else result.contents.get("telemetry"))
+        if result is not None:
+            notice = duplicate_events_notice(con)
+            if notice is not None:
+                result.notices.insert(0, notice)
         create_canonical_views(con, found)
     except BaseException:
         con.close()

@@ -7,9 +7,9 @@ rows break it and one example.
 
 **One scan per table** checks every column and row rule, counts the distinct hashes of each
 unique key, hashes every value (so a corrupt data block cannot pass unread) and counts the
-rows per UTC day (a DuckDB file's table: the texts' hash, and each key's hashes sorted to
-find a repeat, in queries of their own, faster there than one scan; a single Parquet file: the
-keys' queries only). Only when a key hash
+rows per UTC day (a DuckDB file's table: every value's hash per day, and each key's hashes
+sorted to find a repeat, in queries of their own, faster there than one scan; a single Parquet
+file: the keys' queries only). Only when a key hash
 repeats does an exact ``GROUP BY`` on the key run, to name the duplicates, and only when a
 rule is broken does another scan fetch one example of each broken rule.
 
@@ -37,6 +37,16 @@ it), so a repaired file is the only one read again. Spark (``--engine spark``) k
 manifest and the same cached list of repeated events: a DuckDB run and a Spark run of one
 export each reuse what the other checked. A file whose bytes rot on disk with all of the
 above unchanged is not re-read: run ``--full`` for an audit.
+
+**A DuckDB file written anew each day.** Its checksum changes with every write, and a daily
+export often comes under a new name, so the manifest above never helps it. Its tables are read
+in full each time, but the query that hashes every value does so per UTC day, giving each day
+a content digest (:func:`day_digests`). A clean validation records each table's digests in
+:func:`contents_path` (keyed by content, not path). The next file's keys are then tested only
+for the days no recorded set holds, among themselves and against the other days (those of
+one recorded set: days from two sets were never tested against each other), and
+``whispers_lab.export`` searches repeated events again only over the span of those days.
+Rules are checked on every row each time. ``--full`` reads no recorded set.
 """
 
 from __future__ import annotations
@@ -134,6 +144,11 @@ class ValidationResult:
     units_checked: int = 0
     units_reused: int = 0
     tables: dict[str, TableSummary] = field(default_factory=dict)
+    #: a DuckDB file's tables: each day's content digest (:func:`day_digests`)
+    contents: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: a DuckDB file's tables read anew: how many of their days were found clean together
+    #: before (:func:`contents_path`), so that their keys were not tested again
+    days_seen: dict[str, int] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -347,6 +362,11 @@ class _Scan:
     span: dict[str, tuple[dt.datetime | None, dt.datetime | None]]  # first and last time
     keys_repeat: bool  # some key hash repeats (counted for a single unit only)
     problems: list[Problem]
+    #: keys whose repeat test runs in a query of its own (:func:`_repeats`), left to the caller
+    keys_apart: list[tuple[str, ...]] = field(default_factory=list)
+    #: a DuckDB file's table: per UTC day of its time column (None: no time), the rows and
+    #: the XOR and sum of every row's hash over all its columns (:func:`day_digests`)
+    contents: dict[dt.date | None, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -384,22 +404,20 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # (:func:`_keys_repeat_across`) finds a repeat within a unit too, and one distinct count
     # per unit beside it cost a third of the grouped scan (docs/scale.md).
     keys = [k for k in table.unique if set(k) <= usable] if len(units) == 1 else []
-    # A DuckDB file's table is read by narrower queries: the texts' hash and each key's
-    # repeat test apart. In one scan, DuckDB 2.0 took longer than the three (32M API rows:
-    # 5.2-5.4 s against 0.8-0.9 + 1.0-1.2 + 1.8-2.0 s); Parquet would be decoded again. The
-    # key queries read their keys, so the texts' hash leaves those out.
+    # A DuckDB file's table is read by narrower queries: every value's hash per day (the
+    # day's content digest, :func:`day_digests`) and each key's repeat test apart, run by the
+    # caller over the days whose content it has not seen clean before. In one scan, DuckDB
+    # 2.0 took longer than apart (32M API rows: 5.2-5.4 s against 0.8-0.9 + 1.0-1.2 +
+    # 1.8-2.0 s); Parquet would be decoded again.
     apart = kind == "duckdb" and engine_of(con) == "duckdb"
     # A single Parquet file's keys too (its texts stay in the scan, not to decode them twice):
     # a rewritten one-file ranking_candidates (11.5M rows) took 2.1-2.4 s in one scan against
     # 0.8 s for the scan without the key and 0.8 s for the key's sorted hashes.
     keys_apart = engine_of(con) == "duckdb" and (apart or len(units) == 1)
-    text_cols = {c.name for c in table.columns if apart and c.name in usable
-                 and c.type == "VARCHAR"}
-    hashed = [c.name for c in table.columns if c.name in usable and c.name not in text_cols]
-    texts = [c.name for c in table.columns  # (the key columns: their queries read them)
-             if c.name in text_cols and not any(c.name in key for key in keys)]
-    inner.append(f"{_hash(con, hashed) if hashed else '0'} AS {_P}all")
-    selects.append(f"bit_xor({_P}all) AS read_all")
+    everything = [c.name for c in table.columns if c.name in usable]
+    if not apart:
+        inner.append(f"{_hash(con, everything) if everything else '0'} AS {_P}all")
+        selects.append(f"bit_xor({_P}all) AS read_all")
     for j, key in enumerate([] if keys_apart else keys):
         inner.append(f"{_hash(con, key)} AS {_P}k{j}")
         selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
@@ -414,15 +432,13 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
              f"AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
-    if texts:
-        con.execute(f"SELECT bit_xor({_hash(con, texts)}) FROM {source}").fetchall()
-    # apart: each key's hashes sorted, each compared with the one before (a little faster than
-    # the distinct count: 32M API rows 2.3-2.5 s against 2.4-3.3 s); every key is read, as
-    # the texts' hash leaves its columns to these queries. Else the scan's counts, below.
-    repeats = [con.execute(
-        f"SELECT count(*) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS p FROM "
-        f"(SELECT {_hash(con, key)} AS h FROM {source})) WHERE h = p").fetchone()[0]
-        for key in (keys if keys_apart else [])]
+    contents: dict[dt.date | None, tuple[int, int, int]] = {}
+    if apart and everything:
+        day = (f"CAST(CAST({sql_ident(time_col)} AS TIMESTAMP) AS DATE)" if time_col
+               else "CAST(NULL AS DATE)")
+        contents = {d: (int(n), int(x), int(s)) for d, n, x, s in con.execute(
+            f"SELECT d, count(*), bit_xor(h), sum(h) FROM (SELECT {day} AS d, "
+            f"{_hash(con, everything)} AS h FROM {source}) GROUP BY d").fetchall()}
     if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
         per_day: dict[Any, dict[Any, int]] = {}
@@ -433,7 +449,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         at, by = names.index("days"), names.index("unit")
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
     by_file = {local_path(f): u.name for u in units for f in u.files}
-    scan = _Scan({}, {}, {}, {}, any(int(n) > 0 for n in repeats), [])
+    scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents)
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
@@ -505,6 +521,141 @@ def _keys_repeat_across(con: duckdb.DuckDBPyConnection, table: Table, usable: se
     return False
 
 
+def _repeats(con: duckdb.DuckDBPyConnection, source: str, keys: Sequence[Sequence[str]],
+             where: str = "") -> bool:
+    """Whether some key's hash repeats among the rows of ``source`` (those meeting ``where``):
+    each key's hashes sorted, each compared with the one before (a little faster than the
+    distinct count: 32M API rows 2.3-2.5 s against 2.4-3.3 s)."""
+    cond = f" WHERE {where}" if where else ""
+    return any(con.execute(
+        f"SELECT count(*) FROM (SELECT h, lag(h) OVER (ORDER BY h) AS p FROM "
+        f"(SELECT {_hash(con, key)} AS h FROM {source}{cond})) WHERE h = p").fetchone()[0]
+        for key in keys)
+
+
+def _in_days(time_col: str | None, days: Sequence[dt.date | None]) -> str:
+    """SQL that is TRUE for a row whose UTC day (None: no time) is one of ``days``, never
+    NULL. A range on the time column comes first, so DuckDB can skip the row groups outside."""
+    if time_col is None:
+        return "true" if None in days else "false"
+    t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
+    dated = sorted(d for d in days if d is not None)
+    terms = []
+    if dated:
+        hi = dated[-1] + dt.timedelta(days=1)
+        span = f"{t} >= TIMESTAMP '{dated[0].isoformat()}' AND {t} < TIMESTAMP '{hi.isoformat()}'"
+        if (hi - dated[0]).days > len(dated):  # days missing in between: name those kept
+            listed = ", ".join(f"DATE '{d.isoformat()}'" for d in dated)
+            span += f" AND CAST({t} AS DATE) IN ({listed})"
+        terms.append(f"({span})")
+    if None in days:
+        terms.append(f"{t} IS NULL")
+    return f"coalesce({' OR '.join(terms)}, false)" if terms else "false"
+
+
+def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, table: Table, source: str,
+                        keys: Sequence[Sequence[str]], time_col: str | None,
+                        changed: Sequence[dt.date | None], seen: Sequence[dt.date | None]) -> bool:
+    """Whether a unique key may repeat in a DuckDB file's table whose days ``seen`` hold
+    exactly the rows of days found clean together before (so no key repeats among them):
+    the keys of the ``changed`` days among themselves, then against the ``seen`` days'."""
+    if not seen:
+        return _repeats(con, source, keys)
+    if not changed:
+        return False
+    new = _in_days(time_col, changed)
+    if _repeats(con, source, keys, new):
+        return True
+    # the seen days' key hashes probed against a hash table of the changed days' (a semi
+    # join: 25M events with a quarter of them changed, 1.1-1.2 s; a join on the raw key
+    # built its table on the larger side, 2.0-2.3 s)
+    return any(con.execute(
+        f"SELECT count(*) FROM {source} WHERE NOT {new} AND {_hash(con, key)} IN "
+        f"(SELECT {_hash(con, key)} FROM {source} WHERE {new})").fetchone()[0]
+        for key in keys)
+
+
+# ---------------------------------------------------------------------------------------
+# the content of a DuckDB file's tables, day by day
+
+
+def day_digests(table: str, contents: Mapping[dt.date | None, tuple[int, int, int]]
+                ) -> dict[str, str]:
+    """Each day's content digest of ``table`` (keyed by ISO day, ``"none"`` for rows without a
+    time): a SHA-256 of the day's row count and of the XOR and the sum of its rows' 64-bit
+    hashes over every column. Equal digests mean the same rows, in any order: a row changed,
+    added or removed changes both aggregates, and a clean day holds no two equal rows (its key
+    is unique), so no pair of them can cancel in the XOR unnoticed by the sum."""
+    return {_day_name(d): hashlib.sha256(
+        f"{checks_digest()}:{table}:{_day_name(d)}:{n}:{x}:{s}".encode()).hexdigest()[:32]
+        for d, (n, x, s) in contents.items()}
+
+
+def _day_name(day: dt.date | None) -> str:
+    return "none" if day is None else day.isoformat()
+
+
+def _day_of(name: str) -> dt.date | None:
+    return None if name == "none" else dt.date.fromisoformat(name)
+
+
+#: How many sets of days found clean together each table keeps in :func:`contents_path`
+#: (several exports validated in turn each find theirs).
+KEPT_CONTENTS = 8
+
+
+def contents_path() -> Path | None:
+    """The record of the days of DuckDB files' tables found clean together (None: caching off):
+    per table, the digests (:func:`day_digests`) of each of the last :data:`KEPT_CONTENTS`
+    clean validations, of whichever file. Keyed by content, not path: a file written anew
+    each day under a new name finds the days it shares with yesterday's."""
+    root = cache_dir()
+    return None if root is None else root / "validation" / "contents.json"
+
+
+def _load_contents(path: Path | None) -> dict[str, list[list[str]]]:
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("contract") != checks_digest() or not isinstance(doc.get("tables"), dict):
+            return {}
+        return {str(t): [[str(d) for d in days] for days in sets]
+                for t, sets in doc["tables"].items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _seen_days(sets: Sequence[Sequence[str]], digests: Mapping[str, str]) -> list[str]:
+    """The days of ``digests`` (day -> digest) in the one recorded clean set holding most of
+    them (days from two sets were never checked against each other)."""
+    best: list[str] = []
+    for known in sets:
+        held = set(known)
+        days = [d for d, digest in digests.items() if digest in held]
+        if len(days) > len(best):
+            best = days
+    return best
+
+
+def _save_contents(path: Path | None, found: Mapping[str, Mapping[str, str]]) -> None:
+    """Add each table's clean days (``found``: table -> day -> digest) as its newest set."""
+    if path is None or not found:
+        return
+    tables = _load_contents(path)
+    for table, digests in found.items():
+        new = sorted(digests.values())
+        sets = [s for s in tables.get(table, []) if sorted(s) != new]
+        tables[table] = [new, *sets][:KEPT_CONTENTS]
+    doc = {"contract": checks_digest(),
+           "written_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat() + "Z",
+           "tables": dict(sorted(tables.items()))}
+    try:
+        write_text_atomic(path, json.dumps(doc, indent=1) + "\n")
+    except OSError:  # the cache is only a shortcut
+        pass
+
+
 def _check_unique(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]) -> list[Problem]:
     """The exact duplicate keys of ``table`` (run only when a key hash repeats)."""
     problems = []
@@ -561,6 +712,9 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     cached = _load_manifest(mpath) if use_cache else {}
     manifest: dict[str, Any] = {}
     days: dict[str, dict[dt.date, int]] = {}
+    cpath = contents_path() if incremental and kind == "duckdb" else None
+    stored = _load_contents(cpath) if use_cache else {}
+    clean: dict[str, dict[str, str]] = {}  # table -> day -> digest, of the tables that passed
     for table in TABLES:
         if table.name not in present:
             if table.required:
@@ -584,8 +738,25 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
             if changed:
                 scan = _scan(con, table, usable, changed, unit_kind)
                 found += scan.problems
-                repeat = scan.keys_repeat or _keys_repeat_across(con, table, usable, changed,
-                                                                 reused, unit_kind)
+                digests = day_digests(table.name, scan.contents) if scan.contents else {}
+                repeat = scan.keys_repeat
+                if scan.keys_apart and not repeat:
+                    source, _ = _source(con, table, changed, unit_kind)
+                    if digests:  # a DuckDB file's table: days seen clean are not tested again
+                        seen = (_seen_days(stored.get(table.name, []), digests)
+                                if use_cache and whole else [])
+                        result.days_seen[table.name] = len(seen)
+                        time_col = table.time_column if table.time_column in usable else None
+                        repeat = _keys_repeat_by_day(
+                            con, table, source, scan.keys_apart, time_col,
+                            [_day_of(d) for d in digests if d not in seen],
+                            [_day_of(d) for d in seen])
+                    else:
+                        repeat = _repeats(con, source, scan.keys_apart)
+                repeat = repeat or _keys_repeat_across(con, table, usable, changed, reused,
+                                                       unit_kind)
+                if digests:
+                    result.contents[table.name] = digests
                 if repeat:
                     found += _check_unique(con, table, usable)
                 for u in changed:
@@ -593,6 +764,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                     spans.append((scan.rows.get(u.name, 0), *scan.span.get(u.name, (None, None))))
             for u in reused:
                 entry = cached[u.name]
+                if isinstance(entry.get("contents"), dict):
+                    result.contents[table.name] = dict(entry["contents"])
                 day_counts.append({dt.date.fromisoformat(d): int(n)
                                    for d, n in entry["days"].items()})
                 spans.append((int(entry["rows"]), _time(entry.get("first")),
@@ -617,6 +790,10 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                                             "first": _iso(first), "last": _iso(last),
                                             "days": {d.isoformat(): n for d, n in
                                                      sorted(scan.days.get(u.name, {}).items())}}
+                        if table.name in result.contents:
+                            manifest[u.name]["contents"] = result.contents[table.name]
+                if table.name in result.contents:
+                    clean[table.name] = result.contents[table.name]
         firsts = [f for _, f, _ in spans if f is not None]
         lasts = [t for _, _, t in spans if t is not None]
         result.tables[table.name] = TableSummary(sum(n for n, _, _ in spans),
@@ -630,6 +807,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     if incremental and export_path is not None and manifest != cached:
         # (unchanged: not written again, 0.09 s for the 2,960 files of a partitioned 1M export)
         _save_manifest(mpath, export_path, manifest)
+    _save_contents(cpath, {t: d for t, d in clean.items()
+                           if sorted(d.values()) not in [sorted(x) for x in stored.get(t, [])[:1]]})
     result.notices += _notices(con, days)
     return result
 
@@ -642,19 +821,25 @@ def _time(text: Any) -> dt.datetime | None:
     return None if text is None else dt.datetime.fromisoformat(str(text))
 
 
-def _notices(con: duckdb.DuckDBPyConnection, days: Mapping[str, Mapping[dt.date, int]]
-             ) -> list[Notice]:
-    notices = []
+def duplicate_events_notice(con: duckdb.DuckDBPyConnection) -> Notice | None:
+    """The notice of the repeated telemetry events in :data:`DUPLICATE_EVENTS_TABLE` (None:
+    there are none, or the table is not built yet)."""
     try:
         dups = con.execute(f"SELECT count(*) FROM {DUPLICATE_EVENTS_TABLE}").fetchone()[0]
     except (duckdb.Error, EngineError):  # not built (attached by hand): nothing to say
-        dups = 0
-    if dups:
-        key = ", ".join(DUPLICATE_EVENT_KEY)
-        notices.append(Notice("telemetry", "duplicate_events", int(dups),
-                              f"event(s) repeat an earlier event under a new event_id (same "
-                              f"{key}, at most {DUPLICATE_EVENT_SECONDS:g} s later): each "
-                              f"event is counted once"))
+        return None
+    if not dups:
+        return None
+    key = ", ".join(DUPLICATE_EVENT_KEY)
+    return Notice("telemetry", "duplicate_events", int(dups),
+                  f"event(s) repeat an earlier event under a new event_id (same {key}, at "
+                  f"most {DUPLICATE_EVENT_SECONDS:g} s later): each event is counted once")
+
+
+def _notices(con: duckdb.DuckDBPyConnection, days: Mapping[str, Mapping[dt.date, int]]
+             ) -> list[Notice]:
+    notice = duplicate_events_notice(con)
+    notices = [] if notice is None else [notice]
     extent = extent_from_days(merge_days(*(days.get(t, {}) for t in ACTIVITY_TABLES)))
     if extent.last_day is not None:
         tail = extent.last_day + dt.timedelta(days=1)

@@ -1,0 +1,326 @@
+"""A DuckDB file written anew each day (a new name, yesterday's days rewritten with today's):
+validation and the search of repeated events reuse, by content, the days an earlier file held.
+
+Each day of a table gets a content digest in the scan that reads every value
+(``validation.day_digests``). Keys are tested again only for the days whose digest no clean
+validation recorded, against each other and against the rest; repeated events are searched
+again only over the span of the days that differ. Every test compares with a validation that
+reuses nothing, and each uses a cache folder of its own (the session's is shared, and content
+seen clean by another test would be reused: rightly, but not what these tests look at)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from whispers_lab import export as ex
+from whispers_lab import validation
+from whispers_lab.contract import CONTRACT
+from whispers_lab.errors import ExportValidationError
+from whispers_lab.export import open_export, write_export
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(validation.CACHE_ENV, str(folder))
+    return folder
+
+
+def _day(table: pa.Table, name: str) -> np.ndarray:
+    """Each row's UTC day (``datetime64[D]``) of ``table``'s time column."""
+    column = table[CONTRACT[name].time_column].cast(pa.timestamp("us"))
+    return column.to_numpy(zero_copy_only=False).astype("datetime64[D]")
+
+
+def _last_day(tables: dict[str, pa.Table]) -> np.datetime64:
+    return _day(tables["api_logs"], "api_logs").max()
+
+
+def _before(tables: dict[str, pa.Table], last: np.datetime64) -> dict[str, pa.Table]:
+    """The export as it stood before ``last``: yesterday's file."""
+    out = {}
+    for name, table in tables.items():
+        if CONTRACT[name].time_column:
+            out[name] = table.filter(pa.array(_day(table, name) < last))
+        else:  # the candidates of the requests kept
+            out[name] = table.filter(pc.is_in(table["request_id"], out["api_logs"]["request_id"]))
+    return out
+
+
+def _write(tables: dict[str, pa.Table], path: Path) -> Path:
+    return write_export(tables, path)
+
+
+def _open(path: Path, **kwargs: object) -> ex.Export:
+    return open_export(path, **kwargs)
+
+
+def _replace(table: pa.Table, row: int, column: str, value: object) -> pa.Table:
+    values = table[column].to_pylist()
+    values[row] = value
+    i = table.schema.get_field_index(column)
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+
+def _summary(result: validation.ValidationResult) -> tuple:
+    return (result.tables, result.notices, result.contents)
+
+
+def _problems(path: Path, **kwargs: object) -> list[tuple]:
+    with pytest.raises(ExportValidationError) as info:
+        open_export(path, **kwargs)
+    return sorted((p.table, p.column, p.rule, p.rows) for p in info.value.problems)
+
+
+def test_a_new_file_with_one_more_day_tests_only_that_days_keys(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    yesterday = _before(tables, last)
+    with _open(_write(yesterday, tmp_path / "day-13.duckdb")) as first:
+        assert set(first.validation.days_seen.values()) == {0}
+    tested: list[str] = []
+    real = validation._repeats
+    monkeypatch.setattr(validation, "_repeats", lambda con, source, keys, where="": (
+        tested.append(f"{source} {where}"), real(con, source, keys, where))[1])
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    with _open(path) as today:
+        result = today.validation
+    for name in ("telemetry", "api_logs", "exposures", "support_tickets", "db_metrics"):
+        days = np.unique(_day(yesterday[name], name)).size
+        assert result.days_seen[name] == days, name
+    assert result.days_seen["ranking_candidates"] == 0  # no time column: its content changed
+    for name in ("telemetry", "api_logs"):  # only the new day's keys among themselves
+        [query] = [q for q in tested if f'src."{name}"' in q]
+        assert str(last) in query and "NOT" not in query
+    with _open(path, use_cache=False) as full:
+        assert set(full.validation.days_seen.values()) == {0}
+        assert _summary(full.validation) == _summary(result)
+
+
+def test_the_same_rows_in_another_order_test_no_key_again(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")) as first:
+        reference = first.validation
+    rng = np.random.default_rng(3)
+    shuffled = {name: t.take(pa.array(rng.permutation(t.num_rows))) for name, t in tables.items()}
+    tested: list[str] = []
+    monkeypatch.setattr(validation, "_repeats", lambda *a, **k: tested.append("x") or False)
+    with _open(_write(shuffled, tmp_path / "b.duckdb")) as again:
+        result = again.validation
+    assert tested == []
+    assert result.days_seen == {name: len(reference.contents[name]) for name in result.days_seen}
+    assert _summary(result) == _summary(reference)
+
+
+def test_a_new_days_key_repeating_a_seen_days_key_is_caught(small_sim, tmp_path: Path,
+                                                           cache: Path) -> None:
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    early, late = int(np.flatnonzero(days < last)[5]), int(np.flatnonzero(days == last)[0])
+    tables["telemetry"] = _replace(telemetry, late, "event_id", telemetry["event_id"][early].as_py())
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    assert _problems(path) == [("telemetry", "event_id", "unique", 2)]
+    assert _problems(path, use_cache=False) == [("telemetry", "event_id", "unique", 2)]
+
+
+def test_a_key_repeated_within_the_new_day_is_caught(small_sim, tmp_path: Path,
+                                                    cache: Path) -> None:
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    api = tables["api_logs"]
+    new = np.flatnonzero(_day(api, "api_logs") == last)
+    tables["api_logs"] = _replace(api, int(new[3]), "request_id", api["request_id"][int(new[1])].as_py())
+    assert _problems(_write(tables, tmp_path / "day-14.duckdb")) == [
+        ("api_logs", "request_id", "unique", 2)]
+
+
+def test_a_seen_day_rewritten_with_a_repeated_key_is_tested_again(small_sim, tmp_path: Path,
+                                                                 cache: Path) -> None:
+    """A day the earlier file held, rewritten: its digest differs, so its keys are tested
+    again, against the other days too."""
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")):
+        pass
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    first, third = (int(np.flatnonzero(days == days.min() + d)[0]) for d in (0, 2))
+    tables["telemetry"] = _replace(telemetry, third, "event_id", telemetry["event_id"][first].as_py())
+    path = _write(tables, tmp_path / "b.duckdb")
+    with pytest.raises(ExportValidationError) as info:
+        open_export(path)
+    assert [(p.table, p.rule, p.rows) for p in info.value.problems] == [("telemetry", "unique", 2)]
+
+
+def test_a_row_without_a_time_repeating_a_seen_key_is_caught(small_sim, tmp_path: Path,
+                                                            cache: Path) -> None:
+    """Rows without a time make a day of their own (and break the time column's rule)."""
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")):
+        pass
+    telemetry = tables["telemetry"]
+    extra = telemetry.slice(10, 1)
+    extra = _replace(extra, 0, "created_at", None)
+    tables["telemetry"] = pa.concat_tables([telemetry, extra])
+    assert _problems(_write(tables, tmp_path / "b.duckdb")) == [
+        ("telemetry", "created_at", "not_null", 1), ("telemetry", "event_id", "unique", 2)]
+
+
+def test_days_of_two_files_found_clean_apart_are_tested_together(small_sim, tmp_path: Path,
+                                                                 cache: Path) -> None:
+    """Two files, each clean, whose union repeats a key across them: the days of the one are
+    reused, the other's are tested against them (never both sets reused at once)."""
+    tables = dict(small_sim.tables)
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    cut = days.min() + 8
+    early, late = telemetry.filter(pa.array(days < cut)), telemetry.filter(pa.array(days >= cut))
+    late = _replace(late, 7, "event_id", early["event_id"][3].as_py())
+    for name, part in (("early", early), ("late", late)):
+        with _open(_write({**tables, "telemetry": part}, tmp_path / f"{name}.duckdb")) as opened:
+            assert opened.validation.valid
+    tables["telemetry"] = pa.concat_tables([early, late])
+    assert _problems(_write(tables, tmp_path / "both.duckdb")) == [
+        ("telemetry", "event_id", "unique", 2)]
+
+
+def test_the_seen_days_come_from_one_recorded_set() -> None:
+    digests = {"d1": "a", "d2": "b", "d3": "c", "d4": "x"}
+    assert sorted(validation._seen_days([["a", "b"], ["c"], ["a", "b", "c", "z"]], digests)) == [
+        "d1", "d2", "d3"]
+    assert sorted(validation._seen_days([["a"], ["b", "c"]], digests)) == ["d2", "d3"]
+    assert validation._seen_days([], digests) == []
+
+
+def test_the_record_keeps_the_newest_sets_and_full_runs_read_none(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validation, "KEPT_CONTENTS", 2)
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    paths = [_write(_before(tables, last - k), tmp_path / f"{k}.duckdb") for k in (2, 1, 0)]
+    for path in paths:
+        with _open(path):
+            pass
+    sets = validation._load_contents(validation.contents_path())["telemetry"]
+    assert len(sets) == 2
+    with _open(paths[-1]) as newest:
+        assert sorted(sets[0]) == sorted(newest.validation.contents["telemetry"].values())
+    with _open(_write(tables, tmp_path / "full.duckdb"), use_cache=False) as full:
+        assert set(full.validation.days_seen.values()) == {0}
+    monkeypatch.setenv(validation.CACHE_ENV, "")  # caching off: nothing read, nothing kept
+    assert validation.contents_path() is None
+    with _open(_write(tables, tmp_path / "off.duckdb")) as off:
+        assert set(off.validation.days_seen.values()) == {0}
+
+
+# -- repeated events -------------------------------------------------------------------------
+
+
+def _with_repeat(telemetry: pa.Table, of: int, seconds: float, event_id: str) -> pa.Table:
+    """``telemetry`` plus a repeat of row ``of`` (same key) ``seconds`` later."""
+    row = telemetry.slice(of, 1)
+    row = _replace(row, 0, "event_id", event_id)
+    row = _replace(row, 0, "created_at",
+                   row["created_at"][0].as_py() + dt.timedelta(seconds=seconds))
+    return pa.concat_tables([telemetry, row])
+
+
+def _repeats(path: Path, **kwargs: object) -> set[tuple]:
+    with open_export(path, **kwargs) as export:
+        return set(export.con.execute("SELECT event_id, ts FROM telemetry_duplicates").fetchall())
+
+
+def test_repeated_events_are_searched_again_only_over_the_changed_days(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The day before's last event is repeated across midnight, on the new day; a repeat in an
+    early day goes away when that day is rewritten. Each time the search by day finds what a full search finds."""
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    shown = np.flatnonzero(pc.is_valid(telemetry["request_id"]).to_numpy(zero_copy_only=False))
+    eve = shown[days[shown] == last - 1]
+    eve = int(eve[np.argmax(telemetry["created_at"].take(pa.array(eve)).cast(pa.int64())
+                            .to_numpy())])
+    early = int(shown[days[shown] == days[shown].min() + 2][0])
+    telemetry = _with_repeat(telemetry, early, 0.3, "zz-early")
+    # across midnight: the day before's last event again at 23:59:59.7 (yesterday's file has
+    # it), and once more 0.5 s later, on the new day (only today's file has that)
+    to_eve = (np.datetime64(str(last)) - np.timedelta64(300, "ms") - np.datetime64(
+        telemetry["created_at"][eve].as_py().replace(tzinfo=None), "us")) / np.timedelta64(1, "s")
+    telemetry = _with_repeat(telemetry, eve, float(to_eve), "aa-eve")
+    telemetry = _with_repeat(telemetry, telemetry.num_rows - 1, 0.5, "zz-midnight")
+    yesterday = _before({**tables, "telemetry": telemetry}, last)
+    assert "zz-midnight" not in yesterday["telemetry"]["event_id"].to_pylist()
+    searched: list[str] = []
+    real = ex.duplicate_events_select
+    monkeypatch.setattr(ex, "duplicate_events_select", lambda *a, **k: (
+        searched.append(str(k.get("where", ""))), real(*a, **k))[1])
+    old = _repeats(_write(yesterday, tmp_path / "day-13.duckdb"))
+    assert "zz-early" in {e for e, _ in old}
+    assert searched == [""]
+    path = _write({**tables, "telemetry": telemetry}, tmp_path / "day-14.duckdb")
+    searched.clear()
+    new = _repeats(path)
+    assert len(searched) == 1 and searched[0]  # a span, not everything
+    found = {e for e, _ in new}
+    assert {"zz-early", "zz-midnight"} <= found
+    assert new == _repeats(path, use_cache=False)
+    # the early day re-delivered without its repeat: a day changed in the middle
+    keep = pc.not_equal(telemetry["event_id"], "zz-early")
+    path = _write({**tables, "telemetry": telemetry.filter(keep)}, tmp_path / "day-14b.duckdb")
+    searched.clear()
+    again = _repeats(path)
+    assert searched and searched[0]
+    assert "zz-early" not in {e for e, _ in again} and "zz-midnight" in {e for e, _ in again}
+    assert again == _repeats(path, use_cache=False)
+
+
+def test_the_same_telemetry_in_a_new_file_reads_its_repeats_back(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tables = dict(small_sim.tables)
+    telemetry = tables["telemetry"]
+    shown = np.flatnonzero(pc.is_valid(telemetry["request_id"]).to_numpy(zero_copy_only=False))
+    tables["telemetry"] = _with_repeat(telemetry, int(shown[40]), 0.5, "zz-repeat")
+    first = _repeats(_write(tables, tmp_path / "a.duckdb"))
+    assert "zz-repeat" in {e for e, _ in first}
+    searched: list[str] = []
+    monkeypatch.setattr(ex, "duplicate_events_select",
+                        lambda *a, **k: searched.append("x") or "SELECT 1 WHERE false")
+    with _open(_write(tables, tmp_path / "b.duckdb")) as export:
+        got = set(export.con.execute("SELECT event_id, ts FROM telemetry_duplicates").fetchall())
+        assert [n.rule for n in export.validation.notices][:1] == ["duplicate_events"]
+    assert searched == [] and got == first
+
+
+def test_a_day_digest_changes_with_any_value_and_only_that_day(small_sim, tmp_path: Path,
+                                                              cache: Path) -> None:
+    """Two rows of one day trading their user ids keep every column's values: the day's digest
+    changes all the same (it hashes whole rows), and no other day's does."""
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")) as first:
+        before = first.validation.contents["telemetry"]
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    rows = np.flatnonzero(days == days.min() + 4)
+    users = telemetry["user_id"].to_pylist()
+    a, b = next((int(rows[0]), int(r)) for r in rows if users[r] != users[rows[0]])
+    swapped = _replace(_replace(telemetry, a, "user_id", users[b]), b, "user_id", users[a])
+    with _open(_write({**tables, "telemetry": swapped}, tmp_path / "b.duckdb")) as second:
+        after = second.validation.contents["telemetry"]
+        assert second.validation.days_seen["telemetry"] == len(before) - 1
+    changed = {d for d in before if before[d] != after.get(d)}
+    assert changed == {str(days.min() + 4)}

@@ -14,7 +14,12 @@ Two 1M-user exports, built once into ``benchmarks/cache/`` when missing:
   without the last day's partitions and reports the day before (untimed, its cache then holds
   every earlier partition); then the last day's partitions arrive and ``ranking_candidates``
   (one file, no date) is rewritten, and its **cold** run is that day's report: the new
-  partitions validated, their repeated events searched and their id profiles read.
+  partitions validated, their repeated events searched and their id profiles read;
+* ``sim-new`` and ``steady-new`` (``--exports sim-new,steady-new``): a DuckDB file written
+  anew each day under a new name. Each version first reports the day before on a copy of the
+  export without its last day (``<name>-day-before.duckdb`` in ``benchmarks/cache/``, written
+  once; untimed), then its **cold** run reports the last day on the whole file, which it has
+  never seen: what a scheduled day costs when the export is one DuckDB file.
 
 For each export and each code version the report of ``--day`` (default 14, the plan's last day,
 which also writes the stakeholder summary) runs as its own process, in two states:
@@ -99,7 +104,46 @@ def _ensure_exports(which: list[str]) -> dict[str, Path]:
         from bench_validate_incremental import _partitioned
 
         out["daily"] = _partitioned(SIM)
+    for base in ("sim", "steady"):
+        if f"{base}-new" in which:
+            out[f"{base}-new"] = _ensure_exports([base])[base]
     return out
+
+
+def duckdb_day_before(source: Path) -> Path:
+    """``<source>-day-before.duckdb`` beside ``source`` (written once): the DuckDB export
+    ``source`` as it stood a day earlier, every row of its last day (of ``api_logs``) left
+    out, and the candidates of the requests left out with them."""
+    import duckdb
+
+    from whispers_lab.contract import CONTRACT
+
+    target = source.with_name(f"{source.stem}-day-before.duckdb")
+    if target.exists():
+        return target
+    print(f"writing {target.name} (about 40 s) ...", flush=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"ATTACH '{source}' AS s (READ_ONLY)")
+        last = con.execute("SELECT max(CAST(timestamp AS TIMESTAMP))::DATE FROM s.api_logs"
+                           ).fetchone()[0]
+        before = f"TIMESTAMP '{last}'"
+        for (name,) in con.execute("SELECT table_name FROM information_schema.tables WHERE "
+                                   "table_catalog = 's'").fetchall():
+            time_col = CONTRACT[name].time_column if name in CONTRACT else None
+            where = (f"WHERE coalesce(CAST({time_col} AS TIMESTAMP) < {before}, true)"
+                     if time_col else
+                     f"WHERE request_id IN (SELECT request_id FROM s.api_logs WHERE "
+                     f"CAST(timestamp AS TIMESTAMP) < {before})"
+                     if name == "ranking_candidates" else "")
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM s."{name}" {where}')
+    finally:
+        con.close()
+    tmp.rename(target)
+    return target
 
 
 def _last_date(folder: Path) -> str:
@@ -372,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old", default=OLD, help=f"commit to compare with (default {OLD}; "
                                                  "'none': new code only)")
     ap.add_argument("--exports", default="sim,steady",
-                    help="comma list of sim, steady, daily (default sim,steady)")
+                    help="comma list of sim, steady, daily, sim-new, steady-new (default "
+                         "sim,steady)")
     ap.add_argument("--day", type=int, default=14)
     ap.add_argument("--no-scans", action="store_true", help="skip the profiled pass")
     ap.add_argument("--warm-runs", type=int, default=3,
@@ -418,6 +463,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {res['seconds']:.1f} s, rc {res['rc']}", flush=True)
                 for version in versions:
                     _new_day(source, paths[version], last)
+            if name.endswith("-new"):
+                before = duckdb_day_before(source)
+                for version, tree in versions.items():
+                    env = dict(os.environ, WHISPERS_LAB_CACHE=str(caches[version]),
+                               PYTHONPATH=str(tree))
+                    out = Path(tempfile.mkdtemp(prefix="bench-report-out-"))
+                    print(f"[{name}] {version}: the day before, its own file, untimed ...",
+                          flush=True)
+                    res = run_command(_report_args(before, args.day - 1, out), env, Path(tree))
+                    shutil.rmtree(out, ignore_errors=True)
+                    if res["rc"] != 0:
+                        print(res["output"][-3000:])
+                    print(f"    {res['seconds']:.1f} s, rc {res['rc']}", flush=True)
             # Old and new alternate, run by run: this machine's speed drifts by a third or more
             # within minutes, and a version measured minutes after the other would carry that
             # drift into the ratio. Each round of warm runs swaps the order.
@@ -475,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'export':<8} {'version':<14} {'cold s':>8} {'cold MB':>8} {'warm s':>8} "
           f"{'warm MB':>8} {'disk MB':>8} {'warm median':>12}  (warm: fastest of "
           f"{args.warm_runs}; disk MB: what that run read from storage, not the page cache"
-          + ("; daily cold: the new day's report" if "daily" in exports else "") + ")")
+          + ("; daily, *-new cold: the new day's report" if "daily" in exports or any(
+              n.endswith("-new") for n in exports) else "") + ")")
     for name in exports:
         for version in versions:
             c, w = results[(name, version, "cold")], results[(name, version, "warm")]

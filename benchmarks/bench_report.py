@@ -114,14 +114,22 @@ def duckdb_day_before(source: Path) -> Path:
     """``<source>-day-before.duckdb`` beside ``source`` (written once): the DuckDB export
     ``source`` as it stood a day earlier, every row of its last day (of ``api_logs``) left
     out, and the candidates of the requests left out with them."""
+    target = source.with_name(f"{source.stem}-day-before.duckdb")
+    if not target.exists():
+        print(f"writing {target.name} (about 40 s) ...", flush=True)
+        # in a process of its own: a benchmark process that grew by the write's gigabytes
+        # would hand its peak to every run it starts (Linux keeps ru_maxrss across fork)
+        subprocess.run([sys.executable, __file__, "--day-before", str(source), str(target)],
+                       check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return target
+
+
+def _write_day_before(source: Path, target: Path) -> None:
+    """The work of :func:`duckdb_day_before`."""
     import duckdb
 
     from whispers_lab.contract import CONTRACT
 
-    target = source.with_name(f"{source.stem}-day-before.duckdb")
-    if target.exists():
-        return target
-    print(f"writing {target.name} (about 40 s) ...", flush=True)
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
@@ -143,7 +151,6 @@ def duckdb_day_before(source: Path) -> Path:
     finally:
         con.close()
     tmp.rename(target)
-    return target
 
 
 def _last_date(folder: Path) -> str:
@@ -424,7 +431,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="warm runs per version; the table gives the fastest and the median "
                          "(default 3)")
     ap.add_argument("--child-scans", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--day-before", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.day_before:
+        _write_day_before(*args.day_before)
+        return 0
     if args.child_scans:
         _child_scans(args.child_scans[0], int(args.child_scans[1]), args.child_scans[2])
         return 0

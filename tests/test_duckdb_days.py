@@ -104,6 +104,28 @@ def test_a_new_file_with_one_more_day_tests_only_that_days_keys(
         assert _summary(full.validation) == _summary(result)
 
 
+def test_validate_says_how_many_days_it_took_as_seen(small_sim, tmp_path: Path, cache: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from whispers_lab.cli import main
+
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    assert main(["validate", str(_write(_before(tables, last), tmp_path / "day-13.duckdb"))]) == 0
+    assert "table-day" not in capsys.readouterr().out
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    keyed = [t.name for t in validation.TABLES if t.unique]
+    yesterday = _before(tables, last)
+    seen = sum(np.unique(_day(yesterday[t], t)).size for t in keyed if CONTRACT[t].time_column)
+    days = sum(np.unique(_day(tables[t], t)).size if CONTRACT[t].time_column else 1
+               for t in keyed)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (f"every row checked; unique keys tested on the {days - seen:,} table-day(s) that no "
+            f"earlier clean file held, not again on the {seen:,} that one did") in out
+    assert main(["validate", "--full", str(path)]) == 0
+    assert "table-day" not in capsys.readouterr().out
+
+
 def test_the_same_rows_in_another_order_test_no_key_again(
         small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tables = dict(small_sim.tables)

@@ -346,3 +346,16 @@ def test_a_day_digest_changes_with_any_value_and_only_that_day(small_sim, tmp_pa
         assert second.validation.days_seen["telemetry"] == len(before) - 1
     changed = {d for d in before if before[d] != after.get(d)}
     assert changed == {str(days.min() + 4)}
+
+
+def test_searches_past_the_kept_ones_are_deleted(small_sim, tmp_path: Path, cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ex, "KEPT_SEARCHES", 2)
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    for k in (3, 2, 1, 0):
+        with _open(_write(_before(tables, last - k), tmp_path / f"{k}.duckdb")):
+            pass
+    files = sorted(p.name for p in (cache / "duplicates").glob("content-*.parquet"))
+    listed = [e["file"] for e in ex._load_content_index(cache / "duplicates" / "contents.json")]
+    assert len(listed) == 2 and sorted(listed) == files

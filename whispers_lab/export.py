@@ -634,12 +634,15 @@ def _update_duplicates_by_day(con: duckdb.DuckDBPyConnection, index: Path,
 
 
 def _save_content_index(index: Path, result: Path, contents: Mapping[str, str]) -> None:
-    searches = [e for e in _load_content_index(index) if e["file"] != result.name]
-    doc = {"checks": checks_digest(),
-           "searches": [{"file": result.name, "days": dict(sorted(contents.items()))},
-                        *searches][:KEPT_SEARCHES]}
+    """Record ``result`` as the newest search by day; the results of searches past the last
+    :data:`KEPT_SEARCHES` are deleted (a file written anew each day leaves one a day)."""
+    searches = [{"file": result.name, "days": dict(sorted(contents.items()))},
+                *(e for e in _load_content_index(index) if e["file"] != result.name)]
+    kept = searches[:KEPT_SEARCHES]
     try:
-        write_text_atomic(index, json.dumps(doc))
+        write_text_atomic(index, json.dumps({"checks": checks_digest(), "searches": kept}))
+        for entry in searches[KEPT_SEARCHES:]:
+            (index.parent / entry["file"]).unlink(missing_ok=True)
     except OSError:  # the cache is a shortcut only
         pass
 

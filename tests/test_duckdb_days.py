@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -142,8 +143,18 @@ def test_the_same_rows_in_another_order_test_no_key_again(
     assert _summary(result) == _summary(reference)
 
 
-def test_a_new_days_key_repeating_a_seen_days_key_is_caught(small_sim, tmp_path: Path,
-                                                           cache: Path) -> None:
+@pytest.mark.parametrize("narrow", [None, 1.0])
+def test_a_new_days_key_repeating_a_seen_days_key_is_caught(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
+        narrow: float | None) -> None:
+    """Also with the probe bounded by the new day's key range (``narrow``: every export
+    counts as one whose ids grow with time; the small one has too few segments to be)."""
+    ranges: list[tuple[str, object]] = []
+    real = validation._key_range
+    monkeypatch.setattr(validation, "_key_range", lambda con, source, *a: ranges.append(
+        (source, real(con, source, *a))) or ranges[-1][1])
+    if narrow is not None:
+        monkeypatch.setattr(validation, "NARROW_SEGMENTS", narrow)
     tables = dict(small_sim.tables)
     last = _last_day(tables)
     with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
@@ -154,7 +165,27 @@ def test_a_new_days_key_repeating_a_seen_days_key_is_caught(small_sim, tmp_path:
     tables["telemetry"] = _replace(telemetry, late, "event_id", telemetry["event_id"][early].as_py())
     path = _write(tables, tmp_path / "day-14.duckdb")
     assert _problems(path) == [("telemetry", "event_id", "unique", 2)]
+    [bound] = [b for source, b in ranges if "telemetry" in source]
+    assert (bound is not None) == (narrow is not None)
     assert _problems(path, use_cache=False) == [("telemetry", "event_id", "unique", 2)]
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_the_probe_is_bounded_only_for_ids_that_grow_with_time(tmp_path: Path,
+                                                               ordered: bool) -> None:
+    """``_key_range`` reads the stored segments' statistics: 1.2M rows over 12 days whose
+    ids grow with time put the last day's in a few segments; shuffled ids do not."""
+    path = tmp_path / "ids.duckdb"
+    order = "i" if ordered else "hash(i)"
+    with duckdb.connect(str(path)) as con:
+        con.execute(f"CREATE TABLE t AS SELECT printf('e%012d', i) AS id, TIMESTAMP '2026-12-01' "
+                    f"+ to_seconds(CAST(i * 0.864 AS BIGINT)) AS at FROM range(1200000) r(i) "
+                    f"ORDER BY {order}")
+    with duckdb.connect() as con:
+        con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
+        new = validation._in_days("at", [dt.date(2026, 12, 12)])
+        bound = validation._key_range(con, 'src."t"', "id", new)
+        assert (bound == ("e000001100000", "e000001199999")) if ordered else bound is None
 
 
 def test_a_key_repeated_within_the_new_day_is_caught(small_sim, tmp_path: Path,

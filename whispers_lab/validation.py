@@ -569,10 +569,59 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, source: str,
     # the seen days' key hashes probed against a hash table of the changed days' (a semi
     # join: 25M events with a quarter of them changed, 1.1-1.2 s; a join on the raw key
     # built its table on the larger side, 2.0-2.3 s)
-    return any(con.execute(
-        f"SELECT count(*) FROM {source} WHERE NOT {new} AND {_hash(con, key)} IN "
-        f"(SELECT {_hash(con, key)} FROM {source} WHERE {new})").fetchone()[0]
-        for key in keys)
+    for key in keys:
+        bound, params = _key_range(con, source, key[0], new), {}
+        if bound is not None:
+            params = {"lo": bound[0], "hi": bound[1]}
+        n = con.execute(
+            f"SELECT count(*) FROM {source} WHERE "
+            + (f"{sql_ident(key[0])} BETWEEN $lo AND $hi AND " if params else "")
+            + f"NOT {new} AND {_hash(con, key)} IN (SELECT {_hash(con, key)} FROM {source} "
+            f"WHERE {new})", params).fetchone()[0]
+        if n:
+            return True
+    return False
+
+
+#: Share of a key column's stored segments at most whose range may meet the changed days'
+#: keys, for :func:`_key_range` to bound the probe by that range.
+NARROW_SEGMENTS = 0.25
+
+
+def _key_range(con: duckdb.DuckDBPyConnection, source: str, column: str, new: str
+               ) -> tuple[str, str] | None:
+    """The range of ``column`` (text, a key's first column) over the rows meeting ``new``,
+    when the table's stored segments say that few others can hold a value in it (None: no
+    such bound, or not worth it).
+
+    Ids that grow with time (the simulator's, sequence numbers, time-ordered UUIDs) put a
+    day's keys in a few segments, and a range on the key lets DuckDB skip every other one:
+    the semi join of a new day against 21M older events took 0.00 s instead of 0.66 s. Ids in
+    no such order spread every segment over the whole range; a range then only costs a string
+    comparison per row (2.1-2.5 s instead of 1.3-1.5 s), so the segments' statistics (kept in
+    the file, read without the data: 0.1 s) decide. Either way the answer is the same."""
+    table = source.removeprefix("src.").strip('"')
+    if not source.startswith("src.") or '"' in table:
+        return None
+    try:
+        stats = con.execute(
+            "SELECT stats FROM pragma_storage_info(?) WHERE column_name = ? AND "
+            "segment_type = 'VARCHAR'", [f"src.{table}", column]).fetchall()
+        lo, hi = con.execute(f"SELECT min({sql_ident(column)}), max({sql_ident(column)}) "
+                             f"FROM {source} WHERE {new}").fetchone()
+    except duckdb.Error:
+        return None
+    if not stats or not isinstance(lo, str) or not isinstance(hi, str):
+        return None
+    # (a segment's bounds may be cut short: a cut minimum is still a lower bound; a cut
+    # maximum is a prefix of the true one, so it is compared with as long a prefix of ``lo``)
+    meets = 0
+    for (st,) in stats:
+        low, high = (st or {}).get("min"), (st or {}).get("max")
+        if not isinstance(low, str) or not isinstance(high, str):
+            return None
+        meets += low <= hi and high >= lo[:len(high)]
+    return (lo, hi) if meets <= NARROW_SEGMENTS * len(stats) else None
 
 
 # ---------------------------------------------------------------------------------------

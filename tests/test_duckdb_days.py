@@ -11,6 +11,7 @@ seen clean by another test would be reused: rightly, but not what these tests lo
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import duckdb
@@ -390,3 +391,30 @@ def test_searches_past_the_kept_ones_are_deleted(small_sim, tmp_path: Path, cach
     files = sorted(p.name for p in (cache / "duplicates").glob("content-*.parquet"))
     listed = [e["file"] for e in ex._load_content_index(cache / "duplicates" / "contents.json")]
     assert len(listed) == 2 and sorted(listed) == files
+
+
+def test_the_cache_folder_forgets_what_was_not_written_for_a_month(
+        small_export: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of validation/, duplicates/ or privacy/ not written for WHISPERS_LAB_CACHE_DAYS
+    days (default 30) goes at the next opening, once a day at most; spark/ stays."""
+    day = 86400.0
+    now = dt.datetime.now(dt.UTC).timestamp()
+    old = [cache / part / "old.json" for part in validation.PRUNED_PARTS] + [
+        cache / "privacy" / "files" / "old.json"]
+    young = cache / "duplicates" / "young.parquet"
+    spark = cache / "spark" / "k" / "v" / "part.parquet"
+    for f in [*old, young, spark]:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x")
+        age = 31 * day if f in old or f == spark else 29 * day
+        os.utime(f, (now - age, now - age))
+    monkeypatch.setenv(validation.CACHE_DAYS_ENV, "0")  # kept for ever
+    assert validation.prune_cache(now) == 0
+    monkeypatch.delenv(validation.CACHE_DAYS_ENV)
+    with open_export(small_export):  # an opening prunes
+        pass
+    assert not any(f.exists() for f in old) and young.exists() and spark.exists()
+    assert validation.manifest_path(small_export).is_file()  # (what it wrote stays)
+    os.utime(young, (now - 31 * day, now - 31 * day))
+    assert validation.prune_cache(now + day / 2) == 0  # pruned less than a day ago
+    assert validation.prune_cache(now + day + 60) == 1 and not young.exists()

@@ -46,6 +46,7 @@ from .validation import (
     local_path,
     parquet_files,
     path_key,
+    prune_cache,
     validate_attached,
 )
 
@@ -818,6 +819,7 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
     owns it from here (closed with it, or at once if opening fails). ``copy_small_tables``:
     see :func:`attach` (False for an opening that runs only a few queries)."""
     name = engine or default_engine()
+    prune_cache()  # (at most once a day: a file's age against the limit)
     if attached is not None and name != "duckdb":
         attached[0].close()
         attached = None

@@ -283,6 +283,54 @@ def cache_dir() -> Path | None:
     return Path(base) / "whispers-lab"
 
 
+#: Days a file of the cache folder's ``validation/``, ``duplicates/`` and ``privacy/`` is kept
+#: without being written again (``$WHISPERS_LAB_CACHE_DAYS``; 0: for ever): a scheduler that
+#: gets a new export file every day leaves a manifest and a list of repeated events a day.
+CACHE_DAYS_ENV = "WHISPERS_LAB_CACHE_DAYS"
+DEFAULT_CACHE_DAYS = 30
+#: The parts of the cache folder :func:`prune_cache` prunes (each file is a shortcut only: a
+#: missing one is computed again). ``spark/`` (Parquet copies of DuckDB files) is not among
+#: them: a Spark job may be reading a copy.
+PRUNED_PARTS = ("validation", "duplicates", "privacy")
+_PRUNED_MARKER = ".pruned"
+
+
+def prune_cache(now: float | None = None) -> int:
+    """Delete the files of :data:`PRUNED_PARTS` not written for :data:`CACHE_DAYS_ENV` days, at
+    most once a day (the time of a marker file in the cache folder). Returns how many were
+    deleted; never raises for the cache's sake (a cache that cannot be pruned is just bigger)."""
+    root = cache_dir()
+    text = os.environ.get(CACHE_DAYS_ENV, "").strip()
+    try:
+        days = float(text) if text else DEFAULT_CACHE_DAYS
+    except ValueError:
+        days = DEFAULT_CACHE_DAYS
+    if root is None or days <= 0 or not root.is_dir():
+        return 0
+    now = dt.datetime.now(dt.UTC).timestamp() if now is None else now
+    marker = root / _PRUNED_MARKER
+    try:
+        if now - marker.stat().st_mtime < 86400:
+            return 0
+    except OSError:
+        pass
+    limit, deleted = now - days * 86400, 0
+    for part in PRUNED_PARTS:
+        for file in sorted((root / part).rglob("*")) if (root / part).is_dir() else ():
+            try:
+                if file.is_file() and file.stat().st_mtime < limit:
+                    file.unlink()
+                    deleted += 1
+            except OSError:
+                continue
+    try:
+        marker.touch()
+        os.utime(marker, (now, now))
+    except OSError:
+        pass
+    return deleted
+
+
 def path_key(path: str | Path) -> str:
     """The name the cache folder gives what it keeps of the export at ``path`` (a digest of
     its real path)."""

@@ -113,7 +113,8 @@ def _ensure_exports(which: list[str]) -> dict[str, Path]:
 def duckdb_day_before(source: Path) -> Path:
     """``<source>-day-before.duckdb`` beside ``source`` (written once): the DuckDB export
     ``source`` as it stood a day earlier, every row of its last day (of ``api_logs``) left
-    out, and the candidates of the requests left out with them."""
+    out, and the candidates of the requests left out with them; the rows kept in their order.
+    (A file written before stop 37's last commits lost the candidates' order: delete it.)"""
     target = source.with_name(f"{source.stem}-day-before.duckdb")
     if not target.exists():
         print(f"writing {target.name} (about 40 s) ...", flush=True)
@@ -147,7 +148,10 @@ def _write_day_before(source: Path, target: Path) -> None:
                      f"WHERE request_id IN (SELECT request_id FROM s.api_logs WHERE "
                      f"CAST(timestamp AS TIMESTAMP) < {before})"
                      if name == "ranking_candidates" else "")
-            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM s."{name}" {where}')
+            # (in the rows' order: the semi join of the candidates' filter does not keep it,
+            # and a file written a day earlier holds its rows in the order they came)
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM s."{name}" {where} '
+                        f'ORDER BY rowid')
     finally:
         con.close()
     tmp.rename(target)

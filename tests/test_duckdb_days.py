@@ -418,33 +418,3 @@ def test_the_cache_folder_forgets_what_was_not_written_for_a_month(
     os.utime(young, (now - 31 * day, now - 31 * day))
     assert validation.prune_cache(now + day / 2) == 0  # pruned less than a day ago
     assert validation.prune_cache(now + day + 60) == 1 and not young.exists()
-
-
-@pytest.mark.parametrize("repeat", [False, True])
-def test_a_table_without_a_time_column_is_compared_by_blocks_of_rows(
-        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
-        repeat: bool) -> None:
-    """The candidates have no time column: their digests are taken per block of row ids, so
-    candidates appended after yesterday's leave yesterday's full blocks as they were; a key of
-    an appended row repeating one of an old block is caught all the same."""
-    monkeypatch.setattr(validation, "ROW_BLOCK", 4096)
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    yesterday = _before(tables, last)
-    old = yesterday["ranking_candidates"]
-    added = tables["ranking_candidates"].filter(
-        pc.invert(pc.is_in(tables["ranking_candidates"]["request_id"], old["request_id"])))
-    if repeat:  # an appended candidate with the (request, memory) of an old one
-        added = _replace(_replace(added, 5, "request_id", old["request_id"][100].as_py()),
-                         5, "memory_id", old["memory_id"][100].as_py())
-    tables["ranking_candidates"] = pa.concat_tables([old, added])
-    with _open(_write(yesterday, tmp_path / "day-13.duckdb")):
-        pass
-    path = _write(tables, tmp_path / "day-14.duckdb")
-    if repeat:
-        assert _problems(path) == [("ranking_candidates", "request_id, memory_id", "unique", 2)]
-        return
-    with _open(path) as today:
-        assert today.validation.days_seen["ranking_candidates"] == old.num_rows // 4096 > 2
-        assert set(today.validation.contents["ranking_candidates"]) == {
-            f"rows-{b}" for b in range((tables["ranking_candidates"].num_rows - 1) // 4096 + 1)}

@@ -17,7 +17,6 @@ import pytest
 
 from whispers_lab import export as ex
 from whispers_lab.contract import DUPLICATE_EVENT_KEY, DUPLICATE_EVENT_SECONDS
-from whispers_lab.validation import row_id_of
 
 T0 = dt.datetime(2026, 12, 5, 10, 0, 0)
 TS = "CAST(created_at AS TIMESTAMP)"
@@ -96,7 +95,7 @@ def test_the_search_finds_what_the_rule_says(seed: int, as_view: bool, tmp_path:
     want = _reference(frame)
     assert len(want) > 20  # dense enough to hold ties, chains and exact one-second gaps
     con = _connection(frame, as_view, tmp_path)
-    row_id = row_id_of(con, "telemetry")
+    row_id = ex._row_id(con, "telemetry")
     assert row_id == (None if as_view else "rowid")
     assert _found(con, row_id) == want
     # the id's hash names the rows as well (the form a view over Parquet gets)
@@ -121,7 +120,7 @@ def test_a_tie_keeps_its_smallest_event_id_whatever_the_row_order(tmp_path: Path
         frame["created_at"] = frame["created_at"].astype("datetime64[us]")
         for as_view in (False, True):
             con = _connection(frame, as_view, tmp_path / f"{earlier}-{as_view}")
-            assert [e for e, _ in _found(con, row_id_of(con, "telemetry"))] == want
+            assert [e for e, _ in _found(con, ex._row_id(con, "telemetry"))] == want
             assert [e for e, _ in _reference(frame)] == want
 
 

@@ -47,7 +47,6 @@ from .validation import (
     parquet_files,
     path_key,
     prune_cache,
-    row_id_of,
     validate_attached,
 )
 
@@ -464,7 +463,7 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
             return
     ts = _canonical_expr("created_at", "TIMESTAMP", types["created_at"]).rsplit(" AS ", 1)[0]
     index = _duplicates_index_file(path) if cached is not None and kind == "parquet" else None
-    row_id = row_id_of(con, "telemetry")
+    row_id = _row_id(con, "telemetry")
     try:
         spans = _update_duplicates(con, index, units, ts) if index is not None else None
         done = spans is not None or (by_day is not None and contents is not None and
@@ -484,6 +483,14 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
         if by_day is not None and contents is not None:
             _save_duplicates(con, by_day[0])
             _save_content_index(by_day[1], by_day[0], contents)
+
+
+def _row_id(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
+    """``rowid`` when ``src.<table>`` is a stored table (a DuckDB file's), else None (a view
+    over Parquet files has no row ids)."""
+    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = "
+                      "'src' AND table_schema = 'main' AND table_name = ?", [table]).fetchone()
+    return "rowid" if row is not None and row[0] == "BASE TABLE" else None
 
 
 def _duplicates_index_file(path: str | Path | None) -> Path | None:

@@ -40,9 +40,8 @@ above unchanged is not re-read: run ``--full`` for an audit.
 
 **A DuckDB file written anew each day.** Its checksum changes with every write, and a daily
 export often comes under a new name, so the manifest above never helps it. Its tables are read
-in full each time, but the query that hashes every value does so per UTC day (a table without
-a time column: per block of :data:`ROW_BLOCK` row ids, so that appended rows leave the earlier
-blocks as they were), giving each day a content digest (:func:`day_digests`). A clean validation records each table's digests in
+in full each time, but the query that hashes every value does so per UTC day, giving each day
+a content digest (:func:`day_digests`). A clean validation records each table's digests in
 :func:`contents_path` (keyed by content, not path). The next file's keys are then tested only
 for the days no recorded set holds, among themselves and against the other days (those of
 one recorded set: days from two sets were never tested against each other), and
@@ -91,9 +90,6 @@ FILE_COLUMN = "__whispers_unit"
 _P = "__whispers_"
 
 EXAMPLE_CHARS = 60
-#: What a table's content digests are taken per (:func:`day_digests`): a UTC day, None (rows
-#: without a time), or a block of row ids (int) of a table without a time column.
-Bucket = dt.date | int | None
 
 
 @dataclass(frozen=True)
@@ -416,25 +412,9 @@ class _Scan:
     problems: list[Problem]
     #: keys whose repeat test runs in a query of its own (:func:`_repeats`), left to the caller
     keys_apart: list[tuple[str, ...]] = field(default_factory=list)
-    #: a DuckDB file's table: per UTC day of its time column (None: no time; a table without
-    #: a time column: per block of :data:`ROW_BLOCK` row ids), the rows and the XOR and sum of
-    #: every row's hash over all its columns (:func:`day_digests`)
-    contents: dict[Bucket, tuple[int, int, int]] = field(default_factory=dict)
-
-
-def row_id_of(con: duckdb.DuckDBPyConnection, table: str) -> str | None:
-    """``rowid`` when ``src.<table>`` is a stored table (a DuckDB file's), else None (a view
-    over Parquet files has no row ids)."""
-    row = con.execute("SELECT table_type FROM information_schema.tables WHERE table_catalog = "
-                      "'src' AND table_schema = 'main' AND table_name = ?", [table]).fetchone()
-    return "rowid" if row is not None and row[0] == "BASE TABLE" else None
-
-
-#: Rows per block of a DuckDB file's table without a time column: its content digests are
-#: taken per block of row ids (:func:`day_digests`), so that rows appended to a table, or a
-#: table rewritten in the same order with more rows, leave the earlier blocks' digests as
-#: they were.
-ROW_BLOCK = 1 << 20
+    #: a DuckDB file's table: per UTC day of its time column (None: no time), the rows and
+    #: the XOR and sum of every row's hash over all its columns (:func:`day_digests`)
+    contents: dict[dt.date | None, tuple[int, int, int]] = field(default_factory=dict)
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -500,12 +480,10 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
              f"AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
     result = con.execute(query).fetchall()
     names = [d[0] for d in con.description]
-    contents: dict[Bucket, tuple[int, int, int]] = {}
+    contents: dict[dt.date | None, tuple[int, int, int]] = {}
     if apart and everything:
-        # (a table without a time column: blocks of row ids, when it is a stored table)
         day = (f"CAST(CAST({sql_ident(time_col)} AS TIMESTAMP) AS DATE)" if time_col
-               else f"CAST(rowid // {ROW_BLOCK} AS BIGINT)"
-               if row_id_of(con, table.name) else "CAST(NULL AS DATE)")
+               else "CAST(NULL AS DATE)")
         contents = {d: (int(n), int(x), int(s)) for d, n, x, s in con.execute(
             f"SELECT d, count(*), bit_xor(h), sum(h) FROM (SELECT {day} AS d, "
             f"{_hash(con, everything)} AS h FROM {source}) GROUP BY d").fetchall()}
@@ -603,20 +581,13 @@ def _repeats(con: duckdb.DuckDBPyConnection, source: str, keys: Sequence[Sequenc
         for key in keys)
 
 
-def _in_days(time_col: str | None, days: Sequence[Bucket]) -> str:
+def _in_days(time_col: str | None, days: Sequence[dt.date | None]) -> str:
     """SQL that is TRUE for a row whose UTC day (None: no time) is one of ``days``, never
-    NULL. A range on the time column comes first, so DuckDB can skip the row groups outside.
-    Without a time column: the rows of the blocks of row ids ``days`` (ints), or every row."""
+    NULL. A range on the time column comes first, so DuckDB can skip the row groups outside."""
     if time_col is None:
-        blocks = sorted(d for d in days if isinstance(d, int))
-        if not blocks:
-            return "true" if None in days else "false"
-        span = f"rowid >= {blocks[0] * ROW_BLOCK} AND rowid < {(blocks[-1] + 1) * ROW_BLOCK}"
-        if blocks[-1] - blocks[0] + 1 > len(blocks):  # not one run of blocks: name each
-            span += f" AND rowid // {ROW_BLOCK} IN ({', '.join(map(str, blocks))})"
-        return f"({span})"
+        return "true" if None in days else "false"
     t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
-    dated = sorted(d for d in days if isinstance(d, dt.date))
+    dated = sorted(d for d in days if d is not None)
     terms = []
     if dated:
         hi = dated[-1] + dt.timedelta(days=1)
@@ -632,7 +603,7 @@ def _in_days(time_col: str | None, days: Sequence[Bucket]) -> str:
 
 def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, source: str,
                         keys: Sequence[Sequence[str]], time_col: str | None,
-                        changed: Sequence[Bucket], seen: Sequence[Bucket]) -> bool:
+                        changed: Sequence[dt.date | None], seen: Sequence[dt.date | None]) -> bool:
     """Whether a unique key may repeat in a DuckDB file's table whose days ``seen`` hold
     exactly the rows of days found clean together before (so no key repeats among them):
     the keys of the ``changed`` days among themselves, then against the ``seen`` days'."""
@@ -705,10 +676,10 @@ def _key_range(con: duckdb.DuckDBPyConnection, source: str, column: str, new: st
 # the content of a DuckDB file's tables, day by day
 
 
-def day_digests(table: str, contents: Mapping[Bucket, tuple[int, int, int]]
+def day_digests(table: str, contents: Mapping[dt.date | None, tuple[int, int, int]]
                 ) -> dict[str, str]:
     """Each day's content digest of ``table`` (keyed by ISO day, ``"none"`` for rows without a
-    time, ``"rows-N"`` for block N of a table without a time column): a SHA-256 of the day's row count and of the XOR and the sum of its rows' 64-bit
+    time): a SHA-256 of the day's row count and of the XOR and the sum of its rows' 64-bit
     hashes over every column. Equal digests mean the same rows, in any order: a row changed,
     added or removed changes both aggregates, and a clean day holds no two equal rows (its key
     is unique), so no pair of them can cancel in the XOR unnoticed by the sum."""
@@ -718,16 +689,12 @@ def day_digests(table: str, contents: Mapping[Bucket, tuple[int, int, int]]
         for d, (n, x, s) in contents.items()}
 
 
-def _day_name(day: Bucket) -> str:
-    if day is None:
-        return "none"
-    return f"rows-{day}" if isinstance(day, int) else day.isoformat()
+def _day_name(day: dt.date | None) -> str:
+    return "none" if day is None else day.isoformat()
 
 
-def _day_of(name: str) -> Bucket:
-    if name == "none":
-        return None
-    return int(name[5:]) if name.startswith("rows-") else dt.date.fromisoformat(name)
+def _day_of(name: str) -> dt.date | None:
+    return None if name == "none" else dt.date.fromisoformat(name)
 
 
 #: How many sets of days found clean together each table keeps in :func:`contents_path`

@@ -37,9 +37,8 @@ def run(args: argparse.Namespace) -> int:
     if seen:
         days = sum(len(result.contents.get(t, {})) for t in result.days_seen)
         print(f"  every row checked; unique keys tested on the {days - seen:,} table-day(s) "
-              f"that no earlier clean file held, not again on the {seen:,} that one did (a "
-              f"table without a time column counts blocks of rows; use --full to test them "
-              f"too)")
+              f"that no earlier clean file held, not again on the {seen:,} that one did "
+              f"(use --full to test them too)")
     print(f"  {'table':<20} {'rows':>12}  {'from (UTC)':<19}  {'to (UTC)':<19}")
     for r in rows:
         if not r["present"]:

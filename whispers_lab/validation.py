@@ -415,6 +415,8 @@ class _Scan:
     #: a DuckDB file's table: per UTC day of its time column (None: no time), the rows and
     #: the XOR and sum of every row's hash over all its columns (:func:`day_digests`)
     contents: dict[dt.date | None, tuple[int, int, int]] = field(default_factory=dict)
+    #: the time column the days above are of (None: the table's is missing or unusable)
+    time_col: str | None = None
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -497,7 +499,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         at, by = names.index("days"), names.index("unit")
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
     by_file = {local_path(f): u.name for u in units for f in u.files}
-    scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents)
+    scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents, time_col)
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True))
@@ -601,12 +603,13 @@ def _in_days(time_col: str | None, days: Sequence[dt.date | None]) -> str:
     return f"coalesce({' OR '.join(terms)}, false)" if terms else "false"
 
 
-def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, source: str,
+def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, table: str,
                         keys: Sequence[Sequence[str]], time_col: str | None,
                         changed: Sequence[dt.date | None], seen: Sequence[dt.date | None]) -> bool:
-    """Whether a unique key may repeat in a DuckDB file's table whose days ``seen`` hold
+    """Whether a unique key may repeat in the DuckDB file's ``table`` whose days ``seen`` hold
     exactly the rows of days found clean together before (so no key repeats among them):
     the keys of the ``changed`` days among themselves, then against the ``seen`` days'."""
+    source = f"src.{sql_ident(table)}"
     if not seen:
         return _repeats(con, source, keys)
     if not changed:
@@ -618,7 +621,7 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, source: str,
     # join: 25M events with a quarter of them changed, 1.1-1.2 s; a join on the raw key
     # built its table on the larger side, 2.0-2.3 s)
     for key in keys:
-        bound, params = _key_range(con, source, key[0], new), {}
+        bound, params = _key_range(con, table, key[0], new), {}
         if bound is not None:
             params = {"lo": bound[0], "hi": bound[1]}
         n = con.execute(
@@ -636,11 +639,11 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, source: str,
 NARROW_SEGMENTS = 0.25
 
 
-def _key_range(con: duckdb.DuckDBPyConnection, source: str, column: str, new: str
+def _key_range(con: duckdb.DuckDBPyConnection, table: str, column: str, new: str
                ) -> tuple[str, str] | None:
-    """The range of ``column`` (text, a key's first column) over the rows meeting ``new``,
-    when the table's stored segments say that few others can hold a value in it (None: no
-    such bound, or not worth it).
+    """The range of ``column`` (text, a key's first column) over the rows of the DuckDB file's
+    ``table`` meeting ``new``, when the table's stored segments say that few others can hold
+    a value in it (None: no such bound, or not worth it).
 
     Ids that grow with time (the simulator's, sequence numbers, time-ordered UUIDs) put a
     day's keys in a few segments, and a range on the key lets DuckDB skip every other one:
@@ -648,15 +651,12 @@ def _key_range(con: duckdb.DuckDBPyConnection, source: str, column: str, new: st
     no such order spread every segment over the whole range; a range then only costs a string
     comparison per row (2.1-2.5 s instead of 1.3-1.5 s), so the segments' statistics (kept in
     the file, read without the data: 0.1 s) decide. Either way the answer is the same."""
-    table = source.removeprefix("src.").strip('"')
-    if not source.startswith("src.") or '"' in table:
-        return None
     try:
         stats = con.execute(
             "SELECT stats FROM pragma_storage_info(?) WHERE column_name = ? AND "
-            "segment_type = 'VARCHAR'", [f"src.{table}", column]).fetchall()
+            "segment_type = 'VARCHAR'", [f"src.{sql_ident(table)}", column]).fetchall()
         lo, hi = con.execute(f"SELECT min({sql_ident(column)}), max({sql_ident(column)}) "
-                             f"FROM {source} WHERE {new}").fetchone()
+                             f"FROM src.{sql_ident(table)} WHERE {new}").fetchone()
     except duckdb.Error:
         return None
     if not stats or not isinstance(lo, str) or not isinstance(hi, str):
@@ -737,14 +737,18 @@ def _seen_days(sets: Sequence[Sequence[str]], digests: Mapping[str, str]) -> lis
 
 
 def _save_contents(path: Path | None, found: Mapping[str, Mapping[str, str]]) -> None:
-    """Add each table's clean days (``found``: table -> day -> digest) as its newest set."""
+    """Add each table's clean days (``found``: table -> day -> digest) as its newest set (not
+    written again when every one is its table's newest already)."""
     if path is None or not found:
         return
-    tables = _load_contents(path)
+    before = _load_contents(path)
+    tables = dict(before)
     for table, digests in found.items():
         new = sorted(digests.values())
         sets = [s for s in tables.get(table, []) if sorted(s) != new]
         tables[table] = [new, *sets][:KEPT_CONTENTS]
+    if tables == before:
+        return
     doc = {"contract": checks_digest(),
            "written_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat() + "Z",
            "tables": dict(sorted(tables.items()))}
@@ -839,17 +843,16 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                 digests = day_digests(table.name, scan.contents) if scan.contents else {}
                 repeat = scan.keys_repeat
                 if scan.keys_apart and not repeat:
-                    source, _ = _source(con, table, changed, unit_kind)
                     if digests:  # a DuckDB file's table: days seen clean are not tested again
                         seen = (_seen_days(stored.get(table.name, []), digests)
                                 if use_cache and whole else [])
                         result.days_seen[table.name] = len(seen)
-                        time_col = table.time_column if table.time_column in usable else None
                         repeat = _keys_repeat_by_day(
-                            con, source, scan.keys_apart, time_col,
+                            con, table.name, scan.keys_apart, scan.time_col,
                             [_day_of(d) for d in digests if d not in seen],
                             [_day_of(d) for d in seen])
                     else:
+                        source, _ = _source(con, table, changed, unit_kind)
                         repeat = _repeats(con, source, scan.keys_apart)
                 repeat = repeat or _keys_repeat_across(con, table, usable, changed, reused,
                                                        unit_kind)
@@ -905,8 +908,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     if incremental and export_path is not None and manifest != cached:
         # (unchanged: not written again, 0.09 s for the 2,960 files of a partitioned 1M export)
         _save_manifest(mpath, export_path, manifest)
-    _save_contents(cpath, {t: d for t, d in clean.items()
-                           if sorted(d.values()) not in [sorted(x) for x in stored.get(t, [])[:1]]})
+    _save_contents(cpath, clean)
     result.notices += _notices(con, days)
     return result
 

@@ -115,15 +115,15 @@ def test_validate_says_how_many_days_it_took_as_seen(small_sim, tmp_path: Path, 
     assert main(["validate", str(_write(_before(tables, last), tmp_path / "day-13.duckdb"))]) == 0
     assert "table-day" not in capsys.readouterr().out
     path = _write(tables, tmp_path / "day-14.duckdb")
-    keyed = [t.name for t in validation.TABLES if t.unique]
     yesterday = _before(tables, last)
-    seen = sum(np.unique(_day(yesterday[t], t)).size for t in keyed if CONTRACT[t].time_column)
+    seen = sum(np.unique(_day(yesterday[t], t)).size for t in tables if CONTRACT[t].time_column)
     days = sum(np.unique(_day(tables[t], t)).size if CONTRACT[t].time_column else 1
-               for t in keyed)
+               for t in tables)
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert (f"every row checked; unique keys tested on the {days - seen:,} table-day(s) that no "
-            f"earlier clean file held, not again on the {seen:,} that one did") in out
+    assert (f"every row read and hashed; rules and unique keys checked on the {days - seen:,} "
+            f"table-day(s) that no earlier clean file held, not again on the {seen:,} found "
+            f"unchanged") in out
     assert main(["validate", "--full", str(path)]) == 0
     assert "table-day" not in capsys.readouterr().out
 
@@ -249,6 +249,79 @@ def test_days_of_two_files_found_clean_apart_are_tested_together(small_sim, tmp_
     tables["telemetry"] = pa.concat_tables([early, late])
     assert _problems(_write(tables, tmp_path / "both.duckdb")) == [
         ("telemetry", "event_id", "unique", 2)]
+
+
+def test_a_rule_broken_on_the_new_day_is_counted_as_a_full_check_counts_it(
+        small_sim, tmp_path: Path, cache: Path) -> None:
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    api = tables["api_logs"]
+    new = np.flatnonzero(_day(api, "api_logs") == last)
+    for row in new[[2, 5, 9]]:
+        api = _replace(api, int(row), "duration_ms", -1.0)
+    tables["api_logs"] = api
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    expected = [("api_logs", "duration_ms", "domain", 3)]
+    assert _problems(path) == expected == _problems(path, use_cache=False)
+
+
+def test_a_seen_day_rewritten_to_break_a_rule_is_checked_again(small_sim, tmp_path: Path,
+                                                               cache: Path) -> None:
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")):
+        pass
+    telemetry = tables["telemetry"]
+    shown = np.flatnonzero(pc.is_valid(telemetry["position"]).to_numpy(zero_copy_only=False))
+    tables["telemetry"] = _replace(telemetry, int(shown[0]), "position", None)
+    assert _problems(_write(tables, tmp_path / "b.duckdb")) == [
+        ("telemetry", "event_type,position", "position_on_shown_used", 1)]
+
+
+def test_the_rules_are_checked_only_on_the_days_not_seen(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rule made stricter under the same checks' version (which a real change of the rules
+    never is: it changes ``checks_digest``) shows which rows the rules' scan reads: the new
+    day's, not the seen days', which the full check reads too."""
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    telemetry = tables["telemetry"]
+    days = _day(telemetry, "telemetry")
+    ids = telemetry["event_id"]
+    old, new = (ids[int(np.flatnonzero(days == d)[0])].as_py() for d in (last - 2, last))
+    real = validation._column_checks
+
+    def stricter(column: object) -> list[tuple[str, str, str]]:
+        checks = real(column)
+        if column.name == "event_id":
+            checks.append(("domain", f"event_id IN ('{old}', '{new}')", "not those two"))
+        return checks
+
+    monkeypatch.setattr(validation, "_column_checks", stricter)
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    assert _problems(path) == [("telemetry", "event_id", "domain", 1)]
+    assert _problems(path, use_cache=False) == [("telemetry", "event_id", "domain", 2)]
+
+
+def test_a_day_read_under_another_type_is_not_seen(small_sim, tmp_path: Path,
+                                                   cache: Path) -> None:
+    """The same values stored as BIGINT instead of INTEGER may hash alike; the day's digest
+    holds the stored types, so none of the table's days counts as seen."""
+    tables = dict(small_sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")) as first:
+        n = len(first.validation.contents["telemetry"])
+        assert first.validation.days_seen["telemetry"] == 0
+    telemetry = tables["telemetry"]
+    i = telemetry.schema.get_field_index("position")
+    tables["telemetry"] = telemetry.set_column(i, pa.field("position", pa.int64()),
+                                               telemetry["position"].cast(pa.int64()))
+    with _open(_write(tables, tmp_path / "b.duckdb")) as second:
+        assert second.validation.days_seen["telemetry"] == 0
+        assert len(second.validation.contents["telemetry"]) == n
+        assert second.validation.days_seen["api_logs"] > 0
 
 
 def test_the_seen_days_come_from_one_recorded_set() -> None:

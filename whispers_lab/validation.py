@@ -46,7 +46,9 @@ a content digest (:func:`day_digests`). A clean validation records each table's 
 for the days no recorded set holds, among themselves and against the other days (those of
 one recorded set: days from two sets were never tested against each other), and
 ``whispers_lab.export`` searches repeated events again only over the span of those days.
-Rules are checked on every row each time. ``--full`` reads no recorded set.
+The rules, each a function of one row's values, are checked on those days only too: every
+value of the others was read and hashed, and they are the rows that passed. ``--full`` reads
+no recorded set.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class ValidationResult:
     #: a DuckDB file's tables: each day's content digest (:func:`day_digests`)
     contents: dict[str, dict[str, str]] = field(default_factory=dict)
     #: a DuckDB file's tables read anew: how many of their days were found clean together
-    #: before (:func:`contents_path`), so that their keys were not tested again
+    #: before (:func:`contents_path`), so that their rules and keys were not checked again
     days_seen: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -417,6 +419,10 @@ class _Scan:
     contents: dict[dt.date | None, tuple[int, int, int]] = field(default_factory=dict)
     #: the time column the days above are of (None: the table's is missing or unusable)
     time_col: str | None = None
+    #: each day's content digest (:func:`day_digests`) and the days among them that a known
+    #: clean set holds (the rules were checked on the others only)
+    digests: dict[str, str] = field(default_factory=dict)
+    seen: list[str] = field(default_factory=list)
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -425,10 +431,15 @@ def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
 
 
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
-          kind: str) -> _Scan:
+          kind: str, known: Sequence[Sequence[str]] = ()) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
-    DuckDB file's table: the texts' hash and each key's repeat test in queries apart; a single
-    Parquet file: each key's repeat test apart)."""
+    DuckDB file's table: every value's hash per day and each key's repeat test in queries
+    apart; a single Parquet file: each key's repeat test apart).
+
+    A DuckDB file's table is hashed per day first. The days whose digests the one of the
+    ``known`` clean sets holding most of them holds (:func:`_seen_days`) are the rows that
+    passed every rule then, and each rule is a function of one row's values: the rules' scan
+    reads the other days only (none: it does not run)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:
@@ -472,23 +483,46 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         inner.append(f"{_hash(con, key)} AS {_P}k{j}")
         selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
     time_col = table.time_column if table.time_column in usable else None
-    if time_col:
+    contents: dict[dt.date | None, tuple[int, int, int]] = {}
+    digests: dict[str, str] = {}
+    seen: list[str] = []
+    hashed: dict[str, Any] = {}  # the rows, days and span, from the hash's query
+    where = ""
+    if apart and everything:
+        t = (f"CAST({sql_ident(time_col)} AS TIMESTAMP)" if time_col
+             else "CAST(NULL AS TIMESTAMP)")
+        per_day = con.execute(
+            f"SELECT CAST(t AS DATE) AS d, count(*), bit_xor(h), sum(h), min(t), max(t) FROM "
+            f"(SELECT {t} AS t, {_hash(con, everything)} AS h FROM {source}) "
+            f"GROUP BY d").fetchall()
+        contents = {d: (int(n), int(x), int(s)) for d, n, x, s, _, _ in per_day}
+        digests = day_digests(table.name, contents, _schema(con, table, usable))
+        seen = _seen_days(known, digests)
+        firsts = [lo for *_, lo, _ in per_day if lo is not None]
+        lasts = [hi for *_, hi in per_day if hi is not None]
+        hashed = {"rows": sum(n for n, _, _ in contents.values()),
+                  "days": {d: n for d, (n, _, _) in contents.items() if d is not None},
+                  "t_min": min(firsts) if firsts else None,
+                  "t_max": max(lasts) if lasts else None}
+        if seen:
+            where = " WHERE " + _in_days(time_col, [d for d in contents
+                                                    if _day_name(d) not in seen])
+        selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
+    elif time_col:
         inner.append(f"CAST({sql_ident(time_col)} AS TIMESTAMP) AS {_P}t")
         selects += [f"{variant(con, 'day_histogram', t=f'{_P}t')} AS days",
                     f"min({_P}t) AS t_min", f"max({_P}t) AS t_max"]
     else:
         selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
-    query = (f"SELECT {', '.join(selects)} FROM (SELECT {', '.join(inner)} FROM {source}) "
-             f"AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
-    result = con.execute(query).fetchall()
-    names = [d[0] for d in con.description]
-    contents: dict[dt.date | None, tuple[int, int, int]] = {}
-    if apart and everything:
-        day = (f"CAST(CAST({sql_ident(time_col)} AS TIMESTAMP) AS DATE)" if time_col
-               else "CAST(NULL AS DATE)")
-        contents = {d: (int(n), int(x), int(s)) for d, n, x, s in con.execute(
-            f"SELECT d, count(*), bit_xor(h), sum(h) FROM (SELECT {day} AS d, "
-            f"{_hash(con, everything)} AS h FROM {source}) GROUP BY d").fetchall()}
+    names = ["unit", "rows", *(f"n{i}" for i in range(len(parts))),
+             *(f"k{j}" for j in range(0 if keys_apart else len(keys))), "days", "t_min", "t_max"]
+    if hashed and len(seen) == len(contents):  # every day seen clean: no rule to check
+        result: list[tuple[Any, ...]] = [(None, 0, *[0] * len(parts), None, None, None)]
+    else:
+        query = (f"SELECT {', '.join(selects)} FROM (SELECT {', '.join(inner)} FROM {source}"
+                 f"{where}) AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
+        result = con.execute(query).fetchall()
+        names = [d[0] for d in con.description]
     if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
         per_day: dict[Any, dict[Any, int]] = {}
@@ -499,10 +533,11 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         at, by = names.index("days"), names.index("unit")
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
     by_file = {local_path(f): u.name for u in units for f in u.files}
-    scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents, time_col)
+    scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents, time_col,
+                 digests, seen)
     totals = [0] * len(parts)
     for row in result:
-        rec = dict(zip(names, row, strict=True))
+        rec = dict(zip(names, row, strict=True)) | hashed
         unit = by_file.get(local_path(rec["unit"]), rec["unit"]) if grouped else units[0].name
         rows = int(rec["rows"])
         scan.rows[unit] = rows
@@ -676,17 +711,26 @@ def _key_range(con: duckdb.DuckDBPyConnection, table: str, column: str, new: str
 # the content of a DuckDB file's tables, day by day
 
 
-def day_digests(table: str, contents: Mapping[dt.date | None, tuple[int, int, int]]
-                ) -> dict[str, str]:
+def day_digests(table: str, contents: Mapping[dt.date | None, tuple[int, int, int]],
+                schema: str = "") -> dict[str, str]:
     """Each day's content digest of ``table`` (keyed by ISO day, ``"none"`` for rows without a
-    time): a SHA-256 of the day's row count and of the XOR and the sum of its rows' 64-bit
-    hashes over every column. Equal digests mean the same rows, in any order: a row changed,
-    added or removed changes both aggregates, and a clean day holds no two equal rows (its key
-    is unique), so no pair of them can cancel in the XOR unnoticed by the sum."""
+    time): a SHA-256 of the table's column types (``schema``, :func:`_schema`), the day's row
+    count and the XOR and the sum of its rows' 64-bit hashes over every column. Equal digests
+    mean the same rows, in any order: a row changed, added or removed changes both aggregates,
+    and a clean day holds no two equal rows (its key is unique), so no pair of them can cancel
+    in the XOR unnoticed by the sum."""
     checks = checks_digest()  # (once: 77 us a call, and the users have a day per signup date)
     return {_day_name(d): hashlib.sha256(
-        f"{checks}:{table}:{_day_name(d)}:{n}:{x}:{s}".encode()).hexdigest()[:32]
+        f"{checks}:{table}:{schema}:{_day_name(d)}:{n}:{x}:{s}".encode()).hexdigest()[:32]
         for d, (n, x, s) in contents.items()}
+
+
+def _schema(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str]) -> str:
+    """The stored types of ``table``'s usable columns, in the contract's order, as text: a
+    value's hash need not tell an INTEGER from a BIGINT, nor need a rule's outcome, but a day
+    read under another type is not counted as seen."""
+    types = describe_source(con, table.name)
+    return ",".join(f"{c.name} {types.get(c.name)}" for c in table.columns if c.name in usable)
 
 
 def _day_name(day: dt.date | None) -> str:
@@ -838,15 +882,15 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         spans: list[tuple[int, Any, Any]] = []
         try:
             if changed:
-                scan = _scan(con, table, usable, changed, unit_kind)
+                scan = _scan(con, table, usable, changed, unit_kind,
+                             stored.get(table.name, []) if use_cache and whole else [])
                 found += scan.problems
-                digests = day_digests(table.name, scan.contents) if scan.contents else {}
+                digests, seen = scan.digests, scan.seen
+                if digests:
+                    result.days_seen[table.name] = len(seen)
                 repeat = scan.keys_repeat
                 if scan.keys_apart and not repeat:
                     if digests:  # a DuckDB file's table: days seen clean are not tested again
-                        seen = (_seen_days(stored.get(table.name, []), digests)
-                                if use_cache and whole else [])
-                        result.days_seen[table.name] = len(seen)
                         repeat = _keys_repeat_by_day(
                             con, table.name, scan.keys_apart, scan.time_col,
                             [_day_of(d) for d in digests if d not in seen],

@@ -36,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     seen = sum(result.days_seen.values()) if result is not None else 0
     if seen:
         days = sum(len(result.contents.get(t, {})) for t in result.days_seen)
-        print(f"  every row checked; unique keys tested on the {days - seen:,} table-day(s) "
-              f"that no earlier clean file held, not again on the {seen:,} that one did "
-              f"(use --full to test them too)")
+        print(f"  every row read and hashed; rules and unique keys checked on the "
+              f"{days - seen:,} table-day(s) that no earlier clean file held, not again on the "
+              f"{seen:,} found unchanged (use --full to check them too)")
     print(f"  {'table':<20} {'rows':>12}  {'from (UTC)':<19}  {'to (UTC)':<19}")
     for r in rows:
         if not r["present"]:

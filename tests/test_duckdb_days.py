@@ -99,8 +99,17 @@ def test_a_new_file_with_one_more_day_tests_only_that_days_keys(
         assert result.days_seen[name] == days, name
     assert result.days_seen["ranking_candidates"] == 0  # no time column: its content changed
     for name in ("telemetry", "api_logs"):  # only the new day's keys among themselves
-        [query] = [q for q in tested if f'src."{name}"' in q]
+        [query] = [q for q in tested if q.startswith(f'src."{name}"')]
         assert str(last) in query and "NOT" not in query
+    # the candidates of the new day's requests: their rules and keys only
+    new_requests = set(tables["api_logs"]["request_id"].to_pylist()) - set(
+        yesterday["api_logs"]["request_id"].to_pylist())
+    candidates = tables["ranking_candidates"]
+    fresh = int(pc.sum(pc.is_in(candidates["request_id"], pa.array(sorted(new_requests)))).as_py())
+    assert 0 < fresh < candidates.num_rows
+    assert result.rows_seen == {"ranking_candidates": (fresh, candidates.num_rows - fresh)}
+    [query] = [q for q in tested if q.startswith('src."ranking_candidates"')]
+    assert 'src."api_logs"' in query and str(last) in query
     with _open(path, use_cache=False) as full:
         assert set(full.validation.days_seen.values()) == {0}
         assert _summary(full.validation) == _summary(result)
@@ -322,6 +331,57 @@ def test_a_day_read_under_another_type_is_not_seen(small_sim, tmp_path: Path,
         assert second.validation.days_seen["telemetry"] == 0
         assert len(second.validation.contents["telemetry"]) == n
         assert second.validation.days_seen["api_logs"] > 0
+
+
+def _new_day_candidates(tables: dict[str, pa.Table], last: np.datetime64) -> np.ndarray:
+    """The rows of ``ranking_candidates`` whose request is of the day ``last``."""
+    api = tables["api_logs"]
+    fresh = api["request_id"].filter(pa.array(_day(api, "api_logs") == last))
+    return np.flatnonzero(pc.is_in(tables["ranking_candidates"]["request_id"], fresh)
+                          .to_numpy(zero_copy_only=False))
+
+
+def test_the_new_days_candidates_are_checked_as_a_full_check_checks_them(
+        small_sim, tmp_path: Path, cache: Path) -> None:
+    """A candidate of a new request breaking a rule, and another repeating a new candidate's
+    key: the same problems as a full check finds, with only the new requests' rows read."""
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    candidates = tables["ranking_candidates"]
+    rows = _new_day_candidates(tables, last)
+    candidates = _replace(candidates, int(rows[4]), "context_similarity", 1.5)
+    tables["ranking_candidates"] = pa.concat_tables([candidates, candidates.slice(int(rows[7]), 1)])
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    expected = [("ranking_candidates", "context_similarity", "domain", 1),
+                ("ranking_candidates", "request_id, memory_id", "unique", 2)]
+    assert _problems(path) == expected == _problems(path, use_cache=False)
+
+
+@pytest.mark.parametrize("change", ["broken", "added"])
+def test_candidates_of_seen_requests_changed_are_all_checked_again(
+        small_sim, tmp_path: Path, cache: Path, change: str) -> None:
+    """A candidate of an earlier request rewritten to break a rule, or one more candidate of
+    an earlier request repeating a key: the rest no longer matches the clean file's
+    candidates, so every candidate is checked."""
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    candidates = tables["ranking_candidates"]
+    old = int(np.setdiff1d(np.arange(candidates.num_rows), _new_day_candidates(tables, last))[3])
+    if change == "broken":
+        tables["ranking_candidates"] = _replace(candidates, old, "use_count", -2)
+        expected = [("ranking_candidates", "use_count", "domain", 1)]
+    else:
+        tables["ranking_candidates"] = pa.concat_tables([candidates, candidates.slice(old, 1)])
+        expected = [("ranking_candidates", "request_id, memory_id", "unique", 2)]
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    assert _problems(path) == expected == _problems(path, use_cache=False)
+    tables["ranking_candidates"] = candidates  # repaired
+    with _open(_write(tables, tmp_path / "day-14b.duckdb")) as repaired:
+        assert repaired.validation.valid
 
 
 def test_the_seen_days_come_from_one_recorded_set() -> None:

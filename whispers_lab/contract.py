@@ -71,6 +71,9 @@ class Table:
     rules: tuple[RowRule, ...] = ()
     time_column: str | None = None
     description: str = ""
+    #: (column, table): a table without a time column whose rows belong to the day of the row
+    #: of ``table`` that their ``column`` names (that table's unique key of the same name)
+    day_from: tuple[str, str] | None = None
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -187,6 +190,7 @@ RANKING_CANDIDATES = Table(
     ),
     unique=(("request_id", "memory_id"),),
     description="Every candidate memory scored for a /api/whispers/context request.",
+    day_from=("request_id", "api_logs"),
 )
 
 FEEDBACK = Table(

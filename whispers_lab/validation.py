@@ -151,6 +151,10 @@ class ValidationResult:
     #: a DuckDB file's tables read anew: how many of their days were found clean together
     #: before (:func:`contents_path`), so that their rules and keys were not checked again
     days_seen: dict[str, int] = field(default_factory=dict)
+    #: a DuckDB file's table without a time column whose rows belong to another's days
+    #: (``Table.day_from``): the rows of that table's new days, checked, and the others, found
+    #: clean before as they are (only when they were)
+    rows_seen: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -423,6 +427,10 @@ class _Scan:
     #: clean set holds (the rules were checked on the others only)
     digests: dict[str, str] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
+    #: SQL TRUE for the only rows whose rules were checked, of a table whose other rows a
+    #: known set holds (``split``), and the rows (checked, not checked again)
+    part: str | None = None
+    part_rows: tuple[int, int] = (0, 0)
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -431,7 +439,7 @@ def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
 
 
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
-          kind: str, known: Sequence[Sequence[str]] = ()) -> _Scan:
+          kind: str, known: Sequence[Sequence[str]] = (), split: str | None = None) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
     DuckDB file's table: every value's hash per day and each key's repeat test in queries
     apart; a single Parquet file: each key's repeat test apart).
@@ -439,7 +447,12 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     A DuckDB file's table is hashed per day first. The days whose digests the one of the
     ``known`` clean sets holding most of them holds (:func:`_seen_days`) are the rows that
     passed every rule then, and each rule is a function of one row's values: the rules' scan
-    reads the other days only (none: it does not run)."""
+    reads the other days only (none: it does not run).
+
+    ``split`` (a table without a time column whose rows belong to another table's days,
+    ``Table.day_from``): SQL TRUE for the rows of that table's new days. The others are hashed
+    apart too, and when a known set holds them (the table as an earlier clean file had it),
+    the rules are checked on the new days' rows only (``_Scan.part``)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:
@@ -488,18 +501,34 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     seen: list[str] = []
     hashed: dict[str, Any] = {}  # the rows, days and span, from the hash's query
     where = ""
-    if apart and everything:
+    part: str | None = None
+    part_rows = (0, 0)
+    if apart and everything and split is not None and not time_col:
+        halves = {bool(f): (int(n), int(x), int(s)) for f, n, x, s in con.execute(
+            f"SELECT f, count(*), bit_xor(h), sum(h) FROM (SELECT coalesce({split}, false) AS f, "
+            f"{_hash(con, everything)} AS h FROM {source}) GROUP BY f").fetchall()}
+        new, old = halves.get(True, (0, 0, 0)), halves.get(False, (0, 0, 0))
+        contents = {None: (new[0] + old[0], new[1] ^ old[1], new[2] + old[2])}
+        schema = _schema(con, table, usable)
+        digests = day_digests(table.name, contents, schema)
+        seen = _seen_days(known, digests)
+        if not seen and new[0] and _seen_days(known, day_digests(table.name, {None: old}, schema)):
+            part, part_rows = f"coalesce({split}, false)", (new[0], old[0])
+            where = f" WHERE {part}"
+        by_day = [(None, contents[None][0], 0, 0, None, None)]
+    elif apart and everything:
         t = (f"CAST({sql_ident(time_col)} AS TIMESTAMP)" if time_col
              else "CAST(NULL AS TIMESTAMP)")
-        per_day = con.execute(
+        by_day = con.execute(
             f"SELECT CAST(t AS DATE) AS d, count(*), bit_xor(h), sum(h), min(t), max(t) FROM "
             f"(SELECT {t} AS t, {_hash(con, everything)} AS h FROM {source}) "
             f"GROUP BY d").fetchall()
-        contents = {d: (int(n), int(x), int(s)) for d, n, x, s, _, _ in per_day}
+        contents = {d: (int(n), int(x), int(s)) for d, n, x, s, _, _ in by_day}
         digests = day_digests(table.name, contents, _schema(con, table, usable))
         seen = _seen_days(known, digests)
-        firsts = [lo for *_, lo, _ in per_day if lo is not None]
-        lasts = [hi for *_, hi in per_day if hi is not None]
+    if apart and everything:
+        firsts = [lo for *_, lo, _ in by_day if lo is not None]
+        lasts = [hi for *_, hi in by_day if hi is not None]
         hashed = {"rows": sum(n for n, _, _ in contents.values()),
                   "days": {d: n for d, (n, _, _) in contents.items() if d is not None},
                   "t_min": min(firsts) if firsts else None,
@@ -534,7 +563,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         result = [(*row[:at], per_day.get(row[by], {}), *row[at + 1:]) for row in result]
     by_file = {local_path(f): u.name for u in units for f in u.files}
     scan = _Scan({}, {}, {}, {}, False, [], keys if keys_apart else [], contents, time_col,
-                 digests, seen)
+                 digests, seen, part, part_rows)
     totals = [0] * len(parts)
     for row in result:
         rec = dict(zip(names, row, strict=True)) | hashed
@@ -861,6 +890,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     cpath = contents_path() if incremental and kind == "duckdb" else None
     stored = _load_contents(cpath) if use_cache else {}
     clean: dict[str, dict[str, str]] = {}  # table -> day -> digest, of the tables that passed
+    new_days: dict[str, str] = {}  # table -> SQL TRUE for its rows of days not seen before
     for table in TABLES:
         if table.name not in present:
             if table.required:
@@ -882,14 +912,30 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         spans: list[tuple[int, Any, Any]] = []
         try:
             if changed:
-                scan = _scan(con, table, usable, changed, unit_kind,
-                             stored.get(table.name, []) if use_cache and whole else [])
+                known = stored.get(table.name, []) if use_cache and whole else []
+                split = None
+                if (known and table.day_from and table.day_from[1] in new_days
+                        and all(table.day_from[0] in key for key in table.unique)):
+                    column, parent = (sql_ident(n) for n in table.day_from)
+                    split = (f"{column} IN (SELECT {column} FROM src.{parent} WHERE "
+                             f"{new_days[table.day_from[1]]})")
+                scan = _scan(con, table, usable, changed, unit_kind, known, split)
                 found += scan.problems
                 digests, seen = scan.digests, scan.seen
                 if digests:
                     result.days_seen[table.name] = len(seen)
+                    if seen and len(seen) < len(digests):
+                        new_days[table.name] = _in_days(
+                            scan.time_col, [_day_of(d) for d in digests if d not in seen])
+                if scan.part is not None:
+                    result.rows_seen[table.name] = scan.part_rows
                 repeat = scan.keys_repeat
-                if scan.keys_apart and not repeat:
+                if scan.keys_apart and not repeat and scan.part is not None:
+                    # the new days' rows among themselves: the others' keys, unique when they
+                    # were found clean, name other rows of the parent table than theirs
+                    repeat = _repeats(con, f"src.{sql_ident(table.name)}", scan.keys_apart,
+                                      scan.part)
+                elif scan.keys_apart and not repeat:
                     if digests:  # a DuckDB file's table: days seen clean are not tested again
                         repeat = _keys_repeat_by_day(
                             con, table.name, scan.keys_apart, scan.time_col,

@@ -476,6 +476,33 @@ def test_repeated_events_are_searched_again_only_over_the_changed_days(
     assert again == _repeats(path, use_cache=False)
 
 
+def test_the_rollout_state_after_its_last_day_searches_only_the_new_day(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the plan's last day a report first reads the rollout's state from the flag log:
+    that opening validates, so a new file's repeated events are searched over its new day
+    only, and the report's own opening reads everything back."""
+    from whispers_lab.state import rollout_last_day
+
+    tables = dict(small_sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    searched: list[str] = []
+    real = ex.duplicate_events_select
+    monkeypatch.setattr(ex, "duplicate_events_select", lambda *a, **k: (
+        searched.append(str(k.get("where", ""))), real(*a, **k))[1])
+    path = _write(tables, tmp_path / "day-14.duckdb")
+    plan = small_sim.plan
+    assert rollout_last_day(path, plan, plan.last_day + 1) >= plan.last_day
+    assert len(searched) == 1 and searched[0]  # a span, not everything
+    with _open(path) as export:
+        assert export.validation.units_reused == len(export.present)
+    assert len(searched) == 1
+    broken = _replace(tables["api_logs"], 0, "status", 42)  # invalid: still read for its flags
+    bad = _write({**tables, "api_logs": broken}, tmp_path / "bad.duckdb")
+    assert rollout_last_day(bad, plan, plan.last_day + 1) >= plan.last_day
+
+
 def test_the_same_telemetry_in_a_new_file_reads_its_repeats_back(
         small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tables = dict(small_sim.tables)

@@ -640,15 +640,24 @@ def resolve_state(export: Export | None, plan: Plan, day: int,
 def rollout_last_day(export_path: str | Path | None, plan: Plan, day: int,
                      reports_dir: str | Path | None = None) -> int:
     """The last rollout day as the state on ``day`` projects it (later than the plan's last day
-    after a hold): the reports go on until then. Reads the export's flag log (without
-    validating the export) or the decisions in ``reports_dir``."""
+    after a hold): the reports go on until then. Reads the export's flag log (of the export
+    validated, as the report will; as it is when it is not valid) or the decisions in
+    ``reports_dir``."""
     if export_path is None:
         return resolve_state(None, plan, day, reports_dir).final_day()
     if day > plan.last_day + 3650:  # no rollout runs ten years late; nor can a date hold it
         return plan.last_day
+    from .errors import ExportValidationError
     from .export import open_export
 
-    with open_export(export_path, validate=False, copy_small_tables=False) as export:
+    try:
+        # validated: the report that follows reads its validation and repeated events back
+        # from the cache, and a DuckDB file never seen is searched for repeated events only
+        # over the days its digests say are new (unvalidated, it was searched in full)
+        opened = open_export(export_path, copy_small_tables=False)
+    except ExportValidationError:  # (the report says what is wrong; the flag log may be fine)
+        opened = open_export(export_path, validate=False, copy_small_tables=False)
+    with opened as export:
         return max(plan.last_day, resolve_state(export, plan, day, reports_dir).final_day())
 
 

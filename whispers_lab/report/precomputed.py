@@ -80,11 +80,14 @@ class Precompute:
     more work on the export once the evaluation is handed over, run while the kernel draws it
     (its value in :attr:`then_result`). The caller closes :attr:`export` (:meth:`close`)."""
 
-    #: given by the report run (:func:`whispers_lab.report.runner._precompute`): the event its
-    #: work sets once the HTML conversion is set up
-    html_ready: threading.Event
-
-    def __init__(self, open_export: Any, work: Any, then: Any = None) -> None:
+    def __init__(self, open_export: Any, work: Any, then: Any = None,
+                 html_ready: threading.Event | None = None) -> None:
+        #: the event ``work`` sets once the HTML conversion is set up (the report run's,
+        #: :func:`whispers_lab.report.runner._precompute`; None: one already set, as nothing
+        #: sets it up ahead)
+        self.html_ready = html_ready if html_ready is not None else threading.Event()
+        if html_ready is None:
+            self.html_ready.set()
         self._folder = Path(tempfile.mkdtemp(prefix="whispers-evaluation-"))
         self.path = self._folder / "evaluation.pickle"
         self.export: Any = None

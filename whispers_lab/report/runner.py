@@ -692,6 +692,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         return export
 
     handed: dict[str, Any] = {}  # the day's published decision, for then()
+    html_ready = threading.Event()  # set once warm_html is done (work() starts it)
 
     def work(export: Export) -> tuple[Any, Any]:
         from ..evaluate import evaluate_day
@@ -740,10 +741,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         finally:
             side.join()
 
-    html_ready = threading.Event()  # set once warm_html is done (work() starts it)
-    pre = Precompute(opened, work, then)
-    pre.html_ready = html_ready
-    return pre
+    return Precompute(opened, work, then, html_ready)
 
 
 def _warm_html_marked(day: int, done: threading.Event) -> None:

@@ -125,3 +125,26 @@ def test_an_unreadable_file_of_a_table_read_into_memory_is_still_named(sim, tmp_
     broken.write_bytes(b"not parquet at all")
     with pytest.raises(ExportError, match="table 'users' cannot be read as Parquet"):
         open_export(folder)
+
+
+def test_an_opening_lists_each_tables_files_once(sim, tmp_path, monkeypatch):
+    """Validation lists and checksums every Parquet file of each table; the search of repeated
+    events and the id profile take that listing instead of making their own."""
+    from whispers_lab import validation
+    from whispers_lab.report import privacy
+
+    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    folder = write_partitioned_export(sim.tables, tmp_path / "parts")
+    listed: list[str] = []
+    real = validation.list_units
+
+    def counted(path, kind, table):
+        listed.append(table)
+        return real(path, kind, table)
+
+    monkeypatch.setattr(validation, "list_units", counted)
+    monkeypatch.setattr(export_module, "list_units", counted)
+    with open_export(folder) as export:
+        privacy.id_profile(export)
+    assert sorted(listed) == sorted(set(listed))
+    assert {"telemetry", "users"} <= set(listed)

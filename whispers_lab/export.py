@@ -406,7 +406,8 @@ def _canonical_expr(name: str, logical: str, physical: str) -> str:
 def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                             path: str | Path | None = None, kind: str | None = None,
                             use_cache: bool = True,
-                            contents: Mapping[str, str] | None = None) -> None:
+                            contents: Mapping[str, str] | None = None,
+                            units: Sequence[Any] | None = None) -> None:
     """Fill the temporary table ``telemetry_duplicates`` with the ``event_id`` of every
     telemetry row that repeats an earlier event under a new id: same
     :data:`~whispers_lab.contract.DUPLICATE_EVENT_KEY` values and a ``created_at`` at most
@@ -437,8 +438,9 @@ def create_duplicate_events(con: duckdb.DuckDBPyConnection, present: Sequence[st
     types = describe_source(con, "telemetry")
     if not {"event_id", "created_at", *DUPLICATE_EVENT_KEY} <= set(types):
         return
-    # (the telemetry's units, listed once: each lists and checksums every file's footer)
-    units = (list_units(Path(path), "parquet", "telemetry")
+    # (the telemetry's units, listed once, by validation when it ran: each listing checksums
+    # every file's footer)
+    units = ((list(units) if units is not None else list_units(Path(path), "parquet", "telemetry"))
              if use_cache and kind == "parquet" and path is not None and cache_dir() is not None
              else [])
     cached = duplicate_events_cache_file(path, kind, units or None) if use_cache else None
@@ -841,7 +843,8 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
                                        use_cache=use_cache)
         create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache,
                                 contents=None if result is None
-                                else result.contents.get("telemetry"))
+                                else result.contents.get("telemetry"),
+                                units=None if result is None else result.units.get("telemetry"))
         if result is not None:
             notice = duplicate_events_notice(con)
             if notice is not None:

@@ -155,6 +155,10 @@ class ValidationResult:
     #: (``Table.day_from``): the rows of that table's new days, checked, and the others, found
     #: clean before as they are (only when they were)
     rows_seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: each table's units as validation listed them (:func:`list_units`; checked with a
+    #: manifest only): the search of repeated events and the id profile read them from here
+    #: rather than list and checksum every file again
+    units: dict[str, list[Unit]] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -902,6 +906,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         units = (list_units(export_path, str(kind), table.name) if incremental and export_path
                  else [Unit(table.name, table.name, (), "")])
         unit_kind = str(kind) if incremental else "duckdb"
+        if incremental:
+            result.units[table.name] = units
         whole = len(usable) == len(table.columns)
         reused = [u for u in units if whole and u.checksum and
                   (cached.get(u.name) or {}).get("checksum") == u.checksum]

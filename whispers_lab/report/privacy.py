@@ -257,8 +257,9 @@ def _id_units(export: Export) -> dict[str, list[Any]] | None:
     path = getattr(export, "path", None)
     if cache_dir() is None or path is None or kind not in ("duckdb", "parquet"):
         return None
+    listed = getattr(getattr(export, "validation", None), "units", None) or {}
     try:
-        return {table: list_units(Path(path), str(kind), table)
+        return {table: listed[table] if table in listed else list_units(Path(path), str(kind), table)
                 for table in sorted({t for t, _ in ID_COLUMNS})}
     except OSError:
         return None

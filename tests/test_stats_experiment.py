@@ -230,6 +230,15 @@ def test_masks_are_64_bit_when_the_span_fits_and_decide_as_128_bit_ones(small_ex
         assert q.mask_type_for(export, 29, 62) == "HUGEINT"  # slots past 62 bits
     narrow, narrow_types = evaluate()
     assert narrow_types == ["BIGINT", "BIGINT BIGINT"]
+    with open_export(small_export) as export:  # slots past the widest mask: not held, not widening
+        export.memoize()
+        many = pd.DataFrame({"begin": pd.date_range("2026-11-17", periods=200, freq="2h"),
+                             "day": 0, "slot": 0})
+        many["end"] = many["begin"] + pd.Timedelta(hours=2)
+        q.register_cohort(export, pd.DataFrame({"user_id": ["u1"], "reason": "percentage",
+                                                "first_enabled_day": 8.0}))
+        q.materialize_randomised(export, plan.start_date, plan.day_start(15), -14, many)
+        assert q.mask_type(export) == "BIGINT"
     monkeypatch.setattr(q, "NARROW_MASK_BITS", 0)
     wide, wide_types = evaluate()
     assert wide_types == ["HUGEINT", "HUGEINT HUGEINT"]

@@ -140,10 +140,12 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
             f"the activity mask holds at most {limit} days on {export.engine}")
     lo = dt.datetime.combine(start, dt.time()) + dt.timedelta(days=base_day)
     day_lo = max(lo, hi - dt.timedelta(days=1))  # the last day's app opens (day_opens)
-    # (64-bit only when the slots fit in it too: the pieces' test below holds either way)
-    mask = mask_type_for(export, last - base_day + 1, 0 if slots is None else len(slots))
+    # (64-bit only when the slots it holds fit in it too; more slots than the widest mask
+    # holds are not held at all, o = 0, so they do not widen it)
+    held = slots is not None and 0 < len(slots) < limit  # (bit ``limit`` would be the sign)
+    mask = mask_type_for(export, last - base_day + 1, len(slots) if held else 0)
     pieces = None
-    if slots is not None and 0 < len(slots) < limit:  # (bit ``limit`` would be the sign)
+    if held:
         pieces = (slots.sort_values("begin")[["begin", "end", "day", "slot"]]
                   .reset_index(drop=True))
         pieces["position"] = np.arange(len(pieces))

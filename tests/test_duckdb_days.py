@@ -74,6 +74,23 @@ def _summary(result: validation.ValidationResult) -> tuple:
     return (result.tables, result.notices, result.contents)
 
 
+def _seen(sim, tmp_path: Path) -> dict[str, pa.Table]:
+    """The export's tables, after a file of them all was validated."""
+    tables = dict(sim.tables)
+    with _open(_write(tables, tmp_path / "a.duckdb")):
+        pass
+    return tables
+
+
+def _day_before_seen(sim, tmp_path: Path) -> tuple[dict[str, pa.Table], np.datetime64]:
+    """The export's tables and last day, after the file of the day before was validated."""
+    tables = dict(sim.tables)
+    last = _last_day(tables)
+    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
+        pass
+    return tables, last
+
+
 def _problems(path: Path, **kwargs: object) -> list[tuple]:
     with pytest.raises(ExportValidationError) as info:
         open_export(path, **kwargs)
@@ -165,10 +182,7 @@ def test_a_new_days_key_repeating_a_seen_days_key_is_caught(
         (table, real(con, table, *a))) or ranges[-1][1])
     if narrow is not None:
         monkeypatch.setattr(validation, "NARROW_SEGMENTS", narrow)
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     telemetry = tables["telemetry"]
     days = _day(telemetry, "telemetry")
     early, late = int(np.flatnonzero(days < last)[5]), int(np.flatnonzero(days == last)[0])
@@ -200,10 +214,7 @@ def test_the_probe_is_bounded_only_for_ids_that_grow_with_time(tmp_path: Path,
 
 def test_a_key_repeated_within_the_new_day_is_caught(small_sim, tmp_path: Path,
                                                     cache: Path) -> None:
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     api = tables["api_logs"]
     new = np.flatnonzero(_day(api, "api_logs") == last)
     tables["api_logs"] = _replace(api, int(new[3]), "request_id", api["request_id"][int(new[1])].as_py())
@@ -215,9 +226,7 @@ def test_a_seen_day_rewritten_with_a_repeated_key_is_tested_again(small_sim, tmp
                                                                  cache: Path) -> None:
     """A day the earlier file held, rewritten: its digest differs, so its keys are tested
     again, against the other days too."""
-    tables = dict(small_sim.tables)
-    with _open(_write(tables, tmp_path / "a.duckdb")):
-        pass
+    tables = _seen(small_sim, tmp_path)
     telemetry = tables["telemetry"]
     days = _day(telemetry, "telemetry")
     first, third = (int(np.flatnonzero(days == days.min() + d)[0]) for d in (0, 2))
@@ -231,9 +240,7 @@ def test_a_seen_day_rewritten_with_a_repeated_key_is_tested_again(small_sim, tmp
 def test_a_row_without_a_time_repeating_a_seen_key_is_caught(small_sim, tmp_path: Path,
                                                             cache: Path) -> None:
     """Rows without a time make a day of their own (and break the time column's rule)."""
-    tables = dict(small_sim.tables)
-    with _open(_write(tables, tmp_path / "a.duckdb")):
-        pass
+    tables = _seen(small_sim, tmp_path)
     telemetry = tables["telemetry"]
     extra = telemetry.slice(10, 1)
     extra = _replace(extra, 0, "created_at", None)
@@ -262,10 +269,7 @@ def test_days_of_two_files_found_clean_apart_are_tested_together(small_sim, tmp_
 
 def test_a_rule_broken_on_the_new_day_is_counted_as_a_full_check_counts_it(
         small_sim, tmp_path: Path, cache: Path) -> None:
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     api = tables["api_logs"]
     new = np.flatnonzero(_day(api, "api_logs") == last)
     for row in new[[2, 5, 9]]:
@@ -278,9 +282,7 @@ def test_a_rule_broken_on_the_new_day_is_counted_as_a_full_check_counts_it(
 
 def test_a_seen_day_rewritten_to_break_a_rule_is_checked_again(small_sim, tmp_path: Path,
                                                                cache: Path) -> None:
-    tables = dict(small_sim.tables)
-    with _open(_write(tables, tmp_path / "a.duckdb")):
-        pass
+    tables = _seen(small_sim, tmp_path)
     telemetry = tables["telemetry"]
     shown = np.flatnonzero(pc.is_valid(telemetry["position"]).to_numpy(zero_copy_only=False))
     tables["telemetry"] = _replace(telemetry, int(shown[0]), "position", None)
@@ -293,10 +295,7 @@ def test_the_rules_are_checked_only_on_the_days_not_seen(
     """A rule made stricter under the same checks' version (which a real change of the rules
     never is: it changes ``checks_digest``) shows which rows the rules' scan reads: the new
     day's, not the seen days', which the full check reads too."""
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     telemetry = tables["telemetry"]
     days = _day(telemetry, "telemetry")
     ids = telemetry["event_id"]
@@ -345,10 +344,7 @@ def test_the_new_days_candidates_are_checked_as_a_full_check_checks_them(
         small_sim, tmp_path: Path, cache: Path) -> None:
     """A candidate of a new request breaking a rule, and another repeating a new candidate's
     key: the same problems as a full check finds, with only the new requests' rows read."""
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     candidates = tables["ranking_candidates"]
     rows = _new_day_candidates(tables, last)
     candidates = _replace(candidates, int(rows[4]), "context_similarity", 1.5)
@@ -365,10 +361,7 @@ def test_candidates_of_seen_requests_changed_are_all_checked_again(
     """A candidate of an earlier request rewritten to break a rule, or one more candidate of
     an earlier request repeating a key: the rest no longer matches the clean file's
     candidates, so every candidate is checked."""
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, last = _day_before_seen(small_sim, tmp_path)
     candidates = tables["ranking_candidates"]
     old = int(np.setdiff1d(np.arange(candidates.num_rows), _new_day_candidates(tables, last))[3])
     if change == "broken":
@@ -483,10 +476,7 @@ def test_the_rollout_state_after_its_last_day_searches_only_the_new_day(
     only, and the report's own opening reads everything back."""
     from whispers_lab.state import rollout_last_day
 
-    tables = dict(small_sim.tables)
-    last = _last_day(tables)
-    with _open(_write(_before(tables, last), tmp_path / "day-13.duckdb")):
-        pass
+    tables, _ = _day_before_seen(small_sim, tmp_path)
     searched: list[str] = []
     real = ex.duplicate_events_select
     monkeypatch.setattr(ex, "duplicate_events_select", lambda *a, **k: (

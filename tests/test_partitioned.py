@@ -148,3 +148,83 @@ def test_an_opening_lists_each_tables_files_once(sim, tmp_path, monkeypatch):
         privacy.id_profile(export)
     assert sorted(listed) == sorted(set(listed))
     assert {"telemetry", "users"} <= set(listed)
+
+
+def _new_day_arrives(sim, tmp_path, candidates=None):
+    """A partitioned export validated as it stood before the last day, then that day's
+    partitions added and ``ranking_candidates.parquet`` rewritten (``candidates``: its new
+    table; None: the whole export's, the day before's plus the new requests')."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from whispers_lab.contract import CONTRACT
+
+    day = {n: t[CONTRACT[n].time_column].cast(pa.timestamp("us")).to_numpy(
+        zero_copy_only=False).astype("datetime64[D]") for n, t in sim.tables.items()
+        if CONTRACT[n].time_column}
+    last = day["api_logs"].max()
+    before = {n: t.filter(pa.array(day[n] < last)) if n in day else t
+              for n, t in sim.tables.items()}
+    before["ranking_candidates"] = sim.tables["ranking_candidates"].filter(pc.is_in(
+        sim.tables["ranking_candidates"]["request_id"], before["api_logs"]["request_id"]))
+    folder = write_partitioned_export(before, tmp_path / "parts")
+    with open_export(folder):
+        pass
+    whole = write_partitioned_export(dict(sim.tables), tmp_path / "whole")
+    for part in sorted(whole.glob(f"*/date={last}")):
+        shutil.copytree(part, folder / part.relative_to(whole))
+    target = folder / "ranking_candidates.parquet"
+    target.unlink()
+    if candidates is None:
+        shutil.copy2(whole / "ranking_candidates.parquet", target)
+    else:
+        import pyarrow.parquet as pq
+
+        pq.write_table(candidates, target)
+    return folder, before
+
+
+def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
+        sim, tmp_path, monkeypatch):
+    """``ranking_candidates`` (one file, no date) rewritten with the new day's requests'
+    candidates added: its content beside them is the last clean file's, so only their keys are
+    tested; the same rows again test none; a repeated key among the new ones, or an old
+    candidate changed, are found as a full check finds them."""
+    import pyarrow as pa
+
+    from whispers_lab import validation
+    from whispers_lab.errors import ExportValidationError
+
+    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    folder, before = _new_day_arrives(sim, tmp_path)
+    candidates = sim.tables["ranking_candidates"]
+    old = before["ranking_candidates"].num_rows
+    with open_export(folder) as export:
+        assert export.validation.rows_seen == {
+            "ranking_candidates": (candidates.num_rows - old, old)}
+    with open_export(folder, use_cache=False) as full:
+        assert full.validation.rows_seen == {}
+    (folder / "ranking_candidates.parquet").touch()  # a new checksum, the same rows
+    with open_export(folder) as again:
+        assert again.validation.rows_seen == {"ranking_candidates": (0, candidates.num_rows)}
+
+    def problems(rows: pa.Table, name: str) -> list[tuple]:
+        monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / name / "cache"))
+        folder, _ = _new_day_arrives(sim, tmp_path / name, rows)
+        found = []
+        for use_cache in (True, False):
+            with pytest.raises(ExportValidationError) as info:
+                open_export(folder, use_cache=use_cache)
+            found.append(sorted((p.table, p.rule, p.rows) for p in info.value.problems))
+        assert found[0] == found[1]
+        return found[0]
+
+    new = candidates.slice(candidates.num_rows - 1, 1)  # the new day's requests come last
+    assert new["request_id"][0].as_py() not in set(before["api_logs"]["request_id"].to_pylist())
+    assert problems(pa.concat_tables([candidates, new]), "repeat") == [
+        ("ranking_candidates", "unique", 2)]
+    first = before["ranking_candidates"].slice(0, 1)
+    assert problems(pa.concat_tables([candidates, first]), "old") == [
+        ("ranking_candidates", "unique", 2)]

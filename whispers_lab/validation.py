@@ -431,10 +431,14 @@ class _Scan:
     #: clean set holds (the rules were checked on the others only)
     digests: dict[str, str] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
-    #: SQL TRUE for the only rows whose rules were checked, of a table whose other rows a
-    #: known set holds (``split``), and the rows (checked, not checked again)
+    #: SQL TRUE for the only rows whose keys (and, of a DuckDB file, rules) were checked, of a
+    #: table whose other rows a known set holds (``split``, ``prior``), and the rows (checked,
+    #: not checked again)
     part: str | None = None
     part_rows: tuple[int, int] = (0, 0)
+    #: a single Parquet file of a table with ``day_from``: its rows, and the XOR and the sum
+    #: of their hashes over every column
+    unit_content: tuple[int, int, int] | None = None
 
 
 def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
@@ -443,7 +447,8 @@ def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
 
 
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
-          kind: str, known: Sequence[Sequence[str]] = (), split: str | None = None) -> _Scan:
+          kind: str, known: Sequence[Sequence[str]] = (), split: str | None = None,
+          prior: Sequence[int] | None = None) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
     DuckDB file's table: every value's hash per day and each key's repeat test in queries
     apart; a single Parquet file: each key's repeat test apart).
@@ -456,7 +461,13 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     ``split`` (a table without a time column whose rows belong to another table's days,
     ``Table.day_from``): SQL TRUE for the rows of that table's new days. The others are hashed
     apart too, and when a known set holds them (the table as an earlier clean file had it),
-    the rules are checked on the new days' rows only (``_Scan.part``)."""
+    the rules are checked on the new days' rows only (``_Scan.part``).
+
+    A single Parquet file of such a table is read in one scan as before, its content (rows,
+    XOR and sum of every row's hash) counted with it (``_Scan.unit_content``, kept in the
+    manifest) and, with ``split``, that of the rows outside it apart. ``prior``: the content
+    of the last clean file of the same name. When the file holds just that, or that beside
+    the rows ``split`` marks, the caller tests the keys of those rows only (``_Scan.part``)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
     for column in table.columns:
         if column.name in usable:
@@ -493,9 +504,18 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # 0.8 s for the scan without the key and 0.8 s for the key's sorted hashes.
     keys_apart = engine_of(con) == "duckdb" and (apart or len(units) == 1)
     everything = [c.name for c in table.columns if c.name in usable]
+    counted = (not apart and table.day_from is not None and len(units) == 1 and bool(everything)
+               and engine_of(con) == "duckdb")  # (a single file's content, see above)
     if not apart:
         inner.append(f"{_hash(con, everything) if everything else '0'} AS {_P}all")
         selects.append(f"bit_xor({_P}all) AS read_all")
+    if counted:
+        selects.append(f"sum({_P}all) AS sum_all")
+        if split is not None:
+            inner.append(f"coalesce({split}, false) AS {_P}f")
+            selects += [f"count(*) FILTER (WHERE NOT {_P}f) AS rest_rows",
+                        f"coalesce(bit_xor({_P}all) FILTER (WHERE NOT {_P}f), 0) AS rest_xor",
+                        f"coalesce(sum({_P}all) FILTER (WHERE NOT {_P}f), 0) AS rest_sum"]
     for j, key in enumerate([] if keys_apart else keys):
         inner.append(f"{_hash(con, key)} AS {_P}k{j}")
         selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
@@ -584,6 +604,15 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
             if int(rec[f"k{j}"]) < rows:
                 scan.keys_repeat = True
         scan.span[unit] = (rec["t_min"], rec["t_max"])
+        if counted:
+            scan.unit_content = (rows, int(rec["read_all"] or 0), int(rec["sum_all"] or 0))
+            rest = ((int(rec["rest_rows"]), int(rec["rest_xor"]), int(rec["rest_sum"]))
+                    if split is not None else None)
+            if prior is not None and scan.unit_content == tuple(prior):  # the same rows
+                scan.part, scan.part_rows = "false", (0, rows)
+            elif prior is not None and rest is not None and rest == tuple(prior):
+                scan.part = f"coalesce({split}, false)"
+                scan.part_rows = (rows - rest[0], rest[0])
         days = rec["days"] or {}
         scan.days[unit] = {(d if isinstance(d, dt.date) else dt.date.fromisoformat(str(d))): int(n)
                            for d, n in dict(days).items() if d is not None}
@@ -894,7 +923,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     cpath = contents_path() if incremental and kind == "duckdb" else None
     stored = _load_contents(cpath) if use_cache else {}
     clean: dict[str, dict[str, str]] = {}  # table -> day -> digest, of the tables that passed
-    new_days: dict[str, str] = {}  # table -> SQL TRUE for its rows of days not seen before
+    # table -> SQL (FROM ... WHERE ...) of its rows of days (units) not seen (unchanged) before
+    new_rows: dict[str, str] = {}
     for table in TABLES:
         if table.name not in present:
             if table.required:
@@ -919,28 +949,32 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         try:
             if changed:
                 known = stored.get(table.name, []) if use_cache and whole else []
+                prior = ((cached.get(changed[0].name) or {}).get("content")
+                         if use_cache and whole and len(units) == 1 else None)
                 split = None
-                if (known and table.day_from and table.day_from[1] in new_days
+                if ((known or prior) and table.day_from and table.day_from[1] in new_rows
                         and all(table.day_from[0] in key for key in table.unique)):
-                    column, parent = (sql_ident(n) for n in table.day_from)
-                    split = (f"{column} IN (SELECT {column} FROM src.{parent} WHERE "
-                             f"{new_days[table.day_from[1]]})")
-                scan = _scan(con, table, usable, changed, unit_kind, known, split)
+                    column = sql_ident(table.day_from[0])
+                    split = f"{column} IN (SELECT {column} FROM {new_rows[table.day_from[1]]})"
+                scan = _scan(con, table, usable, changed, unit_kind, known, split, prior)
                 found += scan.problems
                 digests, seen = scan.digests, scan.seen
                 if digests:
                     result.days_seen[table.name] = len(seen)
                     if seen and len(seen) < len(digests):
-                        new_days[table.name] = _in_days(
+                        new_rows[table.name] = f"src.{sql_ident(table.name)} WHERE " + _in_days(
                             scan.time_col, [_day_of(d) for d in digests if d not in seen])
+                elif changed and reused and unit_kind == "parquet":
+                    new_rows[table.name] = _source(con, table, changed, unit_kind)[0]
                 if scan.part is not None:
                     result.rows_seen[table.name] = scan.part_rows
                 repeat = scan.keys_repeat
                 if scan.keys_apart and not repeat and scan.part is not None:
                     # the new days' rows among themselves: the others' keys, unique when they
                     # were found clean, name other rows of the parent table than theirs
-                    repeat = _repeats(con, f"src.{sql_ident(table.name)}", scan.keys_apart,
-                                      scan.part)
+                    repeat = scan.part != "false" and _repeats(
+                        con, _source(con, table, changed, unit_kind)[0], scan.keys_apart,
+                        scan.part)
                 elif scan.keys_apart and not repeat:
                     if digests:  # a DuckDB file's table: days seen clean are not tested again
                         repeat = _keys_repeat_by_day(
@@ -989,6 +1023,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                                                      sorted(scan.days.get(u.name, {}).items())}}
                         if table.name in result.contents:
                             manifest[u.name]["contents"] = result.contents[table.name]
+                        if scan.unit_content is not None:
+                            manifest[u.name]["content"] = list(scan.unit_content)
                 if table.name in result.contents:
                     clean[table.name] = result.contents[table.name]
         firsts = [f for _, f, _ in spans if f is not None]

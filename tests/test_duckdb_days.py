@@ -150,6 +150,10 @@ def test_validate_says_how_many_days_it_took_as_seen(small_sim, tmp_path: Path, 
     assert (f"every row read and hashed; rules and unique keys checked on the {days - seen:,} "
             f"table-day(s) that no earlier clean file held, not again on the {seen:,} found "
             f"unchanged") in out
+    kept = yesterday["ranking_candidates"].num_rows
+    checked = tables["ranking_candidates"].num_rows - kept
+    assert (f"ranking_candidates: unique keys (and, in a DuckDB file, rules) checked on the "
+            f"{checked:,} row(s) of the new days' requests, not again on the {kept:,}") in out
     assert main(["validate", "--full", str(path)]) == 0
     assert "table-day" not in capsys.readouterr().out
 

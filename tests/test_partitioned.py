@@ -150,12 +150,10 @@ def test_an_opening_lists_each_tables_files_once(sim, tmp_path, monkeypatch):
     assert {"telemetry", "users"} <= set(listed)
 
 
-def _new_day_arrives(sim, tmp_path, candidates=None):
-    """A partitioned export validated as it stood before the last day, then that day's
-    partitions added and ``ranking_candidates.parquet`` rewritten (``candidates``: its new
-    table; None: the whole export's, the day before's plus the new requests')."""
-    import shutil
-
+@pytest.fixture(scope="module")
+def day_before_and_whole(sim, tmp_path_factory):
+    """The partitioned export as it stood before its last day (its candidates those of the
+    earlier requests), the whole export, the day before's tables and the last day."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -169,25 +167,38 @@ def _new_day_arrives(sim, tmp_path, candidates=None):
               for n, t in sim.tables.items()}
     before["ranking_candidates"] = sim.tables["ranking_candidates"].filter(pc.is_in(
         sim.tables["ranking_candidates"]["request_id"], before["api_logs"]["request_id"]))
-    folder = write_partitioned_export(before, tmp_path / "parts")
+    root = tmp_path_factory.mktemp("new-day")
+    return (write_partitioned_export(before, root / "before"),
+            write_partitioned_export(dict(sim.tables), root / "whole"), before, last)
+
+
+def _new_day_arrives(made, tmp_path, candidates=None):
+    """A copy (hard links) of the day before's export, validated, then the last day's
+    partitions added and ``ranking_candidates.parquet`` rewritten (``candidates``: its new
+    table; None: the whole export's, the day before's plus the new requests')."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    source, whole, before, last = made
+    folder = tmp_path / "parts"
+    shutil.copytree(source, folder, copy_function=os.link)
     with open_export(folder):
         pass
-    whole = write_partitioned_export(dict(sim.tables), tmp_path / "whole")
     for part in sorted(whole.glob(f"*/date={last}")):
-        shutil.copytree(part, folder / part.relative_to(whole))
+        shutil.copytree(part, folder / part.relative_to(whole), copy_function=os.link)
     target = folder / "ranking_candidates.parquet"
     target.unlink()
     if candidates is None:
         shutil.copy2(whole / "ranking_candidates.parquet", target)
     else:
-        import pyarrow.parquet as pq
-
         pq.write_table(candidates, target)
     return folder, before
 
 
 def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
-        sim, tmp_path, monkeypatch):
+        sim, day_before_and_whole, tmp_path, monkeypatch):
     """``ranking_candidates`` (one file, no date) rewritten with the new day's requests'
     candidates added: its content beside them is the last clean file's, so only their keys are
     tested; the same rows again test none; a repeated key among the new ones, or an old
@@ -198,7 +209,7 @@ def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
     from whispers_lab.errors import ExportValidationError
 
     monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
-    folder, before = _new_day_arrives(sim, tmp_path)
+    folder, before = _new_day_arrives(day_before_and_whole, tmp_path)
     candidates = sim.tables["ranking_candidates"]
     old = before["ranking_candidates"].num_rows
     with open_export(folder) as export:
@@ -212,7 +223,7 @@ def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
 
     def problems(rows: pa.Table, name: str) -> list[tuple]:
         monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / name / "cache"))
-        folder, _ = _new_day_arrives(sim, tmp_path / name, rows)
+        folder, _ = _new_day_arrives(day_before_and_whole, tmp_path / name, rows)
         found = []
         for use_cache in (True, False):
             with pytest.raises(ExportValidationError) as info:

@@ -151,9 +151,9 @@ class ValidationResult:
     #: a DuckDB file's tables read anew: how many of their days were found clean together
     #: before (:func:`contents_path`), so that their rules and keys were not checked again
     days_seen: dict[str, int] = field(default_factory=dict)
-    #: a DuckDB file's table without a time column whose rows belong to another's days
-    #: (``Table.day_from``): the rows of that table's new days, checked, and the others, found
-    #: clean before as they are (only when they were)
+    #: a table without a time column whose rows belong to another's days (``Table.day_from``;
+    #: in a DuckDB file, or one Parquet file): the rows of that table's new days, checked, and
+    #: the others, found clean before as they are (only when they were)
     rows_seen: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: each table's units as validation listed them (:func:`list_units`; checked with a
     #: manifest only): the search of repeated events and the id profile read them from here

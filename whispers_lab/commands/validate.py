@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
               f"{days - seen:,} table-day(s) that no earlier clean file held, not again on the "
               f"{seen:,} found unchanged (use --full to check them too)")
     for table, (checked, kept) in (result.rows_seen.items() if result is not None else ()):
-        print(f"  {table}: rules and unique keys checked on the {checked:,} row(s) of the new "
-              f"days, not again on the {kept:,} found unchanged")
+        print(f"  {table}: unique keys (and, in a DuckDB file, rules) checked on the {checked:,} "
+              f"row(s) of the new days' requests, not again on the {kept:,} that an earlier "
+              f"clean file held as they are")
     print(f"  {'table':<20} {'rows':>12}  {'from (UTC)':<19}  {'to (UTC)':<19}")
     for r in rows:
         if not r["present"]:

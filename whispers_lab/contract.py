@@ -329,6 +329,13 @@ def contract_markdown() -> str:
         for r in t.rules:
             out.append("")
             out.append(f"Rule `{r.id}`: {r.expected}.")
+        if t.day_from:
+            column, parent = t.day_from
+            out.append("")
+            out.append(f"No time column: a row belongs to the day of the `{parent}` row its "
+                       f"`{column}` names (validation of a new day's export checks the rows of "
+                       f"the new days' `{parent}` rows when the others are as an earlier clean "
+                       f"export held them).")
         if t.name == "telemetry":
             out.append("")
             out.append("Repeated events: a row with the same "

@@ -959,30 +959,28 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                 scan = _scan(con, table, usable, changed, unit_kind, known, split, prior)
                 found += scan.problems
                 digests, seen = scan.digests, scan.seen
+                unseen = [_day_of(d) for d in digests if d not in seen]
+                source, _ = _source(con, table, changed, unit_kind)
                 if digests:
                     result.days_seen[table.name] = len(seen)
-                    if seen and len(seen) < len(digests):
-                        new_rows[table.name] = f"src.{sql_ident(table.name)} WHERE " + _in_days(
-                            scan.time_col, [_day_of(d) for d in digests if d not in seen])
-                elif changed and reused and unit_kind == "parquet":
-                    new_rows[table.name] = _source(con, table, changed, unit_kind)[0]
+                    if seen and unseen:
+                        new_rows[table.name] = f"{source} WHERE {_in_days(scan.time_col, unseen)}"
+                elif reused and unit_kind == "parquet":
+                    new_rows[table.name] = source
                 if scan.part is not None:
                     result.rows_seen[table.name] = scan.part_rows
                 repeat = scan.keys_repeat
                 if scan.keys_apart and not repeat and scan.part is not None:
                     # the new days' rows among themselves: the others' keys, unique when they
                     # were found clean, name other rows of the parent table than theirs
-                    repeat = scan.part != "false" and _repeats(
-                        con, _source(con, table, changed, unit_kind)[0], scan.keys_apart,
-                        scan.part)
+                    repeat = scan.part_rows[0] > 0 and _repeats(con, source, scan.keys_apart,
+                                                                scan.part)
                 elif scan.keys_apart and not repeat:
                     if digests:  # a DuckDB file's table: days seen clean are not tested again
                         repeat = _keys_repeat_by_day(
-                            con, table.name, scan.keys_apart, scan.time_col,
-                            [_day_of(d) for d in digests if d not in seen],
+                            con, table.name, scan.keys_apart, scan.time_col, unseen,
                             [_day_of(d) for d in seen])
                     else:
-                        source, _ = _source(con, table, changed, unit_kind)
                         repeat = _repeats(con, source, scan.keys_apart)
                 repeat = repeat or _keys_repeat_across(con, table, usable, changed, reused,
                                                        unit_kind)

@@ -138,9 +138,9 @@ def test_an_opening_lists_each_tables_files_once(sim, tmp_path, monkeypatch):
     listed: list[str] = []
     real = validation.list_units
 
-    def counted(path, kind, table):
+    def counted(path, kind, table, *files):
         listed.append(table)
-        return real(path, kind, table)
+        return real(path, kind, table, *files)
 
     monkeypatch.setattr(validation, "list_units", counted)
     monkeypatch.setattr(export_module, "list_units", counted)
@@ -239,3 +239,108 @@ def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
     first = before["ranking_candidates"].slice(0, 1)
     assert problems(pa.concat_tables([candidates, first]), "old") == [
         ("ranking_candidates", "unique", 2)]
+
+
+def _users_reads(monkeypatch) -> list[str]:
+    """The SQL that creates ``src.users`` in each connection opened from now on."""
+    made: list[str] = []
+    real = export_module.connect
+
+    class Recorded:
+        def __init__(self, con):
+            self._con = con
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+        def execute(self, query, *args):
+            if str(query).split(" AS ")[0].replace('"', "") == "CREATE TABLE src.users":
+                made.append(str(query))
+            return self._con.execute(query, *args)
+
+    monkeypatch.setattr(export_module, "connect", lambda *a, **k: Recorded(real(*a, **k)))
+    return made
+
+
+def _users(export) -> tuple[list, list]:
+    """``src.users`` as the opening made it: its columns and types, its rows sorted."""
+    con = export.con
+    return (con.execute("DESCRIBE src.users").fetchall(),
+            con.execute("SELECT * FROM src.users ORDER BY ALL").fetchall())
+
+
+def test_a_many_file_table_is_read_from_its_copy_in_the_cache_while_its_files_stay_as_they_are(
+        sim, tmp_path, monkeypatch):
+    """The first opening reads the users' many files and keeps a one-file copy in the cache
+    folder; the next reads the copy. A file added since (a new day's signups) is read beside
+    the copy, which is then written again with it; a file rewritten, or a copy that cannot be
+    read, reads every file again. Each time ``src.users`` is what reading every file gives
+    (caching off)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from whispers_lab import validation
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(export_module, "MANY_FILES", 2)
+    folder = write_partitioned_export(sim.tables, tmp_path / "parts")
+    newest = sorted((folder / "users").glob("date=*"))[-1]  # the latest signups, held back
+    shutil.move(newest, tmp_path / "held")
+    made = _users_reads(monkeypatch)
+
+    def opened(cached: bool = True) -> tuple[list, list]:
+        monkeypatch.setenv(validation.CACHE_ENV, str(cache) if cached else "")
+        with open_export(folder) as export:
+            return _users(export)
+
+    def read_all() -> tuple[list, list]:
+        found = opened(cached=False)
+        assert "**" in made[-1]
+        return found
+
+    monkeypatch.setenv(validation.CACHE_ENV, str(cache))
+    copy = export_module.table_copy_file(folder, "users")
+    assert opened() == read_all() and copy.is_file()
+    assert "**" in made[-2]  # the first opening read the files, then kept the copy
+    assert opened() == read_all()
+    assert str(copy) in made[-2] and "**" not in made[-2]  # the next one read the copy
+
+    shutil.move(tmp_path / "held", newest)  # a new day's signups
+    added = next(newest.glob("*.parquet"))
+    assert opened() == read_all()
+    assert str(copy) in made[-2] and str(added) in made[-2] and "**" not in made[-2]
+    assert opened() == read_all()
+    assert "**" not in made[-2] and str(added) not in made[-2]  # the copy now holds them
+
+    changed = sorted((folder / "users").rglob("*.parquet"))[5]
+    rows = pq.read_table(changed)
+    pq.write_table(rows.set_column(rows.schema.get_field_index("micro_memory_count"),
+                                   "micro_memory_count",
+                                   pc.add(rows["micro_memory_count"], 1000)), changed)
+    assert opened() == read_all()
+    assert "**" in made[-2]  # a file rewritten: every file read again
+
+    copy.write_bytes(b"not parquet")
+    assert opened() == read_all()
+    assert "**" in made[-2] and pq.read_table(copy).num_rows == len(read_all()[1])
+
+    swapped = folder / "users" / "date=2099-12-30" / "data_0.parquet"  # columns in another order
+    swapped.parent.mkdir()
+    pq.write_table(rows.slice(0, 1).select(
+        ["user_id", "signup_at", "is_internal", "engagement_score", "micro_memory_count"]
+    ).set_column(0, "user_id", pa.array(["u-in-another-order"])), swapped)
+    assert opened() == read_all()
+    assert "**" in made[-2]
+    extra = folder / "users" / "date=2099-12-31" / "data_0.parquet"  # a column more
+    extra.parent.mkdir()
+    pq.write_table(rows.slice(0, 1).append_column("country", pa.array(["NL"])).set_column(
+        0, "user_id", pa.array(["u-with-a-country"])), extra)
+    assert opened() == read_all()
+    assert "**" in made[-2] and "country" in str(read_all()[0])
+
+    before = copy.stat().st_mtime_ns
+    opened(cached=False)
+    assert copy.stat().st_mtime_ns == before  # caching off: no copy read or written

@@ -120,3 +120,36 @@ def assert_same_evaluation(a, b) -> None:
             assert ra.value == pytest.approx(rb.value, rel=1e-12, nan_ok=True), ra.id
         else:
             assert ra.value == rb.value, ra.id
+
+
+def row_days(table, name: str):
+    """Each row's UTC day (``datetime64[D]``) of the Arrow ``table``'s time column (the
+    contract table ``name``'s)."""
+    import pyarrow as pa
+
+    from whispers_lab.contract import CONTRACT
+
+    column = table[CONTRACT[name].time_column].cast(pa.timestamp("us"))
+    return column.to_numpy(zero_copy_only=False).astype("datetime64[D]")
+
+
+def last_day(tables):
+    """The last UTC day of an export's API requests (its tables as Arrow tables)."""
+    return row_days(tables["api_logs"], "api_logs").max()
+
+
+def tables_before(tables, last):
+    """The export as it stood before the day ``last``: yesterday's file (the candidates of
+    the requests kept)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from whispers_lab.contract import CONTRACT
+
+    out = {}
+    for name, table in tables.items():
+        if CONTRACT[name].time_column:
+            out[name] = table.filter(pa.array(row_days(table, name) < last))
+        else:
+            out[name] = table.filter(pc.is_in(table["request_id"], out["api_logs"]["request_id"]))
+    return out

@@ -26,33 +26,16 @@ from whispers_lab.contract import CONTRACT
 from whispers_lab.errors import ExportValidationError
 from whispers_lab.export import open_export, write_export
 
+from factories import last_day as _last_day
+from factories import row_days as _day
+from factories import tables_before as _before
+
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv(validation.CACHE_ENV, str(folder))
     return folder
-
-
-def _day(table: pa.Table, name: str) -> np.ndarray:
-    """Each row's UTC day (``datetime64[D]``) of ``table``'s time column."""
-    column = table[CONTRACT[name].time_column].cast(pa.timestamp("us"))
-    return column.to_numpy(zero_copy_only=False).astype("datetime64[D]")
-
-
-def _last_day(tables: dict[str, pa.Table]) -> np.datetime64:
-    return _day(tables["api_logs"], "api_logs").max()
-
-
-def _before(tables: dict[str, pa.Table], last: np.datetime64) -> dict[str, pa.Table]:
-    """The export as it stood before ``last``: yesterday's file."""
-    out = {}
-    for name, table in tables.items():
-        if CONTRACT[name].time_column:
-            out[name] = table.filter(pa.array(_day(table, name) < last))
-        else:  # the candidates of the requests kept
-            out[name] = table.filter(pc.is_in(table["request_id"], out["api_logs"]["request_id"]))
-    return out
 
 
 def _write(tables: dict[str, pa.Table], path: Path) -> Path:

@@ -152,6 +152,20 @@ class Export:
         self._relations: dict[str, str] = {}
         self._serial = itertools.count()
 
+    def day_keys(self, table: str) -> dict[str, str] | None:
+        """``table``'s content key per ISO day as validation found it clean
+        (:attr:`~whispers_lab.validation.ValidationResult.day_keys`), None when this opening
+        did not validate it so: what is keyed by them is then never reused."""
+        v = self.validation
+        if v is None or v.problems or table not in v.day_keys:
+            return None
+        return v.day_keys[table]
+
+    def keep_in_cache(self, relation: str, target: Path) -> None:
+        """Write ``relation`` to the Parquet file ``target`` in the cache folder, atomically (a
+        temporary file, then renamed); never raises: what the cache keeps is a shortcut only."""
+        _save_to_cache(self.con, relation, target)
+
     @property
     def duplicate_events(self) -> int:
         """Telemetry rows left out of the ``telemetry`` view as repeats of an earlier event."""

@@ -160,6 +160,11 @@ class ValidationResult:
     #: manifest only): the search of repeated events and the id profile read them from here
     #: rather than list and checksum every file again
     units: dict[str, list[Unit]] = field(default_factory=dict)
+    #: each table's content key per ISO day (``"none"``: rows without a time), equal only for
+    #: the same rows that day: a DuckDB file's day digests (``contents``); a Parquet export's
+    #: digest of the files holding rows of that day, with their checksums and rows that day
+    #: (:func:`file_day_keys`). Empty for a table that was not checked in units.
+    day_keys: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -313,8 +318,8 @@ def cache_dir() -> Path | None:
     return Path(base) / "whispers-lab"
 
 
-#: Days a file of the cache folder's ``validation/``, ``duplicates/``, ``privacy/`` and
-#: ``tables/`` is kept without being written again (``$WHISPERS_LAB_CACHE_DAYS``; 0: for ever):
+#: Days a file of the cache folder's ``validation/``, ``duplicates/``, ``privacy/``,
+#: ``tables/`` and ``carried/`` is kept without being written again (``$WHISPERS_LAB_CACHE_DAYS``; 0: for ever):
 #: a scheduler that gets a new export file every day leaves a manifest and a list of repeated
 #: events a day.
 CACHE_DAYS_ENV = "WHISPERS_LAB_CACHE_DAYS"
@@ -322,7 +327,7 @@ DEFAULT_CACHE_DAYS = 30
 #: The parts of the cache folder :func:`prune_cache` prunes (each file is a shortcut only: a
 #: missing one is computed again). ``spark/`` (Parquet copies of DuckDB files) is not among
 #: them: a Spark job may be reading a copy.
-PRUNED_PARTS = ("validation", "duplicates", "privacy", "tables")
+PRUNED_PARTS = ("validation", "duplicates", "privacy", "tables", "carried")
 _PRUNED_MARKER = ".pruned"
 
 
@@ -966,6 +971,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         changed = [u for u in units if u.name not in kept]
         table_days: dict[dt.date, int] = {}
         day_counts: list[Mapping[dt.date, int]] = []
+        unit_days: list[tuple[Unit, Mapping[dt.date, int]]] = []  # (Parquet: day keys)
         spans: list[tuple[int, Any, Any]] = []
         try:
             if changed:
@@ -1011,6 +1017,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                     found += _check_unique(con, table, usable)
                 for u in changed:
                     day_counts.append(scan.days.get(u.name, {}))
+                    unit_days.append((u, day_counts[-1]))
                     spans.append((scan.rows.get(u.name, 0), *scan.span.get(u.name, (None, None))))
             for u in reused:
                 entry = cached[u.name]
@@ -1018,6 +1025,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                     result.contents[table.name] = dict(entry["contents"])
                 day_counts.append({dt.date.fromisoformat(d): int(n)
                                    for d, n in entry["days"].items()})
+                unit_days.append((u, day_counts[-1]))
                 spans.append((int(entry["rows"]), _time(entry.get("first")),
                               _time(entry.get("last"))))
             table_days = merge_days(*day_counts)  # once: merging unit by unit was quadratic
@@ -1046,6 +1054,11 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                             manifest[u.name]["content"] = list(scan.unit_content)
                 if table.name in result.contents:
                     clean[table.name] = result.contents[table.name]
+        if table.name in result.contents:
+            result.day_keys[table.name] = result.contents[table.name]
+        elif (kind == "parquet" and incremental and not found
+              and all(u.checksum for u, _ in unit_days)):
+            result.day_keys[table.name] = file_day_keys(table.name, unit_days, spans)
         firsts = [f for _, f, _ in spans if f is not None]
         lasts = [t for _, _, t in spans if t is not None]
         result.tables[table.name] = TableSummary(sum(n for n, _, _ in spans),
@@ -1062,6 +1075,25 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
     _save_contents(cpath, clean)
     result.notices += _notices(con, days)
     return result
+
+
+def file_day_keys(table: str, unit_days: Sequence[tuple[Unit, Mapping[dt.date, int]]],
+                  spans: Sequence[tuple[int, Any, Any]]) -> dict[str, str]:
+    """A Parquet table's content key per ISO day: a digest of the files holding rows of that
+    day, each with its checksum (size, times, inode, footer) and its rows that day. The rows
+    without a time (``"none"``: a file's rows beyond those of its days) are keyed alike. A
+    file changed, added or removed changes the key of every day it holds rows of, and only
+    those: the other days' rows are in other files, as they were."""
+    held: dict[str, list[str]] = {}
+    for (unit, days), (rows, _, _) in zip(unit_days, spans, strict=True):
+        for day, n in days.items():
+            held.setdefault(_day_name(day), []).append(f"{unit.name}:{unit.checksum}:{n}")
+        timeless = rows - sum(days.values())
+        if timeless:
+            held.setdefault("none", []).append(f"{unit.name}:{unit.checksum}:{timeless}")
+    checks = checks_digest()
+    return {day: hashlib.sha256(f"{checks}:{table}:{day}:{';'.join(sorted(files))}".encode())
+            .hexdigest()[:32] for day, files in held.items()}
 
 
 def _iso(value: Any) -> str | None:

@@ -1,0 +1,196 @@
+"""What one day's report carries to the next (``whispers_lab.queries.carried``): the users' app
+opens over the days before the new one, read back instead of the telemetry of those days.
+
+Every test compares the table the evaluation made, and the evaluation itself, with the same
+evaluation under caching off (nothing carried), and says which way the table was made. Each
+test has a cache folder of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from whispers_lab import export as ex
+from whispers_lab import validation
+from whispers_lab.evaluate import evaluate_day
+from whispers_lab.export import open_export, write_export, write_partitioned_export
+from whispers_lab.queries import carried
+from whispers_lab.queries.monitoring import APP_OPENS_TABLE
+
+from factories import assert_same_evaluation, last_day, row_days, tables_before
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(validation.CACHE_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each evaluation from now on made the app opens' table: ``telemetry`` (every day
+    read), ``joined`` (the carried days and the last day's opens) or ``carried`` (read as it
+    was)."""
+    how: list[str] = []
+    real = ex.Export.sql
+
+    def recorded(self, query, *args, **kwargs):
+        if f"TEMP TABLE {APP_OPENS_TABLE} AS" in query:
+            how.append("joined" if "FULL JOIN" in query else
+                       "carried" if "carried" in query else "telemetry")
+        return real(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(ex.Export, "sql", recorded)
+    return how
+
+
+def _evaluated(path: Path, day: int, plan) -> tuple[object, list[tuple]]:
+    """The day's evaluation and the app opens' table it made (sorted rows)."""
+    with open_export(path) as export:
+        evaluation = evaluate_day(export, day, plan)
+        rows = export.con.execute(f"SELECT * FROM {APP_OPENS_TABLE} ORDER BY ALL").fetchall()
+    return evaluation, rows
+
+
+def _as_if_uncached(path: Path, day: int, plan, monkeypatch: pytest.MonkeyPatch
+                    ) -> tuple[object, list[tuple]]:
+    kept = os.environ[validation.CACHE_ENV]
+    monkeypatch.setenv(validation.CACHE_ENV, "")
+    try:
+        return _evaluated(path, day, plan)
+    finally:
+        monkeypatch.setenv(validation.CACHE_ENV, kept)
+
+
+def _same(path: Path, day: int, plan, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation of ``path`` now, and again, as with nothing carried."""
+    expected = _as_if_uncached(path, day, plan, monkeypatch)
+    found = _evaluated(path, day, plan)
+    assert found[1] == expected[1] and len(found[1]) > 100
+    assert_same_evaluation(found[0], expected[0])
+
+
+def _days(small_sim, tmp_path: Path, before: dict | None = None,
+          whole: dict | None = None) -> tuple[Path, Path, int]:
+    """The day before's file and the whole one (DuckDB files under new names), and the last
+    rollout day."""
+    tables = dict(small_sim.tables) if whole is None else whole
+    last = last_day(dict(small_sim.tables))
+    first = write_export(tables_before(dict(small_sim.tables), last) if before is None
+                         else before, tmp_path / "day-before.duckdb")
+    day = (last.astype(object) - small_sim.plan.start_date).days
+    return first, write_export(tables, tmp_path / "today.duckdb"), day
+
+
+def test_a_new_file_reads_the_days_before_from_the_day_befores_report(
+        small_sim, tmp_path: Path, cache: Path, made: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DuckDB file written anew (another name) holding yesterday's days as they were: its
+    report joins the carried table to the new day's app opens; made again, it reads its own
+    carried table. Both as with nothing carried. Without a cache folder nothing is kept."""
+    before, today, day = _days(small_sim, tmp_path)
+    plan = small_sim.plan
+    _evaluated(before, day - 1, plan)
+    assert made == ["telemetry"] and len(list((cache / "carried").glob("app_opens-*"))) == 1
+    made.clear()
+    _same(today, day, plan, monkeypatch)
+    assert made == ["telemetry", "joined"]
+    made.clear()
+    _same(today, day, plan, monkeypatch)
+    assert made == ["telemetry", "carried"]
+    assert len(list((cache / "carried").glob("app_opens-*"))) == 2
+
+
+def test_an_earlier_day_rewritten_is_read_from_the_telemetry(
+        small_sim, tmp_path: Path, cache: Path, made: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's file holds an earlier day changed (one app open of day 3 gone): that day's
+    content key differs, nothing is carried, the table is the telemetry's."""
+    tables = dict(small_sim.tables)
+    telemetry = tables["telemetry"]
+    day3 = row_days(telemetry, "telemetry") == np.datetime64(small_sim.plan.start_date) + 3
+    opens = pa.compute.equal(telemetry["event_type"], "app_open").to_numpy(zero_copy_only=False)
+    gone = int((day3 & opens).nonzero()[0][0])
+    keep = pa.array([i != gone for i in range(telemetry.num_rows)])
+    before, today, day = _days(small_sim, tmp_path,
+                               whole=tables | {"telemetry": telemetry.filter(keep)})
+    _evaluated(before, day - 1, small_sim.plan)
+    made.clear()
+    _same(today, day, small_sim.plan, monkeypatch)
+    assert made == ["telemetry", "telemetry"]
+
+
+def test_another_state_before_the_new_day_is_read_from_the_telemetry(
+        small_sim, tmp_path: Path, cache: Path, made: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flag log of today's file moves an earlier change by an hour: the state's slots
+    before the new day differ (the bits of each user's opens per slot), nothing is carried."""
+    tables = dict(small_sim.tables)
+    flags = tables["flag_changes"]
+    later = pa.compute.add(flags["changed_at"].cast(pa.timestamp("us")),
+                           pa.scalar(3600 * 10**6, pa.duration("us")))
+    moved = flags.set_column(flags.schema.get_field_index("changed_at"), "changed_at",
+                             pa.array([later[i].as_py() if i == flags.num_rows // 2
+                                       else flags["changed_at"][i].as_py()
+                                       for i in range(flags.num_rows)],
+                                      flags.schema.field("changed_at").type))
+    before, today, day = _days(small_sim, tmp_path, whole=tables | {"flag_changes": moved})
+    _evaluated(before, day - 1, small_sim.plan)
+    made.clear()
+    _same(today, day, small_sim.plan, monkeypatch)
+    assert made == ["telemetry", "telemetry"]
+
+
+def test_a_carried_file_that_cannot_be_read_is_made_again(
+        small_sim, tmp_path: Path, cache: Path, made: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    before, today, day = _days(small_sim, tmp_path)
+    _evaluated(before, day - 1, small_sim.plan)
+    for file in (cache / "carried").glob("app_opens-*"):
+        file.write_bytes(b"not parquet")
+    made.clear()
+    _same(today, day, small_sim.plan, monkeypatch)
+    assert made == ["telemetry", "joined", "telemetry"]  # (the failed join, then the days)
+
+
+def test_a_partitioned_exports_new_day_reads_the_days_before_from_the_day_befores_report(
+        small_sim, tmp_path: Path, cache: Path, made: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Parquet export partitioned by day: the new day's files added, every earlier file as
+    it was. A file of an earlier day rewritten (the same rows, a new checksum) carries
+    nothing."""
+    tables = dict(small_sim.tables)
+    last = last_day(tables)
+    whole = write_partitioned_export(tables, tmp_path / "whole")
+    folder = write_partitioned_export(tables_before(tables, last), tmp_path / "parts")
+    day = (last.astype(object) - small_sim.plan.start_date).days
+    _evaluated(folder, day - 1, small_sim.plan)
+    for part in sorted(whole.glob(f"*/date={last}")):
+        shutil.copytree(part, folder / part.relative_to(whole))
+    (folder / "ranking_candidates.parquet").unlink()
+    shutil.copy2(whole / "ranking_candidates.parquet", folder / "ranking_candidates.parquet")
+    made.clear()
+    _same(folder, day, small_sim.plan, monkeypatch)
+    assert made == ["telemetry", "joined"]
+
+    earlier = sorted((folder / "telemetry").glob("date=*"))[-5] / "data_0.parquet"
+    earlier.write_bytes(earlier.read_bytes())  # (a new modification time)
+    os.utime(earlier, (1, 1))
+    made.clear()
+    _same(folder, day, small_sim.plan, monkeypatch)
+    assert made == ["telemetry", "telemetry"]
+
+
+def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(carried, "KEPT", 2)
+    before, _, day = _days(small_sim, tmp_path)
+    for d in (day - 3, day - 2, day - 1):
+        _evaluated(before, d, small_sim.plan)
+    assert len(list((cache / "carried").glob("app_opens-*"))) == 2

@@ -1,0 +1,92 @@
+"""Tables one report carries to the next: what an evaluation made from days of telemetry that
+the next day's evaluation finds unchanged.
+
+The report of day d reads the telemetry from the pre-period on; the next day's, the same days
+and one more. A table made from the days ``[lo, hi)`` is kept in the cache folder
+(``carried/``), named by a digest of everything it depends on: those days' content as
+validation found it clean (:meth:`whispers_lab.export.Export.day_keys`: a DuckDB file's day
+digests, or a Parquet export's files holding each day with their checksums), the repeated
+events left out of them, the code's version and the caller's ``parts`` (the plan's start, the
+mask's layout...). Equal names mean equal inputs, so a later run that finds the name reads the
+table instead of the telemetry of those days, whichever file or path the days come from (a
+DuckDB file written anew each day under a new name finds the day before's). A name not found,
+or a file that cannot be read, is computed from the telemetry as before: the cache is a
+shortcut only. Nothing is carried from an export that was not validated, nor on Spark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Hashable
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from ..export import Export
+from ..sql import sql_string
+from ..validation import DUPLICATE_EVENTS_TABLE, cache_dir, checks_digest
+
+#: Part of every name: raised whenever what a carried table holds, or how it is made, changes.
+CARRY_VERSION = 1
+#: Carried tables kept per kind (the newest by time of writing; the others are deleted).
+KEPT = 8
+
+
+def content_key(export: Export, kind: str, parts: Hashable, lo: dt.datetime,
+                hi: dt.datetime) -> str | None:
+    """The name of ``kind``'s table made from the telemetry of the whole days ``[lo, hi)``
+    with ``parts``, or None when nothing can be carried: caching off, another engine, an
+    export not validated, or bounds that are not midnights."""
+    root = cache_dir()
+    days = export.day_keys("telemetry") if export.engine == "duckdb" else None
+    if root is None or days is None:
+        return None
+    if pd.Timestamp(lo) != pd.Timestamp(lo).normalize() or \
+            pd.Timestamp(hi) != pd.Timestamp(hi).normalize():
+        return None
+    h = hashlib.sha256(f"{CARRY_VERSION}:{checks_digest()}:{kind}:{export.kind}:"
+                       f"{parts!r}".encode())
+    day = lo.date()
+    while day < hi.date():
+        h.update(f"{day.isoformat()}={days.get(day.isoformat(), '-')};".encode())
+        day += dt.timedelta(days=1)
+    try:  # the repeated events left out of the telemetry view on those days
+        repeats = export.con.execute(
+            f"SELECT count(*), coalesce(bit_xor(hash(event_id, ts)), 0) "
+            f"FROM {DUPLICATE_EVENTS_TABLE} WHERE ts >= ? AND ts < ?", [lo, hi]).fetchall()[0]
+    except duckdb.Error:
+        return None
+    h.update(f"repeats={repeats[0]}:{repeats[1]}".encode())
+    return f"{kind}-{h.hexdigest()[:40]}"
+
+
+def carried_file(key: str) -> Path | None:
+    """The file of the carried table named ``key`` (None: caching off)."""
+    root = cache_dir()
+    return None if root is None else root / "carried" / f"{key}.parquet"
+
+
+def source(key: str | None) -> str | None:
+    """SQL reading the carried table named ``key``, None when there is none."""
+    path = carried_file(key) if key is not None else None
+    return f"read_parquet({sql_string(str(path))})" if path is not None and path.is_file() \
+        else None
+
+
+def keep(export: Export, relation: str, key: str | None) -> None:
+    """Carry ``relation`` under ``key`` (None: nothing), keeping the :data:`KEPT` newest of its
+    kind."""
+    path = carried_file(key) if key is not None else None
+    if path is None:
+        return
+    export.keep_in_cache(relation, path)
+    kind = key.rsplit("-", 1)[0]
+    try:
+        older = sorted(path.parent.glob(f"{kind}-*.parquet"), key=lambda f: f.stat().st_mtime,
+                       reverse=True)[KEPT:]
+    except OSError:
+        return
+    for file in older:
+        file.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from whispers_lab import validation
 from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_export, write_partitioned_export
 from whispers_lab.queries import carried
-from whispers_lab.queries.monitoring import APP_OPENS_TABLE
+from whispers_lab.queries.monitoring import APP_OPENS_TABLE, REQUEST_EVENTS_TABLE
 
 from factories import assert_same_evaluation, last_day, row_days, tables_before
 
@@ -33,28 +33,35 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """How each evaluation from now on made the app opens' table: ``telemetry`` (every day
-    read), ``joined`` (the carried days and the last day's opens) or ``carried`` (read as it
-    was)."""
-    how: list[str] = []
+def made(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """How each evaluation from now on made the app opens' table (``opens``) and the grouped
+    telemetry (``events``): ``telemetry`` (every day read), ``joined`` (carried days and the
+    days after them from the telemetry) or ``carried`` (read as it was)."""
+    how: dict[str, list[str]] = {"opens": [], "events": []}
     real = ex.Export.sql
 
     def recorded(self, query, *args, **kwargs):
-        if f"TEMP TABLE {APP_OPENS_TABLE} AS" in query:
-            how.append("joined" if "FULL JOIN" in query else
-                       "carried" if "carried" in query else "telemetry")
+        for name, table in (("opens", APP_OPENS_TABLE), ("events", REQUEST_EVENTS_TABLE)):
+            if f"TEMP TABLE {table} AS" in query:
+                how[name].append("telemetry" if "carried" not in query else
+                                 "joined" if "JOIN" in query or "UNION" in query else "carried")
         return real(self, query, *args, **kwargs)
 
     monkeypatch.setattr(ex.Export, "sql", recorded)
     return how
 
 
+def _clear(made: dict[str, list[str]]) -> None:
+    for how in made.values():
+        how.clear()
+
+
 def _evaluated(path: Path, day: int, plan) -> tuple[object, list[tuple]]:
     """The day's evaluation and the app opens' table it made (sorted rows)."""
     with open_export(path) as export:
         evaluation = evaluate_day(export, day, plan)
-        rows = export.con.execute(f"SELECT * FROM {APP_OPENS_TABLE} ORDER BY ALL").fetchall()
+        rows = [export.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
+                for t in (APP_OPENS_TABLE, REQUEST_EVENTS_TABLE)]
     return evaluation, rows
 
 
@@ -72,7 +79,7 @@ def _same(path: Path, day: int, plan, monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluation of ``path`` now, and again, as with nothing carried."""
     expected = _as_if_uncached(path, day, plan, monkeypatch)
     found = _evaluated(path, day, plan)
-    assert found[1] == expected[1] and len(found[1]) > 100
+    assert found[1] == expected[1] and min(map(len, found[1])) > 100
     assert_same_evaluation(found[0], expected[0])
 
 
@@ -97,14 +104,16 @@ def test_a_new_file_reads_the_days_before_from_the_day_befores_report(
     before, today, day = _days(small_sim, tmp_path)
     plan = small_sim.plan
     _evaluated(before, day - 1, plan)
-    assert made == ["telemetry"] and len(list((cache / "carried").glob("app_opens-*"))) == 1
-    made.clear()
+    assert made == {"opens": ["telemetry"], "events": ["telemetry"]}
+    assert len(list((cache / "carried").glob("*"))) == 2
+    _clear(made)
     _same(today, day, plan, monkeypatch)
-    assert made == ["telemetry", "joined"]
-    made.clear()
+    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"]}
+    _clear(made)
     _same(today, day, plan, monkeypatch)
-    assert made == ["telemetry", "carried"]
+    assert made == {"opens": ["telemetry", "carried"], "events": ["telemetry", "joined"]}
     assert len(list((cache / "carried").glob("app_opens-*"))) == 2
+    assert len(list((cache / "carried").glob("request_events-*"))) == 2
 
 
 def test_an_earlier_day_rewritten_is_read_from_the_telemetry(
@@ -121,9 +130,9 @@ def test_an_earlier_day_rewritten_is_read_from_the_telemetry(
     before, today, day = _days(small_sim, tmp_path,
                                whole=tables | {"telemetry": telemetry.filter(keep)})
     _evaluated(before, day - 1, small_sim.plan)
-    made.clear()
+    _clear(made)
     _same(today, day, small_sim.plan, monkeypatch)
-    assert made == ["telemetry", "telemetry"]
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2}
 
 
 def test_another_state_before_the_new_day_is_read_from_the_telemetry(
@@ -142,9 +151,10 @@ def test_another_state_before_the_new_day_is_read_from_the_telemetry(
                                       flags.schema.field("changed_at").type))
     before, today, day = _days(small_sim, tmp_path, whole=tables | {"flag_changes": moved})
     _evaluated(before, day - 1, small_sim.plan)
-    made.clear()
+    _clear(made)
     _same(today, day, small_sim.plan, monkeypatch)
-    assert made == ["telemetry", "telemetry"]
+    # (the grouped telemetry does not depend on the state)
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry", "joined"]}
 
 
 def test_a_carried_file_that_cannot_be_read_is_made_again(
@@ -152,11 +162,13 @@ def test_a_carried_file_that_cannot_be_read_is_made_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     before, today, day = _days(small_sim, tmp_path)
     _evaluated(before, day - 1, small_sim.plan)
-    for file in (cache / "carried").glob("app_opens-*"):
+    for file in (cache / "carried").glob("*"):
         file.write_bytes(b"not parquet")
-    made.clear()
+    _clear(made)
     _same(today, day, small_sim.plan, monkeypatch)
-    assert made == ["telemetry", "joined", "telemetry"]  # (the failed join, then the days)
+    # (the failed join, then every day)
+    assert made == {"opens": ["telemetry", "joined", "telemetry"],
+                    "events": ["telemetry", "joined", "telemetry"]}
 
 
 def test_a_partitioned_exports_new_day_reads_the_days_before_from_the_day_befores_report(
@@ -175,16 +187,16 @@ def test_a_partitioned_exports_new_day_reads_the_days_before_from_the_day_before
         shutil.copytree(part, folder / part.relative_to(whole))
     (folder / "ranking_candidates.parquet").unlink()
     shutil.copy2(whole / "ranking_candidates.parquet", folder / "ranking_candidates.parquet")
-    made.clear()
+    _clear(made)
     _same(folder, day, small_sim.plan, monkeypatch)
-    assert made == ["telemetry", "joined"]
+    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"]}
 
     earlier = sorted((folder / "telemetry").glob("date=*"))[-5] / "data_0.parquet"
     earlier.write_bytes(earlier.read_bytes())  # (a new modification time)
     os.utime(earlier, (1, 1))
-    made.clear()
+    _clear(made)
     _same(folder, day, small_sim.plan, monkeypatch)
-    assert made == ["telemetry", "telemetry"]
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2}
 
 
 def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Path,
@@ -194,3 +206,4 @@ def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Pa
     for d in (day - 3, day - 2, day - 1):
         _evaluated(before, d, small_sim.plan)
     assert len(list((cache / "carried").glob("app_opens-*"))) == 2
+    assert len(list((cache / "carried").glob("request_events-*"))) == 2

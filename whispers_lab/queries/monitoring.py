@@ -26,6 +26,7 @@ import weakref
 from dataclasses import replace
 from typing import Any, Literal
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -33,6 +34,7 @@ from ..contract import CONTRACT, WHISPERS_ENDPOINT
 from ..coverage import ACTIVITY_TABLES, Extent, extent_from_days, merge_days
 from ..export import Export
 from ..sql import sql_ident, sql_string
+from . import carried
 
 ERROR_STATUS = 400
 SERVER_ERROR_STATUS = 500
@@ -722,25 +724,80 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
     reader aggregates them (the cue spacing orders each user's cue times itself)."""
     day_lo = hi if day_lo is None else max(day_lo, lo)
     cue_lo = hi if cue_lo is None else max(min(cue_lo, day_lo), lo)
-    export.sql(f"""CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS
-    SELECT date_trunc('day', created_at) AS d,
-           CASE WHEN event_type = 'app_open' THEN NULL ELSE user_id END AS user_id,
-           CASE WHEN event_type = 'app_open' THEN NULL ELSE request_id END AS request_id,
-           CASE WHEN event_type = 'maya_cue_fired' AND created_at >= $cue_lo THEN created_at
-                WHEN created_at >= $day_lo THEN date_trunc('hour', created_at) END AS t,
-           count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
-           count(*) FILTER (WHERE event_type = 'whispers_used') AS used,
-           count(*) FILTER (WHERE event_type = 'maya_cue_fired') AS cues,
-           count(*) AS events
-    FROM telemetry
-    WHERE created_at >= $lo AND created_at < $hi
-      AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
-           OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
-    GROUP BY 1, 2, 3, 4""",
-               {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo}, ordered=False)
+    params = {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo}
+
+    def grouped(since: str) -> str:  # the telemetry from ``since`` to $hi
+        return f"""
+        SELECT date_trunc('day', created_at) AS d,
+               CASE WHEN event_type = 'app_open' THEN NULL ELSE user_id END AS user_id,
+               CASE WHEN event_type = 'app_open' THEN NULL ELSE request_id END AS request_id,
+               CASE WHEN event_type = 'maya_cue_fired' AND created_at >= $cue_lo THEN created_at
+                    WHEN created_at >= $day_lo THEN date_trunc('hour', created_at) END AS t,
+               count(*) FILTER (WHERE event_type = 'whispers_shown') AS shown,
+               count(*) FILTER (WHERE event_type = 'whispers_used') AS used,
+               count(*) FILTER (WHERE event_type = 'maya_cue_fired') AS cues,
+               count(*) AS events
+        FROM telemetry
+        WHERE created_at >= {since} AND created_at < $hi
+          AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
+               OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
+        GROUP BY 1, 2, 3, 4"""
+
+    _make_request_events(export, grouped, params)
     _made(export, REQUEST_EVENTS_TABLE, lo, hi)
     _made(export, _DAY_EVENTS, day_lo, hi)
     _made(export, _CUE_EVENTS, cue_lo, hi)
+
+
+def _make_request_events(export: Export, grouped: Any, params: dict[str, Any]) -> None:
+    """Create :data:`REQUEST_EVENTS_TABLE` (``grouped(since)``: its query from ``since`` to
+    ``$hi``), reading what an earlier report carried (:mod:`.carried`) when it can.
+
+    The days before the cues' lookback (``$cue_lo``'s day) hold whispers events only, grouped
+    without a time: a function of those days' telemetry alone. The report keeps them, and the
+    next day's report (whose lookback starts a day later) reads them, with only the days from
+    the first it lacks read from the telemetry: three days instead of every day of the
+    rollout. A report made again reads its own."""
+    lo = pd.Timestamp(params["lo"])
+    cut = pd.Timestamp(params["cue_lo"]).floor("D")  # (the days before it: no time, no cue)
+    purpose = (REQUEST_EVENTS_TABLE, *params.values())
+    again = carried.made_before(export, purpose)
+    if again is not None:
+        try:
+            export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {again[0]}",
+                       again[1], ordered=False)
+            return
+        except duckdb.Error:  # (its carried file deleted since)
+            pass
+    keys = {}
+    if lo.normalize() == lo:
+        for end in (cut, cut - pd.Timedelta(days=1)):
+            if end > lo:
+                keys[end] = carried.content_key(export, "request_events", (), lo.to_pydatetime(),
+                                                end.to_pydatetime())
+    found = next(((end, carried.source(k)) for end, k in keys.items() if carried.source(k)),
+                 None)
+    whole = grouped("$lo")
+    made = whole
+    if found is not None:
+        made = f"SELECT * FROM {found[1]} UNION ALL {grouped('$since')}"
+    bound = {k: v for k, v in params.items() if f"${k}" in made}
+    if found is not None:
+        bound["since"] = found[0].to_pydatetime()
+    try:
+        export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {made}", bound,
+                   ordered=False)
+    except duckdb.Error:
+        if found is None:
+            raise
+        made, bound, found = whole, params, None  # a carried file that cannot be read
+        export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {made}", bound,
+                   ordered=False)
+    carried.remember(export, purpose, made, bound)
+    own = keys.get(cut)
+    if own is not None and (found is None or found[0] != cut):
+        carried.keep(export, f"(SELECT * FROM {REQUEST_EVENTS_TABLE} "
+                             f"WHERE d < TIMESTAMP '{cut.isoformat(sep=' ')}')", own)
 
 
 def _on_the_hour(t: dt.datetime) -> bool:

@@ -207,3 +207,21 @@ def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Pa
         _evaluated(before, d, small_sim.plan)
     assert len(list((cache / "carried").glob("app_opens-*"))) == 2
     assert len(list((cache / "carried").glob("request_events-*"))) == 2
+
+
+def test_the_summarys_evaluation_makes_the_tables_as_the_days_did(
+        small_sim, tmp_path: Path, cache: Path, made: dict[str, list[str]]) -> None:
+    """The report evaluates the day, then the summary (the whole rollout's plan) on the same
+    memoizing export: each table is made by the same statement again, which the export skips
+    with everything computed from it, not read back from what the day's evaluation just
+    carried (another statement: everything after it computed again)."""
+    from whispers_lab.report.summary import full_rollout_plan
+
+    before, today, day = _days(small_sim, tmp_path)
+    _evaluated(before, day - 1, small_sim.plan)
+    _clear(made)
+    with open_export(today) as export:
+        export.memoize()
+        evaluate_day(export, day, small_sim.plan)
+        evaluate_day(export, day, full_rollout_plan(small_sim.plan))
+    assert made == {"opens": ["joined"] * 2, "events": ["joined"] * 2}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +110,32 @@ def keep(export: Export, relation: str, key: str | None) -> None:
         return
     for file in older:
         file.unlink(missing_ok=True)
+
+
+def bound(statement: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The parameters of ``params`` that ``statement`` names (DuckDB refuses others)."""
+    return {k: v for k, v in params.items() if f"${k}" in statement} or None
+
+
+def create(export: Export, table: str, purpose: Hashable | None,
+           ways: Sequence[tuple[str, Mapping[str, Any] | None]], *, ordered: bool = True) -> int:
+    """Create the temporary ``table`` the first way that runs: the statement that made it for
+    ``purpose`` before (:func:`made_before`; None: none is looked up or recorded), else each of
+    ``ways`` (a query and its parameters) in turn: those reading carried files first, the
+    telemetry's last, so that a carried file that cannot be read (deleted or damaged since)
+    falls through to the next. Returns the index in ``ways`` of the way taken, -1 for the
+    statement made before. Raises what the last way raises."""
+    again = made_before(export, purpose) if purpose is not None else None
+    tries = ([again] if again is not None else []) + list(ways)
+    for i, (statement, params) in enumerate(tries):
+        try:
+            export.sql(f"CREATE OR REPLACE TEMP TABLE {table} AS {statement}", params,
+                       ordered=ordered)
+        except duckdb.Error:
+            if i == len(tries) - 1:
+                raise
+            continue
+        if purpose is not None:
+            remember(export, purpose, statement, params)
+        return i - (again is not None)
+    raise AssertionError("unreachable: the last way raises")  # pragma: no cover

@@ -25,7 +25,6 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -212,39 +211,22 @@ def _make_app_opens(export: Export, grouped: str, last_day: str, params: dict[st
         return carried.content_key(export, "app_opens", (*layout, held), lo, until)
 
     whole = key(hi) if layout[-1] == "BIGINT" else None
-    again = carried.made_before(export, whole) if whole else None
-    if again is not None:
-        try:
-            export.sql(f"CREATE OR REPLACE TEMP TABLE {APP_OPENS_TABLE} AS {again[0]}",
-                       again[1])
-            return
-        except duckdb.Error:  # (its carried file deleted since)
-            pass
     found = carried.source(whole)
     earlier = carried.source(key(day_lo)) if found is None and whole and day_lo > lo else None
+    ways: list[tuple[str, Any]] = []
     if found is not None:
-        made = f"SELECT user_id, m, o, day_opens FROM {found}"
+        ways.append((f"SELECT user_id, m, o, day_opens FROM {found}", None))
     elif earlier is not None:
-        made = f"""
+        join = f"""
         SELECT coalesce(c.user_id, n.user_id) AS user_id, coalesce(c.m, 0) | coalesce(n.m, 0) AS m,
                coalesce(c.o, 0) | coalesce(n.o, 0) AS o, coalesce(n.day_opens, 0) AS day_opens
         FROM {earlier} AS c
         FULL JOIN ({last_day}) AS n
           ON c.user_id IS NOT DISTINCT FROM n.user_id"""
-    else:
-        made = grouped
-    bound = {k: v for k, v in params.items() if f"${k}" in made} or None
-    try:
-        export.sql(f"CREATE OR REPLACE TEMP TABLE {APP_OPENS_TABLE} AS {made}", bound)
-    except duckdb.Error:
-        if made is grouped:
-            raise
-        # a carried file that cannot be read: the days from the telemetry
-        made, bound, found = grouped, params, None
-        export.sql(f"CREATE OR REPLACE TEMP TABLE {APP_OPENS_TABLE} AS {made}", bound)
-    if whole:
-        carried.remember(export, whole, made, bound)
-    if found is None:
+        ways.append((join, carried.bound(join, params)))
+    ways.append((grouped, params))
+    taken = carried.create(export, APP_OPENS_TABLE, whole, ways)
+    if whole and taken >= 0 and (found is None or taken > 0):  # (not read as it was kept)
         carried.keep(export, APP_OPENS_TABLE, whole)
 
 

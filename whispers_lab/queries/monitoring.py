@@ -26,7 +26,6 @@ import weakref
 from dataclasses import replace
 from typing import Any, Literal
 
-import duckdb
 import numpy as np
 import pandas as pd
 
@@ -760,42 +759,26 @@ def _make_request_events(export: Export, grouped: Any, params: dict[str, Any]) -
     rollout. A report made again reads its own."""
     lo = pd.Timestamp(params["lo"])
     cut = pd.Timestamp(params["cue_lo"]).floor("D")  # (the days before it: no time, no cue)
-    purpose = (REQUEST_EVENTS_TABLE, *params.values())
-    again = carried.made_before(export, purpose)
-    if again is not None:
-        try:
-            export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {again[0]}",
-                       again[1], ordered=False)
-            return
-        except duckdb.Error:  # (its carried file deleted since)
-            pass
     keys = {}
     if lo.normalize() == lo:
-        for end in (cut, cut - pd.Timedelta(days=1)):
+        for end in (cut, cut - pd.Timedelta(days=1)):  # (the report's own, the day before's)
             if end > lo:
                 keys[end] = carried.content_key(export, "request_events", (), lo.to_pydatetime(),
                                                 end.to_pydatetime())
-    found = next(((end, carried.source(k)) for end, k in keys.items() if carried.source(k)),
-                 None)
-    whole = grouped("$lo")
-    made = whole
-    if found is not None:
-        made = f"SELECT * FROM {found[1]} UNION ALL {grouped('$since')}"
-    bound = {k: v for k, v in params.items() if f"${k}" in made}
-    if found is not None:
-        bound["since"] = found[0].to_pydatetime()
-    try:
-        export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {made}", bound,
-                   ordered=False)
-    except duckdb.Error:
-        if found is None:
-            raise
-        made, bound, found = whole, params, None  # a carried file that cannot be read
-        export.sql(f"CREATE OR REPLACE TEMP TABLE {REQUEST_EVENTS_TABLE} AS {made}", bound,
-                   ordered=False)
-    carried.remember(export, purpose, made, bound)
+    ends: list[pd.Timestamp] = []
+    ways: list[tuple[str, Any]] = []
+    for end, key in keys.items():
+        found = carried.source(key)
+        if found is not None:
+            joined = f"SELECT * FROM {found} UNION ALL {grouped('$since')}"
+            ends.append(end)
+            ways.append((joined, (carried.bound(joined, params) or {})
+                         | {"since": end.to_pydatetime()}))
+    ways.append((grouped("$lo"), params))
+    taken = carried.create(export, REQUEST_EVENTS_TABLE, (REQUEST_EVENTS_TABLE, *params.values()),
+                           ways, ordered=False)
     own = keys.get(cut)
-    if own is not None and (found is None or found[0] != cut):
+    if own is not None and taken >= 0 and (taken == len(ends) or ends[taken] != cut):
         carried.keep(export, f"(SELECT * FROM {REQUEST_EVENTS_TABLE} "
                              f"WHERE d < TIMESTAMP '{cut.isoformat(sep=' ')}')", own)
 

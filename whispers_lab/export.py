@@ -852,7 +852,9 @@ def _save_to_cache(con: duckdb.DuckDBPyConnection, relation: str, target: Path,
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
-            con.execute(f"COPY {relation} TO {sql_string(tmp)} (FORMAT parquet{options})")
+            # (zstd: half the size of the default's for the same time, docs/scale.md)
+            con.execute(f"COPY {relation} TO {sql_string(tmp)} "
+                        f"(FORMAT parquet, COMPRESSION zstd{options})")
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):

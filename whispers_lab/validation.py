@@ -319,9 +319,9 @@ def cache_dir() -> Path | None:
 
 
 #: Days a file of the cache folder's ``validation/``, ``duplicates/``, ``privacy/``,
-#: ``tables/`` and ``carried/`` is kept without being written again (``$WHISPERS_LAB_CACHE_DAYS``; 0: for ever):
-#: a scheduler that gets a new export file every day leaves a manifest and a list of repeated
-#: events a day.
+#: ``tables/`` and ``carried/`` is kept without being written again
+#: (``$WHISPERS_LAB_CACHE_DAYS``; 0: for ever): a scheduler that gets a new export file every
+#: day leaves a manifest and a list of repeated events a day.
 CACHE_DAYS_ENV = "WHISPERS_LAB_CACHE_DAYS"
 DEFAULT_CACHE_DAYS = 30
 #: The parts of the cache folder :func:`prune_cache` prunes (each file is a shortcut only: a

@@ -970,8 +970,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
         kept = {u.name for u in reused}  # (by name: comparing whole units was quadratic)
         changed = [u for u in units if u.name not in kept]
         table_days: dict[dt.date, int] = {}
-        day_counts: list[Mapping[dt.date, int]] = []
-        unit_days: list[tuple[Unit, Mapping[dt.date, int]]] = []  # (Parquet: day keys)
+        unit_days: list[tuple[Unit, Mapping[dt.date, int]]] = []  # each unit's rows per day
         spans: list[tuple[int, Any, Any]] = []
         try:
             if changed:
@@ -1016,19 +1015,17 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                 if repeat:
                     found += _check_unique(con, table, usable)
                 for u in changed:
-                    day_counts.append(scan.days.get(u.name, {}))
-                    unit_days.append((u, day_counts[-1]))
+                    unit_days.append((u, scan.days.get(u.name, {})))
                     spans.append((scan.rows.get(u.name, 0), *scan.span.get(u.name, (None, None))))
             for u in reused:
                 entry = cached[u.name]
                 if isinstance(entry.get("contents"), dict):
                     result.contents[table.name] = dict(entry["contents"])
-                day_counts.append({dt.date.fromisoformat(d): int(n)
-                                   for d, n in entry["days"].items()})
-                unit_days.append((u, day_counts[-1]))
+                unit_days.append((u, {dt.date.fromisoformat(d): int(n)
+                                      for d, n in entry["days"].items()}))
                 spans.append((int(entry["rows"]), _time(entry.get("first")),
                               _time(entry.get("last"))))
-            table_days = merge_days(*day_counts)  # once: merging unit by unit was quadratic
+            table_days = merge_days(*(d for _, d in unit_days))  # once: merging unit by unit was quadratic
         except (duckdb.Error, EngineError) as exc:
             found.append(Problem(table.name, None, "unreadable",
                                  f"readable data, got: {str(exc).strip().splitlines()[0]}"))

@@ -168,7 +168,7 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
 
     params = {"lo": lo, "hi": hi, "base": int(base_day), "day_lo": day_lo}
     _make_app_opens(export, grouped("$lo"), grouped("$day_lo"), params,
-                    (start.isoformat(), int(base_day), mask), pieces)
+                    (start.isoformat(), int(base_day)), mask, pieces)
     made_day_opens(export, day_lo, hi)
     _MASK_TYPE[export] = mask
     if pieces is None:
@@ -190,7 +190,7 @@ def materialize_randomised(export: Export, start: dt.date, hi: dt.datetime, base
 
 
 def _make_app_opens(export: Export, grouped: str, last_day: str, params: dict[str, Any],
-                    layout: tuple[Any, ...], pieces: pd.DataFrame | None) -> None:
+                    layout: tuple[Any, ...], mask: str, pieces: pd.DataFrame | None) -> None:
     """Create :data:`APP_OPENS_TABLE` (``grouped``: its query over ``[$lo, $hi)``;
     ``last_day``: the same over ``[$day_lo, $hi)``), reading
     what an earlier report carried (:mod:`.carried`) when it can: the table of the same days
@@ -200,7 +200,9 @@ def _make_app_opens(export: Export, grouped: str, last_day: str, params: dict[st
 
     The masks' bits are the days' from ``base`` and the state slots' positions in time order,
     so the earlier days' bits are the same in both: the days' rows are equal (their content
-    keys), the slots before the last day the same pieces (in the key). 64-bit masks only."""
+    keys), the slots before the last day the same pieces (in the key). ``layout``: the plan's
+    start and the masks' first day; ``mask``: their integer type (64-bit masks only are
+    carried)."""
     lo, hi, day_lo = params["lo"], params["hi"], params["day_lo"]
 
     def key(until: dt.datetime) -> str | None:
@@ -208,9 +210,9 @@ def _make_app_opens(export: Export, grouped: str, last_day: str, params: dict[st
             (str(b), str(e), int(p)) for b, e, p in
             pieces.loc[pieces["end"] <= until, ["begin", "end", "position"]].itertuples(
                 index=False))
-        return carried.content_key(export, "app_opens", (*layout, held), lo, until)
+        return carried.content_key(export, "app_opens", (*layout, mask, held), lo, until)
 
-    whole = key(hi) if layout[-1] == "BIGINT" else None
+    whole = key(hi) if mask == "BIGINT" else None
     found = carried.source(whole)
     earlier = carried.source(key(day_lo)) if found is None and whole and day_lo > lo else None
     ways: list[tuple[str, Any]] = []

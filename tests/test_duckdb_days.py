@@ -80,17 +80,24 @@ def _problems(path: Path, **kwargs: object) -> list[tuple]:
     return sorted((p.table, p.column, p.rule, p.rows) for p in info.value.problems)
 
 
+@pytest.mark.parametrize("narrow", [None, 1.0])
 def test_a_new_file_with_one_more_day_tests_only_that_days_keys(
-        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
+        narrow: float | None) -> None:
+    """``narrow``: every export counts as one whose ids grow with time (the new day's keys
+    sorted, the others' probed within their range); else (the small export has too few
+    segments for a range to pay) every key's hash is sorted once, the seen days' among them."""
     tables = dict(small_sim.tables)
     last = _last_day(tables)
     yesterday = _before(tables, last)
     with _open(_write(yesterday, tmp_path / "day-13.duckdb")) as first:
         assert set(first.validation.days_seen.values()) == {0}
+    if narrow is not None:
+        monkeypatch.setattr(validation, "NARROW_SEGMENTS", narrow)
     tested: list[str] = []
-    real = validation._repeats
-    monkeypatch.setattr(validation, "_repeats", lambda con, source, keys, where="": (
-        tested.append(f"{source} {where}"), real(con, source, keys, where))[1])
+    real = validation.hashes_repeat
+    monkeypatch.setattr(validation, "hashes_repeat", lambda con, query, rows: (
+        tested.append(query.split(" FROM ", 1)[1]), real(con, query, rows))[1])
     path = _write(tables, tmp_path / "day-14.duckdb")
     with _open(path) as today:
         result = today.validation
@@ -98,9 +105,12 @@ def test_a_new_file_with_one_more_day_tests_only_that_days_keys(
         days = np.unique(_day(yesterday[name], name)).size
         assert result.days_seen[name] == days, name
     assert result.days_seen["ranking_candidates"] == 0  # no time column: its content changed
-    for name in ("telemetry", "api_logs"):  # only the new day's keys among themselves
+    for name in ("telemetry", "api_logs"):
         [query] = [q for q in tested if q.startswith(f'src."{name}"')]
-        assert str(last) in query and "NOT" not in query
+        if narrow is None:  # every row's, once
+            assert query == f'src."{name}"'
+        else:  # only the new day's keys among themselves
+            assert str(last) in query and "NOT" not in query
     # the candidates of the new day's requests: their rules and keys only
     new_requests = set(tables["api_logs"]["request_id"].to_pylist()) - set(
         yesterday["api_logs"]["request_id"].to_pylist())
@@ -149,7 +159,7 @@ def test_the_same_rows_in_another_order_test_no_key_again(
     rng = np.random.default_rng(3)
     shuffled = {name: t.take(pa.array(rng.permutation(t.num_rows))) for name, t in tables.items()}
     tested: list[str] = []
-    monkeypatch.setattr(validation, "_repeats", lambda *a, **k: tested.append("x") or False)
+    monkeypatch.setattr(validation, "hashes_repeat", lambda *a, **k: tested.append("x") or False)
     with _open(_write(shuffled, tmp_path / "b.duckdb")) as again:
         result = again.validation
     assert tested == []

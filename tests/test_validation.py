@@ -369,3 +369,24 @@ def test_repeated_events_of_changed_partitions_are_searched_again_in_their_span_
     searched.clear()
     assert _repeats(folder) == first == _repeats(folder, use_cache=False)
     assert len(searched) == 2 and searched[0]
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_hashes_repeat_finds_exactly_the_repeated_hashes(monkeypatch: pytest.MonkeyPatch,
+                                                         limit: int | None) -> None:
+    """Sorted in numpy, or (``limit`` 0: past :data:`validation.MAX_SORTED_HASHES`) by
+    DuckDB's window, against Python's own count of distinct values; hashes above 2**63 too."""
+    if limit is not None:
+        monkeypatch.setattr(validation, "MAX_SORTED_HASHES", limit)
+    con = duckdb.connect()
+    rng = np.random.default_rng(11)
+    values = rng.integers(0, 2**63, size=50_000, dtype=np.int64).astype(np.uint64) * np.uint64(2)
+    values[::7] += np.uint64(2**63)  # (the high half of the range)
+    cases = {"unique": np.unique(values), "one repeat": np.append(np.unique(values), values[3]),
+             "one row": values[:1], "none": values[:0],
+             "the largest twice": np.array([2**64 - 1, 5, 2**64 - 1], dtype=np.uint64)}
+    for name, hashes in cases.items():
+        con.register("t", pa.table({"v": pa.array(hashes, type=pa.uint64())}))
+        expected = len(set(hashes.tolist())) < len(hashes)
+        assert validation.hashes_repeat(con, "SELECT v AS h FROM t", len(hashes)) == expected, \
+            name

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -19,7 +20,7 @@ from whispers_lab import export as ex
 from whispers_lab import validation
 from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_export, write_partitioned_export
-from whispers_lab.queries import carried
+from whispers_lab.queries import carried, monitoring
 from whispers_lab.queries.monitoring import APP_OPENS_TABLE, REQUEST_EVENTS_TABLE
 
 from factories import assert_same_evaluation, last_day, row_days, tables_before
@@ -34,10 +35,11 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def made(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """How each evaluation from now on made the app opens' table (``opens``) and the grouped
-    telemetry (``events``): ``telemetry`` (every day read), ``joined`` (carried days and the
-    days after them from the telemetry) or ``carried`` (read as it was)."""
-    how: dict[str, list[str]] = {"opens": [], "events": []}
+    """How each evaluation from now on made the app opens' table (``opens``), the grouped
+    telemetry (``events``) and the daily series (``daily``): ``telemetry`` (every day read),
+    ``joined`` (carried days and the days after them from the telemetry) or ``carried`` (read
+    as it was)."""
+    how: dict[str, list[str]] = {"opens": [], "events": [], "daily": []}
     real = ex.Export.sql
 
     def recorded(self, query, *args, **kwargs):
@@ -47,7 +49,24 @@ def made(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
                                  "joined" if "JOIN" in query or "UNION" in query else "carried")
         return real(self, query, *args, **kwargs)
 
+    rows, read = monitoring._daily_rows, carried.read_frame
+
+    def rows_made(export, start, lo, end):  # the days from lo on, from the telemetry
+        if lo == start:
+            how["daily"].append("telemetry")
+        else:  # (after the carried days just read)
+            how["daily"][-1] = "joined"
+        return rows(export, start, lo, end)
+
+    def frame_read(export, key):
+        frame = read(export, key)
+        if frame is not None and key.startswith("daily_series-"):
+            how["daily"].append("carried")
+        return frame
+
     monkeypatch.setattr(ex.Export, "sql", recorded)
+    monkeypatch.setattr(monitoring, "_daily_rows", rows_made)
+    monkeypatch.setattr(carried, "read_frame", frame_read)
     return how
 
 
@@ -62,7 +81,7 @@ def _evaluated(path: Path, day: int, plan) -> tuple[object, list[tuple]]:
         evaluation = evaluate_day(export, day, plan)
         rows = [export.con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall()
                 for t in (APP_OPENS_TABLE, REQUEST_EVENTS_TABLE)]
-    return evaluation, rows
+    return evaluation, [*rows, evaluation.daily]
 
 
 def _as_if_uncached(path: Path, day: int, plan, monkeypatch: pytest.MonkeyPatch
@@ -79,7 +98,10 @@ def _same(path: Path, day: int, plan, monkeypatch: pytest.MonkeyPatch) -> None:
     """The evaluation of ``path`` now, and again, as with nothing carried."""
     expected = _as_if_uncached(path, day, plan, monkeypatch)
     found = _evaluated(path, day, plan)
-    assert found[1] == expected[1] and min(map(len, found[1])) > 100
+    assert found[1][:2] == expected[1][:2] and min(map(len, found[1][:2])) > 100
+    # the daily series (every day, zero-filled), column for column and type for type
+    pd.testing.assert_frame_equal(found[1][2], expected[1][2])
+    assert len(found[1][2]) == day + 1
     assert_same_evaluation(found[0], expected[0])
 
 
@@ -104,16 +126,18 @@ def test_a_new_file_reads_the_days_before_from_the_day_befores_report(
     before, today, day = _days(small_sim, tmp_path)
     plan = small_sim.plan
     _evaluated(before, day - 1, plan)
-    assert made == {"opens": ["telemetry"], "events": ["telemetry"]}
-    assert len(list((cache / "carried").glob("*"))) == 2
+    assert made == {"opens": ["telemetry"], "events": ["telemetry"], "daily": ["telemetry"]}
+    assert len(list((cache / "carried").glob("*"))) == 3
     _clear(made)
     _same(today, day, plan, monkeypatch)
-    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"]}
+    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"],
+                    "daily": ["telemetry", "joined"]}
     _clear(made)
     _same(today, day, plan, monkeypatch)
-    assert made == {"opens": ["telemetry", "carried"], "events": ["telemetry", "joined"]}
-    assert len(list((cache / "carried").glob("app_opens-*"))) == 2
-    assert len(list((cache / "carried").glob("request_events-*"))) == 2
+    assert made == {"opens": ["telemetry", "carried"], "events": ["telemetry", "joined"],
+                    "daily": ["telemetry", "carried"]}
+    for kind in ("app_opens", "request_events", "daily_series"):
+        assert len(list((cache / "carried").glob(f"{kind}-*"))) == 2
 
 
 def test_an_earlier_day_rewritten_is_read_from_the_telemetry(
@@ -132,7 +156,8 @@ def test_an_earlier_day_rewritten_is_read_from_the_telemetry(
     _evaluated(before, day - 1, small_sim.plan)
     _clear(made)
     _same(today, day, small_sim.plan, monkeypatch)
-    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2}
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2,
+                    "daily": ["telemetry"] * 2}
 
 
 def test_another_state_before_the_new_day_is_read_from_the_telemetry(
@@ -153,8 +178,9 @@ def test_another_state_before_the_new_day_is_read_from_the_telemetry(
     _evaluated(before, day - 1, small_sim.plan)
     _clear(made)
     _same(today, day, small_sim.plan, monkeypatch)
-    # (the grouped telemetry does not depend on the state)
-    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry", "joined"]}
+    # (the grouped telemetry and the daily series do not depend on the state)
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry", "joined"],
+                    "daily": ["telemetry", "joined"]}
 
 
 def test_a_carried_file_that_cannot_be_read_is_made_again(
@@ -168,7 +194,8 @@ def test_a_carried_file_that_cannot_be_read_is_made_again(
     _same(today, day, small_sim.plan, monkeypatch)
     # (the failed join, then every day)
     assert made == {"opens": ["telemetry", "joined", "telemetry"],
-                    "events": ["telemetry", "joined", "telemetry"]}
+                    "events": ["telemetry", "joined", "telemetry"],
+                    "daily": ["telemetry"] * 2}
 
 
 def test_a_partitioned_exports_new_day_reads_the_days_before_from_the_day_befores_report(
@@ -189,14 +216,16 @@ def test_a_partitioned_exports_new_day_reads_the_days_before_from_the_day_before
     shutil.copy2(whole / "ranking_candidates.parquet", folder / "ranking_candidates.parquet")
     _clear(made)
     _same(folder, day, small_sim.plan, monkeypatch)
-    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"]}
+    assert made == {"opens": ["telemetry", "joined"], "events": ["telemetry", "joined"],
+                    "daily": ["telemetry", "joined"]}
 
     earlier = sorted((folder / "telemetry").glob("date=*"))[-5] / "data_0.parquet"
     earlier.write_bytes(earlier.read_bytes())  # (a new modification time)
     os.utime(earlier, (1, 1))
     _clear(made)
     _same(folder, day, small_sim.plan, monkeypatch)
-    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2}
+    assert made == {"opens": ["telemetry"] * 2, "events": ["telemetry"] * 2,
+                    "daily": ["telemetry"] * 2}
 
 
 def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Path,
@@ -205,8 +234,8 @@ def test_the_newest_carried_tables_are_kept(small_sim, tmp_path: Path, cache: Pa
     before, _, day = _days(small_sim, tmp_path)
     for d in (day - 3, day - 2, day - 1):
         _evaluated(before, d, small_sim.plan)
-    assert len(list((cache / "carried").glob("app_opens-*"))) == 2
-    assert len(list((cache / "carried").glob("request_events-*"))) == 2
+    for kind in ("app_opens", "request_events", "daily_series"):
+        assert len(list((cache / "carried").glob(f"{kind}-*"))) == 2
 
 
 def test_the_summarys_evaluation_makes_the_tables_as_the_days_did(
@@ -224,4 +253,29 @@ def test_the_summarys_evaluation_makes_the_tables_as_the_days_did(
         export.memoize()
         evaluate_day(export, day, small_sim.plan)
         evaluate_day(export, day, full_rollout_plan(small_sim.plan))
-    assert made == {"opens": ["joined"] * 2, "events": ["joined"] * 2}
+    # (the daily series is a frame, not a table: the summary's reads the day's as it was kept)
+    assert made == {"opens": ["joined"] * 2, "events": ["joined"] * 2,
+                    "daily": ["joined", "carried"]}
+
+
+@pytest.mark.parametrize("table", ["api_logs", "exposures"])
+def test_the_daily_series_of_an_earlier_day_changed_is_computed_again(
+        small_sim, tmp_path: Path, cache: Path, made: dict[str, list[str]],
+        monkeypatch: pytest.MonkeyPatch, table: str) -> None:
+    """Today's file drops one row of day 9 of ``table`` (a whispers request, an exposure row):
+    the daily series read the day before's carried rows only while every table it counts is
+    as it was on those days. The telemetry's tables are carried as before."""
+    tables = dict(small_sim.tables)
+    rows = tables[table]
+    day9 = row_days(rows, table) == np.datetime64(small_sim.plan.start_date) + 9
+    if table == "api_logs":
+        day9 &= pa.compute.equal(rows["endpoint"], "/api/whispers/context").to_numpy(
+            zero_copy_only=False)
+    gone = int(day9.nonzero()[0][0])
+    keep = pa.array([i != gone for i in range(rows.num_rows)])
+    before, today, day = _days(small_sim, tmp_path, whole=tables | {table: rows.filter(keep)})
+    _evaluated(before, day - 1, small_sim.plan)
+    _clear(made)
+    _same(today, day, small_sim.plan, monkeypatch)
+    assert made["daily"] == ["telemetry"] * 2
+    assert made["events"] == ["telemetry", "joined"]

@@ -55,30 +55,35 @@ def remember(export: Export, purpose: Hashable, statement: str, params: Any) -> 
 
 
 def content_key(export: Export, kind: str, parts: Hashable, lo: dt.datetime,
-                hi: dt.datetime) -> str | None:
-    """The name of ``kind``'s table made from the telemetry of the whole days ``[lo, hi)``
-    with ``parts``, or None when nothing can be carried: caching off, another engine, an
-    export not validated, or bounds that are not midnights."""
+                hi: dt.datetime, tables: Sequence[str] = ("telemetry",)) -> str | None:
+    """The name of ``kind``'s table made from ``tables`` (default the telemetry) over the
+    whole days ``[lo, hi)`` with ``parts``, or None when nothing can be carried: caching off,
+    another engine, an export not validated, or bounds that are not midnights. The
+    telemetry's repeated events left out of those days are part of it when it is read."""
     root = cache_dir()
-    days = export.day_keys("telemetry") if export.engine == "duckdb" else None
-    if root is None or days is None:
+    keyed = {t: export.day_keys(t) if export.engine == "duckdb" else None for t in tables}
+    if root is None or any(days is None for days in keyed.values()):
         return None
     if pd.Timestamp(lo) != pd.Timestamp(lo).normalize() or \
             pd.Timestamp(hi) != pd.Timestamp(hi).normalize():
         return None
     h = hashlib.sha256(f"{CARRY_VERSION}:{checks_digest()}:{kind}:{export.kind}:"
                        f"{parts!r}".encode())
-    day = lo.date()
-    while day < hi.date():
-        h.update(f"{day.isoformat()}={days.get(day.isoformat(), '-')};".encode())
-        day += dt.timedelta(days=1)
-    try:  # the repeated events left out of the telemetry view on those days
-        repeats = export.con.execute(
-            f"SELECT count(*), coalesce(bit_xor(hash(event_id, ts)), 0) "
-            f"FROM {DUPLICATE_EVENTS_TABLE} WHERE ts >= ? AND ts < ?", [lo, hi]).fetchall()[0]
-    except duckdb.Error:
-        return None
-    h.update(f"repeats={repeats[0]}:{repeats[1]}".encode())
+    if tuple(tables) != ("telemetry",):  # (the telemetry's names stay what they were)
+        h.update(f"tables={','.join(tables)};".encode())
+    for days in keyed.values():  # (in the order of ``tables``, named above)
+        day = lo.date()
+        while day < hi.date():
+            h.update(f"{day.isoformat()}={days.get(day.isoformat(), '-')};".encode())
+            day += dt.timedelta(days=1)
+    if "telemetry" in tables:
+        try:  # the repeated events left out of the telemetry view on those days
+            repeats = export.con.execute(
+                f"SELECT count(*), coalesce(bit_xor(hash(event_id, ts)), 0) "
+                f"FROM {DUPLICATE_EVENTS_TABLE} WHERE ts >= ? AND ts < ?", [lo, hi]).fetchall()[0]
+        except duckdb.Error:
+            return None
+        h.update(f"repeats={repeats[0]}:{repeats[1]}".encode())
     return f"{kind}-{h.hexdigest()[:40]}"
 
 
@@ -110,6 +115,29 @@ def keep(export: Export, relation: str, key: str | None) -> None:
         return
     for file in older:
         file.unlink(missing_ok=True)
+
+
+def read_frame(export: Export, key: str | None) -> pd.DataFrame | None:
+    """The small table carried under ``key`` as a DataFrame (None: none, or unreadable)."""
+    found = source(key)
+    if found is None:
+        return None
+    try:
+        return export.con.execute(f"SELECT * FROM {found}").df()
+    except duckdb.Error:
+        return None
+
+
+def keep_frame(export: Export, frame: pd.DataFrame, key: str | None) -> None:
+    """Carry the small DataFrame ``frame`` under ``key`` (see :func:`keep`)."""
+    if key is None or carried_file(key) is None:
+        return
+    name = f"wl_carried_{key.rsplit('-', 1)[1][:12]}"
+    export.con.register(name, frame)
+    try:
+        keep(export, f"(SELECT * FROM {name})", key)
+    finally:
+        export.con.unregister(name)
 
 
 def bound(statement: str, params: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -862,9 +862,47 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     dashboard definition), shown_users (users with a whispers_shown event), requests,
     request_users (users with a whispers request), error_rate, weight_requests, fallbacks,
     fallback_rate. The user counts let a chart withhold cells from fewer than
-    ``criteria.min_group_users`` users."""
+    ``criteria.min_group_users`` users.
+
+    Each day's row is a function of that day's exposures, telemetry and API rows alone, so a
+    report keeps its rows (:mod:`.carried`, named by those days' contents) and the next day's
+    report reads them and computes its own day's row only; a report made again reads all of
+    its own."""
     if not (_holds(export, REQUEST_EVENTS_TABLE, start, end) and _midnight(start)):
         materialize_request_events(export, start, end)
+    end_day = pd.Timestamp(end).floor("D")
+    keys: dict[pd.Timestamp, str | None] = {}
+    if _midnight(start):
+        for until in (end_day if _midnight(end) else None, end_day - pd.Timedelta(days=1)):
+            if until is not None and until > pd.Timestamp(start):
+                keys[until] = carried.content_key(
+                    export, "daily_series", (pd.Timestamp(start).isoformat(),),
+                    start, until.to_pydatetime(), _DAILY_TABLES)
+    for until, key in keys.items():
+        rows = carried.read_frame(export, key)
+        if rows is None:
+            continue
+        if until >= pd.Timestamp(end):
+            return rows
+        out = pd.concat([rows, _daily_rows(export, start, until.to_pydatetime(), end)],
+                        ignore_index=True)
+        break
+    else:
+        out = _daily_rows(export, start, start, end)
+    own = next(iter(keys.values()), None) if _midnight(end) else None
+    if own is not None and carried.source(own) is None:
+        carried.keep_frame(export, out, own)
+    return out
+
+
+#: The tables a day's row of :func:`daily_series` is made from.
+_DAILY_TABLES = ("exposures", "telemetry", "api_logs")
+
+
+def _daily_rows(export: Export, start: dt.datetime, lo: dt.datetime,
+                end: dt.datetime) -> pd.DataFrame:
+    """:func:`daily_series`'s rows of the days from ``lo`` to ``end``, numbered from
+    ``start`` (day 0)."""
     query = f"""
     WITH days AS (
         SELECT unnest(generate_series($lo::TIMESTAMP, $hi::TIMESTAMP - INTERVAL 1 DAY,
@@ -890,7 +928,8 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     -- counts, which the CTR statistic reads again
     tel_user AS (
         SELECT d, user_id, sum(shown) AS n_shown, sum(used) AS n_used
-        FROM {REQUEST_EVENTS_TABLE} WHERE shown > 0 OR used > 0 GROUP BY 1, 2
+        FROM {REQUEST_EVENTS_TABLE}
+        WHERE (shown > 0 OR used > 0) AND d >= $lo AND d < $hi GROUP BY 1, 2
     ),
     tel AS (
         SELECT d, CAST(sum(n_shown) AS BIGINT) AS impressions,
@@ -904,10 +943,10 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
                count(*) FILTER (WHERE status >= {ERROR_STATUS}) AS errors,
                count(weight_source) AS weight_requests,
                count(*) FILTER (WHERE weight_source = 'fallback') AS fallbacks
-        FROM {whispers_requests(export, start, end)}
+        FROM {whispers_requests(export, lo, end)}
         WHERE "timestamp" >= $lo AND "timestamp" < $hi GROUP BY 1
     )
-    SELECT date_diff('day', $lo::TIMESTAMP, days.d) AS day,
+    SELECT date_diff('day', $start::TIMESTAMP, days.d) AS day,
            CAST(days.d AS DATE) AS date,
            coalesce(treatment_exposures, 0) AS treatment_exposures,
            coalesce(control_exposures, 0) AS control_exposures,
@@ -929,4 +968,4 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     LEFT JOIN api ON api.d = days.d
     ORDER BY days.d
     """
-    return export.sql(query, {"lo": start, "hi": end})
+    return export.sql(query, {"start": start, "lo": lo, "hi": end})

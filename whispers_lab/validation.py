@@ -785,7 +785,7 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, table: str,
     if not changed:
         return False
     new = _in_days(time_col, changed)
-    rows = con.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+    rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
     for key in keys:
         bound = _key_range(con, table, key[0], new)
         if bound is None:

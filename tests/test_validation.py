@@ -389,6 +389,6 @@ def test_hashes_repeat_finds_exactly_the_repeated_hashes(monkeypatch: pytest.Mon
         con.register("t", pa.table({"v": pa.array(hashes, type=pa.uint64())}))
         expected = len(set(hashes.tolist())) < len(hashes)
         # (``rows`` is an upper bound: fewer or more than the query gives change nothing)
-        for rows in (len(hashes), 1, len(hashes) + 100):
+        for rows in (len(hashes), 0, 1, len(hashes) + 100):
             assert validation.hashes_repeat(con, "SELECT v AS h FROM t", rows) == expected, \
                 (name, rows)

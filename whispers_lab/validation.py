@@ -785,18 +785,17 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, table: str,
     if not changed:
         return False
     new = _in_days(time_col, changed)
-    rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
+    rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]  # (its metadata)
     for key in keys:
         bound = _key_range(con, table, key[0], new)
         if bound is None:
             # ids in no order: every row's key hash sorted at once (the steady export's 35M
             # events: 1.2 s) costs less than the changed days' sort and a probe of the seen
             # days' hashes against them (0.3 + 1.5 s); the seen days' keys were unique
-            if hashes_repeat(con, f"SELECT {_hash(con, key)} AS h FROM {source}", rows):
+            if _repeats(con, source, [key], rows=rows):
                 return True
             continue
-        if hashes_repeat(con, f"SELECT {_hash(con, key)} AS h FROM {source} WHERE {new}",
-                         rows):
+        if _repeats(con, source, [key], new, rows):
             return True
         # the seen days' key hashes within the changed days' key range probed against a hash
         # table of the changed days' (a semi join: ids that grow with time put the range in

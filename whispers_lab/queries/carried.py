@@ -87,6 +87,21 @@ def content_key(export: Export, kind: str, parts: Hashable, lo: dt.datetime,
     return f"{kind}-{h.hexdigest()[:40]}"
 
 
+def own_and_day_befores(export: Export, kind: str, parts: Hashable, lo: dt.datetime,
+                        until: dt.datetime, tables: Sequence[str] = ("telemetry",)
+                        ) -> dict[pd.Timestamp, str | None]:
+    """The names (:func:`content_key`) of ``kind``'s table over ``[lo, until)`` (what a
+    report keeps and finds again when made again) and over ``[lo, until - 1 day)`` (what the
+    day before's report kept), by their end, of those that hold a day; none when ``lo`` is
+    not a midnight."""
+    start = pd.Timestamp(lo)
+    if start != start.normalize():
+        return {}
+    ends = (pd.Timestamp(until), pd.Timestamp(until) - pd.Timedelta(days=1))
+    return {end: content_key(export, kind, parts, start.to_pydatetime(), end.to_pydatetime(),
+                             tables) for end in ends if end > start}
+
+
 def carried_file(key: str) -> Path | None:
     """The file of the carried table named ``key`` (None: caching off)."""
     root = cache_dir()

@@ -757,14 +757,9 @@ def _make_request_events(export: Export, grouped: Any, params: dict[str, Any]) -
     next day's report (whose lookback starts a day later) reads them, with only the days from
     the first it lacks read from the telemetry: three days instead of every day of the
     rollout. A report made again reads its own."""
-    lo = pd.Timestamp(params["lo"])
     cut = pd.Timestamp(params["cue_lo"]).floor("D")  # (the days before it: no time, no cue)
-    keys = {}
-    if lo.normalize() == lo:
-        for end in (cut, cut - pd.Timedelta(days=1)):  # (the report's own, the day before's)
-            if end > lo:
-                keys[end] = carried.content_key(export, "request_events", (), lo.to_pydatetime(),
-                                                end.to_pydatetime())
+    keys = carried.own_and_day_befores(export, "request_events", (), params["lo"],
+                                       cut.to_pydatetime())
     ends: list[pd.Timestamp] = []
     ways: list[tuple[str, Any]] = []
     for end, key in keys.items():
@@ -870,14 +865,10 @@ def daily_series(export: Export, start: dt.datetime, end: dt.datetime) -> pd.Dat
     its own."""
     if not (_holds(export, REQUEST_EVENTS_TABLE, start, end) and _midnight(start)):
         materialize_request_events(export, start, end)
-    end_day = pd.Timestamp(end).floor("D")
-    keys: dict[pd.Timestamp, str | None] = {}
-    if _midnight(start):
-        for until in (end_day if _midnight(end) else None, end_day - pd.Timedelta(days=1)):
-            if until is not None and until > pd.Timestamp(start):
-                keys[until] = carried.content_key(
-                    export, "daily_series", (pd.Timestamp(start).isoformat(),),
-                    start, until.to_pydatetime(), _DAILY_TABLES)
+    keys = carried.own_and_day_befores(export, "daily_series",
+                                       (pd.Timestamp(start).isoformat(),), start,
+                                       pd.Timestamp(end).floor("D").to_pydatetime(),
+                                       _DAILY_TABLES)
     for until, key in keys.items():
         rows = carried.read_frame(export, key)
         if rows is None:

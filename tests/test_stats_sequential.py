@@ -103,3 +103,31 @@ def test_parametric_spending_families():
         assert s[0] == 0 and s[-1] == pytest.approx(0.05) and np.all(np.diff(s) >= 0)
     # gamma 1 spends early (Pocock-like), gamma -4 late (O'Brien-Fleming-like)
     assert seq.spending(0.3, 0.05, "hsd", 1.0) > seq.spending(0.3, 0.05, "hsd", -4.0) * 5
+
+
+def test_the_banded_transition_equals_the_full_kernel():
+    """``_transition`` computes only the kernel's pairs within ``_BAND`` standard deviations;
+    against the full 401 x 401 kernel (a matrix product) on grids as ``_advance`` makes them,
+    narrow kernels (a day's increment) and wide ones (an early look)."""
+    from whispers_lab.stats import sequential as sq
+
+    rng = np.random.default_rng(5)
+    banded = 0
+    for _ in range(200):
+        prev = rng.uniform(0.05, 50.0)
+        now = prev * (rng.uniform(1.01, 1.1) if rng.random() < 0.5 else rng.uniform(1.1, 20.0))
+        drift, b = rng.normal(0, 1.5), rng.uniform(-1.0, 4.0)
+        state = sq._advance(sq._advance(None, rng.uniform(1.5, 5.0), prev * 0.5, drift),
+                            b, prev, drift)
+        z, _ = sq._simpson(drift * np.sqrt(now) - sq._TAIL, drift * np.sqrt(now) + sq._TAIL)
+        mean = (state.z * np.sqrt(state.info) + drift * (now - prev)) / np.sqrt(now)
+        sd = np.sqrt((now - prev) / now)
+        mass = state.w * state.f
+        u = (z[:, None] - mean[None, :]) / sd
+        full = np.exp(-0.5 * u * u) @ mass / (sd * np.sqrt(2 * np.pi))
+        got = sq._transition(z, mean, sd, mass)
+        scale = np.abs(mass).sum() / sd  # (the largest value the sum can take, times 2.5)
+        np.testing.assert_allclose(got, full, rtol=1e-12, atol=1e-14 * scale)
+        reach = np.searchsorted(mean, z + sq._BAND * sd) - np.searchsorted(mean, z - sq._BAND * sd)
+        banded += 2 * reach.max() < mean.size  # (the band, not the full kernel)
+    assert 40 < banded < 160  # both forms were exercised

@@ -43,6 +43,7 @@ stats = lazy_module("scipy.stats")
 _GRID = 401          # Simpson points per look (odd)
 _TAIL = 10.0          # the grid spans +-10 standard deviations
 _NO_INFO = 1e-9       # relative information increment below which a look adds nothing
+_BAND = 10.0          # a transition kernel's reach, in its standard deviations
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 
 
@@ -126,11 +127,39 @@ def _advance(state: _State | None, b: float, info: float, drift: float) -> _Stat
             f = np.interp(z, state.z, state.f, left=0.0, right=0.0)
         else:
             mean = (state.z * math.sqrt(state.info) + drift * delta) / math.sqrt(info)
-            sd = math.sqrt(delta / info)
-            u = (z[:, None] - mean[None, :]) / sd
-            kernel = np.exp(-0.5 * u * u) / (sd * _SQRT_2PI)
-            f = kernel @ (state.w * state.f)
+            f = _transition(z, mean, math.sqrt(delta / info), state.w * state.f)
     return _State(z, w, f, info)
+
+
+def _transition(z: np.ndarray, mean: np.ndarray, sd: float, mass: np.ndarray) -> np.ndarray:
+    """``f(z_i) = sum_j mass_j * phi((z_i - mean_j) / sd) / sd``: the density of the next look's
+    statistic at ``z`` given the previous look's (``mean``: ascending, where each previous grid
+    point leads; ``mass``: its Simpson-weighted sub-density).
+
+    Only the pairs within :data:`_BAND` standard deviations are computed: a kernel value beyond
+    is below ``exp(-_BAND**2 / 2)`` (1e-22) of its peak. With a day's information increment the
+    band holds about a quarter of the grid, and the 401 x 401 kernel of exponentials was most
+    of a boundary computation's time; with a wide kernel (an early look) every pair is
+    computed, as before (a matrix product). ``tests/test_stats_sequential.py`` checks both
+    against the published tables and against the full kernel."""
+    reach = _BAND * sd
+    lo = np.searchsorted(mean, z - reach, side="left")
+    hi = np.searchsorted(mean, z + reach, side="right")
+    width = int((hi - lo).max(initial=0))
+    scale = 1.0 / (sd * _SQRT_2PI)
+    # (a continuation region wholly beyond the grid's tail leaves a reversed grid of ~0 mass:
+    # the full kernel, as before)
+    if 2 * width >= mean.size or mean[0] > mean[-1]:
+        u = (z[:, None] - mean[None, :]) / sd
+        return (np.exp(-0.5 * u * u) @ mass) * scale
+    if width == 0:
+        return np.zeros(z.size)
+    idx = lo[:, None] + np.arange(width)[None, :]
+    inside = idx < hi[:, None]
+    idx = np.minimum(idx, mean.size - 1)
+    u = (z[:, None] - mean[idx]) / sd
+    kernel = np.where(inside, np.exp(-0.5 * u * u), 0.0)
+    return np.einsum("ij,ij->i", kernel, mass[idx]) * scale
 
 
 def boundaries(information: Sequence[float], fractions: Sequence[float], alpha: float,

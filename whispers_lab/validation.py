@@ -200,6 +200,36 @@ def _example(value: object) -> str:
     return text
 
 
+def _screen(column: Column | None, rule: str, value: str) -> str | None:
+    """SQL over the aggregates of ``value`` (the column's raw values) that is 0 when no row
+    breaks the column's ``rule`` (:func:`_column_checks`) and positive when some row does;
+    None when only a per-row count tells (a list of allowed values).
+
+    * ``not_null``: the NULLs counted (``count(*) - count(value)``).
+    * ``domain`` of a number: the minimum and the maximum within the bounds, and for a DOUBLE
+      both finite. DuckDB orders NaN above every number and infinity, so a NaN is the
+      maximum, and an infinity the maximum or the minimum; NULLs are not aggregated, as the
+      rule does not judge them. The extremes are values of rows, so a flag is always a
+      broken row."""
+    if column is None:
+        return None
+    if rule == "not_null":
+        return f"count(*) - count({value})"
+    if rule != "domain" or column.allowed is not None or column.type not in ("DOUBLE", "INTEGER"):
+        return None
+    lo, hi = f"min({value})", f"max({value})"
+    within: list[str] = []
+    if column.type == "DOUBLE":
+        within.append(f"isfinite({lo}::DOUBLE) AND isfinite({hi}::DOUBLE)")
+    if column.minimum is not None:
+        within.append(f"{lo} {'>' if column.minimum_exclusive else '>='} {column.minimum!r}")
+    if column.maximum is not None:
+        within.append(f"{hi} <= {column.maximum!r}")
+    if not within:
+        return None
+    return f"CASE WHEN count({value}) = 0 OR ({' AND '.join(within)}) THEN 0 ELSE 1 END"
+
+
 def _column_checks(column: Column) -> list[tuple[str, str, str]]:
     """(rule id, SQL predicate that is TRUE for a bad row, expectation text) of one column."""
     col = sql_ident(column.name)
@@ -496,10 +526,12 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     of the last clean file of the same name. When the file holds just that, or that beside
     the rows ``split`` marks, the caller tests the keys of those rows only (``_Scan.part``)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
+    checked: list[Column | None] = []  # each part's column
     for column in table.columns:
         if column.name in usable:
             for rule, predicate, expected in _column_checks(column):
                 parts.append((column.name, rule, predicate, expected))
+                checked.append(column)
     for rule in table.rules:
         if set(rule.columns) <= usable:
             parts.append((None, rule.id, f"NOT ({rule.predicate})", rule.expected))
@@ -510,9 +542,28 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     # histogram states: 12 s instead of 4 s on 32M API rows (docs/scale.md).
     inner = [f"{FILE_COLUMN} AS {_P}unit"] if grouped else []
     selects = [f"{_P}unit AS unit" if grouped else "NULL AS unit", "count(*) AS rows"]
-    for i, (_, _, predicate, _) in enumerate(parts):
+    # The rules' part of the scan in two forms: each rule's count of broken rows, and a
+    # screen (:func:`_screen`) that tells only whether a rule may be broken, from aggregates
+    # of the raw values (a column's minimum, maximum and count) instead of a truth value per
+    # row. The screen runs; only when it flags a rule does the scan run again with the
+    # counts, which the problems report.
+    rules_at = (len(inner), len(selects))
+    screen_inner: list[str] = []
+    screen_selects: list[str] = []
+    screened = False
+    for i, (_, rule, predicate, _) in enumerate(parts):
         inner.append(f"({predicate}) AS {_P}b{i}")
         selects.append(f"count(*) FILTER (WHERE {_P}b{i}) AS n{i}")
+        flag = (_screen(checked[i], rule, f"{_P}v{i}")
+                if i < len(checked) and engine_of(con) == "duckdb" else None)
+        if flag is None:
+            screen_inner.append(inner[-1])
+            screen_selects.append(selects[-1])
+        else:
+            screened = True
+            screen_inner.append(f"{sql_ident(parts[i][0] or '')} AS {_P}v{i}")
+            screen_selects.append(f"{flag} AS n{i}")
+    rules_end = (len(inner), len(selects))
     # Row-group statistics answer most predicates without reading the data, so a corrupt data
     # block would pass unseen; hashing every contract column reads all of it (DuckDB checks
     # each block's checksum as it loads it, a Parquet reader each page as it decodes it).
@@ -599,9 +650,17 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     if hashed and len(seen) == len(contents):  # every day seen clean: no rule to check
         result: list[tuple[Any, ...]] = [(None, 0, *[0] * len(parts), None, None, None)]
     else:
-        query = (f"SELECT {', '.join(selects)} FROM (SELECT {', '.join(inner)} FROM {source}"
-                 f"{where}) AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
-        result = con.execute(query).fetchall()
+        if screened:
+            result = _scan_rows(
+                con, source, where, grouped,
+                [*inner[:rules_at[0]], *screen_inner, *inner[rules_end[0]:]],
+                [*selects[:rules_at[1]], *screen_selects, *selects[rules_end[1]:]])
+            names = [d[0] for d in con.description]
+            flags = [names.index(f"n{i}") for i in range(len(parts))]
+            if any(row[j] for row in result for j in flags):  # the counts, for the problems
+                result = _scan_rows(con, source, where, grouped, inner, selects)
+        else:
+            result = _scan_rows(con, source, where, grouped, inner, selects)
         names = [d[0] for d in con.description]
     if time_col and engine_of(con) == "spark":  # no histogram(): count the days
         t = f"CAST({sql_ident(time_col)} AS TIMESTAMP)"
@@ -653,6 +712,15 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
                 next(r for r in table.rules if r.id == rule).columns), rule, expected, totals[i],
                 example))
     return scan
+
+
+def _scan_rows(con: duckdb.DuckDBPyConnection, source: str, where: str, grouped: bool,
+               inner: Sequence[str], selects: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The rows of :func:`_scan`'s query: ``selects`` over ``inner`` (per-row expressions)
+    of ``source``, per unit when ``grouped``."""
+    query = (f"SELECT {', '.join(selects)} FROM (SELECT {', '.join(inner)} FROM "
+             f"{source}{where}) AS {_P}rows" + (" GROUP BY ALL" if grouped else ""))
+    return con.execute(query).fetchall()
 
 
 def _examples(con: duckdb.DuckDBPyConnection, source: str,

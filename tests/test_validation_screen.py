@@ -122,3 +122,36 @@ def test_a_clean_table_is_scanned_once_and_a_broken_one_again_for_its_counts(
     again = [s for s in set(scans) if scans.count(s) > 1]
     assert again == (['src."ranking_candidates"'] if broken else [])
     assert len(set(scans)) >= 8  # (every table of the export had its scan)
+
+
+def test_each_table_is_described_once_per_opening(small_sim, tmp_path, monkeypatch) -> None:
+    """A table's columns are read from DuckDB once per connection (``describe_source``
+    remembers them): describing a view over many Parquet files reads every file's schema. The
+    validation and the canonical views ask for each table's; a new opening asks again."""
+    from whispers_lab import export as export_module
+    from whispers_lab.export import open_export, write_partitioned_export
+    from whispers_lab.validation import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, "")
+    folder = write_partitioned_export(small_sim.tables, tmp_path / "parts")
+    described: list[str] = []
+    real = export_module.connect
+
+    class Recorded:
+        def __init__(self, con):
+            self._con = con
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+        def execute(self, query, *args):
+            if str(query).startswith("DESCRIBE src."):
+                described.append(str(query))
+            return self._con.execute(query, *args)
+
+    monkeypatch.setattr(export_module, "connect", lambda *a, **k: Recorded(real(*a, **k)))
+    for opening in (1, 2):
+        with open_export(folder) as export:
+            assert export.row_count("users") == small_sim.tables["users"].num_rows
+        assert len(described) == opening * len(set(described)), described
+    assert 'DESCRIBE src."users"' in described

@@ -172,16 +172,26 @@ class ValidationResult:
         return not self.problems
 
 
+#: Each connection's described tables (:func:`describe_source`): ``src`` is made once, when
+#: the export is attached, and describing a view over many Parquet files reads every file's
+#: schema again (0.15 s for a 1M-user export's users in 2,810 files, described by the
+#: validation and again for the canonical views).
+_DESCRIBED: weakref.WeakKeyDictionary[Any, dict[str, dict[str, str]]] = weakref.WeakKeyDictionary()
+
+
 def describe_source(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     """Column name -> DuckDB type of ``src.<table>`` (on Spark: the DuckDB names of its types)."""
     if engine_of(con) == "spark":
         return con.describe(table)
-    try:
-        rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
-    except duckdb.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"table {table!r} cannot be read: {first}") from None
-    return {r[0]: r[1] for r in rows}
+    known = _DESCRIBED.setdefault(con, {})
+    if table not in known:
+        try:
+            rows = con.execute(f"DESCRIBE src.{sql_ident(table)}").fetchall()
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"table {table!r} cannot be read: {first}") from None
+        known[table] = {r[0]: r[1] for r in rows}
+    return dict(known[table])
 
 
 def _base_type(physical: str) -> str:

@@ -153,3 +153,28 @@ def tables_before(tables, last):
         else:
             out[name] = table.filter(pc.is_in(table["request_id"], out["api_logs"]["request_id"]))
     return out
+
+
+def record_queries(monkeypatch, wanted) -> list[str]:
+    """The SQL for which ``wanted(query)`` holds, as run by every connection that
+    ``whispers_lab.export.connect`` opens from now on (each connection wrapped, its other
+    attributes its own)."""
+    from whispers_lab import export as export_module
+
+    seen: list[str] = []
+    real = export_module.connect
+
+    class Recorded:
+        def __init__(self, con):
+            self._con = con
+
+        def __getattr__(self, name):
+            return getattr(self._con, name)
+
+        def execute(self, query, *args):
+            if wanted(str(query)):
+                seen.append(str(query))
+            return self._con.execute(query, *args)
+
+    monkeypatch.setattr(export_module, "connect", lambda *a, **k: Recorded(real(*a, **k)))
+    return seen

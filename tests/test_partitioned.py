@@ -12,7 +12,7 @@ from whispers_lab.evaluate import evaluate_day
 from whispers_lab.export import open_export, write_partitioned_export
 from whispers_lab.simulate import simulate
 
-from factories import assert_same_evaluation
+from factories import assert_same_evaluation, record_queries
 
 
 @pytest.fixture(scope="module")
@@ -243,23 +243,8 @@ def test_a_rewritten_candidates_file_tests_the_keys_of_the_new_requests_only(
 
 def _users_reads(monkeypatch) -> list[str]:
     """The SQL that creates ``src.users`` in each connection opened from now on."""
-    made: list[str] = []
-    real = export_module.connect
-
-    class Recorded:
-        def __init__(self, con):
-            self._con = con
-
-        def __getattr__(self, name):
-            return getattr(self._con, name)
-
-        def execute(self, query, *args):
-            if str(query).split(" AS ")[0].replace('"', "") == "CREATE TABLE src.users":
-                made.append(str(query))
-            return self._con.execute(query, *args)
-
-    monkeypatch.setattr(export_module, "connect", lambda *a, **k: Recorded(real(*a, **k)))
-    return made
+    return record_queries(monkeypatch, lambda query: query.split(" AS ")[0].replace('"', "")
+                          == "CREATE TABLE src.users")
 
 
 def _users(export) -> tuple[list, list]:

@@ -15,6 +15,8 @@ import pytest
 from whispers_lab.contract import CONTRACT
 from whispers_lab.validation import _column_checks, _screen
 
+from factories import record_queries
+
 SCREENED = [(table.name, column, rule, predicate)
             for table in CONTRACT.values() for column in table.columns
             for rule, predicate, _ in _column_checks(column)
@@ -128,28 +130,12 @@ def test_each_table_is_described_once_per_opening(small_sim, tmp_path, monkeypat
     """A table's columns are read from DuckDB once per connection (``describe_source``
     remembers them): describing a view over many Parquet files reads every file's schema. The
     validation and the canonical views ask for each table's; a new opening asks again."""
-    from whispers_lab import export as export_module
     from whispers_lab.export import open_export, write_partitioned_export
     from whispers_lab.validation import CACHE_ENV
 
     monkeypatch.setenv(CACHE_ENV, "")
     folder = write_partitioned_export(small_sim.tables, tmp_path / "parts")
-    described: list[str] = []
-    real = export_module.connect
-
-    class Recorded:
-        def __init__(self, con):
-            self._con = con
-
-        def __getattr__(self, name):
-            return getattr(self._con, name)
-
-        def execute(self, query, *args):
-            if str(query).startswith("DESCRIBE src."):
-                described.append(str(query))
-            return self._con.execute(query, *args)
-
-    monkeypatch.setattr(export_module, "connect", lambda *a, **k: Recorded(real(*a, **k)))
+    described = record_queries(monkeypatch, lambda query: query.startswith("DESCRIBE src."))
     for opening in (1, 2):
         with open_export(folder) as export:
             assert export.row_count("users") == small_sim.tables["users"].num_rows

@@ -210,7 +210,7 @@ def _example(value: object) -> str:
     return text
 
 
-def _screen(column: Column | None, rule: str, value: str) -> str | None:
+def _screen(column: Column, rule: str, value: str) -> str | None:
     """SQL over the aggregates of ``value`` (the column's raw values) that is 0 when no row
     breaks the column's ``rule`` (:func:`_column_checks`) and positive when some row does;
     None when only a per-row count tells (a list of allowed values).
@@ -221,8 +221,6 @@ def _screen(column: Column | None, rule: str, value: str) -> str | None:
       maximum, and an infinity the maximum or the minimum; NULLs are not aggregated, as the
       rule does not judge them. The extremes are values of rows, so a flag is always a
       broken row."""
-    if column is None:
-        return None
     if rule == "not_null":
         return f"count(*) - count({value})"
     if rule != "domain" or column.allowed is not None or column.type not in ("DOUBLE", "INTEGER"):
@@ -536,7 +534,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
     of the last clean file of the same name. When the file holds just that, or that beside
     the rows ``split`` marks, the caller tests the keys of those rows only (``_Scan.part``)."""
     parts: list[tuple[str | None, str, str, str]] = []  # (column, rule, predicate, expected)
-    checked: list[Column | None] = []  # each part's column
+    checked: list[Column] = []  # the column of each part that is a column's rule
     for column in table.columns:
         if column.name in usable:
             for rule, predicate, expected in _column_checks(column):
@@ -571,7 +569,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
             screen_selects.append(selects[-1])
         else:
             screened = True
-            screen_inner.append(f"{sql_ident(parts[i][0] or '')} AS {_P}v{i}")
+            screen_inner.append(f"{sql_ident(checked[i].name)} AS {_P}v{i}")
             screen_selects.append(f"{flag} AS n{i}")
     rules_end = (len(inner), len(selects))
     # Row-group statistics answer most predicates without reading the data, so a corrupt data

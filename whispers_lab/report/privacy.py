@@ -28,17 +28,8 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from ..contract import TABLES
 from ..export import Export, sql_ident, sql_string
-
-#: Column names whose values identify a person, a device, a request or a memory.
-#: ``whisper_id`` in telemetry is a memory id.
-ID_COLUMN_NAMES: tuple[str, ...] = ("user_id", "device_id", "request_id", "memory_id", "whisper_id")
-
-#: Every (table, column) of the contract holding such an id.
-ID_COLUMNS: tuple[tuple[str, str], ...] = tuple(
-    (t.name, c.name) for t in TABLES for c in t.columns if c.name in ID_COLUMN_NAMES
-)
+from ..id_profiles import ID_COLUMNS, file_profile_path, read_file_profile, write_file_profile
 
 #: Base64 runs at least this long are embedded binary data (images), not text.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{256,}")
@@ -286,14 +277,12 @@ def _profile_by_file(export: Export, columns: list[tuple[str, str]],
 
     A file's profile reads its raw rows, repeated telemetry events included, so its ranges may
     be wider than the deduplicated view's: more tokens are then looked up, none is missed."""
-    from ..atomic import write_text_atomic
     from ..validation import cache_dir, checks_digest
 
     root = cache_dir()
     if (root is None or units is None or getattr(export, "kind", None) != "parquet"
             or getattr(export, "engine", None) != "duckdb" or not columns):
         return None
-    folder = root / "privacy" / "files"
     checks = checks_digest()
     ranges: dict[tuple[str, str], dict[int, tuple[str, str]]] = {k: {} for k in columns}
     try:
@@ -301,31 +290,19 @@ def _profile_by_file(export: Export, columns: list[tuple[str, str]],
             cols = [c for t, c in columns if t == table]
             todo = []
             for unit in units[table]:
-                name = hashlib.sha256(f"privacy-file-1:{checks}:{table}:{unit.name}:"
-                                      f"{unit.checksum}".encode()).hexdigest()[:40]
-                known = _read_file_profile(folder / f"{name}.json", cols)
+                target = file_profile_path(root, checks, table, unit.name, unit.checksum)
+                known = read_file_profile(target, cols)
                 if known is None:
-                    todo.append((unit, folder / f"{name}.json"))
+                    todo.append((unit, target))
                 else:
                     _merge(ranges, table, known)
             for found, target in _profile_files(export, table, cols, todo):
                 _merge(ranges, table, found)
-                try:
-                    write_text_atomic(target, json.dumps(found))
-                except OSError:  # the cache is only a shortcut
-                    pass
+                write_file_profile(target, found)
     except (OSError, duckdb.Error):  # unreadable files: the view's query says what is wrong
         return None
     return [IdColumn(t, c, tuple(sorted((n, lo, hi) for n, (lo, hi) in ranges[(t, c)].items())))
             for t, c in columns]
-
-
-def _read_file_profile(path: Path, cols: list[str]) -> dict[str, list[list[Any]]] | None:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and sorted(doc) == sorted(cols) else None
 
 
 def _merge(ranges: dict[tuple[str, str], dict[int, tuple[str, str]]], table: str,

@@ -33,10 +33,12 @@ def test_one_length_gives_its_range_and_several_lengths_none():
         == [[3, "abc", "abc"]]
 
 
-@pytest.mark.parametrize(("profiled_units", "longer"), [(64, False), (0, False), (64, True)],
-                         ids=["kept by the validation", "too many files", "two lengths"])
+@pytest.mark.parametrize(("profile_ids", "profiled_units", "longer"),
+                         [(True, 64, False), (True, 0, False), (True, 64, True), (False, 64, False)],
+                         ids=["kept by a report's validation", "too many files", "two lengths",
+                              "validation alone"])
 def test_a_changed_file_is_profiled_by_its_validation(small_sim, tmp_path, monkeypatch,
-                                                      profiled_units, longer):
+                                                      profile_ids, profiled_units, longer):
     monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
     folder = write_partitioned_export(dict(small_sim.tables), tmp_path / "lake")
     read: list[str] = []
@@ -59,7 +61,29 @@ def test_a_changed_file_is_profiled_by_its_validation(small_sim, tmp_path, monke
     pq.write_table(rows, file)
     monkeypatch.setattr(validation, "PROFILED_UNITS", profiled_units)
     read.clear()
-    with open_export(folder) as export:
+    with open_export(folder, profile_ids=profile_ids) as export:
         again = privacy.id_profile(export)
     assert again == _raw_profile(folder, columns)
-    assert read == ([] if profiled_units and not longer else [str(file)])
+    assert read == ([] if profile_ids and profiled_units and not longer else [str(file)])
+
+
+def test_a_report_run_opens_its_export_with_the_id_profiles(small_sim, tmp_path, monkeypatch):
+    """The report run's opening asks its validation for the id profiles (its privacy scan
+    follows); ``validate`` and the other openings do not."""
+    from whispers_lab.report import runner
+
+    asked: list[dict] = []
+
+    def opened(path, **kwargs):
+        asked.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "open_export", opened)
+    pre = runner._precompute(tmp_path / "export.duckdb", 9, small_sim.plan, tmp_path / "out",
+                             None, summary_day=None, index_due=False)
+    try:
+        with pytest.raises(RuntimeError, match="stop here"):
+            pre.result()
+    finally:
+        pre.close()
+    assert [a.get("profile_ids") for a in asked] == [True]

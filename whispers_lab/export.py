@@ -909,7 +909,7 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
                 use_cache: bool = True, engine: str | None = None,
                 spark_master: str | None = None,
                 attached: tuple[duckdb.DuckDBPyConnection, str, list[str]] | None = None,
-                copy_small_tables: bool = True) -> Any:
+                copy_small_tables: bool = True, profile_ids: bool = False) -> Any:
     """Open an export read-only; validate it (raising ``ExportValidationError``) unless told
     not to. Validation re-checks only what changed since the last validation of this export
     (see :mod:`whispers_lab.validation`); ``use_cache=False`` checks everything.
@@ -921,7 +921,9 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
     ``attached``: what :func:`attach` returned for ``path`` (the report run attaches the export
     before its kernel starts, to fail fast), used instead of attaching it again; the export
     owns it from here (closed with it, or at once if opening fails). ``copy_small_tables``:
-    see :func:`attach` (False for an opening that runs only a few queries)."""
+    see :func:`attach` (False for an opening that runs only a few queries). ``profile_ids``
+    (a report run, whose privacy scan follows): the validation keeps the id profile of each
+    Parquet file it reads (:mod:`whispers_lab.id_profiles`)."""
     name = engine or default_engine()
     prune_cache()  # (at most once a day: a file's age against the limit)
     if attached is not None and name != "duckdb":
@@ -942,7 +944,7 @@ def open_export(path: str | Path, *, validate: bool = True, threads: int | None 
             # validation first: a DuckDB file's day digests let the search of repeated events
             # reuse an earlier search of the same days, and its notice is added after
             result = validate_attached(con, found, source=str(path), path=path, kind=kind,
-                                       use_cache=use_cache)
+                                       use_cache=use_cache, profile_ids=profile_ids)
         create_duplicate_events(con, found, path=path, kind=kind, use_cache=use_cache,
                                 contents=None if result is None
                                 else result.contents.get("telemetry"),

@@ -514,7 +514,7 @@ def _hash(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str:
 
 def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units: Sequence[Unit],
           kind: str, known: Sequence[Sequence[str]] = (), split: str | None = None,
-          prior: Sequence[int] | None = None) -> _Scan:
+          prior: Sequence[int] | None = None, *, profile_ids: bool = False) -> _Scan:
     """Every rule of ``table`` over ``units`` in one scan (grouped by unit for Parquet; a
     DuckDB file's table: every value's hash per day and each key's repeat test in queries
     apart; a single Parquet file: each key's repeat test apart).
@@ -608,8 +608,10 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
         selects.append(f"count(DISTINCT {_P}k{j}) AS k{j}")
     # Each file's id profile for the privacy scan (:mod:`whispers_lab.id_profiles`), from the
     # ids this scan decodes anyway to hash them: a new day's report then does not read the
-    # new files' ids again before its hand-over (1.06 s of the evaluation thread at 1M users)
-    profiled = _profiled_ids(con, table, usable, units, kind)
+    # new files' ids again before its hand-over (1.06 s of the evaluation thread at 1M users).
+    # Only for a report's opening (``profile_ids``): `validate` alone would pay the extremes
+    # (0.4 s of a new day's 3.6 s) for a privacy scan that may never come
+    profiled = _profiled_ids(con, table, usable, units, kind) if profile_ids else []
     for j, col in enumerate(profiled):
         v = f"{_P}id{j}"
         inner.append(f"CAST({sql_ident(col)} AS VARCHAR) AS {v}")
@@ -1120,12 +1122,14 @@ def _usable_columns(con: duckdb.DuckDBPyConnection, table: Table,
 
 def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                      path: str | Path | None = None, kind: str | None = None,
-                     use_cache: bool = True) -> ValidationResult:
+                     use_cache: bool = True, profile_ids: bool = False) -> ValidationResult:
     """Validate the export attached as ``src``: every problem, every notice.
 
     With ``path`` and ``kind`` (what :func:`whispers_lab.export.attach` returns) the export is
     checked in units and the manifest in the cache folder lets unchanged units be skipped
-    (``use_cache=False``: check everything, and refresh the manifest)."""
+    (``use_cache=False``: check everything, and refresh the manifest). ``profile_ids``: keep
+    the id profile of each Parquet file scanned, for the privacy scan of a report that
+    follows (:func:`_profiled_ids`)."""
     result = ValidationResult()
     export_path = Path(path) if path is not None else None
     incremental = export_path is not None and kind in ("duckdb", "parquet")
@@ -1169,7 +1173,8 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                         and all(table.day_from[0] in key for key in table.unique)):
                     column = sql_ident(table.day_from[0])
                     split = f"{column} IN (SELECT {column} FROM {new_rows[table.day_from[1]]})"
-                scan = _scan(con, table, usable, changed, unit_kind, known, split, prior)
+                scan = _scan(con, table, usable, changed, unit_kind, known, split, prior,
+                             profile_ids=profile_ids)
                 found += scan.problems
                 digests, seen = scan.digests, scan.seen
                 unseen = [_day_of(d) for d in digests if d not in seen]
@@ -1327,10 +1332,11 @@ def check_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str]) -> li
 
 def validate_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], source: str, *,
                       path: str | Path | None = None, kind: str | None = None,
-                      use_cache: bool = True) -> ValidationResult:
+                      use_cache: bool = True, profile_ids: bool = False) -> ValidationResult:
     """Raise :class:`ExportValidationError` listing every problem; return the result (its
     notices) when valid."""
-    result = inspect_attached(con, present, path=path, kind=kind, use_cache=use_cache)
+    result = inspect_attached(con, present, path=path, kind=kind, use_cache=use_cache,
+                              profile_ids=profile_ids)
     if result.problems:
         raise ExportValidationError(source, result.problems)
     return result

@@ -684,7 +684,8 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
     evaluation computes, from validation's counts, or remembered for it)."""
 
     def opened() -> Export:
-        export = open_export(export_file,
+        # (profile_ids: the privacy scan of the day's decision follows the evaluation)
+        export = open_export(export_file, profile_ids=True,
                              attached=attached.take() if attached is not None else None)
         mark(f"day {day}: export opened and validated")
         # a query asked twice (by the day's evaluation, or again by the summary's) runs once

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from test_privacy_profile import _raw_profile
+from test_privacy_profile import _raw_profile, profiled_files
 
 from whispers_lab import validation
 from whispers_lab.export import open_export, write_partitioned_export
@@ -41,11 +41,7 @@ def test_a_changed_file_is_profiled_by_its_validation(small_sim, tmp_path, monke
                                                       profile_ids, profiled_units, longer):
     monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
     folder = write_partitioned_export(dict(small_sim.tables), tmp_path / "lake")
-    read: list[str] = []
-    real = privacy._profile_files
-    monkeypatch.setattr(privacy, "_profile_files", lambda export, table, cols, todo: (
-        read.extend(f for unit, _ in todo for f in unit.files),
-        real(export, table, cols, todo))[1])
+    read = profiled_files(monkeypatch)
     columns = [(t, c) for t, c in ID_COLUMNS]
     with open_export(folder) as export:
         assert privacy.id_profile(export) == _raw_profile(folder, columns)

@@ -69,6 +69,17 @@ def test_a_changed_export_under_the_same_path_is_profiled_again(tmp_path):
             "user_id"]
 
 
+def profiled_files(monkeypatch) -> list[str]:
+    """The files the privacy scan reads to profile them (its per-column queries), from now
+    on."""
+    read: list[str] = []
+    real = privacy._profile_files
+    monkeypatch.setattr(privacy, "_profile_files", lambda export, table, cols, todo: (
+        read.extend(f for unit, _ in todo for f in unit.files),
+        real(export, table, cols, todo))[1])
+    return read
+
+
 def _raw_profile(folder, columns) -> list[privacy.IdColumn]:
     """Each id column's ranges straight from all of its Parquet files (an independent count)."""
     import duckdb
@@ -98,11 +109,7 @@ def test_a_partitioned_export_is_profiled_file_by_file(small_sim, tmp_path, monk
     from whispers_lab.export import write_partitioned_export
 
     folder = write_partitioned_export(dict(small_sim.tables), tmp_path / "lake")
-    read: list[str] = []
-    real = privacy._profile_files
-    monkeypatch.setattr(privacy, "_profile_files", lambda export, table, cols, todo: (
-        read.extend(f for unit, _ in todo for f in unit.files),
-        real(export, table, cols, todo))[1])
+    read = profiled_files(monkeypatch)
     with open_export(folder) as export:
         first = privacy.id_profile(export)
         columns = [(c.table, c.column) for c in first]

@@ -4,9 +4,10 @@ A file's id profile is, per id column, the lengths its ids have and, per length,
 and the largest id (``{column: [[length, smallest, largest], ...]}``). The privacy scan
 (:mod:`whispers_lab.report.privacy`) looks a report's words up in those ranges before it reads
 any column. A Parquet export's profile is kept per file under the file's checksum, so a new
-day's partition is all that is read again; the validation, which reads a changed file anyway,
-writes the profile of each file it scanned when every id of a column has one length
-(:func:`from_extremes`), and the privacy scan reads the others itself.
+day's partition is all that is read again. A report run's validation, which reads a changed
+file anyway, writes the profile of each file it scanned when every id of a column has one
+length (:func:`from_extremes`; ``open_export(..., profile_ids=True)``), and the privacy scan
+reads the others itself.
 
 This module sits below both, so the two write the same files under the same names.
 """

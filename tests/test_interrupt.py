@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -485,3 +486,74 @@ def test_a_kernel_that_appears_after_the_stop_is_killed_at_once() -> None:
     assert time.monotonic() - started < 10.0
     assert not worker.is_alive()
     assert process[0].wait(timeout=5) == -signal.SIGKILL
+
+
+def _stopped_while_starting(name: str) -> type[threading.Thread]:
+    """A ``Thread`` class whose ``start()``, for the thread called ``name``, receives SIGTERM
+    after the new thread is running but before ``start()`` returns: where ``start()`` waits
+    for the new thread, which a loaded machine (2 cores, the evaluation and its imports
+    beside it) can make last long enough for a stop to land in it."""
+
+    class StoppedWhileStarting(threading.Thread):
+        def start(self) -> None:
+            super().start()
+            if self.name == name:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs here, inside start()
+
+    return StoppedWhileStarting
+
+
+def test_a_stop_while_the_notebook_thread_starts_leaves_no_kernel(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CI failure of stop 41: SIGTERM to a report run 1.4 s into its notebook. The stop
+    came out of the notebook thread's ``start()``, before the run's clean-up could stop that
+    thread, which went on to start the kernel in the staging folder the run was removing; the
+    kernel's traceback ("No such file or directory") reached the run's one-line stderr. The
+    stop must reach the thread: it ends without starting a kernel."""
+    from whispers_lab.report import runner
+    from whispers_lab.report.stopping import RunStopped, stop_on_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    staging = tmp_path / ".day-04.tmp-x"
+    staging.mkdir()
+    monkeypatch.setattr(threading, "Thread", _stopped_while_starting("whispers-report-notebook"))
+    with stop_on_signals(), pytest.raises(RunStopped):
+        runner.execute_notebook({"day": DAY}, staging / "report.ipynb", timeout=60)
+    still = [t for t in threading.enumerate() if t.name == "whispers-report-notebook"]
+    for thread in still:  # (the failure: let it go on to its kernel, then clean up)
+        thread.join(30)
+    assert not still, "the notebook thread outlived the stopped run"
+    assert _wait_for_orphans(staging, seconds=1.0) == [], "a kernel started after the stop"
+
+
+def test_a_stop_while_the_evaluation_thread_starts_cancels_its_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same stop landing in the start of the run's evaluation thread: the run never gets
+    the :class:`Precompute` to cancel, so the constructor cancels it (its work is not done and
+    its hand-over folder is removed) before the stop goes on."""
+    from whispers_lab.report.precomputed import Precompute
+    from whispers_lab.report.stopping import RunStopped, stop_on_signals
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    worked: list[object] = []
+    folders: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args: object, **kwargs: object) -> str:
+        folders.append(Path(real_mkdtemp(*args, **kwargs)))
+        return str(folders[-1])
+
+    def open_export() -> object:
+        time.sleep(0.5)  # the export opening while the stop arrives
+        return object()
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    monkeypatch.setattr(threading, "Thread", _stopped_while_starting("whispers-report-evaluation"))
+    with stop_on_signals(), pytest.raises(RunStopped):
+        Precompute(open_export, lambda export: worked.append(export) or ("e", {}))
+    time.sleep(1.0)  # (the failure: the thread would have done its work by now)
+    assert worked == []
+    assert len(folders) == 1 and not folders[0].exists()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError, WhispersLabError
+from .stopping import start_thread
 
 __all__ = ["Precompute", "load_evaluation", "save_evaluation"]
 
@@ -102,7 +103,12 @@ class Precompute:
         self._cancelled = threading.Event()
         self._thread = threading.Thread(target=self._run, name="whispers-report-evaluation",
                                         daemon=True)
-        self._thread.start()
+        try:
+            start_thread(self._thread)
+        except BaseException:  # a stop during the start: the caller never gets this object
+            self.cancel()
+            self.close()
+            raise
 
     def _run(self) -> None:
         try:

@@ -140,8 +140,8 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
             outcome["error"] = exc
 
     worker = threading.Thread(target=work, name="whispers-report-notebook", daemon=True)
-    worker.start()
     try:
+        stopping.start_thread(worker)  # a stop during the start comes out here, started
         while worker.is_alive():
             worker.join(0.25)
     except BaseException:

@@ -130,3 +130,16 @@ def deferred(*, finishes: bool = False) -> Iterator[None]:
         signum = _pending.pop(0)
         _pending.clear()
         raise RunStopped(signum, finished=finishes)
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``, with a stop held back until the thread has started.
+
+    ``start()`` waits for the new thread to begin running, and a stop signal arriving in that
+    wait raised out of ``start()``: the caller's clean-up (which stops the thread's work) had
+    not begun, and the thread went on alone. A report run's notebook thread then started the
+    kernel in the staging folder the run was removing (a CI failure: the kernel's traceback,
+    "No such file or directory", in the run's stderr). Held back here, the stop comes out
+    once the thread has started, where the caller can stop it."""
+    with deferred():
+        thread.start()

@@ -101,6 +101,10 @@ class Precompute:
         self._work = work
         self._then = then
         self._cancelled = threading.Event()
+        # set when the thread's work is over; waited on instead of ``Thread.join()``, which a
+        # stop signal interrupting it makes mark the running thread as ended (Python 3.11,
+        # see runner.execute_notebook): the run would then close the export under a query
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="whispers-report-evaluation",
                                         daemon=True)
         try:
@@ -111,6 +115,12 @@ class Precompute:
             raise
 
     def _run(self) -> None:
+        try:
+            self._work_and_then()
+        finally:
+            self._done.set()
+
+    def _work_and_then(self) -> None:
         try:
             self.export = self._open()
             if self._cancelled.is_set():
@@ -140,7 +150,8 @@ class Precompute:
 
     def result(self) -> tuple[Any, Any]:
         """Wait for the thread; ``(export, evaluation)``, or raise its error."""
-        self._thread.join()
+        while not self._done.wait(0.25):
+            pass
         if self.error is not None:
             raise self.error
         return self.export, self.evaluation
@@ -154,11 +165,11 @@ class Precompute:
                 con.interrupt()
             except Exception:  # already closed, or not a DuckDB connection
                 pass
-        self._thread.join(grace)
+        self._done.wait(grace)
 
     def close(self) -> None:
         """Close the export (once the thread is done) and remove the hand-over folder."""
-        if not self._thread.is_alive() and self.export is not None:
+        if self._done.is_set() and self.export is not None:
             try:
                 self.export.close()
             except Exception:

@@ -132,37 +132,44 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     kernels: list[Any] = []
     outcome: dict[str, BaseException] = {}
     stopped = threading.Event()
+    # set when the thread's work is over: not ``worker.is_alive()``, which a stop can falsify.
+    # A signal handler's exception that interrupts ``Thread.join()`` makes Python 3.11 mark
+    # the running thread as ended (threading's bpo-45274 clean-up, which finds the thread's
+    # own lock held and releases it): the run then stopped killing kernels at once, and a
+    # kernel whose launch was under way started in the staging folder the run removed.
+    done = threading.Event()
 
     def work() -> None:
         try:
             _run_papermill(parameters, output, timeout, notebook, kernels, on_cell, stopped)
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     worker = threading.Thread(target=work, name="whispers-report-notebook", daemon=True)
     try:
         stopping.start_thread(worker)  # a stop during the start comes out here, started
-        while worker.is_alive():
-            worker.join(0.25)
+        while not done.wait(0.25):
+            pass
     except BaseException:
         stopped.set()   # no new kernel, and no kernel process, from here on
-        _stop_kernels(worker, kernels, STOP_GRACE_S)
+        _stop_kernels(done, kernels, STOP_GRACE_S)
         raise
     if "error" in outcome:
         raise outcome["error"]
 
 
-def _stop_kernels(worker: threading.Thread, kernels: list[Any], grace: float) -> None:
-    """Kill the kernels of a stopped run until its notebook thread has given up (or ``grace``
-    seconds). A kernel whose launch was under way at the stop gets its process id only a
-    moment later, and the thread waits for that kernel: killing it once and then waiting let
-    a late kernel start in the staging folder the caller removes."""
+def _stop_kernels(done: threading.Event, kernels: list[Any], grace: float) -> None:
+    """Kill the kernels of a stopped run until its notebook thread has given up (``done``, or
+    ``grace`` seconds). A kernel whose launch was under way at the stop gets its process id
+    only a moment later, and the thread waits for that kernel: killing it once and then
+    waiting let a late kernel start in the staging folder the caller removes."""
     deadline = time.monotonic() + grace
     while True:
         _kill_kernels(kernels)
-        if not worker.is_alive() or time.monotonic() >= deadline:
+        if done.wait(0.1) or time.monotonic() >= deadline:
             break
-        worker.join(0.1)
     _kill_kernels(kernels)
 
 

@@ -279,3 +279,99 @@ def test_the_daily_series_of_an_earlier_day_changed_is_computed_again(
     _same(today, day, small_sim.plan, monkeypatch)
     assert made["daily"] == ["telemetry"] * 2
     assert made["events"] == ["telemetry", "joined"]
+
+
+def _carried_files(cache: Path) -> dict[str, list[tuple]]:
+    """Each carried file of ``cache`` (by name) with its rows sorted."""
+    import duckdb
+
+    con = duckdb.connect()
+    return {f.name: con.execute(f"SELECT * FROM read_parquet('{f}') ORDER BY ALL").fetchall()
+            for f in sorted((cache / "carried").glob("*.parquet"))}
+
+
+def test_deferred_tables_are_written_at_the_flush_as_they_would_have_been(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an export defers (the report run, until the day is handed to the notebook),
+    nothing is written; the flush writes the same files, byte for byte in content, as an
+    evaluation that does not defer. A table made again from other inputs in between is not
+    written (its name says what it was made from); a flush that drops writes nothing; an
+    export that does not track its relations (not memoizing) is not deferred."""
+    before, _, day = _days(small_sim, tmp_path)
+    plan = small_sim.plan
+    with open_export(before) as export:
+        assert not carried.defer(export)  # (not memoizing: kept at once, as before)
+        evaluate_day(export, day - 1, plan)
+    expected = _carried_files(cache)
+    assert len(expected) == 3
+    shutil.rmtree(cache / "carried")
+
+    with open_export(before) as export:
+        export.memoize()
+        assert carried.defer(export)
+        evaluate_day(export, day - 1, plan)
+        assert _carried_files(cache) == {}
+        assert carried.flush(export) == 3
+        assert _carried_files(cache) == expected
+        assert carried.flush(export) == 0  # (nothing held any more)
+    shutil.rmtree(cache / "carried")
+
+    with open_export(before) as export:
+        export.memoize()
+        carried.defer(export)
+        evaluate_day(export, day - 1, plan)
+        export.sql(f"CREATE OR REPLACE TEMP TABLE {APP_OPENS_TABLE} AS "
+                   f"SELECT * FROM {APP_OPENS_TABLE} LIMIT 3")
+        assert carried.flush(export) == 2
+        assert sorted(_carried_files(cache)) == sorted(
+            n for n in expected if not n.startswith("app_opens-"))
+    shutil.rmtree(cache / "carried")
+
+    with open_export(before) as export:
+        export.memoize()
+        carried.defer(export)
+        evaluate_day(export, day - 1, plan)
+        assert carried.flush(export, write=False) == 0
+        assert _carried_files(cache) == {}
+        carried.keep(export, APP_OPENS_TABLE, "app_opens-test")  # no longer deferring
+        assert list(_carried_files(cache)) == ["app_opens-test.parquet"]
+
+
+def test_the_report_run_carries_after_the_hand_over_and_not_on_the_last_day(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report run's evaluation thread hands the day over with nothing carried yet, then
+    writes what the next day's report reads; on the rollout's last day (no report follows)
+    it writes nothing."""
+    from types import SimpleNamespace
+
+    from whispers_lab.report import precomputed, runner
+
+    before, _, day = _days(small_sim, tmp_path)
+    plan = small_sim.plan
+    assert day - 1 < plan.last_day
+    at_hand_over: list[int] = []
+    save = precomputed.save_evaluation
+
+    def saved(*args: object) -> None:
+        at_hand_over.append(len(_carried_files(cache)))
+        save(*args)
+
+    monkeypatch.setattr(precomputed, "save_evaluation", saved)
+    for report_day, carries in ((day - 1, 3), (plan.last_day, 0)):
+        shutil.rmtree(cache / "carried", ignore_errors=True)
+        with runner._check_openable(before) as attached:
+            pre = runner._precompute(before, report_day, plan, tmp_path / "reports", None,
+                                     attached, summary_day=None, index_due=False)
+            try:
+                _, evaluation = pre.result()
+            finally:
+                pre.close()
+        assert at_hand_over[-1] == 0
+        assert len(_carried_files(cache)) == carries, report_day
+        # the last day as the state projects it: a held rollout goes on past the plan's
+        assert runner.carries_on(plan, report_day, evaluation.state) == (carries > 0)
+    held = SimpleNamespace(final_day=lambda: plan.last_day + 1)
+    assert runner.carries_on(plan, plan.last_day, held)
+    assert not runner.carries_on(plan, plan.last_day + 1, held)
+    assert not runner.carries_on(plan, plan.last_day, None)
+    assert runner.carries_on(plan, plan.last_day - 1, None)

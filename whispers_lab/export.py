@@ -185,10 +185,18 @@ class Export:
 
     def _memo_key(self, kind: str, query: str, params: Any, made: str | None) -> tuple[Any, ...]:
         frozen = repr(sorted(params.items()) if isinstance(params, Mapping) else params)
+        return (kind, query, frozen, self._read_by(query, made))
+
+    def _read_by(self, query: str, made: str | None = None) -> tuple[tuple[str, str], ...]:
         words = set(re.findall(r"\w+", query.lower()))  # the relations this query reads
         words.discard(made)  # not the table it makes (whatever that held before)
-        return (kind, query, frozen,
-                tuple(sorted((n, f) for n, f in self._relations.items() if n in words)))
+        return tuple(sorted((n, f) for n, f in self._relations.items() if n in words))
+
+    def relations_read(self, query: str) -> tuple[tuple[str, str], ...] | None:
+        """What the relations made through this object that ``query`` names hold now (their
+        fingerprints), comparable with a later call; None when this object does not track
+        them (not memoizing, :meth:`memoize`)."""
+        return None if self._memo is None else self._read_by(query)
 
     def _cached(self, kind: str, query: str, params: Any, run: Any) -> Any:
         if self._memo is None:

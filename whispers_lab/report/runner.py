@@ -43,6 +43,7 @@ from ..export import Export, open_export
 from ..paths import NOTEBOOKS_DIR, REPORTS_DIR
 from ..plan import Plan, load_plan
 from ..progress import Progress, advance, stage
+from ..queries import carried
 from ..timeline import mark
 from . import privacy, stopping
 from .coverage_check import check_export_covers
@@ -715,10 +716,14 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
                          name="whispers-report-html", daemon=True).start()
         if check_coverage:  # (the run closes the export it opened, failed or not)
             check_export_covers(export_file, plan, day, export=export)
+        # what the evaluation carries to the next day's report is written after the hand-over
+        # (then), while the kernel draws the day, instead of on the way to it
+        carried.defer(export)
         evaluation = evaluate_day(export, day, plan, qa=read_qa_results(qa_results),
                                   reports_dir=os.path.abspath(out))
         document, _ = privacy.redact(export, evaluation.decision.to_dict())
         handed["document"] = document
+        handed["carry"] = carries_on(plan, day, evaluation.state)
         mark(f"day {day}: day's evaluation done")
         return evaluation, document
 
@@ -731,6 +736,9 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
             mark(f"day {day}: index charts drawn")
 
     def then(export: Export) -> Any:
+        # first (the summary's evaluation may make the same tables again): the tables for the
+        # next day's report, none after the rollout's last day
+        carried.flush(export, write=handed.get("carry", True))
         # while the kernel draws the day: what the run does after the notebook, set up ahead.
         # The summary's evaluation (DuckDB's threads, the GIL released) and the pages' Python
         # run side by side: one after the other, they outlasted the kernel's drawing by 0.6 s
@@ -750,6 +758,16 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
             side.join()
 
     return Precompute(opened, work, then, html_ready)
+
+
+def carries_on(plan: Plan, day: int, state: Any) -> bool:
+    """Whether a report follows ``day``'s, so that what its evaluation carries (:mod:`..queries.
+    carried`) is worth writing: not on the rollout's last day as ``state`` projects it (the
+    plan's, or later after a hold; the reports go on until then, :func:`rollout_last_day_or_none`).
+    A hold decided on that day moves the end a day on; that day's report then reads the
+    telemetry itself (the cache is a shortcut only), as does the day's report made again."""
+    last = plan.last_day if state is None else max(plan.last_day, int(state.final_day()))
+    return day < last
 
 
 def _warm_html_marked(day: int, done: threading.Event) -> None:

@@ -126,7 +126,8 @@ def defer(export: Export) -> bool:
     all on the rollout's last day. Only for an export that tracks what its relations hold
     (memoizing), so that a table made again meanwhile is not written; returns whether the
     tables are held back."""
-    if export.relations_read("") is None:
+    read = getattr(export, "relations_read", None)  # (none on Spark: nothing is carried)
+    if read is None or read("") is None:
         return False
     _DEFERRED[export] = []
     return True

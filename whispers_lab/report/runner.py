@@ -135,9 +135,9 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     stopped = threading.Event()
     # set when the thread's work is over: not ``worker.is_alive()``, which a stop can falsify.
     # A signal handler's exception that interrupts ``Thread.join()`` makes Python 3.11 mark
-    # the running thread as ended (threading's bpo-45274 clean-up, which finds the thread's
-    # own lock held and releases it): the run then stopped killing kernels at once, and a
-    # kernel whose launch was under way started in the staging folder the run removed.
+    # the running thread as ended (CPython issue 90882: threading's bpo-45274 clean-up finds
+    # the thread's own lock held and releases it): the run then stopped killing kernels at
+    # once, and a kernel whose launch was under way started in the staging folder it removed.
     done = threading.Event()
 
     def work() -> None:

@@ -375,3 +375,29 @@ def test_the_report_run_carries_after_the_hand_over_and_not_on_the_last_day(
     assert not runner.carries_on(plan, plan.last_day + 1, held)
     assert not runner.carries_on(plan, plan.last_day, None)
     assert runner.carries_on(plan, plan.last_day - 1, None)
+
+
+def test_the_next_days_report_reads_only_its_own_day_and_the_cues_lookback(
+        small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the day before's report carried of the grouped telemetry ends where the new
+    report's day begins (its own day's rows summed over the hours), so the new report reads
+    from the telemetry only its day and the cues of its cooldown's lookback: no whispers event
+    of an earlier day. As with nothing carried (``_same``)."""
+    import datetime as dt
+
+    before, today, day = _days(small_sim, tmp_path)
+    plan = small_sim.plan
+    _evaluated(before, day - 1, plan)
+    reads: list[dict] = []
+    real = ex.Export.sql
+
+    def recorded(self, query, params=None, **kwargs):
+        if f"TEMP TABLE {REQUEST_EVENTS_TABLE} AS" in query and "carried" in query:
+            reads.append(dict(params))
+        return real(self, query, params, **kwargs)
+
+    monkeypatch.setattr(ex.Export, "sql", recorded)
+    _same(today, day, plan, monkeypatch)
+    start = plan.day_start(day)
+    assert reads and all(r["since"] == start and r["start"] == start - dt.timedelta(
+        minutes=float(plan.cue_cooldown_minutes)) for r in reads)

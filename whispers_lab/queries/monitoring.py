@@ -725,7 +725,10 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
     cue_lo = hi if cue_lo is None else max(min(cue_lo, day_lo), lo)
     params = {"lo": lo, "hi": hi, "day_lo": day_lo, "cue_lo": cue_lo}
 
-    def grouped(since: str) -> str:  # the telemetry from ``since`` to $hi
+    def grouped(since: str, start: str | None = None) -> str:
+        # the telemetry to $hi: its whispers events from ``since``, the day's events and the
+        # cues as above; ``start``: the earlier of ``since`` and $cue_lo (default ``since``),
+        # where the reading starts
         return f"""
         SELECT date_trunc('day', created_at) AS d,
                CASE WHEN event_type = 'app_open' THEN NULL ELSE user_id END AS user_id,
@@ -737,8 +740,9 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
                count(*) FILTER (WHERE event_type = 'maya_cue_fired') AS cues,
                count(*) AS events
         FROM telemetry
-        WHERE created_at >= {since} AND created_at < $hi
-          AND (event_type IN ('whispers_shown', 'whispers_used') OR created_at >= $day_lo
+        WHERE created_at >= {start or since} AND created_at < $hi
+          AND ((event_type IN ('whispers_shown', 'whispers_used') AND created_at >= {since})
+               OR created_at >= $day_lo
                OR (event_type = 'maya_cue_fired' AND created_at >= $cue_lo))
         GROUP BY 1, 2, 3, 4"""
 
@@ -749,33 +753,61 @@ def materialize_request_events(export: Export, lo: dt.datetime, hi: dt.datetime,
 
 
 def _make_request_events(export: Export, grouped: Any, params: dict[str, Any]) -> None:
-    """Create :data:`REQUEST_EVENTS_TABLE` (``grouped(since)``: its query from ``since`` to
-    ``$hi``), reading what an earlier report carried (:mod:`.carried`) when it can.
+    """Create :data:`REQUEST_EVENTS_TABLE` (``grouped(since, start)``: its query to ``$hi``,
+    whispers events from ``since``), reading what an earlier report carried (:mod:`.carried`)
+    when it can.
 
-    The days before the cues' lookback (``$cue_lo``'s day) hold whispers events only, grouped
-    without a time: a function of those days' telemetry alone. The report keeps them, and the
-    next day's report (whose lookback starts a day later) reads them, with only the days from
-    the first it lacks read from the telemetry: three days instead of every day of the
-    rollout. A report made again reads its own."""
-    cut = pd.Timestamp(params["cue_lo"]).floor("D")  # (the days before it: no time, no cue)
+    A day before the report's own holds its whispers events grouped without a time (and the
+    cues of the cooldown's lookback, each with its time): those rows, a function of that
+    day's telemetry alone, are what a report keeps, for every day through its own (whose
+    rows, per hour, it sums to the same shape). The next day's report reads them and only its
+    own day and the lookback's cues from the telemetry, instead of every day of the rollout
+    (until stop 42 the kept rows ended where the lookback's day began: three days read). A
+    report made again reads what the day before kept, as the first time."""
+    lo, day_lo, hi = (pd.Timestamp(params[k]) for k in ("lo", "day_lo", "hi"))
+    until = day_lo.floor("D")  # what is read: the days before the report's day
     keys = carried.own_and_day_befores(export, "request_events", (), params["lo"],
-                                       cut.to_pydatetime())
-    ends: list[pd.Timestamp] = []
+                                       until.to_pydatetime())
+    cue_lo = pd.Timestamp(params["cue_lo"])
     ways: list[tuple[str, Any]] = []
     for end, key in keys.items():
         found = carried.source(key)
         if found is not None:
-            joined = f"SELECT * FROM {found} UNION ALL {grouped('$since')}"
-            ends.append(end)
+            joined = f"SELECT * FROM {found} UNION ALL {grouped('$since', '$start')}"
             ways.append((joined, (carried.bound(joined, params) or {})
-                         | {"since": end.to_pydatetime()}))
+                         | {"since": end.to_pydatetime(),
+                            "start": min(end, cue_lo).to_pydatetime()}))
     ways.append((grouped("$lo"), params))
-    taken = carried.create(export, REQUEST_EVENTS_TABLE, (REQUEST_EVENTS_TABLE, *params.values()),
-                           ways, ordered=False)
-    own = keys.get(cut)
-    if own is not None and taken >= 0 and (taken == len(ends) or ends[taken] != cut):
-        carried.keep(export, f"(SELECT * FROM {REQUEST_EVENTS_TABLE} "
-                             f"WHERE d < TIMESTAMP '{cut.isoformat(sep=' ')}')", own)
+    carried.create(export, REQUEST_EVENTS_TABLE, (REQUEST_EVENTS_TABLE, *params.values()),
+                   ways, ordered=False)
+    # what the next day's report reads: every whole day to $hi, without a time
+    through = hi.floor("D")
+    kept = (carried.content_key(export, "request_events", (), lo.to_pydatetime(),
+                                through.to_pydatetime())
+            if through >= until else None)
+    if kept is not None and carried.source(kept) is None:
+        carried.keep(export, _untimed_rows(until, through), kept)
+
+
+def _untimed_rows(until: pd.Timestamp, through: pd.Timestamp) -> str:
+    """:data:`REQUEST_EVENTS_TABLE`'s rows of the days before ``through`` as a report whose
+    day starts at ``through`` makes them: the whispers events per day, user and request
+    without a time. Before ``until`` they are the rows without a time as they are (the cues'
+    rows have one); from ``until`` (the report's day, grouped per hour with every event) the
+    whispers events' counts summed over the hours."""
+    def ts(t: pd.Timestamp) -> str:
+        return f"TIMESTAMP '{t.isoformat(sep=' ')}'"
+
+    return f"""(
+        SELECT * FROM {REQUEST_EVENTS_TABLE} WHERE d < {ts(until)} AND t IS NULL
+        UNION ALL
+        SELECT d, user_id, request_id, CAST(NULL AS TIMESTAMP) AS t,
+               CAST(sum(shown) AS BIGINT) AS shown, CAST(sum(used) AS BIGINT) AS used,
+               CAST(0 AS BIGINT) AS cues, CAST(sum(shown) + sum(used) AS BIGINT) AS events
+        FROM {REQUEST_EVENTS_TABLE}
+        WHERE d >= {ts(until)} AND d < {ts(through)}
+        GROUP BY d, user_id, request_id
+        HAVING sum(shown) + sum(used) > 0)"""
 
 
 def _on_the_hour(t: dt.datetime) -> bool:

@@ -295,8 +295,9 @@ def test_deferred_tables_are_written_at_the_flush_as_they_would_have_been(
     """While an export defers (the report run, until the day is handed to the notebook),
     nothing is written; the flush writes the same files, byte for byte in content, as an
     evaluation that does not defer. A table made again from other inputs in between is not
-    written (its name says what it was made from); a flush that drops writes nothing; an
-    export that does not track its relations (not memoizing) is not deferred."""
+    written (its name says what it was made from); a flush that drops writes nothing, nor
+    does anything carried from that export later; an export that does not track its
+    relations (not memoizing) is not deferred."""
     before, _, day = _days(small_sim, tmp_path)
     plan = small_sim.plan
     with open_export(before) as export:
@@ -314,6 +315,8 @@ def test_deferred_tables_are_written_at_the_flush_as_they_would_have_been(
         assert carried.flush(export) == 3
         assert _carried_files(cache) == expected
         assert carried.flush(export) == 0  # (nothing held any more)
+        carried.keep(export, APP_OPENS_TABLE, "app_opens-test")  # no longer deferring
+        assert "app_opens-test.parquet" in _carried_files(cache)
     shutil.rmtree(cache / "carried")
 
     with open_export(before) as export:
@@ -333,15 +336,17 @@ def test_deferred_tables_are_written_at_the_flush_as_they_would_have_been(
         evaluate_day(export, day - 1, plan)
         assert carried.flush(export, write=False) == 0
         assert _carried_files(cache) == {}
-        carried.keep(export, APP_OPENS_TABLE, "app_opens-test")  # no longer deferring
-        assert list(_carried_files(cache)) == ["app_opens-test.parquet"]
+        # nothing is carried from it any more (the summary's evaluation on the last day)
+        carried.keep(export, APP_OPENS_TABLE, "app_opens-test")
+        carried.keep_frame(export, pd.DataFrame({"x": [1]}), "daily_series-test")
+        assert _carried_files(cache) == {}
 
 
 def test_the_report_run_carries_after_the_hand_over_and_not_on_the_last_day(
         small_sim, tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The report run's evaluation thread hands the day over with nothing carried yet, then
     writes what the next day's report reads; on the rollout's last day (no report follows)
-    it writes nothing."""
+    it writes nothing, nor does the stakeholder summary's evaluation after it."""
     from types import SimpleNamespace
 
     from whispers_lab.report import precomputed, runner
@@ -360,8 +365,10 @@ def test_the_report_run_carries_after_the_hand_over_and_not_on_the_last_day(
     for report_day, carries in ((day - 1, 3), (plan.last_day, 0)):
         shutil.rmtree(cache / "carried", ignore_errors=True)
         with runner._check_openable(before) as attached:
+            # (on the last day the summary's evaluation follows, in the same thread)
             pre = runner._precompute(before, report_day, plan, tmp_path / "reports", None,
-                                     attached, summary_day=None, index_due=False)
+                                     attached, index_due=False,
+                                     summary_day=None if carries else report_day)
             try:
                 _, evaluation = pre.result()
             finally:

@@ -42,6 +42,8 @@ _STATEMENTS: weakref.WeakKeyDictionary[Any, dict[Hashable, tuple[str, Any]]] = (
 #: a frame of its own), what the relations it reads held then, and the writer.
 _DEFERRED: weakref.WeakKeyDictionary[Any, list[tuple[str | None, Any, Callable[[], None]]]] = (
     weakref.WeakKeyDictionary())
+#: The exports nothing is carried from any more (:func:`flush` with ``write=False``).
+_DROPPED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def made_before(export: Export, purpose: Hashable) -> tuple[str, Any] | None:
@@ -135,10 +137,12 @@ def defer(export: Export) -> bool:
 
 def flush(export: Export, *, write: bool = True) -> int:
     """Stop holding ``export``'s carried tables back (:func:`defer`) and write those held
-    (``write``; False: drop them). A table whose relations were made again since it was held
-    back is dropped too: what the cache keeps is a shortcut only. Returns how many were
-    written."""
+    (``write``; False: drop them, and every table carried from ``export`` later: nothing is
+    carried from it). A table whose relations were made again since it was held back is
+    dropped too: what the cache keeps is a shortcut only. Returns how many were written."""
     held = _DEFERRED.pop(export, [])
+    if not write:
+        _DROPPED.add(export)
     written = 0
     for relation, read, writer in held if write else ():
         if relation is None or export.relations_read(relation) == read:
@@ -150,6 +154,8 @@ def flush(export: Export, *, write: bool = True) -> int:
 def keep(export: Export, relation: str, key: str | None) -> None:
     """Carry ``relation`` under ``key`` (None: nothing), keeping the :data:`KEPT` newest of its
     kind; held back while the export defers (:func:`defer`)."""
+    if export in _DROPPED:
+        return
     held = _DEFERRED.get(export)
     if held is not None:
         held.append((relation, export.relations_read(relation),
@@ -186,6 +192,8 @@ def read_frame(export: Export, key: str | None) -> pd.DataFrame | None:
 
 def keep_frame(export: Export, frame: pd.DataFrame, key: str | None) -> None:
     """Carry the small DataFrame ``frame`` under ``key`` (see :func:`keep`)."""
+    if export in _DROPPED:
+        return
     held = _DEFERRED.get(export)
     if held is not None:
         frame = frame.copy()  # (the caller's may change before it is written)

@@ -778,14 +778,14 @@ def _make_request_events(export: Export, grouped: Any, params: dict[str, Any]) -
                          | {"since": end.to_pydatetime(),
                             "start": min(end, cue_lo).to_pydatetime()}))
     ways.append((grouped("$lo"), params))
-    carried.create(export, REQUEST_EVENTS_TABLE, (REQUEST_EVENTS_TABLE, *params.values()),
-                   ways, ordered=False)
+    taken = carried.create(export, REQUEST_EVENTS_TABLE, (REQUEST_EVENTS_TABLE, *params.values()),
+                           ways, ordered=False)
     # what the next day's report reads: every whole day to $hi, without a time
     through = hi.floor("D")
     kept = (carried.content_key(export, "request_events", (), lo.to_pydatetime(),
                                 through.to_pydatetime())
             if through >= until else None)
-    if kept is not None and carried.source(kept) is None:
+    if kept is not None and taken >= 0 and carried.source(kept) is None:  # (not made before)
         carried.keep(export, _untimed_rows(until, through), kept)
 
 

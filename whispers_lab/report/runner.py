@@ -764,8 +764,9 @@ def carries_on(plan: Plan, day: int, state: Any) -> bool:
     """Whether a report follows ``day``'s, so that what its evaluation carries (:mod:`..queries.
     carried`) is worth writing: not on the rollout's last day as ``state`` projects it (the
     plan's, or later after a hold; the reports go on until then, :func:`rollout_last_day_or_none`).
-    A hold decided on that day moves the end a day on; that day's report then reads the
-    telemetry itself (the cache is a shortcut only), as does the day's report made again."""
+    A hold decided on that day moves the end a day on: the next day's report then reads what
+    the day before carried and a day more of telemetry (the cache is a shortcut only), as a
+    report of the last day made again does for the app opens."""
     last = plan.last_day if state is None else max(plan.last_day, int(state.final_day()))
     return day < last
 

@@ -154,14 +154,21 @@ def flush(export: Export, *, write: bool = True) -> int:
 def keep(export: Export, relation: str, key: str | None) -> None:
     """Carry ``relation`` under ``key`` (None: nothing), keeping the :data:`KEPT` newest of its
     kind; held back while the export defers (:func:`defer`)."""
+    if not _held(export, relation, lambda: _keep_now(export, relation, key)):
+        _keep_now(export, relation, key)
+
+
+def _held(export: Export, relation: str | None, writer: Callable[[], None]) -> bool:
+    """Whether a table is not to be written now: nothing is carried from ``export`` any more,
+    or it defers and ``writer`` is held back (with what ``relation``, if any, reads now)."""
     if export in _DROPPED:
-        return
+        return True
     held = _DEFERRED.get(export)
-    if held is not None:
-        held.append((relation, export.relations_read(relation),
-                     lambda: _keep_now(export, relation, key)))
-        return
-    _keep_now(export, relation, key)
+    if held is None:
+        return False
+    held.append((relation, None if relation is None else export.relations_read(relation),
+                 writer))
+    return True
 
 
 def _keep_now(export: Export, relation: str, key: str | None) -> None:
@@ -192,14 +199,9 @@ def read_frame(export: Export, key: str | None) -> pd.DataFrame | None:
 
 def keep_frame(export: Export, frame: pd.DataFrame, key: str | None) -> None:
     """Carry the small DataFrame ``frame`` under ``key`` (see :func:`keep`)."""
-    if export in _DROPPED:
-        return
-    held = _DEFERRED.get(export)
-    if held is not None:
-        frame = frame.copy()  # (the caller's may change before it is written)
-        held.append((None, None, lambda: _keep_frame_now(export, frame, key)))
-        return
-    _keep_frame_now(export, frame, key)
+    held = frame.copy()  # (the caller's may change before a held-back write)
+    if not _held(export, None, lambda: _keep_frame_now(export, held, key)):
+        _keep_frame_now(export, frame, key)
 
 
 def _keep_frame_now(export: Export, frame: pd.DataFrame, key: str | None) -> None:

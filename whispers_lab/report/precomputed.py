@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError, WhispersLabError
-from .stopping import start_thread
+from .stopping import Worker
 
 __all__ = ["Precompute", "load_evaluation", "save_evaluation"]
 
@@ -101,26 +101,16 @@ class Precompute:
         self._work = work
         self._then = then
         self._cancelled = threading.Event()
-        # set when the thread's work is over; waited on instead of ``Thread.join()``, which a
-        # stop signal interrupting it makes mark the running thread as ended (Python 3.11,
-        # see runner.execute_notebook): the run would then close the export under a query
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="whispers-report-evaluation",
-                                        daemon=True)
+        # (waited for on its own end, not Thread.join(): see stopping.Worker)
+        self._worker = Worker(self._run, "whispers-report-evaluation")
         try:
-            start_thread(self._thread)
+            self._worker.start()
         except BaseException:  # a stop during the start: the caller never gets this object
             self.cancel()
             self.close()
             raise
 
     def _run(self) -> None:
-        try:
-            self._work_and_then()
-        finally:
-            self._done.set()
-
-    def _work_and_then(self) -> None:
         try:
             self.export = self._open()
             if self._cancelled.is_set():
@@ -150,8 +140,7 @@ class Precompute:
 
     def result(self) -> tuple[Any, Any]:
         """Wait for the thread; ``(export, evaluation)``, or raise its error."""
-        while not self._done.wait(0.25):
-            pass
+        self._worker.wait()
         if self.error is not None:
             raise self.error
         return self.export, self.evaluation
@@ -165,11 +154,11 @@ class Precompute:
                 con.interrupt()
             except Exception:  # already closed, or not a DuckDB connection
                 pass
-        self._done.wait(grace)
+        self._worker.wait(grace)
 
     def close(self) -> None:
         """Close the export (once the thread is done) and remove the hand-over folder."""
-        if self._done.is_set() and self.export is not None:
+        if self._worker.done.is_set() and self.export is not None:
             try:
                 self.export.close()
             except Exception:

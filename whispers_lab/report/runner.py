@@ -133,29 +133,20 @@ def execute_notebook(parameters: dict[str, Any], output: Path, *,
     kernels: list[Any] = []
     outcome: dict[str, BaseException] = {}
     stopped = threading.Event()
-    # set when the thread's work is over: not ``worker.is_alive()``, which a stop can falsify.
-    # A signal handler's exception that interrupts ``Thread.join()`` makes Python 3.11 mark
-    # the running thread as ended (CPython issue 90882: threading's bpo-45274 clean-up finds
-    # the thread's own lock held and releases it): the run then stopped killing kernels at
-    # once, and a kernel whose launch was under way started in the staging folder it removed.
-    done = threading.Event()
 
     def work() -> None:
         try:
             _run_papermill(parameters, output, timeout, notebook, kernels, on_cell, stopped)
         except BaseException as exc:  # handed to the waiting thread
             outcome["error"] = exc
-        finally:
-            done.set()
 
-    worker = threading.Thread(target=work, name="whispers-report-notebook", daemon=True)
+    worker = stopping.Worker(work, "whispers-report-notebook")
     try:
-        stopping.start_thread(worker)  # a stop during the start comes out here, started
-        while not done.wait(0.25):
-            pass
+        worker.start()  # a stop during the start comes out here, started
+        worker.wait()
     except BaseException:
         stopped.set()   # no new kernel, and no kernel process, from here on
-        _stop_kernels(done, kernels, STOP_GRACE_S)
+        _stop_kernels(worker.done, kernels, STOP_GRACE_S)
         raise
     if "error" in outcome:
         raise outcome["error"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -132,14 +132,42 @@ def deferred(*, finishes: bool = False) -> Iterator[None]:
         raise RunStopped(signum, finished=finishes)
 
 
-def start_thread(thread: threading.Thread) -> None:
-    """``thread.start()``, with a stop held back until the thread has started.
+class Worker:
+    """A daemon thread the main thread waits for while a stop may come, with its end an event
+    of its own (:attr:`done`), set once ``target`` has returned or raised.
 
-    ``start()`` waits for the new thread to begin running, and a stop signal arriving in that
-    wait raised out of ``start()``: the caller's clean-up (which stops the thread's work) had
-    not begun, and the thread went on alone. A report run's notebook thread then started the
-    kernel in the staging folder the run was removing (a CI failure: the kernel's traceback,
-    "No such file or directory", in the run's stderr). Held back here, the stop comes out
-    once the thread has started, where the caller can stop it."""
-    with deferred():
-        thread.start()
+    Not ``Thread.join()`` / ``is_alive()``: a signal handler's exception that interrupts
+    ``join()`` makes Python 3.11 mark the running thread as ended (CPython issue 90882:
+    threading's bpo-45274 clean-up finds the thread's own lock held and releases it). A
+    stopped report run then took its notebook thread for finished, killed no kernel and
+    removed its staging folder, and the kernel whose launch was under way started in it (a CI
+    failure: the kernel's traceback, "No such file or directory", in the run's stderr); or it
+    closed the export under the evaluation's running query."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        #: set when ``target`` is over
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread, with a stop held back until it has started: ``Thread.start()``
+        waits for the new thread to run, and a stop arriving in that wait came out of it
+        before the caller's clean-up (which stops the thread's work) could begin."""
+        with deferred():
+            self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the work is over (``timeout``: at most that many seconds); whether it
+        is. A stop signal interrupts the wait, not the record of the thread's end."""
+        if timeout is not None:
+            return self.done.wait(timeout)
+        while not self.done.wait(0.25):
+            pass
+        return True

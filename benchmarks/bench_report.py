@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import itertools
 import json
 import os
 import re
@@ -73,6 +74,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -223,10 +225,12 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     peak = [0]
     read: dict[int, int] = {}
     done = threading.Event()
+    cpu = [(0.0, *_machine_cpu())]  # (seconds since the start, busy and all CPU seconds)
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _tree_sample(watched, read))
+            cpu.append((time.perf_counter() - started, *_machine_cpu()))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -237,10 +241,73 @@ def run_command(args: list[str], env: dict[str, str], cwd: Path) -> dict:
     sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    cpu.append((seconds, *_machine_cpu()))
     return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "rc": child.returncode,
             "disk_mb": sum(read.values()) / 2**20, "user_s": user, "sys_s": system,
             "cpu_s": user + system, "minflt": after.ru_minflt - before.ru_minflt,
-            "output": output}
+            "busy": _busy_series(cpu), "output": output}
+
+
+def _cores() -> int:
+    import psutil
+
+    return psutil.cpu_count() or 1
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """The machine's CPU seconds so far: busy (every state but idle and I/O wait) and all."""
+    import psutil
+
+    times = psutil.cpu_times()
+    spent = sum(times)
+    return spent - times.idle - getattr(times, "iowait", 0.0), spent
+
+
+#: Width in seconds of a step of :func:`_busy_series`.
+BUSY_STEP_S = 0.1
+
+
+def _busy_series(samples: list[tuple[float, float, float]]) -> list[tuple[float, float]]:
+    """``(end, busy cores)`` per step of :data:`BUSY_STEP_S` seconds from the machine's CPU
+    counters sampled during a run (``(seconds, busy CPU s, all CPU s)``): how many of the
+    machine's cores were busy on average (other processes too: the benchmark runs on a machine
+    otherwise idle, which ``machine_seconds`` checks)."""
+    cores = _cores()
+    out: list[tuple[float, float]] = []
+    last = samples[0]
+    for sample in samples[1:]:
+        if sample[0] - last[0] < BUSY_STEP_S and sample is not samples[-1]:
+            continue
+        spent = sample[2] - last[2]
+        if spent > 0:
+            out.append((round(sample[0], 3), round(cores * (sample[1] - last[1]) / spent, 3)))
+        last = sample
+    return out
+
+
+def busy_by_stage(busy: Sequence[Sequence[float]], stages: Sequence[tuple[float, str]],
+                  end: float) -> list[tuple[str, float, float]]:
+    """The mean busy cores between consecutive stages of a run's timeline (and from its start
+    to the first, from the last to ``end``): ``(span, seconds, busy cores)``, each step of
+    ``busy`` (:func:`_busy_series`) weighted by how much of it falls in the span. Where the
+    cores were not busy is where the run waited on one thread: the only time that more
+    overlap, rather than less CPU, could take off."""
+    marks = [(0.0, "start"), *[(t, what) for t, what in stages if 0 < t < end], (end, "end")]
+    out = []
+    for (lo, a), (hi, b) in itertools.pairwise(marks):
+        if hi <= lo:
+            continue
+        weight = cores = 0.0
+        start = 0.0
+        for stop, value in busy:
+            overlap = min(stop, hi) - max(start, lo)
+            if overlap > 0:
+                weight += overlap
+                cores += overlap * value
+            start = stop
+        if weight > 0:
+            out.append((f"{a} -> {b}", hi - lo, cores / weight))
+    return out
 
 
 def _read_through(path: str | Path) -> int:
@@ -620,6 +687,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} {version} {state}: "
                       + ("; ".join(f"{what} {t:.2f}" for t, what in stages)
                          or "no timeline (this version writes none)"))
+    print("\nthe machine's busy cores in each stage of those runs (of "
+          f"{_cores()}; the rest is where a stage waited on one thread):")
+    for name in exports:
+        for state in ("warm", "cold"):
+            for version in versions:
+                res = results[(name, version, state)]
+                busy = res.get("busy") or []
+                if not busy:
+                    continue
+                spans = busy_by_stage(busy, res.get("timeline") or [], res["seconds"])
+                whole = sum(s * c for _, s, c in spans) / max(res["seconds"], 1e-9)
+                print(f"{name} {version} {state}: {whole:.2f} over the run; "
+                      + "; ".join(f"{span} {seconds:.2f} s at {cores:.2f}"
+                                  for span, seconds, cores in spans))
     if not args.no_scans:
         print("\nwhere the time goes (in process, warm cache) and scans per table:")
         for name in exports:

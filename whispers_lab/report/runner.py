@@ -703,7 +703,7 @@ def _precompute(export_file: Path, day: int, plan: Plan, out: Path,
         # The HTML conversion's set-up (about 1 s of Python), also while the queries run: in
         # the run's tail, after the hand-over, it held the interpreter against the summary's
         # evaluation, which the run then waited for (WHISPERS_LAB_TIMELINE, docs/scale.md)
-        threading.Thread(target=_warm_html_marked, args=(day, html_ready, index_due),
+        threading.Thread(target=_warm_html_marked, args=(day, html_ready),
                          name="whispers-report-html", daemon=True).start()
         if check_coverage:  # (the run closes the export it opened, failed or not)
             check_export_covers(export_file, plan, day, export=export)
@@ -762,26 +762,12 @@ def carries_on(plan: Plan, day: int, state: Any) -> bool:
     return day < last
 
 
-def _warm_html_marked(day: int, done: threading.Event, pages: bool = False) -> None:
+def _warm_html_marked(day: int, done: threading.Event) -> None:
     try:
         warm_html()
         mark(f"day {day}: HTML conversion set up")
     finally:
         done.set()
-    if pages:
-        import_pages()
-
-
-def import_pages() -> None:
-    """Import what the index's trend charts and the stakeholder summary draw with (matplotlib's
-    figures: about 0.27 s of CPU at a first import), so that the run's tail does not. The report
-    run does it in the HTML set-up's thread, while the day's queries leave a core idle part of
-    the time; after the hand-over, that import held the interpreter against the summary's
-    evaluation and the trend charts (docs/scale.md, stop 43). An error is the pages' to report."""
-    try:
-        from . import summary  # noqa: F401  (its trend charts import matplotlib's figures)
-    except Exception:
-        pass
 
 
 def _write_summary(out: Path, plan: Plan, export_file: Path,

@@ -50,7 +50,9 @@ less than its wall time in the machine's slow stretches, so the CPU ratio run by
 printed beside the time's. Each run writes its stages on one clock (``WHISPERS_LAB_TIMELINE``,
 :mod:`whispers_lab.timeline`: the evaluation's hand-over, the kernel's first cell, the notebook's
 end, the summary's evaluation, ...); the fastest warm run's and the cold run's are printed,
-to say which stage the run waited for. The old version runs from a temporary ``git worktree``
+to say which stage the run waited for, each with the machine's mean busy cores over it
+(:func:`busy_by_stage`, from its CPU counters sampled with the memory): below the 2 cores,
+the stage waited on one thread. The old version runs from a temporary ``git worktree``
 with the same virtualenv (``PYTHONPATH``; its kernel inherits it).
 
 Then, per version, one in-process pass over the report's queries (open and validate, evaluate

@@ -204,7 +204,7 @@ def test_the_probe_is_bounded_only_for_ids_that_grow_with_time(tmp_path: Path,
                     f"ORDER BY {order}")
     with duckdb.connect() as con:
         con.execute(f"ATTACH '{path}' AS src (READ_ONLY)")
-        new = validation._in_days("at", [dt.date(2026, 12, 12)])
+        new = validation.in_days("at", [dt.date(2026, 12, 12)])
         bound = validation._key_range(con, "t", "id", new)
         assert (bound == ("e000001100000", "e000001199999")) if ordered else bound is None
 

@@ -259,3 +259,78 @@ def test_segment_range_from_duckdb_statistics():
     for broken in (dict(whole, max_string_length=4), dict(whole, has_unicode=True),
                    dict(whole, min="u\\x2701"), dict(whole, min=None), {}, None):
         assert privacy._segment_range(broken) is False, broken
+
+
+def test_a_duckdb_file_written_anew_reads_only_the_ids_of_its_new_days(
+        small_sim, tmp_path, monkeypatch):
+    """A DuckDB file written anew each day (yesterday's days rewritten with today's): the id
+    columns its statistics cannot bound are profiled per table and day, kept under each day's
+    content digest as validation found it clean, so the next file has only the days no earlier
+    file held read. The profile is what every stored row holds, computed from the raw rows;
+    a day whose content changed is read again, and its new id is found."""
+    import pyarrow as pa
+
+    from tests.factories import last_day, row_days, tables_before
+    from whispers_lab import validation
+
+    monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
+    # every id column read, as the steady export's ids of several lengths are
+    monkeypatch.setattr(privacy, "_profile_from_statistics", lambda export, columns: {})
+    grouped: list[str] = []
+
+    def profiled(path):
+        with open_export(path) as export:
+            real = export.con.execute
+
+            class Watched:
+                def __getattr__(self, name):
+                    return getattr(export.con, name)
+
+                def execute(self, query, *args):
+                    if "GROUP BY d, length(v)" in str(query):
+                        grouped.append(str(query))
+                    return real(query, *args)
+
+            con, export.con = export.con, Watched()
+            try:
+                profile = privacy.id_profile(export)
+            finally:
+                export.con = con
+            exact = [privacy.IdColumn(c.table, c.column, tuple(_exact(export, c.table, c.column)))
+                     for c in profile]
+        return profile, exact
+
+    tables = dict(small_sim.tables)
+    last = last_day(tables)
+    before, exact = profiled(write_export(tables_before(tables, last), tmp_path / "d13.duckdb"))
+    assert before == exact and grouped
+    grouped.clear()
+    today, exact = profiled(write_export(tables, tmp_path / "d14.duckdb"))
+    assert today == exact != before
+    new = str(last.astype("datetime64[D]"))
+    older = str((last - 1).astype("datetime64[D]"))
+    by_table = {re.search(r'FROM src\."(\w+)"', q).group(1): q for q in grouped}
+    # the tables with a time column: the new day's rows only; the candidates (none) whole
+    for table in ("api_logs", "telemetry", "exposures"):
+        assert f"TIMESTAMP '{new}'" in by_table[table] and older not in by_table[table], table
+    assert "WHERE true" in by_table["ranking_candidates"]
+
+    # an id of an old day changed: that day alone is read again (the new day's rows are
+    # those the file before held), and the id is held
+    api = tables["api_logs"]
+    i = api.schema.get_field_index("request_id")
+    ids = api["request_id"].to_pylist()
+    ids[3] = "~" * 40
+    changed = dict(tables, api_logs=api.set_column(i, api.schema.field(i),
+                                                    pa.array(ids, api.schema.field(i).type)))
+    grouped.clear()
+    again, exact = profiled(write_export(changed, tmp_path / "d14b.duckdb"))
+    assert again == exact
+    assert next(c for c in again if (c.table, c.column) == ("api_logs", "request_id")
+                ).may_hold("~" * 40)
+    day3 = str(row_days(api, "api_logs")[3])
+    assert day3 != new
+    [api_query] = [q for q in grouped if 'FROM src."api_logs"' in q]
+    assert set(re.findall(r"TIMESTAMP '([0-9-]+)'", api_query)) == {
+        day3, str(row_days(api, "api_logs")[3] + 1)}, api_query
+    assert [re.search(r'FROM src\."(\w+)"', q).group(1) for q in grouped] == ["api_logs"]

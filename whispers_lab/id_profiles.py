@@ -4,7 +4,9 @@ A file's id profile is, per id column, the lengths its ids have and, per length,
 and the largest id (``{column: [[length, smallest, largest], ...]}``). The privacy scan
 (:mod:`whispers_lab.report.privacy`) looks a report's words up in those ranges before it reads
 any column. A Parquet export's profile is kept per file under the file's checksum, so a new
-day's partition is all that is read again. A report run's validation, which reads a changed
+day's partition is all that is read again; a DuckDB file's, for the columns its statistics do
+not bound, per table and day under the day's content digest, so a file written anew each day
+has its new day read. A report run's validation, which reads a changed
 file anyway, writes the profile of each file it scanned when every id of a column has one
 length (:func:`from_extremes`; ``open_export(..., profile_ids=True)``), and the privacy scan
 reads the others itself.
@@ -49,6 +51,15 @@ def file_profile_path(root: Path, checks: str, table: str, unit_name: str,
     name = hashlib.sha256(f"privacy-file-1:{checks}:{table}:{unit_name}:"
                           f"{unit_checksum}".encode()).hexdigest()[:40]
     return root / "privacy" / "files" / f"{name}.json"
+
+
+def day_profile_path(root: Path, checks: str, table: str, day_key: str) -> Path:
+    """Where the profile of one day's rows of a DuckDB file's ``table`` is kept under the
+    cache folder ``root``: by the day's content key (:meth:`whispers_lab.export.Export.
+    day_keys`, the digest of every value that validation found clean), so a file written anew
+    each day finds the days it shares with yesterday's profiled already."""
+    name = hashlib.sha256(f"privacy-day-1:{checks}:{table}:{day_key}".encode()).hexdigest()[:40]
+    return root / "privacy" / "days" / f"{name}.json"
 
 
 def read_file_profile(path: Path, cols: Sequence[str]) -> FileProfile | None:

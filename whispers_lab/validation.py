@@ -657,7 +657,7 @@ def _scan(con: duckdb.DuckDBPyConnection, table: Table, usable: set[str], units:
                   "t_min": min(firsts) if firsts else None,
                   "t_max": max(lasts) if lasts else None}
         if seen:
-            where = " WHERE " + _in_days(time_col, [d for d in contents
+            where = " WHERE " + in_days(time_col, [d for d in contents
                                                     if _day_name(d) not in seen])
         selects += ["NULL AS days", "NULL AS t_min", "NULL AS t_max"]
     elif time_col:
@@ -887,7 +887,7 @@ def hashes_repeat(con: duckdb.DuckDBPyConnection, query: str, rows: int) -> bool
 _CHUNK_VECTORS = 512
 
 
-def _in_days(time_col: str | None, days: Sequence[dt.date | None]) -> str:
+def in_days(time_col: str | None, days: Sequence[dt.date | None]) -> str:
     """SQL that is TRUE for a row whose UTC day (None: no time) is one of ``days``, never
     NULL. A range on the time column comes first, so DuckDB can skip the row groups outside."""
     if time_col is None:
@@ -921,7 +921,7 @@ def _keys_repeat_by_day(con: duckdb.DuckDBPyConnection, table: str,
         return _repeats(con, source, keys)
     if not changed:
         return False
-    new = _in_days(time_col, changed)
+    new = in_days(time_col, changed)
     rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]  # (its metadata)
     for key in keys:
         bound = _key_range(con, table, key[0], new)
@@ -1182,7 +1182,7 @@ def inspect_attached(con: duckdb.DuckDBPyConnection, present: Sequence[str], *,
                 if digests:
                     result.days_seen[table.name] = len(seen)
                     if seen and unseen:
-                        new_rows[table.name] = f"{source} WHERE {_in_days(scan.time_col, unseen)}"
+                        new_rows[table.name] = f"{source} WHERE {in_days(scan.time_col, unseen)}"
                 elif reused and unit_kind == "parquet":
                     new_rows[table.name] = source
                 if scan.part is not None:

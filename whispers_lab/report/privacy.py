@@ -16,6 +16,7 @@ hold pixels, not text, and their random base64 alphabet would only produce false
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import re
@@ -29,7 +30,13 @@ import duckdb
 import numpy as np
 
 from ..export import Export, sql_ident, sql_string
-from ..id_profiles import ID_COLUMNS, file_profile_path, read_file_profile, write_file_profile
+from ..id_profiles import (
+    ID_COLUMNS,
+    day_profile_path,
+    file_profile_path,
+    read_file_profile,
+    write_file_profile,
+)
 
 #: Base64 runs at least this long are embedded binary data (images), not text.
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{256,}")
@@ -141,6 +148,8 @@ def id_profile(export: Export) -> list[IdColumn]:
         # a DuckDB file's own column statistics answer most id columns without reading them;
         # the others are read
         ranges = _profile_from_statistics(export, columns)
+        # the others from one profile per table and day, the days seen before kept
+        ranges.update(_profile_by_day(export, [k for k in columns if k not in ranges]))
         read = [k for k in columns if k not in ranges]
         ranges.update({k: [] for k in read})
         if read:
@@ -235,6 +244,68 @@ def _profile_from_statistics(export: Export, columns: list[tuple[str, str]]
             out.update({k: [(n, lo, hi) for n, (lo, hi) in sorted(v.items())]
                         for k, v in merged.items()})
     except duckdb.Error:  # no statistics to read (an older file, a view): read the columns
+        return {}
+    return out
+
+
+def _profile_by_day(export: Export, columns: list[tuple[str, str]]
+                    ) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
+    """The ranges of ``columns`` of a DuckDB file from one profile per table and UTC day of
+    its rows, each kept in the cache folder under the day's content digest as validation found
+    it clean (:meth:`~whispers_lab.export.Export.day_keys`): a file written anew each day has
+    only the days no earlier file held read (its new day: 0.1-0.3 s a column at 1M users,
+    against 0.25-0.5 s for the whole column), grouped by day and length in one query per
+    table. A table without such keys (caching off, not validated, another engine or layout)
+    is left out, to be read whole. The stored rows are read, as the digests were."""
+    from ..contract import CONTRACT
+    from ..validation import cache_dir, checks_digest, in_days
+
+    root = cache_dir()
+    if (root is None or getattr(export, "kind", None) != "duckdb"
+            or getattr(export, "engine", None) != "duckdb" or not columns):
+        return {}
+    checks = checks_digest()
+    out: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+    try:
+        for table in sorted({t for t, _ in columns}):
+            cols = [c for t, c in columns if t == table]
+            keys = export.day_keys(table)
+            if not keys:
+                continue
+            # (the days validation hashed are those of the table's time column; only "none":
+            # it had none it could use, and the table is one day)
+            time_col = (CONTRACT[table].time_column if any(d != "none" for d in keys)
+                        else None)
+            ranges: dict[tuple[str, str], dict[int, tuple[str, str]]] = {
+                (table, c): {} for c in cols}
+            todo: dict[str, Path] = {}
+            for day, key in keys.items():
+                target = day_profile_path(root, checks, table, key)
+                known = read_file_profile(target, cols)
+                if known is None:
+                    todo[day] = target
+                else:
+                    _merge(ranges, table, known)
+            if todo:
+                days = [None if d == "none" else dt.date.fromisoformat(d) for d in todo]
+                where = in_days(time_col, days)
+                day = (f"CAST(CAST({sql_ident(time_col)} AS TIMESTAMP) AS DATE)" if time_col
+                       else "CAST(NULL AS DATE)")
+                found: dict[str, dict[str, list[list[Any]]]] = {
+                    d: {c: [] for c in cols} for d in todo}
+                for d, c, n, lo, hi in export.con.execute(" UNION ALL ".join(
+                        f"SELECT d, {sql_string(c)} AS c, length(v) AS n, min(v) AS lo, "
+                        f"max(v) AS hi FROM (SELECT {day} AS d, CAST({sql_ident(c)} AS VARCHAR) "
+                        f"AS v FROM src.{sql_ident(table)} WHERE {where}) WHERE v IS NOT NULL "
+                        f"GROUP BY d, length(v)" for c in cols)).fetchall():
+                    found["none" if d is None else d.isoformat()][c].append(
+                        [int(n), str(lo), str(hi)])
+                for d, target in todo.items():
+                    _merge(ranges, table, found[d])
+                    write_file_profile(target, found[d])
+            out.update({k: [(n, lo, hi) for n, (lo, hi) in sorted(v.items())]
+                        for k, v in ranges.items()})
+    except (duckdb.Error, KeyError):  # (a day the keys do not name: read the columns whole)
         return {}
     return out
 

@@ -178,14 +178,17 @@ def _bounds(outer: list[tuple[int, str, str]], inner: list[tuple[int, str, str]]
                for n, ilo, ihi in inner)
 
 
+@pytest.mark.parametrize("whole", [True, False])
 @pytest.mark.parametrize("width", [9, 12, 13, 40])
 def test_a_duckdb_files_statistics_bound_fixed_format_ids_without_reading_them(
-        tmp_path, monkeypatch, width):
+        tmp_path, monkeypatch, width, whole):
     """Ids of one length (short, at DuckDB's 12-byte statistics prefix, past it) over several
     row groups, some deleted and one updated after the write: the profile comes from the
     column statistics (no query groups the column), and every id, the smallest and the
     largest included, is inside it. At 13 and 40 characters DuckDB keeps only a prefix of
-    the largest id, so the range is widened past it."""
+    the largest id, so the range is widened past it. ``whole``: from the statistics of the
+    whole table (``stats()``), no segment's asked for; else (those not used) from each
+    segment's."""
     import random
 
     import duckdb
@@ -200,12 +203,31 @@ def test_a_duckdb_files_statistics_bound_fixed_format_ids_without_reading_them(
     con.execute("UPDATE users SET user_id = ? WHERE rowid = 5", ["~" * width])  # a new largest
     con.execute("CHECKPOINT")
     con.close()
+    if not whole:
+        monkeypatch.setattr(privacy, "_profile_from_table_statistics", lambda export, cols: {})
     with open_export(path, validate=False) as export:
         ran: list[str] = []
         real = export.sql
         monkeypatch.setattr(export, "sql", lambda q, *a: ran.append(q) or real(q, *a))
-        profile = {(c.table, c.column): c for c in privacy.id_profile(export)}
+        con = export.con
+        asked: list[str] = []
+
+        class Watched:
+            def __getattr__(self, name):
+                return getattr(con, name)
+
+            def execute(self, query, *args):
+                asked.append(str(query))
+                return con.execute(query, *args)
+
+        export.con = Watched()
+        try:
+            profile = {(c.table, c.column): c for c in privacy.id_profile(export)}
+        finally:
+            export.con = con
         monkeypatch.setattr(export, "sql", real)
+        segments = [q for q in asked if "pragma_storage_info" in q]
+        assert (not segments) if whole else segments
         # no id column stored as text was read (the factory's ticket user ids are all NULL,
         # stored as another type)
         text = set(export.sql("SELECT table_name || '.' || column_name AS c FROM duckdb_columns() "
@@ -276,6 +298,7 @@ def test_a_duckdb_file_written_anew_reads_only_the_ids_of_its_new_days(
     monkeypatch.setenv(validation.CACHE_ENV, str(tmp_path / "cache"))
     # every id column read, as the steady export's ids of several lengths are
     monkeypatch.setattr(privacy, "_profile_from_statistics", lambda export, columns: {})
+    monkeypatch.setattr(privacy, "_profile_from_table_statistics", lambda export, columns: {})
     grouped: list[str] = []
 
     def profiled(path):

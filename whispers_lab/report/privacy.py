@@ -203,7 +203,11 @@ def _segment_range(stats: Any) -> tuple[int, str, str] | bool | None:
 
 
 def _text_columns(export: Export, columns: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """``columns`` of a DuckDB file stored as text, by table (tables it holds only)."""
+    """``columns`` of a DuckDB file (on DuckDB) stored as text, by table (tables it holds
+    only); none for another export or engine."""
+    if (getattr(export, "kind", None) != "duckdb" or getattr(export, "engine", None) != "duckdb"
+            or not columns):
+        return {}
     stored = {str(t) for (t,) in export.con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src' "
         "AND schema_name = 'main'").fetchall()}
@@ -224,9 +228,6 @@ def _profile_from_table_statistics(export: Export, columns: list[tuple[str, str]
     table bound (DuckDB's ``stats()``, the merge of every segment's, read without the data:
     milliseconds, against 0.1 s a table for each segment's): ids of one length and plain
     ASCII bounds, as for a segment (:func:`_segment_range`). The others are left out."""
-    if (getattr(export, "kind", None) != "duckdb" or getattr(export, "engine", None) != "duckdb"
-            or not columns):
-        return {}
     out: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
     try:
         for table, cols in _text_columns(export, columns).items():
@@ -253,9 +254,6 @@ def _profile_from_statistics(export: Export, columns: list[tuple[str, str]]
     every segment holding a value has one length and plain ASCII bounds. The ranges may be
     wider than the values (a deleted row's id, a repeated telemetry event's), so more tokens
     are looked up, none is missed (:meth:`IdColumn.held` only picks what the scan reads)."""
-    if (getattr(export, "kind", None) != "duckdb" or getattr(export, "engine", None) != "duckdb"
-            or not columns):
-        return {}
     out: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
     try:
         for table, cols in _text_columns(export, columns).items():

@@ -130,10 +130,14 @@ def tokens_by_length(tokens: Iterable[str]) -> dict[int, list[str]]:
 def id_profile(export: Export) -> list[IdColumn]:
     """:class:`IdColumn` of every id column the export holds.
 
-    Reading it is one pass over every id column (seconds at 1M users). It is kept on the
+    Read whole, it is one pass over every id column (seconds at 1M users). It is kept on the
     export object and, like the validation manifest, in the cache folder under the checksums
     of the export's files (:func:`whispers_lab.validation.list_units`), so a report, its
-    privacy scan and the next run on the same data read it once."""
+    privacy scan and the next run on the same data read it once. A new export is profiled in
+    parts kept apart in the cache folder: a Parquet export per file (:func:`_profile_by_file`);
+    a DuckDB file from its column statistics where they bound the ids (the whole table's,
+    :func:`_profile_from_table_statistics`, then each segment's), per table and day
+    (:func:`_profile_by_day`) for the other columns of a table with days, the rest read."""
     known = getattr(export, "_privacy_id_profile", None)
     if known is not None:
         return list(known)
@@ -145,14 +149,13 @@ def id_profile(export: Export) -> list[IdColumn]:
     if out is None:
         out = _profile_by_file(export, columns, units)
     if out is None:
-        # a DuckDB file's own column statistics answer most id columns without reading them;
-        # the others are read
+        # a DuckDB file's own column statistics answer most id columns without reading them
         ranges = _profile_from_table_statistics(export, columns)
         # the others from one profile per table and day, the days seen before kept; then
         # from each stored segment's statistics (a table without days: the candidates)
         ranges.update(_profile_by_day(export, [k for k in columns if k not in ranges]))
         ranges.update(_profile_from_statistics(export, [k for k in columns if k not in ranges]))
-        read = [k for k in columns if k not in ranges]
+        read = [k for k in columns if k not in ranges]  # the others are read whole
         ranges.update({k: [] for k in read})
         if read:
             # On DuckDB the stored rows (``src``): repeated telemetry events' ids are the

@@ -135,9 +135,10 @@ def id_profile(export: Export) -> list[IdColumn]:
     of the export's files (:func:`whispers_lab.validation.list_units`), so a report, its
     privacy scan and the next run on the same data read it once. A new export is profiled in
     parts kept apart in the cache folder: a Parquet export per file (:func:`_profile_by_file`);
-    a DuckDB file from its column statistics where they bound the ids (the whole table's,
-    :func:`_profile_from_table_statistics`, then each segment's), per table and day
-    (:func:`_profile_by_day`) for the other columns of a table with days, the rest read."""
+    a DuckDB file from the whole table's column statistics where they bound the ids
+    (:func:`_profile_from_table_statistics`), then per table and day for the other columns of
+    a table with days (:func:`_profile_by_day`), then from each segment's statistics
+    (:func:`_profile_from_statistics`); the rest is read."""
     known = getattr(export, "_privacy_id_profile", None)
     if known is not None:
         return list(known)

@@ -327,6 +327,7 @@ def test_a_duckdb_file_written_anew_reads_only_the_ids_of_its_new_days(
     last = last_day(tables)
     before, exact = profiled(write_export(tables_before(tables, last), tmp_path / "d13.duckdb"))
     assert before == exact and grouped
+    profiled_tables = {re.search(r'FROM src\."(\w+)"', q).group(1) for q in grouped}
     grouped.clear()
     today, exact = profiled(write_export(tables, tmp_path / "d14.duckdb"))
     assert today == exact != before
@@ -357,3 +358,31 @@ def test_a_duckdb_file_written_anew_reads_only_the_ids_of_its_new_days(
     assert set(re.findall(r"TIMESTAMP '([0-9-]+)'", api_query)) == {
         day3, str(row_days(api, "api_logs")[3] + 1)}, api_query
     assert [re.search(r'FROM src\."(\w+)"', q).group(1) for q in grouped] == ["api_logs"]
+
+    # one file per table, holding the days of every file profiled (two exports' worth here)
+    from whispers_lab.id_profiles import read_day_profiles
+
+    files = sorted((tmp_path / "cache" / "privacy" / "days").glob("*.json"))
+    assert len(files) == len(profiled_tables) >= 4
+    with open_export(tmp_path / "d14b.duckdb") as export:
+        for table in profiled_tables:
+            held = set().union(*(read_day_profiles(f) for f in files))
+            assert set(export.day_keys(table).values()) <= held, table
+
+
+def test_a_tables_day_profiles_keep_the_current_days_and_the_newest_others(tmp_path, monkeypatch):
+    """The file of a table's days keeps every day of the export just profiled and, of the
+    others, the newest (at least ``KEPT_DAY_PROFILES``, at least as many as the current)."""
+    from whispers_lab import id_profiles
+
+    monkeypatch.setattr(id_profiles, "KEPT_DAY_PROFILES", 3)
+    path = tmp_path / "t.json"
+    day = {"c": [[2, "a1", "a9"]]}
+    id_profiles.keep_day_profiles(path, {}, {"k1": day, "k2": day})
+    assert list(id_profiles.read_day_profiles(path)) == ["k1", "k2"]
+    kept = id_profiles.read_day_profiles(path) | {f"old{i}": day for i in range(5)}
+    id_profiles.keep_day_profiles(path, kept, {"k2": day, "k9": day})
+    # others oldest first: k1, old0..old4; the newest 3 of them stay, then the current two
+    assert list(id_profiles.read_day_profiles(path)) == ["old2", "old3", "old4", "k2", "k9"]
+    path.write_text("not json")
+    assert id_profiles.read_day_profiles(path) == {}

@@ -53,13 +53,45 @@ def file_profile_path(root: Path, checks: str, table: str, unit_name: str,
     return root / "privacy" / "files" / f"{name}.json"
 
 
-def day_profile_path(root: Path, checks: str, table: str, day_key: str) -> Path:
-    """Where the profile of one day's rows of a DuckDB file's ``table`` is kept under the
-    cache folder ``root``: by the day's content key (:meth:`whispers_lab.export.Export.
-    day_keys`, the digest of every value that validation found clean), so a file written anew
-    each day finds the days it shares with yesterday's profiled already."""
-    name = hashlib.sha256(f"privacy-day-1:{checks}:{table}:{day_key}".encode()).hexdigest()[:40]
+def day_profiles_path(root: Path, checks: str, table: str, cols: Sequence[str]) -> Path:
+    """Where the profiles of a DuckDB file's ``table`` (its id columns ``cols``) are kept
+    under the cache folder ``root``, one per UTC day by the day's content key
+    (:meth:`whispers_lab.export.Export.day_keys`, the digest of every value that validation
+    found clean): a file written anew each day finds the days it shares with yesterday's
+    profiled already. One file per table (a table of users has a day per signup date)."""
+    name = hashlib.sha256(f"privacy-days-1:{checks}:{table}:{','.join(sorted(cols))}".encode()
+                          ).hexdigest()[:40]
     return root / "privacy" / "days" / f"{name}.json"
+
+
+#: Days' profiles a table's file keeps besides the current export's (:func:`keep_day_profiles`),
+#: at least, for exports validated in turn.
+KEPT_DAY_PROFILES = 256
+
+
+def read_day_profiles(path: Path) -> dict[str, FileProfile]:
+    """The days' profiles kept at ``path`` (day key -> profile; none usable: empty)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    days = doc.get("days") if isinstance(doc, dict) else None
+    return {str(k): v for k, v in days.items() if isinstance(v, dict)} if isinstance(
+        days, dict) else {}
+
+
+def keep_day_profiles(path: Path, kept: Mapping[str, FileProfile],
+                      current: Mapping[str, FileProfile]) -> None:
+    """Write the days' profiles of the export just profiled (``current``) to ``path``, after
+    as many of the others ``kept`` there as the current ones, and at least
+    :data:`KEPT_DAY_PROFILES` (the newest last). A failure to write is ignored."""
+    others = [(k, v) for k, v in kept.items() if k not in current]
+    room = max(len(current), KEPT_DAY_PROFILES)
+    days = dict(others[-room:] if room else []) | dict(current)
+    try:
+        write_text_atomic(path, json.dumps({"days": days}))
+    except OSError:
+        pass
 
 
 def read_file_profile(path: Path, cols: Sequence[str]) -> FileProfile | None:

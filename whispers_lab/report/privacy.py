@@ -32,8 +32,10 @@ import numpy as np
 from ..export import Export, sql_ident, sql_string
 from ..id_profiles import (
     ID_COLUMNS,
-    day_profile_path,
+    day_profiles_path,
     file_profile_path,
+    keep_day_profiles,
+    read_day_profiles,
     read_file_profile,
     write_file_profile,
 )
@@ -288,8 +290,9 @@ def _profile_from_statistics(export: Export, columns: list[tuple[str, str]]
 def _profile_by_day(export: Export, columns: list[tuple[str, str]]
                     ) -> dict[tuple[str, str], list[tuple[int, str, str]]]:
     """The ranges of ``columns`` of a DuckDB file from one profile per table and UTC day of
-    its rows, each kept in the cache folder under the day's content digest as validation found
-    it clean (:meth:`~whispers_lab.export.Export.day_keys`): a file written anew each day has
+    its rows, each kept in the cache folder (a file per table, :func:`~whispers_lab.id_profiles.
+    day_profiles_path`) under the day's content digest as validation found it clean
+    (:meth:`~whispers_lab.export.Export.day_keys`): a file written anew each day has
     only the days no earlier file held read (its new day: 0.1-0.3 s a column at 1M users,
     against 0.25-0.5 s for the whole column), grouped by day and length in one query per
     table. A table without such keys (caching off, not validated, another engine or layout)
@@ -315,14 +318,17 @@ def _profile_by_day(export: Export, columns: list[tuple[str, str]]
                         else None)
             ranges: dict[tuple[str, str], dict[int, tuple[str, str]]] = {
                 (table, c): {} for c in cols}
-            todo: dict[str, Path] = {}
+            target = day_profiles_path(root, checks, table, cols)
+            kept = read_day_profiles(target)
+            current: dict[str, dict[str, list[list[Any]]]] = {}
+            todo: list[str] = []
             for day, key in keys.items():
-                target = day_profile_path(root, checks, table, key)
-                known = read_file_profile(target, cols)
-                if known is None:
-                    todo[day] = target
-                else:
+                known = kept.get(key)
+                if known is not None and sorted(known) == sorted(cols):
+                    current[key] = known
                     _merge(ranges, table, known)
+                else:
+                    todo.append(day)
             if todo:
                 days = [None if d == "none" else dt.date.fromisoformat(d) for d in todo]
                 where = in_days(time_col, days)
@@ -337,9 +343,10 @@ def _profile_by_day(export: Export, columns: list[tuple[str, str]]
                         f"GROUP BY d, length(v)" for c in cols)).fetchall():
                     found["none" if d is None else d.isoformat()][c].append(
                         [int(n), str(lo), str(hi)])
-                for d, target in todo.items():
+                for d in todo:
                     _merge(ranges, table, found[d])
-                    write_file_profile(target, found[d])
+                    current[keys[d]] = found[d]
+                keep_day_profiles(target, kept, current)
             out.update({k: [(n, lo, hi) for n, (lo, hi) in sorted(v.items())]
                         for k, v in ranges.items()})
     except (duckdb.Error, KeyError):  # (a day the keys do not name: read the columns whole)
